@@ -1,0 +1,282 @@
+//! The predict, verify, accept loop (Stern, Shazeer & Uszkoreit 2018).
+
+use std::time::Instant;
+
+use tch::Tensor;
+
+use super::{empty_output, seconds_since, BlockwiseDecoder, Budget, DecodeOutput};
+use crate::acceptance::{AcceptanceCriterion, BlockView, Exact};
+use crate::config::{BlockwiseConfig, DecodeConfig, ProposerConfig, VerifierConfig};
+use crate::error::{Error, Result};
+use crate::model::{check_tokens, CausalLm};
+use crate::proposer::{HeadsProposer, NoProposer, ProposalContext, Proposer};
+use crate::stats::{DecodeStats, StopReason};
+use crate::verifier::{CachedVerifier, RecomputeVerifier, ScoreRequest, Verifier};
+
+/// Blockwise parallel decoding: a proposer guesses up to `k - 1` tokens after the base model's
+/// own next token, one verifier call scores the whole block, and the acceptance criterion keeps
+/// the longest prefix it agrees with.
+///
+/// Under [`Exact`] acceptance the output equals [`GreedyDecoder`](super::GreedyDecoder)'s.
+///
+/// ```no_run
+/// use blockwise::{Blockwise, BlockwiseDecoder, DecodeConfig, HeadsProposer, Transformer,
+///                 TransformerConfig};
+/// # fn main() -> blockwise::Result<()> {
+/// let model = Transformer::new_seeded(TransformerConfig::tiny(100, 3), 7, tch::Device::Cpu)?;
+/// let mut decoder = Blockwise::builder(model)
+///     .block_size(4)
+///     .proposer(HeadsProposer)
+///     .build()?;
+/// let out = decoder.decode(&[1, 2, 3], &DecodeConfig::new(20))?;
+/// println!("{:?} in {} model calls", out.tokens, out.stats.model_calls);
+/// # Ok(()) }
+/// ```
+pub struct Blockwise<M> {
+    model: M,
+    proposer: Box<dyn Proposer>,
+    verifier: Box<dyn Verifier>,
+    criterion: Box<dyn AcceptanceCriterion>,
+    block_size: usize,
+}
+
+impl<M> std::fmt::Debug for Blockwise<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blockwise")
+            .field("block_size", &self.block_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Assembles a [`Blockwise`] decoder; [`BlockwiseBuilder::build`] checks the parts fit.
+pub struct BlockwiseBuilder<M> {
+    model: M,
+    proposer: Box<dyn Proposer>,
+    verifier: Box<dyn Verifier>,
+    criterion: Box<dyn AcceptanceCriterion>,
+    block_size: usize,
+}
+
+impl<M: CausalLm> BlockwiseBuilder<M> {
+    /// Block size `k` (default 4): the always-right token plus up to `k - 1` proposals.
+    pub fn block_size(mut self, k: usize) -> Self {
+        self.block_size = k;
+        self
+    }
+
+    /// The proposer (default: none, which decodes greedily through the loop).
+    pub fn proposer(mut self, proposer: impl Proposer + 'static) -> Self {
+        self.proposer = Box::new(proposer);
+        self
+    }
+
+    /// The verifier (default: [`CachedVerifier`]).
+    pub fn verifier(mut self, verifier: impl Verifier + 'static) -> Self {
+        self.verifier = Box::new(verifier);
+        self
+    }
+
+    /// The acceptance criterion (default: [`Exact`]).
+    pub fn criterion(mut self, criterion: impl AcceptanceCriterion + 'static) -> Self {
+        self.criterion = Box::new(criterion);
+        self
+    }
+
+    /// Checks the block size against the model and the proposer.
+    pub fn build(self) -> Result<Blockwise<M>> {
+        let k = self.block_size;
+        if k == 0 {
+            return Err(Error::config(
+                "block_size",
+                "must be at least 1 (1 is plain greedy decoding)",
+            ));
+        }
+        let info = self.model.info();
+        if self.proposer.needs_heads() && k > 1 && info.num_heads < k - 1 {
+            return Err(Error::config(
+                "block_size",
+                format!(
+                    "is {k}, which needs {} proposal heads; the model has {}",
+                    k - 1,
+                    info.num_heads
+                ),
+            ));
+        }
+        Ok(Blockwise {
+            model: self.model,
+            proposer: self.proposer,
+            verifier: self.verifier,
+            criterion: self.criterion,
+            block_size: k,
+        })
+    }
+}
+
+impl<M: CausalLm> Blockwise<M> {
+    /// Starts assembling a decoder around `model` (which may be a `&mut` borrow).
+    pub fn builder(model: M) -> BlockwiseBuilder<M> {
+        BlockwiseBuilder {
+            model,
+            proposer: Box::new(NoProposer),
+            verifier: Box::new(CachedVerifier::new()),
+            criterion: Box::new(Exact),
+            block_size: 4,
+        }
+    }
+
+    /// Builds a decoder from configuration. `embeddings` (`[V, D]`) serve embedding-distance
+    /// acceptance; pass `None` otherwise.
+    pub fn from_config(
+        model: M,
+        config: &BlockwiseConfig,
+        embeddings: Option<&Tensor>,
+    ) -> Result<Self> {
+        let criterion = config.acceptance.build(config.min_block, embeddings)?;
+        let builder = Blockwise::builder(model)
+            .block_size(config.block_size)
+            .criterion(criterion);
+        let builder = match config.proposer {
+            ProposerConfig::Heads => builder.proposer(HeadsProposer),
+            ProposerConfig::None => builder.proposer(NoProposer),
+        };
+        let builder = match config.verifier {
+            VerifierConfig::Cached => builder.verifier(CachedVerifier::new()),
+            VerifierConfig::Recompute => builder.verifier(RecomputeVerifier::new()),
+        };
+        builder.build()
+    }
+
+    /// The block size `k`.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// The model.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// The model back.
+    pub fn into_model(self) -> M {
+        self.model
+    }
+
+    fn request(&self) -> ScoreRequest {
+        ScoreRequest {
+            candidates: self.criterion.candidates_needed().max(1),
+            heads: self.proposer.needs_heads() && self.block_size > 1,
+        }
+    }
+
+    /// The proposer's guesses, checked and cut to what the block may hold: at most `room`
+    /// tokens, nothing after an EOS token.
+    fn propose(&mut self, ctx: &ProposalContext<'_>, config: &DecodeConfig) -> Result<Vec<i64>> {
+        if ctx.max_tokens == 0 {
+            return Ok(Vec::new());
+        }
+        let mut proposal = self.proposer.propose(ctx)?;
+        proposal.truncate(ctx.max_tokens);
+        check_tokens("proposal", &proposal, self.model.info().vocab_size)?;
+        if let Some(eos) = proposal.iter().position(|&t| config.is_eos(t)) {
+            proposal.truncate(eos + 1);
+        }
+        Ok(proposal)
+    }
+}
+
+impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
+    fn decode(&mut self, prompt: &[i64], config: &DecodeConfig) -> Result<DecodeOutput> {
+        let _guard = tch::no_grad_guard();
+        let t0 = Instant::now();
+        let info = self.model.info().clone();
+        config.check(prompt, &info)?;
+        let budget = Budget::new(config, info.max_context);
+        if budget.remaining(0, prompt.len()) == 0 {
+            return Ok(empty_output(
+                prompt.len(),
+                budget.exhausted(0, config.on_context_full)?,
+            ));
+        }
+        let req = self.request();
+        let mut stats = DecodeStats::new(prompt.len(), self.block_size);
+
+        let tp = Instant::now();
+        self.proposer.begin(prompt)?;
+        stats.proposer_s += seconds_since(tp);
+
+        let tm = Instant::now();
+        let step = self.verifier.start(&mut self.model, prompt, req)?;
+        stats.model_s += seconds_since(tm);
+        stats.model_calls += 1;
+
+        let mut seq = prompt.to_vec();
+        let mut next = step.next;
+        let mut heads = step.heads;
+        let stop = loop {
+            let room = budget.remaining(seq.len() - prompt.len(), seq.len());
+            if room == 0 {
+                break budget.exhausted(seq.len() - prompt.len(), config.on_context_full)?;
+            }
+            // Predict: the base model's own next token, then the proposer's guesses.
+            let max_tokens = if config.is_eos(next) {
+                0
+            } else {
+                (self.block_size - 1).min(room - 1)
+            };
+            let ctx = ProposalContext::new(&seq, next, max_tokens).with_heads(heads.as_deref());
+            let tp = Instant::now();
+            let proposal = self.propose(&ctx, config)?;
+            stats.proposer_s += seconds_since(tp);
+            let mut block = Vec::with_capacity(proposal.len() + 1);
+            block.push(next);
+            block.extend_from_slice(&proposal);
+
+            // Verify: one base-model call over the whole block.
+            let tm = Instant::now();
+            let scores = self.verifier.verify(&mut self.model, &block, req)?;
+            stats.model_s += seconds_since(tm);
+            stats.model_calls += 1;
+
+            // Accept: the longest prefix the criterion agrees with, plus the first token.
+            let view =
+                BlockView::new(&proposal, scores.ranked(), scores.width()).ok_or_else(|| {
+                    Error::Contract {
+                        component: "verifier",
+                        problem: format!(
+                            "returned {} score rows for a block of {}",
+                            scores.len(),
+                            block.len()
+                        ),
+                    }
+                })?;
+            let accepted = self.criterion.accept(&view);
+            if accepted > proposal.len() {
+                return Err(Error::Contract {
+                    component: "acceptance criterion",
+                    problem: format!("accepted {accepted} of {} proposed tokens", proposal.len()),
+                });
+            }
+            let keep = accepted + 1;
+            let tm = Instant::now();
+            heads = self.verifier.commit(&mut self.model, keep, req)?;
+            stats.model_s += seconds_since(tm);
+
+            let kept = &block[..keep];
+            seq.extend_from_slice(kept);
+            stats.record_iteration(keep);
+            let tp = Instant::now();
+            self.proposer.observe(kept)?;
+            stats.proposer_s += seconds_since(tp);
+            next = scores.greedy(keep - 1);
+            if kept.iter().any(|&t| config.is_eos(t)) {
+                break StopReason::Eos;
+            }
+        };
+        stats.finish(seconds_since(t0));
+        Ok(DecodeOutput {
+            tokens: seq[prompt.len()..].to_vec(),
+            stats,
+            stop,
+        })
+    }
+}

@@ -1,0 +1,52 @@
+//! Floating-point kinds as a serde-friendly enum.
+
+use serde::{Deserialize, Serialize};
+use tch::Kind;
+
+/// The floating-point kind a model computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    /// 32-bit float.
+    #[default]
+    F32,
+    /// 64-bit float: where near-ties must not flip an argmax (property tests).
+    F64,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half precision.
+    F16,
+}
+
+impl DType {
+    /// The libtorch kind.
+    pub fn kind(self) -> Kind {
+        match self {
+            DType::F32 => Kind::Float,
+            DType::F64 => Kind::Double,
+            DType::Bf16 => Kind::BFloat16,
+            DType::F16 => Kind::Half,
+        }
+    }
+
+    /// Whether softmax and friends should be computed in float32 for accuracy.
+    pub fn is_half(self) -> bool {
+        matches!(self, DType::Bf16 | DType::F16)
+    }
+}
+
+impl std::str::FromStr for DType {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "f32" | "float32" => Ok(DType::F32),
+            "f64" | "float64" => Ok(DType::F64),
+            "bf16" | "bfloat16" => Ok(DType::Bf16),
+            "f16" | "float16" => Ok(DType::F16),
+            other => Err(crate::Error::config(
+                "dtype",
+                format!("is `{other}`, expected one of f32, f64, bf16, f16"),
+            )),
+        }
+    }
+}

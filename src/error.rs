@@ -1,0 +1,170 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `blockwise`, with the values that explain it.
+///
+/// Every input a caller can get wrong maps to one of these variants; library code does not panic on
+/// caller input.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The prompt holds no tokens: there is nothing to condition on.
+    #[error("the prompt is empty: at least one token id is needed")]
+    EmptyPrompt,
+
+    /// A token id lies outside `0..vocab_size`.
+    #[error("token id {token} at position {position} of the {what} is outside the vocabulary (0..{vocab_size})")]
+    TokenOutOfVocabulary {
+        /// Where the token was found ("prompt", "proposal", "EOS set", ...).
+        what: &'static str,
+        /// Index of the bad token in that sequence.
+        position: usize,
+        /// The offending id.
+        token: i64,
+        /// The model's vocabulary size.
+        vocab_size: i64,
+    },
+
+    /// The prompt alone does not fit the model's context window.
+    #[error(
+        "the prompt has {prompt_len} tokens but the model's context holds at most {max_context}"
+    )]
+    PromptTooLong {
+        /// Tokens in the prompt.
+        prompt_len: usize,
+        /// The model's context limit.
+        max_context: usize,
+    },
+
+    /// Decoding reached the model's context limit and the configuration asked for an error.
+    #[error("the sequence reached the model's context limit of {max_context} tokens after {generated} new tokens")]
+    ContextExhausted {
+        /// The model's context limit.
+        max_context: usize,
+        /// New tokens generated before the limit was hit.
+        generated: usize,
+    },
+
+    /// A configuration value is out of range or inconsistent.
+    #[error("invalid configuration: `{field}` {problem}")]
+    InvalidConfig {
+        /// The offending field, as spelled in the serde config.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// A model's output does not have the shape the calling convention promises.
+    #[error("model output `{output}` has shape {actual:?}, expected {expected}")]
+    BadOutputShape {
+        /// Which output ("logits", "hidden", "head_logits").
+        output: &'static str,
+        /// What the convention requires, in words.
+        expected: String,
+        /// What the model returned.
+        actual: Vec<i64>,
+    },
+
+    /// The model produced NaN or infinite logits.
+    #[error("the model produced non-finite logits (NaN or infinity) at block position {position}")]
+    NonFiniteLogits {
+        /// Block position of the first non-finite row.
+        position: usize,
+    },
+
+    /// A block was placed at a position the model's cache cannot serve.
+    #[error("a block starting at position {start} was given to a model whose cache holds {cached} tokens")]
+    CacheGap {
+        /// The requested start position.
+        start: usize,
+        /// Tokens the cache currently holds.
+        cached: usize,
+    },
+
+    /// A block does not fit into the model's context window.
+    #[error("a block of {block_len} tokens at position {start} exceeds the model's context of {max_context}")]
+    BlockBeyondContext {
+        /// Start position of the block.
+        start: usize,
+        /// Tokens in the block.
+        block_len: usize,
+        /// The model's context limit.
+        max_context: usize,
+    },
+
+    /// Two parts disagree about the vocabulary (a draft model and a verifier, an embedding metric
+    /// and a model, ...).
+    #[error("vocabulary mismatch: {left} has {left_size} tokens, {right} has {right_size}")]
+    VocabularyMismatch {
+        /// The first part.
+        left: &'static str,
+        /// Its vocabulary size.
+        left_size: i64,
+        /// The second part.
+        right: &'static str,
+        /// Its vocabulary size.
+        right_size: i64,
+    },
+
+    /// The proposer asked for something the model cannot give (head proposals from a model
+    /// without heads, ...).
+    #[error("{component} needs {capability}, which this model does not provide")]
+    MissingCapability {
+        /// The part that needs it.
+        component: &'static str,
+        /// What it needs.
+        capability: &'static str,
+    },
+
+    /// A proposer or criterion returned something that breaks its contract.
+    #[error("{component} broke its contract: {problem}")]
+    Contract {
+        /// The offending part.
+        component: &'static str,
+        /// What it did.
+        problem: String,
+    },
+
+    /// A file could not be read or written.
+    #[error("{action} `{path}` failed: {source}")]
+    Io {
+        /// What was being done ("reading", "writing").
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A JSON document could not be parsed or does not match the expected structure.
+    #[error("{what} is not valid: {source}")]
+    Json {
+        /// What was being parsed.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// Text could not be encoded or decoded by a tokenizer.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// An error reported by libtorch.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// Shorthand for `std::result::Result<T, blockwise::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn config(field: &'static str, problem: impl Into<String>) -> Self {
+        Error::InvalidConfig {
+            field,
+            problem: problem.into(),
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! # blockwise
+//!
+//! Blockwise parallel decoding (Stern, Shazeer & Uszkoreit, NeurIPS 2018) for libtorch models:
+//! decode several tokens per model call without changing what the model says.
+//!
+//! Each iteration **predicts** a block (the base model's own next token plus up to `k - 1`
+//! guesses from a [`Proposer`]), **verifies** the whole block with one forward pass
+//! ([`Verifier`]), and **accepts** the longest prefix an [`AcceptanceCriterion`] agrees with.
+//! Under [`Exact`] acceptance the output is identical to [`GreedyDecoder`]'s.
+//!
+//! ```no_run
+//! use blockwise::{Blockwise, BlockwiseDecoder, DecodeConfig, GreedyDecoder, HeadsProposer,
+//!                 Transformer, TransformerConfig};
+//! # fn main() -> blockwise::Result<()> {
+//! let mut model = Transformer::new_seeded(TransformerConfig::tiny(64, 3), 1, tch::Device::Cpu)?;
+//! let config = DecodeConfig::new(32).with_eos([0]);
+//! let greedy = GreedyDecoder::new(&mut model).decode(&[5, 9, 2], &config)?;
+//! let fast = Blockwise::builder(&mut model)
+//!     .block_size(4)
+//!     .proposer(HeadsProposer)
+//!     .build()?
+//!     .decode(&[5, 9, 2], &config)?;
+//! assert_eq!(fast.tokens, greedy.tokens);
+//! # Ok(()) }
+//! ```
+//!
+//! The parts: [`model`] (the [`CausalLm`] adapter trait), [`cache`] (a KV cache with O(1)
+//! truncate), [`transformer`] (a built-in model with proposal heads), [`proposer`],
+//! [`verifier`], [`acceptance`], [`decoder`], [`config`] and [`stats`]. With the `testing`
+//! feature, [`testing`] holds conformance checks for your own models and proposers.
+
+#![warn(missing_docs)]
+
+pub mod acceptance;
+pub mod cache;
+pub mod config;
+pub mod decoder;
+mod dtype;
+mod error;
+pub mod model;
+pub mod proposer;
+pub mod rng;
+pub mod stats;
+pub mod tokenizer;
+pub mod transformer;
+pub mod verifier;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use acceptance::{
+    AcceptanceCriterion, BlockView, Distance, DistanceMetric, Exact, MinBlock, TopK,
+};
+pub use config::{AcceptanceConfig, BlockwiseConfig, ContextPolicy, DecodeConfig};
+pub use decoder::{Blockwise, BlockwiseDecoder, DecodeOutput, GreedyDecoder};
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use model::{CausalLm, ModelInfo, ModelOutput};
+pub use proposer::{HeadsProposer, NoProposer, ProposalContext, Proposer};
+pub use stats::{DecodeStats, StopReason};
+pub use transformer::{Transformer, TransformerConfig};
+pub use verifier::{CachedVerifier, RecomputeVerifier, Verifier};

@@ -1,0 +1,191 @@
+//! The model adapter: one trait for "a causal language model that scores a block".
+//!
+//! Any model plugs into the decoders through [`CausalLm`]: the built-in
+//! [`Transformer`](crate::transformer::Transformer), a TorchScript module, or a type of your own.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+/// What a decoder needs to know about a model before calling it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ModelInfo {
+    /// Number of token ids the model scores; logits have this last dimension.
+    pub vocab_size: i64,
+    /// The most positions (prompt plus generated tokens) the model can attend over.
+    pub max_context: usize,
+    /// Proposal heads: extra predictions for the tokens 2, 3, ... steps ahead (0 when none).
+    pub num_heads: usize,
+    /// Whether the model keeps a key/value cache between calls. A model without one must be
+    /// called with the whole sequence from position 0 every time.
+    pub has_cache: bool,
+    /// Where the model's tensors live; token ids are passed on this device.
+    pub device: Device,
+    /// The floating-point kind the model computes in.
+    pub kind: Kind,
+}
+
+impl ModelInfo {
+    /// Info for a model with the given vocabulary and context on the CPU in float32, with a
+    /// cache and no proposal heads. Adjust the public fields for anything else.
+    pub fn new(vocab_size: i64, max_context: usize) -> Self {
+        ModelInfo {
+            vocab_size,
+            max_context,
+            num_heads: 0,
+            has_cache: true,
+            device: Device::Cpu,
+            kind: Kind::Float,
+        }
+    }
+}
+
+/// What one model call returns: scores for *every* block position.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ModelOutput {
+    /// Next-token logits for every position of the block, `[B, T, V]`.
+    pub logits: Tensor,
+    /// Final hidden states (what the vocabulary projection reads), `[B, T, D]`, when the model
+    /// exposes them. Proposal heads run on these.
+    pub hidden: Option<Tensor>,
+}
+
+impl ModelOutput {
+    /// Output with logits only.
+    pub fn logits(logits: Tensor) -> Self {
+        ModelOutput {
+            logits,
+            hidden: None,
+        }
+    }
+
+    /// Output with logits and final hidden states.
+    pub fn with_hidden(logits: Tensor, hidden: Tensor) -> Self {
+        ModelOutput {
+            logits,
+            hidden: Some(hidden),
+        }
+    }
+}
+
+/// A causal language model that scores a block of tokens appended to what it has cached.
+///
+/// # Contract
+///
+/// * `forward(tokens, start)` scores the token ids `tokens` (`[B, T]`, `Kind::Int64`, on
+///   [`ModelInfo::device`]) placed at positions `start..start + T`. A cached model first
+///   forgets every cached position `>= start` (so `start <= cached_len()` is required) and then
+///   appends the block. A model without a cache requires `start == 0` and is given the whole
+///   sequence each time.
+/// * The output holds logits for every block position (`[B, T, V]`), never only the last one:
+///   row `t` scores the token that follows `tokens[.., t]`.
+/// * `truncate(len)` forgets cached positions `>= len`, cheaply (never a copy of the whole
+///   cache).
+///
+/// The trait is object safe; decoders hold models as `M: CausalLm` and pass them around as
+/// `&mut dyn CausalLm`. `&mut M` and `Box<M>` implement it too, so a decoder can borrow a model.
+pub trait CausalLm {
+    /// Sizes and placement of the model.
+    fn info(&self) -> &ModelInfo;
+
+    /// Scores a block; see the trait documentation for the contract.
+    fn forward(&mut self, tokens: &Tensor, start: usize) -> Result<ModelOutput>;
+
+    /// Tokens currently held in the cache (always 0 for a model without a cache).
+    fn cached_len(&self) -> usize;
+
+    /// Forgets cached positions `>= len`. A no-op when `len >= cached_len()`.
+    fn truncate(&mut self, len: usize) -> Result<()>;
+
+    /// Runs the model's proposal heads on final hidden states `[N, D]` and returns their logits
+    /// `[N, H, V]` (head `h` predicts the token `h + 2` steps after the position's input token).
+    /// `Ok(None)` when the model has no heads.
+    fn head_logits(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
+        let _ = hidden;
+        Ok(None)
+    }
+}
+
+impl<M: CausalLm + ?Sized> CausalLm for &mut M {
+    fn info(&self) -> &ModelInfo {
+        (**self).info()
+    }
+    fn forward(&mut self, tokens: &Tensor, start: usize) -> Result<ModelOutput> {
+        (**self).forward(tokens, start)
+    }
+    fn cached_len(&self) -> usize {
+        (**self).cached_len()
+    }
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        (**self).truncate(len)
+    }
+    fn head_logits(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
+        (**self).head_logits(hidden)
+    }
+}
+
+impl<M: CausalLm + ?Sized> CausalLm for Box<M> {
+    fn info(&self) -> &ModelInfo {
+        (**self).info()
+    }
+    fn forward(&mut self, tokens: &Tensor, start: usize) -> Result<ModelOutput> {
+        (**self).forward(tokens, start)
+    }
+    fn cached_len(&self) -> usize {
+        (**self).cached_len()
+    }
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        (**self).truncate(len)
+    }
+    fn head_logits(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
+        (**self).head_logits(hidden)
+    }
+}
+
+/// Checks token ids against a vocabulary, naming the sequence in the error.
+pub fn check_tokens(what: &'static str, tokens: &[i64], vocab_size: i64) -> Result<()> {
+    match tokens
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t < 0 || t >= vocab_size)
+    {
+        Some((position, &token)) => Err(Error::TokenOutOfVocabulary {
+            what,
+            position,
+            token,
+            vocab_size,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Token ids as a `[1, T]` int64 tensor on `device`.
+pub fn token_tensor(tokens: &[i64], device: Device) -> Tensor {
+    Tensor::from_slice(tokens).to_device(device).unsqueeze(0)
+}
+
+/// Checks that a model's output matches the calling convention for a block of `block_len`
+/// tokens (batch 1): logits `[1, T, V]`, hidden `[1, T, D]` when present.
+pub fn check_output(out: &ModelOutput, block_len: usize, vocab_size: i64) -> Result<()> {
+    let size = out.logits.size();
+    if size.len() != 3 || size[0] != 1 || size[1] != block_len as i64 || size[2] != vocab_size {
+        return Err(Error::BadOutputShape {
+            output: "logits",
+            expected: format!("[1, {block_len}, {vocab_size}] (batch, block, vocabulary)"),
+            actual: size,
+        });
+    }
+    if let Some(h) = &out.hidden {
+        let hs = h.size();
+        if hs.len() != 3 || hs[0] != 1 || hs[1] != block_len as i64 {
+            return Err(Error::BadOutputShape {
+                output: "hidden",
+                expected: format!("[1, {block_len}, D] (batch, block, width)"),
+                actual: hs,
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! Conformance checks and proptest strategies (cargo feature `testing`).
+//!
+//! The crate's own property tests are built from these, and so can yours: run
+//! [`Conformance`] against your own [`CausalLm`] and [`Proposer`] to check that blockwise output
+//! equals greedy decoding of your model.
+//!
+//! ```no_run
+//! use blockwise::testing::{Conformance, RandomProposer};
+//! use blockwise::{Transformer, TransformerConfig};
+//!
+//! let mut model = Transformer::new_seeded(TransformerConfig::tiny(32, 7), 3, tch::Device::Cpu)
+//!     .unwrap();
+//! Conformance::new()
+//!     .cases(64)
+//!     .run(&mut model, |seed| Box::new(RandomProposer::new(32, seed)))
+//!     .unwrap();
+//! ```
+
+mod checks;
+mod proposers;
+pub mod strategies;
+mod suite;
+
+pub use checks::{
+    check_cache_consistency, check_combined_calls, check_loop_invariants, check_same_output,
+    ConformanceFailure,
+};
+pub use proposers::{OracleProposer, RandomProposer};
+pub use suite::{Conformance, ConformanceCase};

@@ -1,0 +1,9 @@
+//! The built-in transformer (`tch::nn`): configuration, layers, proposal heads and I/O.
+
+mod config;
+mod heads;
+mod layers;
+mod model;
+
+pub use config::TransformerConfig;
+pub use model::{Transformer, CONFIG_FILE, WEIGHTS_FILE};

@@ -1,0 +1,285 @@
+//! The built-in decoder-only transformer: learned positions, pre-norm layers, tied vocabulary
+//! projection, a preallocated KV cache and optional Stern-style proposal heads.
+
+use std::path::Path;
+
+use tch::{nn, Device, Kind, Tensor};
+
+use super::config::TransformerConfig;
+use super::heads::SternHeads;
+use super::layers::{causal_mask, Block, BlockShape, LayerNorm};
+use crate::cache::{CacheShape, KvCache};
+use crate::error::{Error, Result};
+use crate::model::{check_tokens, CausalLm, ModelInfo, ModelOutput};
+use crate::rng::SeededRng;
+
+/// File name of the weights inside a model folder.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// File name of the configuration inside a model folder.
+pub const CONFIG_FILE: &str = "config.json";
+
+/// A small GPT-style model in `tch::nn`, usable as a [`CausalLm`] with proposal heads.
+#[derive(Debug)]
+pub struct Transformer {
+    vs: nn::VarStore,
+    config: TransformerConfig,
+    info: ModelInfo,
+    tok_emb: Tensor,
+    pos_emb: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    heads: Option<SternHeads>,
+    cache: KvCache,
+}
+
+impl Transformer {
+    /// A model with weights drawn from a generator seeded with `seed` (the same seed gives the
+    /// same weights, whatever runs in parallel).
+    ///
+    /// Embeddings are standard normal and dense weights scaled by `1/sqrt(fan_in)`, so even an
+    /// untrained model has confident, well-separated predictions.
+    pub fn new_seeded(config: TransformerConfig, seed: u64, device: Device) -> Result<Self> {
+        let mut model = Self::build(config, device)?;
+        model.fill_seeded(seed)?;
+        Ok(model)
+    }
+
+    /// Loads `config.json` and `model.safetensors` from `dir`.
+    pub fn load(dir: impl AsRef<Path>, device: Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&config_path).map_err(|source| Error::Io {
+            action: "reading",
+            path: config_path.clone(),
+            source,
+        })?;
+        let config: TransformerConfig =
+            serde_json::from_str(&text).map_err(|source| Error::Json {
+                what: config_path.display().to_string(),
+                source,
+            })?;
+        let mut model = Self::build(config, device)?;
+        let weights = dir.join(WEIGHTS_FILE);
+        if !weights.is_file() {
+            return Err(Error::Io {
+                action: "reading",
+                path: weights,
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        model.vs.load(&weights)?;
+        Ok(model)
+    }
+
+    /// Writes `config.json` and `model.safetensors` into `dir` (created if missing).
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            action: "creating",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let config_path = dir.join(CONFIG_FILE);
+        let json = serde_json::to_string_pretty(&self.config).map_err(|source| Error::Json {
+            what: "transformer config".into(),
+            source,
+        })?;
+        std::fs::write(&config_path, json + "\n").map_err(|source| Error::Io {
+            action: "writing",
+            path: config_path,
+            source,
+        })?;
+        self.vs.save(dir.join(WEIGHTS_FILE))?;
+        Ok(())
+    }
+
+    fn build(config: TransformerConfig, device: Device) -> Result<Self> {
+        config.validate()?;
+        let mut vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let d = config.d_model;
+        let tok_emb = root.var("tok_emb", &[config.vocab_size, d], nn::Init::Const(0.0));
+        let pos_emb = root.var(
+            "pos_emb",
+            &[config.max_context as i64, d],
+            nn::Init::Const(0.0),
+        );
+        let shape = BlockShape {
+            d_model: d,
+            n_heads: config.n_heads,
+            d_ff: config.d_ff,
+            eps: config.layer_norm_eps,
+            softmax_f32: config.dtype.is_half(),
+        };
+        let blocks = (0..config.n_layers)
+            .map(|i| Block::new(&root / "layers" / i, &shape))
+            .collect();
+        let ln_f = LayerNorm::new(&root / "ln_f", d, config.layer_norm_eps);
+        let heads = (config.num_proposal_heads > 0).then(|| {
+            SternHeads::new(
+                &root / "heads",
+                d,
+                config.num_proposal_heads,
+                config.head_d_ff,
+            )
+        });
+        vs.set_kind(config.dtype.kind());
+        let cache = KvCache::new(
+            CacheShape {
+                layers: config.n_layers,
+                batch: 1,
+                heads: config.n_heads,
+                capacity: config.max_context,
+                head_dim: config.head_dim(),
+            },
+            config.dtype.kind(),
+            device,
+        )?;
+        let mut info = ModelInfo::new(config.vocab_size, config.max_context);
+        info.num_heads = config.num_proposal_heads;
+        info.device = device;
+        info.kind = config.dtype.kind();
+        Ok(Transformer {
+            vs,
+            config,
+            info,
+            tok_emb,
+            pos_emb,
+            blocks,
+            ln_f,
+            heads,
+            cache,
+        })
+    }
+
+    fn fill_seeded(&mut self, seed: u64) -> Result<()> {
+        let mut rng = SeededRng::new(seed);
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let _guard = tch::no_grad_guard();
+        for (name, var) in vars {
+            let size = var.size();
+            let numel: i64 = size.iter().product();
+            let values: Vec<f64> = if name.ends_with("bias") {
+                vec![0.0; numel as usize]
+            } else if name.contains("ln") {
+                vec![1.0; numel as usize]
+            } else if name.ends_with("emb") {
+                (0..numel).map(|_| rng.normal()).collect()
+            } else {
+                let fan_in = *size.last().unwrap_or(&1) as f64;
+                (0..numel).map(|_| rng.normal() / fan_in.sqrt()).collect()
+            };
+            let src = Tensor::from_slice(&values)
+                .f_view(size.as_slice())?
+                .f_to_kind(var.kind())?
+                .f_to_device(var.device())?;
+            let mut var = var;
+            var.f_copy_(&src)?;
+        }
+        Ok(())
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &TransformerConfig {
+        &self.config
+    }
+
+    /// The token embedding matrix `[V, D]` (also the vocabulary projection).
+    pub fn embedding_matrix(&self) -> &Tensor {
+        &self.tok_emb
+    }
+
+    /// The variables, for training or inspection.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// Converts the weights (and the cache) to another floating-point kind.
+    pub fn set_dtype(&mut self, dtype: crate::DType) -> Result<()> {
+        self.config.dtype = dtype;
+        let rebuilt = Self::build(self.config.clone(), self.info.device)?;
+        // Re-create the layers so that attention uses the right softmax precision, then copy
+        // the weights across.
+        let _guard = tch::no_grad_guard();
+        let mut dst = rebuilt.vs.variables();
+        for (name, src) in self.vs.variables() {
+            if let Some(d) = dst.get_mut(&name) {
+                d.f_copy_(&src)?;
+            }
+        }
+        *self = rebuilt;
+        Ok(())
+    }
+
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(hidden.f_matmul(&self.tok_emb.f_transpose(0, 1)?)?)
+    }
+}
+
+impl CausalLm for Transformer {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn forward(&mut self, tokens: &Tensor, start: usize) -> Result<ModelOutput> {
+        let size = tokens.size();
+        if size.len() != 2 || size[0] != 1 || size[1] == 0 {
+            return Err(Error::Contract {
+                component: "Transformer::forward",
+                problem: format!("token ids must be [1, T] with T >= 1, got {size:?}"),
+            });
+        }
+        let t = size[1] as usize;
+        if start > self.cache.len() {
+            return Err(Error::CacheGap {
+                start,
+                cached: self.cache.len(),
+            });
+        }
+        if start + t > self.config.max_context {
+            return Err(Error::BlockBeyondContext {
+                start,
+                block_len: t,
+                max_context: self.config.max_context,
+            });
+        }
+        let ids: Vec<i64> =
+            Vec::<i64>::try_from(&tokens.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
+        check_tokens("model input", &ids, self.config.vocab_size)?;
+        self.cache.truncate(start);
+        let device = self.info.device;
+        let positions =
+            Tensor::f_arange_start(start as i64, (start + t) as i64, (Kind::Int64, device))?;
+        let mut x = Tensor::f_embedding(&self.tok_emb, tokens, -1, false, false)?.f_add(
+            &Tensor::f_embedding(&self.pos_emb, &positions, -1, false, false)?,
+        )?;
+        let mask = causal_mask(start, t, device)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, i, start, &mask, &mut self.cache)?;
+        }
+        self.cache.set_len(start + t);
+        let hidden = self.ln_f.forward(&x)?;
+        let logits = self.logits(&hidden)?;
+        Ok(ModelOutput::with_hidden(logits, hidden))
+    }
+
+    fn cached_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        self.cache.truncate(len);
+        Ok(())
+    }
+
+    fn head_logits(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
+        match &self.heads {
+            None => Ok(None),
+            Some(heads) => {
+                let states = heads.forward(hidden)?;
+                Ok(Some(self.logits(&states)?))
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The default verifier: appends each block to the model's KV cache and truncates the rejected
+//! tail.
+
+use tch::Tensor;
+
+use super::scores::{heads_at, rank_rows, BlockScores, ScoreRequest, Step};
+use super::Verifier;
+use crate::error::{Error, Result};
+use crate::model::{check_output, token_tensor, CausalLm};
+
+/// Verifies blocks against the model's KV cache: each call runs only the block's tokens.
+#[derive(Debug, Default)]
+pub struct CachedVerifier {
+    committed: usize,
+    pending: usize,
+    hidden: Option<Tensor>,
+}
+
+impl CachedVerifier {
+    /// A verifier with nothing committed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn run(&mut self, model: &mut dyn CausalLm, tokens: &[i64], start: usize) -> Result<Tensor> {
+        if !model.info().has_cache {
+            return Err(Error::MissingCapability {
+                component: "CachedVerifier",
+                capability: "a KV cache (use RecomputeVerifier for models without one)",
+            });
+        }
+        let out = model.forward(&token_tensor(tokens, model.info().device), start)?;
+        check_output(&out, tokens.len(), model.info().vocab_size)?;
+        self.hidden = out.hidden;
+        Ok(out.logits)
+    }
+}
+
+impl Verifier for CachedVerifier {
+    fn start(
+        &mut self,
+        model: &mut dyn CausalLm,
+        prompt: &[i64],
+        req: ScoreRequest,
+    ) -> Result<Step> {
+        self.committed = 0;
+        self.pending = 0;
+        let logits = self.run(model, prompt, 0)?;
+        let scores = rank_rows(&logits, 1, 1)?;
+        self.committed = prompt.len();
+        let heads = if req.heads {
+            Some(heads_at(model, self.hidden.as_ref(), prompt.len() - 1)?)
+        } else {
+            None
+        };
+        Ok(Step {
+            next: scores.greedy(0),
+            heads,
+        })
+    }
+
+    fn verify(
+        &mut self,
+        model: &mut dyn CausalLm,
+        block: &[i64],
+        req: ScoreRequest,
+    ) -> Result<BlockScores> {
+        let logits = self.run(model, block, self.committed)?;
+        self.pending = block.len();
+        rank_rows(&logits, block.len(), req.candidates)
+    }
+
+    fn commit(
+        &mut self,
+        model: &mut dyn CausalLm,
+        keep: usize,
+        req: ScoreRequest,
+    ) -> Result<Option<Vec<i64>>> {
+        if keep == 0 || keep > self.pending {
+            return Err(Error::Contract {
+                component: "CachedVerifier::commit",
+                problem: format!("keep {keep} of a block of {}", self.pending),
+            });
+        }
+        self.committed += keep;
+        self.pending = 0;
+        model.truncate(self.committed)?;
+        if req.heads {
+            Ok(Some(heads_at(model, self.hidden.as_ref(), keep - 1)?))
+        } else {
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Verifiers: run the base model over a block and hand back what acceptance needs, as host data.
+//!
+//! A verifier owns the cache transaction: [`Verifier::verify`] appends a block tentatively,
+//! [`Verifier::commit`] keeps its first tokens and rolls the rest back.
+
+mod cached;
+mod recompute;
+mod scores;
+
+pub use cached::CachedVerifier;
+pub use recompute::RecomputeVerifier;
+pub(crate) use scores::rank_rows;
+pub use scores::{BlockScores, ScoreRequest, Step};
+
+use crate::error::Result;
+use crate::model::CausalLm;
+
+/// Scores blocks with the base model.
+pub trait Verifier {
+    /// Starts a new sequence: scores the prompt and returns the step at its last position.
+    fn start(
+        &mut self,
+        model: &mut dyn CausalLm,
+        prompt: &[i64],
+        req: ScoreRequest,
+    ) -> Result<Step>;
+
+    /// Scores `block` appended after everything committed; one base-model call.
+    fn verify(
+        &mut self,
+        model: &mut dyn CausalLm,
+        block: &[i64],
+        req: ScoreRequest,
+    ) -> Result<BlockScores>;
+
+    /// Keeps the first `keep` tokens of the last verified block and forgets the rest. Returns
+    /// the proposal heads' argmax at the last kept position when `req.heads` is set.
+    fn commit(
+        &mut self,
+        model: &mut dyn CausalLm,
+        keep: usize,
+        req: ScoreRequest,
+    ) -> Result<Option<Vec<i64>>>;
+}
+
+impl<V: Verifier + ?Sized> Verifier for Box<V> {
+    fn start(
+        &mut self,
+        model: &mut dyn CausalLm,
+        prompt: &[i64],
+        req: ScoreRequest,
+    ) -> Result<Step> {
+        (**self).start(model, prompt, req)
+    }
+    fn verify(
+        &mut self,
+        model: &mut dyn CausalLm,
+        block: &[i64],
+        req: ScoreRequest,
+    ) -> Result<BlockScores> {
+        (**self).verify(model, block, req)
+    }
+    fn commit(
+        &mut self,
+        model: &mut dyn CausalLm,
+        keep: usize,
+        req: ScoreRequest,
+    ) -> Result<Option<Vec<i64>>> {
+        (**self).commit(model, keep, req)
+    }
+}

@@ -1,0 +1,89 @@
+//! A verifier for models without a KV cache: every call runs the whole sequence.
+
+use tch::Tensor;
+
+use super::scores::{heads_at, rank_rows, BlockScores, ScoreRequest, Step};
+use super::Verifier;
+use crate::error::{Error, Result};
+use crate::model::{check_output, token_tensor, CausalLm};
+
+/// Verifies each block by recomputing the whole sequence from position 0. Works with any
+/// [`CausalLm`], cached or not; costs grow with the sequence length.
+#[derive(Debug, Default)]
+pub struct RecomputeVerifier {
+    tokens: Vec<i64>,
+    pending: Vec<i64>,
+    hidden: Option<Tensor>,
+}
+
+impl RecomputeVerifier {
+    /// A verifier with nothing committed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn run(&mut self, model: &mut dyn CausalLm, tokens: &[i64]) -> Result<Tensor> {
+        let out = model.forward(&token_tensor(tokens, model.info().device), 0)?;
+        check_output(&out, tokens.len(), model.info().vocab_size)?;
+        self.hidden = out.hidden;
+        Ok(out.logits)
+    }
+}
+
+impl Verifier for RecomputeVerifier {
+    fn start(
+        &mut self,
+        model: &mut dyn CausalLm,
+        prompt: &[i64],
+        req: ScoreRequest,
+    ) -> Result<Step> {
+        self.tokens = prompt.to_vec();
+        self.pending.clear();
+        let logits = self.run(model, prompt)?;
+        let scores = rank_rows(&logits, 1, 1)?;
+        let heads = if req.heads {
+            Some(heads_at(model, self.hidden.as_ref(), prompt.len() - 1)?)
+        } else {
+            None
+        };
+        Ok(Step {
+            next: scores.greedy(0),
+            heads,
+        })
+    }
+
+    fn verify(
+        &mut self,
+        model: &mut dyn CausalLm,
+        block: &[i64],
+        req: ScoreRequest,
+    ) -> Result<BlockScores> {
+        let mut all = self.tokens.clone();
+        all.extend_from_slice(block);
+        let logits = self.run(model, &all)?;
+        self.pending = block.to_vec();
+        rank_rows(&logits, block.len(), req.candidates)
+    }
+
+    fn commit(
+        &mut self,
+        model: &mut dyn CausalLm,
+        keep: usize,
+        req: ScoreRequest,
+    ) -> Result<Option<Vec<i64>>> {
+        if keep == 0 || keep > self.pending.len() {
+            return Err(Error::Contract {
+                component: "RecomputeVerifier::commit",
+                problem: format!("keep {keep} of a block of {}", self.pending.len()),
+            });
+        }
+        let row = self.tokens.len() + keep - 1;
+        self.tokens.extend_from_slice(&self.pending[..keep]);
+        self.pending.clear();
+        if req.heads {
+            Ok(Some(heads_at(model, self.hidden.as_ref(), row)?))
+        } else {
+            Ok(None)
+        }
+    }
+}

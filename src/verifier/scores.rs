@@ -1,0 +1,144 @@
+//! Turning a model's logits into host data in one transfer.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::CausalLm;
+
+/// What a decoder asks the verifier to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScoreRequest {
+    /// Ranked candidates per position (1: the argmax only).
+    pub candidates: usize,
+    /// Whether to run the proposal heads at the last committed position.
+    pub heads: bool,
+}
+
+impl Default for ScoreRequest {
+    fn default() -> Self {
+        ScoreRequest {
+            candidates: 1,
+            heads: false,
+        }
+    }
+}
+
+/// The base model's scores after every position of a verified block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockScores {
+    ranked: Vec<i64>,
+    width: usize,
+}
+
+impl BlockScores {
+    /// Ranked candidates, row-major: `len` rows of `width`.
+    pub(crate) fn new(ranked: Vec<i64>, width: usize) -> Self {
+        BlockScores { ranked, width }
+    }
+
+    /// Candidates per row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Rows (block positions).
+    pub fn len(&self) -> usize {
+        self.ranked.len() / self.width
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.ranked.is_empty()
+    }
+
+    /// All rows, row-major.
+    pub fn ranked(&self) -> &[i64] {
+        &self.ranked
+    }
+
+    /// The base model's greedy token after block position `i`.
+    pub fn greedy(&self, i: usize) -> i64 {
+        self.ranked[i * self.width]
+    }
+}
+
+/// The scores at one position (the last prompt token) and the heads' argmax there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The base model's greedy next token.
+    pub next: i64,
+    /// The heads' argmax, when requested.
+    pub heads: Option<Vec<i64>>,
+}
+
+/// Ranked candidates for the last `rows` positions of `logits` (`[1, T, V]`): column 0 is the
+/// argmax (the same tie-breaking as greedy decoding), further columns the rest of the top-`width`.
+/// Fails on non-finite logits. One device-to-host transfer.
+pub(crate) fn rank_rows(logits: &Tensor, rows: usize, width: usize) -> Result<BlockScores> {
+    let t = logits.size()[1];
+    let rows_i = rows as i64;
+    let tail = logits.f_narrow(1, t - rows_i, rows_i)?.f_squeeze_dim(0)?; // [rows, V]
+    let vocab = tail.size()[1];
+    let width = width.max(1).min(vocab as usize);
+    let finite = tail
+        .f_isfinite()?
+        .f_all_dim(-1, false)?
+        .f_to_kind(Kind::Int64)?; // [rows]
+    let argmax = tail.f_argmax(-1, true)?; // [rows, 1]
+    let ranked = if width == 1 {
+        argmax
+    } else {
+        let (_, idx) = tail.f_topk(width as i64, -1, true, true)?;
+        let rest = idx.f_narrow(1, 1, width as i64 - 1)?;
+        Tensor::f_cat(&[argmax, rest], 1)?
+    };
+    let packed = Tensor::f_cat(&[finite.f_unsqueeze(1)?, ranked], 1)?.f_to_device(Device::Cpu)?;
+    let flat: Vec<i64> = Vec::try_from(&packed.f_flatten(0, -1)?)?;
+    let mut out = Vec::with_capacity(rows * width);
+    for (r, row) in flat.chunks(width + 1).enumerate() {
+        if row[0] == 0 {
+            return Err(Error::NonFiniteLogits { position: r });
+        }
+        out.extend_from_slice(&row[1..]);
+    }
+    Ok(BlockScores::new(out, width))
+}
+
+/// The heads' argmax at row `row` of `hidden` (`[1, T, D]`), or an error when the model has no
+/// heads.
+pub(crate) fn heads_at(
+    model: &dyn CausalLm,
+    hidden: Option<&Tensor>,
+    row: usize,
+) -> Result<Vec<i64>> {
+    let missing = Error::MissingCapability {
+        component: "the heads proposer",
+        capability: "final hidden states and proposal heads",
+    };
+    let hidden = hidden.ok_or(missing)?;
+    let h = hidden.f_select(1, row as i64)?; // [1, D]
+    let logits = model.head_logits(&h)?.ok_or(Error::MissingCapability {
+        component: "the heads proposer",
+        capability: "proposal heads",
+    })?; // [1, H, V]
+    let size = logits.size();
+    if size.len() != 3 || size[0] != 1 || size[2] != model.info().vocab_size {
+        return Err(Error::BadOutputShape {
+            output: "head_logits",
+            expected: format!("[1, H, {}]", model.info().vocab_size),
+            actual: size,
+        });
+    }
+    let finite = logits
+        .f_isfinite()?
+        .f_all()?
+        .f_to_kind(Kind::Int64)?
+        .f_reshape([1])?;
+    let argmax = logits.f_argmax(-1, false)?.f_flatten(0, -1)?;
+    let packed: Vec<i64> =
+        Vec::try_from(&Tensor::f_cat(&[finite, argmax], 0)?.f_to_device(Device::Cpu)?)?;
+    if packed[0] == 0 {
+        return Err(Error::NonFiniteLogits { position: row });
+    }
+    Ok(packed[1..].to_vec())
+}

@@ -1,0 +1,226 @@
+//! The invariants of DESIGN.md as property tests over random float64 models, prompts, block
+//! sizes, lengths, EOS ids and proposers. At least 256 cases each (`PROPTEST_CASES` raises it).
+
+use blockwise::acceptance::{Distance, DistanceMetric, EmbeddingDistance, EmbeddingNorm};
+use blockwise::testing::strategies::{model_case, ModelCase};
+use blockwise::testing::{
+    check_cache_consistency, check_combined_calls, check_loop_invariants, check_same_output,
+    OracleProposer, RandomProposer,
+};
+use blockwise::{
+    AcceptanceCriterion, Blockwise, BlockwiseDecoder, CachedVerifier, ContextPolicy, DecodeOutput,
+    Exact, GreedyDecoder, HeadsProposer, MinBlock, NoProposer, Proposer, RecomputeVerifier, TopK,
+    Transformer,
+};
+use proptest::prelude::*;
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256)
+        .max(256)
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Heads,
+    Random,
+    Oracle,
+    None,
+}
+
+fn greedy(model: &mut Transformer, case: &ModelCase) -> DecodeOutput {
+    GreedyDecoder::new(model)
+        .decode(&case.prompt, &case.decode)
+        .expect("greedy decode")
+}
+
+fn proposer(kind: Kind, case: &ModelCase, reference: &DecodeOutput) -> Box<dyn Proposer> {
+    let vocab = case.config.vocab_size;
+    match kind {
+        Kind::Heads => Box::new(HeadsProposer),
+        Kind::Random => Box::new(RandomProposer::new(vocab, case.proposer_seed)),
+        Kind::Oracle => {
+            let mut truth = case.prompt.clone();
+            truth.extend_from_slice(&reference.tokens);
+            Box::new(OracleProposer::new(
+                truth,
+                vocab,
+                case.corrupt,
+                case.proposer_seed,
+            ))
+        }
+        Kind::None => Box::new(NoProposer),
+    }
+}
+
+fn blockwise(
+    model: &mut Transformer,
+    case: &ModelCase,
+    proposer: Box<dyn Proposer>,
+    criterion: Box<dyn AcceptanceCriterion>,
+) -> DecodeOutput {
+    let recompute = case.proposer_seed % 4 == 0;
+    let b = Blockwise::builder(model)
+        .block_size(case.block_size)
+        .proposer(proposer)
+        .criterion(criterion);
+    let b = if recompute {
+        b.verifier(RecomputeVerifier::new())
+    } else {
+        b.verifier(CachedVerifier::new())
+    };
+    b.build()
+        .expect("build")
+        .decode(&case.prompt, &case.decode)
+        .expect("blockwise decode")
+}
+
+/// Invariants 1 and 2 (and 3 on the heads path) for one proposer kind.
+fn equals_greedy(kind: Kind, case: &ModelCase) -> Result<(), TestCaseError> {
+    let mut model = case.model().expect("model");
+    let reference = greedy(&mut model, case);
+    let p = proposer(kind, case, &reference);
+    let out = blockwise(&mut model, case, p, Box::new(Exact));
+    check_same_output(&reference, &out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    check_loop_invariants(&out, &case.decode, case.block_size)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    if matches!(kind, Kind::Heads) {
+        check_combined_calls(&out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    }
+    // Proposals can only save calls: never more than greedy's plus the final verify.
+    prop_assert!(out.stats.model_calls <= reference.stats.model_calls + 1);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Invariant 1 with the model's own (untrained) heads; invariants 2 and 3 too.
+    #[test]
+    fn exact_heads_equal_greedy(case in model_case()) {
+        equals_greedy(Kind::Heads, &case)?;
+    }
+
+    /// Invariant 1 with uniformly random proposals.
+    #[test]
+    fn exact_random_equals_greedy(case in model_case()) {
+        equals_greedy(Kind::Random, &case)?;
+    }
+
+    /// Invariant 1 with an oracle that lies at random positions: every accepted length occurs.
+    #[test]
+    fn exact_oracle_equals_greedy(case in model_case()) {
+        equals_greedy(Kind::Oracle, &case)?;
+    }
+
+    /// With no proposals the loop is greedy decoding, one token per call.
+    #[test]
+    fn no_proposer_is_greedy(case in model_case()) {
+        equals_greedy(Kind::None, &case)?;
+    }
+
+    /// An oracle that never lies is accepted whole: every block but those cut short by the
+    /// budget or EOS has k tokens.
+    #[test]
+    fn perfect_oracle_fills_blocks(case in model_case()) {
+        let mut case = case;
+        case.corrupt = 0.0;
+        let mut model = case.model().expect("model");
+        let reference = greedy(&mut model, &case);
+        let p = proposer(Kind::Oracle, &case, &reference);
+        let out = blockwise(&mut model, &case, p, Box::new(Exact));
+        check_same_output(&reference, &out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let n = out.tokens.len();
+        let k = case.block_size;
+        prop_assert_eq!(out.stats.iterations, n.div_ceil(k));
+    }
+
+    /// Invariant 2 holds under approximate acceptance too, whatever the output.
+    #[test]
+    fn loop_invariants_under_approximate_acceptance(case in model_case(), which in 0u8..4) {
+        let mut model = case.model().expect("model");
+        let reference = greedy(&mut model, &case);
+        let criterion: Box<dyn AcceptanceCriterion> = match which {
+            0 => Box::new(TopK::new(3).unwrap()),
+            1 => Box::new(Distance::new(2.0, DistanceMetric::Ordinal).unwrap()),
+            2 => Box::new(MinBlock::new(case.block_size.min(3), Exact).unwrap()),
+            _ => Box::new(MinBlock::new(2, TopK::new(2).unwrap()).unwrap()),
+        };
+        let p = proposer(Kind::Oracle, &case, &reference);
+        let out = blockwise(&mut model, &case, p, criterion);
+        check_loop_invariants(&out, &case.decode, case.block_size)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    }
+
+    /// Invariant 4: cached logits equal uncached ones; truncate then re-append equals never
+    /// appended.
+    #[test]
+    fn cache_matches_recompute(case in model_case(), splits in proptest::collection::vec(1usize..60, 0..4)) {
+        let mut model = case.model().expect("model");
+        let reference = greedy(&mut model, &case);
+        let mut seq = case.prompt.clone();
+        seq.extend_from_slice(&reference.tokens);
+        let junk: Vec<i64> = seq.iter().map(|t| (t + 1) % case.config.vocab_size).take(4).collect();
+        check_cache_consistency(&mut model, &seq, &splits, &junk, 1e-9)
+            .expect("forward")
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    }
+
+    /// Invariant 5: TopK(1), Distance(0) (ordinal and L2 embedding) and MinBlock(1) all behave
+    /// exactly as Exact: same tokens, same accepted-length histogram.
+    #[test]
+    fn degenerate_criteria_are_exact(case in model_case()) {
+        let mut model = case.model().expect("model");
+        let reference = greedy(&mut model, &case);
+        let emb = EmbeddingDistance::new(model.embedding_matrix(), EmbeddingNorm::L2).unwrap();
+        let exact = {
+            let p = proposer(Kind::Oracle, &case, &reference);
+            blockwise(&mut model, &case, p, Box::new(Exact))
+        };
+        let others: Vec<Box<dyn AcceptanceCriterion>> = vec![
+            Box::new(TopK::new(1).unwrap()),
+            Box::new(Distance::new(0.0, DistanceMetric::Ordinal).unwrap()),
+            Box::new(Distance::new(0.0, DistanceMetric::Embedding(emb)).unwrap()),
+            Box::new(MinBlock::new(1, Exact).unwrap()),
+        ];
+        for c in others {
+            let p = proposer(Kind::Oracle, &case, &reference);
+            let out = blockwise(&mut model, &case, p, c);
+            check_same_output(&exact, &out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(&exact.stats.accepted_hist, &out.stats.accepted_hist);
+            prop_assert_eq!(exact.stats.model_calls, out.stats.model_calls);
+        }
+    }
+
+    /// At the context limit both decoders stop at the same token, or both return the error
+    /// the policy asks for.
+    #[test]
+    fn context_limit_is_handled_alike(case in model_case()) {
+        let mut case = case;
+        case.decode.max_new_tokens = case.config.max_context; // always reaches the limit
+        case.decode.on_context_full = ContextPolicy::Error;
+        let mut model = case.model().expect("model");
+        let g = GreedyDecoder::new(&mut model).decode(&case.prompt, &case.decode);
+        let b = Blockwise::builder(&mut model)
+            .block_size(case.block_size)
+            .proposer(HeadsProposer)
+            .build()
+            .expect("build")
+            .decode(&case.prompt, &case.decode);
+        match (g, b) {
+            (Ok(g), Ok(b)) => check_same_output(&g, &b).map_err(|e| TestCaseError::fail(e.to_string()))?,
+            (Err(g), Err(b)) => prop_assert_eq!(g.to_string(), b.to_string()),
+            (g, b) => prop_assert!(false, "greedy {:?} but blockwise {:?}", g.map(|o| o.tokens), b.map(|o| o.tokens)),
+        }
+    }
+}
