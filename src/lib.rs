@@ -33,6 +33,7 @@
 
 pub mod acceptance;
 pub mod cache;
+pub mod compare;
 pub mod config;
 pub mod decoder;
 mod dtype;

@@ -1,0 +1,124 @@
+//! Command-line arguments of the `decode` example.
+
+use std::path::PathBuf;
+
+use blockwise::config::{AcceptanceConfig, ProposerConfig, VerifierConfig};
+use blockwise::{Error, Result};
+
+pub const USAGE: &str = "\
+usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE]
+              [--proposer heads|none] [--k N] [--accept exact|top-k:N|distance:EPS[:cosine|l2]]
+              [--min-block L] [--max-new-tokens N] [--verifier cached|recompute]
+              [--compare-greedy] [--json]
+
+  --model           `embedded` (default: the small model shipped in assets/embedded) or a folder
+                    holding config.json and model.safetensors of the built-in transformer
+  --prompt          one prompt
+  --prompt-file     one prompt per line; `\\n` inside a line is a newline
+  --proposer        where proposals come from (default heads)
+  --k               block size (default 4)
+  --accept          acceptance criterion (default exact)
+  --min-block       always accept at least L tokens per block
+  --max-new-tokens  tokens to generate (default 64)
+  --verifier        cached (default) or recompute
+  --compare-greedy  also decode greedily, report identical and speedup
+  --json            one JSON object per prompt on stdout";
+
+/// Parsed arguments.
+#[derive(Debug)]
+pub struct Args {
+    pub model: String,
+    pub prompts: Vec<String>,
+    pub proposer: ProposerConfig,
+    pub k: usize,
+    pub accept: AcceptanceConfig,
+    pub min_block: Option<usize>,
+    pub max_new_tokens: usize,
+    pub verifier: VerifierConfig,
+    pub compare_greedy: bool,
+    pub json: bool,
+}
+
+fn bad(flag: &'static str, problem: impl Into<String>) -> Error {
+    Error::InvalidConfig {
+        field: flag,
+        problem: problem.into(),
+    }
+}
+
+fn number(flag: &'static str, v: &str) -> Result<usize> {
+    v.parse()
+        .map_err(|_| bad(flag, format!("expects a whole number, got `{v}`")))
+}
+
+/// Reads a prompt file: one prompt per line, `\n` inside a line meaning a newline.
+pub fn read_prompt_file(path: &PathBuf) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        action: "reading",
+        path: path.clone(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.replace("\\n", "\n"))
+        .collect())
+}
+
+impl Args {
+    pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args> {
+        let mut args = Args {
+            model: "embedded".into(),
+            prompts: Vec::new(),
+            proposer: ProposerConfig::Heads,
+            k: 4,
+            accept: AcceptanceConfig::Exact,
+            min_block: None,
+            max_new_tokens: 64,
+            verifier: VerifierConfig::Cached,
+            compare_greedy: false,
+            json: false,
+        };
+        let mut it = argv.into_iter();
+        while let Some(flag) = it.next() {
+            let mut value =
+                |name: &'static str| it.next().ok_or_else(|| bad(name, "needs a value"));
+            match flag.as_str() {
+                "--model" => args.model = value("--model")?,
+                "--prompt" => args.prompts.push(value("--prompt")?),
+                "--prompt-file" => args
+                    .prompts
+                    .extend(read_prompt_file(&PathBuf::from(value("--prompt-file")?))?),
+                "--proposer" => args.proposer = value("--proposer")?.parse()?,
+                "--k" => args.k = number("--k", &value("--k")?)?,
+                "--accept" => args.accept = value("--accept")?.parse()?,
+                "--min-block" => {
+                    args.min_block = Some(number("--min-block", &value("--min-block")?)?)
+                }
+                "--max-new-tokens" => {
+                    args.max_new_tokens = number("--max-new-tokens", &value("--max-new-tokens")?)?
+                }
+                "--verifier" => {
+                    args.verifier = match value("--verifier")?.as_str() {
+                        "cached" => VerifierConfig::Cached,
+                        "recompute" => VerifierConfig::Recompute,
+                        other => {
+                            return Err(bad(
+                                "--verifier",
+                                format!("`{other}` is not cached or recompute"),
+                            ))
+                        }
+                    }
+                }
+                "--compare-greedy" => args.compare_greedy = true,
+                "--json" => args.json = true,
+                "-h" | "--help" => return Err(bad("--help", "")),
+                other => return Err(bad("arguments", format!("unknown flag `{other}`"))),
+            }
+        }
+        if args.prompts.is_empty() {
+            args.prompts.push("The quick brown fox".into());
+        }
+        Ok(args)
+    }
+}
