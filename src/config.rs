@@ -95,9 +95,10 @@ impl DecodeConfig {
     }
 }
 
-/// Which acceptance criterion, as configuration.
+/// Which acceptance criterion, as configuration. In JSON: `{"type": "exact"}`,
+/// `{"type": "top-k", "n": 3}`, `{"type": "distance", "epsilon": 2.0, "metric": "ordinal"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(from = "AcceptanceRepr", into = "AcceptanceRepr")]
 pub enum AcceptanceConfig {
     /// Lossless: keep a proposal only if it is the argmax.
     Exact,
@@ -114,6 +115,46 @@ pub enum AcceptanceConfig {
         #[serde(default)]
         metric: MetricConfig,
     },
+}
+
+/// The serde form of [`AcceptanceConfig`]: struct variants only, so that unknown fields are
+/// rejected for every type (serde ignores them on unit variants of tagged enums).
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+enum AcceptanceRepr {
+    Exact {},
+    TopK {
+        n: usize,
+    },
+    Distance {
+        epsilon: f64,
+        #[serde(default)]
+        metric: MetricConfig,
+    },
+}
+
+impl From<AcceptanceRepr> for AcceptanceConfig {
+    fn from(r: AcceptanceRepr) -> Self {
+        match r {
+            AcceptanceRepr::Exact {} => AcceptanceConfig::Exact,
+            AcceptanceRepr::TopK { n } => AcceptanceConfig::TopK { n },
+            AcceptanceRepr::Distance { epsilon, metric } => {
+                AcceptanceConfig::Distance { epsilon, metric }
+            }
+        }
+    }
+}
+
+impl From<AcceptanceConfig> for AcceptanceRepr {
+    fn from(c: AcceptanceConfig) -> Self {
+        match c {
+            AcceptanceConfig::Exact => AcceptanceRepr::Exact {},
+            AcceptanceConfig::TopK { n } => AcceptanceRepr::TopK { n },
+            AcceptanceConfig::Distance { epsilon, metric } => {
+                AcceptanceRepr::Distance { epsilon, metric }
+            }
+        }
+    }
 }
 
 /// The token metric of distance acceptance.

@@ -1,0 +1,469 @@
+//! Every input a caller can get wrong returns a typed error that says what was wrong (the table
+//! in docs/errors.md lists these cases).
+
+mod common;
+
+use blockwise::acceptance::{from_fn, BlockView};
+use blockwise::config::{AcceptanceConfig, BlockwiseConfig};
+use blockwise::proposer::{self, ProposalContext};
+use blockwise::{
+    Blockwise, BlockwiseDecoder, CachedVerifier, CausalLm, ContextPolicy, DecodeConfig, Distance,
+    DistanceMetric, Error, Exact, GreedyDecoder, HeadsProposer, MinBlock, TopK, Transformer,
+    TransformerConfig,
+};
+use common::{tiny, Fault, Faulty};
+
+fn blockwise_with_heads(model: &mut Transformer, k: usize) -> Blockwise<&mut Transformer> {
+    Blockwise::builder(model)
+        .block_size(k)
+        .proposer(HeadsProposer)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn empty_prompt() {
+    let mut m = tiny(20, 3, 1);
+    let e = blockwise_with_heads(&mut m, 4)
+        .decode(&[], &DecodeConfig::new(5))
+        .unwrap_err();
+    assert!(matches!(e, Error::EmptyPrompt), "{e}");
+    let e = GreedyDecoder::new(&mut m)
+        .decode(&[], &DecodeConfig::new(5))
+        .unwrap_err();
+    assert!(matches!(e, Error::EmptyPrompt), "{e}");
+}
+
+#[test]
+fn prompt_token_outside_vocabulary() {
+    let mut m = tiny(20, 3, 1);
+    for bad in [20, -1, i64::MAX] {
+        let e = blockwise_with_heads(&mut m, 4)
+            .decode(&[1, bad, 2], &DecodeConfig::new(5))
+            .unwrap_err();
+        match e {
+            Error::TokenOutOfVocabulary {
+                what: "prompt",
+                position: 1,
+                token,
+                vocab_size: 20,
+            } => {
+                assert_eq!(token, bad)
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+}
+
+#[test]
+fn eos_outside_vocabulary() {
+    let mut m = tiny(20, 3, 1);
+    let e = blockwise_with_heads(&mut m, 4)
+        .decode(&[1], &DecodeConfig::new(5).with_eos([3, 99]))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TokenOutOfVocabulary {
+                what: "EOS set",
+                position: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn block_size_zero_and_too_large() {
+    let mut m = tiny(20, 3, 1);
+    let e = Blockwise::builder(&mut m)
+        .block_size(0)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "block_size",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // 3 heads serve k <= 4.
+    let e = Blockwise::builder(&mut m)
+        .block_size(5)
+        .proposer(HeadsProposer)
+        .build()
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("needs 4 proposal heads; the model has 3"),
+        "{e}"
+    );
+}
+
+#[test]
+fn heads_proposer_on_a_model_without_heads() {
+    let mut m = tiny(20, 0, 1);
+    let e = Blockwise::builder(&mut m)
+        .block_size(2)
+        .proposer(HeadsProposer)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "block_size",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn prompt_longer_than_context() {
+    let mut m = tiny(20, 3, 1); // context 128
+    let prompt = vec![1; 129];
+    let e = blockwise_with_heads(&mut m, 4)
+        .decode(&prompt, &DecodeConfig::new(5))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::PromptTooLong {
+                prompt_len: 129,
+                max_context: 128
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn context_exhausted_when_asked_for_an_error() {
+    let mut m = tiny(20, 3, 1);
+    let cfg = DecodeConfig::new(500).with_context_policy(ContextPolicy::Error);
+    let e = blockwise_with_heads(&mut m, 4)
+        .decode(&[1; 120], &cfg)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::ContextExhausted {
+                max_context: 128,
+                generated: 8
+            }
+        ),
+        "{e}"
+    );
+    // The default policy stops instead.
+    let out = blockwise_with_heads(&mut m, 4)
+        .decode(&[1; 120], &DecodeConfig::new(500))
+        .unwrap();
+    assert_eq!(out.tokens.len(), 8);
+    assert_eq!(out.stop, blockwise::StopReason::ContextFull);
+    // A prompt that fills the context leaves no room at all.
+    let e = blockwise_with_heads(&mut m, 4)
+        .decode(&[1; 128], &cfg)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::ContextExhausted { generated: 0, .. }),
+        "{e}"
+    );
+}
+
+#[test]
+fn proposal_outside_vocabulary() {
+    let mut m = tiny(20, 3, 1);
+    let bad = proposer::from_fn(|_: &ProposalContext<'_>| vec![3, 77]);
+    let e = Blockwise::builder(&mut m)
+        .block_size(4)
+        .proposer(bad)
+        .build()
+        .unwrap()
+        .decode(&[1, 2], &DecodeConfig::new(5))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TokenOutOfVocabulary {
+                what: "proposal",
+                position: 1,
+                token: 77,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn criterion_that_accepts_too_much() {
+    let mut m = tiny(20, 3, 1);
+    let greedy_all = from_fn(|v: &BlockView<'_>| v.len() + 1);
+    let e = Blockwise::builder(&mut m)
+        .block_size(4)
+        .proposer(HeadsProposer)
+        .criterion(greedy_all)
+        .build()
+        .unwrap()
+        .decode(&[1, 2], &DecodeConfig::new(5))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Contract {
+                component: "acceptance criterion",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn nan_logits() {
+    let mut m = Faulty::new(tiny(20, 3, 1), Fault::NanFromCall(3));
+    let e = Blockwise::builder(&mut m)
+        .block_size(4)
+        .proposer(HeadsProposer)
+        .build()
+        .unwrap()
+        .decode(&[1, 2], &DecodeConfig::new(30))
+        .unwrap_err();
+    assert!(matches!(e, Error::NonFiniteLogits { position: 0 }), "{e}");
+    let mut m = Faulty::new(tiny(20, 3, 1), Fault::NanFromCall(1));
+    let e = GreedyDecoder::new(&mut m)
+        .decode(&[1, 2], &DecodeConfig::new(30))
+        .unwrap_err();
+    assert!(matches!(e, Error::NonFiniteLogits { .. }), "{e}");
+}
+
+#[test]
+fn model_returning_only_the_last_position() {
+    let mut m = Faulty::new(tiny(20, 0, 1), Fault::LastPositionOnly);
+    let e = Blockwise::builder(&mut m)
+        .block_size(1)
+        .build()
+        .unwrap()
+        .decode(&[1, 2, 3], &DecodeConfig::new(3))
+        .unwrap_err();
+    match e {
+        Error::BadOutputShape {
+            output: "logits",
+            actual,
+            ..
+        } => assert_eq!(actual, vec![1, 1, 20]),
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn model_with_the_wrong_vocabulary() {
+    let mut m = Faulty::new(tiny(20, 0, 1), Fault::WrongVocab);
+    let e = GreedyDecoder::new(&mut m)
+        .decode(&[1, 2, 3], &DecodeConfig::new(3))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::BadOutputShape {
+                output: "logits",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn cached_verifier_on_a_model_without_cache() {
+    let mut m = Faulty::new(tiny(20, 0, 1), Fault::NoCache);
+    let e = Blockwise::builder(&mut m)
+        .block_size(1)
+        .verifier(CachedVerifier::new())
+        .build()
+        .unwrap()
+        .decode(&[1, 2, 3], &DecodeConfig::new(3))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::MissingCapability {
+                component: "CachedVerifier",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn cache_gap_and_block_beyond_context() {
+    let mut m = tiny(20, 0, 1);
+    let t = tch::Tensor::from_slice(&[1i64, 2]).unsqueeze(0);
+    let e = m.forward(&t, 5).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::CacheGap {
+                start: 5,
+                cached: 0
+            }
+        ),
+        "{e}"
+    );
+    let long = tch::Tensor::from_slice(&vec![1i64; 129]).unsqueeze(0);
+    let e = m.forward(&long, 0).unwrap_err();
+    assert!(
+        matches!(e, Error::BlockBeyondContext { block_len: 129, .. }),
+        "{e}"
+    );
+    let bad = tch::Tensor::from_slice(&[1i64, 25]).unsqueeze(0);
+    let e = m.forward(&bad, 0).unwrap_err();
+    assert!(
+        matches!(e, Error::TokenOutOfVocabulary { token: 25, .. }),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_criterion_parameters() {
+    assert!(matches!(
+        TopK::new(0),
+        Err(Error::InvalidConfig { field: "top_k", .. })
+    ));
+    assert!(matches!(
+        MinBlock::new(0, Exact),
+        Err(Error::InvalidConfig {
+            field: "min_block",
+            ..
+        })
+    ));
+    for eps in [-0.5, f64::NAN, f64::INFINITY] {
+        assert!(matches!(
+            Distance::new(eps, DistanceMetric::Ordinal),
+            Err(Error::InvalidConfig {
+                field: "epsilon",
+                ..
+            })
+        ));
+    }
+    for s in [
+        "top-k",
+        "top-k:x",
+        "distance",
+        "distance:1:manhattan",
+        "exactly",
+    ] {
+        let e = s.parse::<AcceptanceConfig>().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidConfig {
+                    field: "accept",
+                    ..
+                }
+            ),
+            "{s}: {e}"
+        );
+    }
+    let e = AcceptanceConfig::Distance {
+        epsilon: 0.1,
+        metric: blockwise::config::MetricConfig::EmbeddingCosine,
+    }
+    .build(None, None)
+    .err()
+    .unwrap();
+    assert!(matches!(e, Error::MissingCapability { .. }), "{e}");
+}
+
+#[test]
+fn config_documents_are_checked() {
+    let e = BlockwiseConfig::from_json(r#"{"block_size": 4, "speed": "max"}"#).unwrap_err();
+    assert!(e.to_string().contains("unknown field `speed`"), "{e}");
+    let e = BlockwiseConfig::from_json(r#"{"block_size": 4, "acceptance": {"type": "top-k"}}"#)
+        .unwrap_err();
+    assert!(e.to_string().contains("missing field `n`"), "{e}");
+    let e =
+        BlockwiseConfig::from_json(r#"{"block_size": 4, "acceptance": {"type": "exact", "n": 3}}"#)
+            .unwrap_err();
+    assert!(e.to_string().contains("unknown field `n`"), "{e}");
+    let ok = BlockwiseConfig::from_json(
+        r#"{"block_size": 6, "acceptance": {"type": "distance", "epsilon": 2.0}, "min_block": 2}"#,
+    )
+    .unwrap();
+    assert_eq!(ok.block_size, 6);
+    let e =
+        serde_json::from_str::<DecodeConfig>(r#"{"max_new_tokens": 3, "eos": [1]}"#).unwrap_err();
+    assert!(e.to_string().contains("unknown field `eos`"), "{e}");
+}
+
+#[test]
+fn bad_transformer_configs() {
+    let mut c = TransformerConfig::tiny(20, 1);
+    c.n_heads = 5;
+    let e = Transformer::new_seeded(c, 1, tch::Device::Cpu).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "n_heads",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut c = TransformerConfig::tiny(20, 1);
+    c.vocab_size = 0;
+    let e = Transformer::new_seeded(c, 1, tch::Device::Cpu).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "vocab_size",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut c = TransformerConfig::tiny(20, 1);
+    c.max_context = 0;
+    assert!(Transformer::new_seeded(c, 1, tch::Device::Cpu).is_err());
+}
+
+#[test]
+fn missing_or_broken_model_folder() {
+    let e = Transformer::load("/nonexistent/model", tch::Device::Cpu).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Io {
+                action: "reading",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let dir = std::env::temp_dir().join(format!("blockwise-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"vocab_size": 10, "colour": 1}"#,
+    )
+    .unwrap();
+    let e = Transformer::load(&dir, tch::Device::Cpu).unwrap_err();
+    assert!(matches!(e, Error::Json { .. }), "{e}");
+    // Valid config, weights of another shape.
+    tiny(30, 0, 1).save(&dir).unwrap();
+    let mut c = TransformerConfig::tiny(20, 0);
+    c.d_model = 32;
+    std::fs::write(dir.join("config.json"), serde_json::to_string(&c).unwrap()).unwrap();
+    let e = Transformer::load(&dir, tch::Device::Cpu).unwrap_err();
+    assert!(matches!(e, Error::Torch(_)), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
