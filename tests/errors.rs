@@ -467,3 +467,58 @@ fn missing_or_broken_model_folder() {
     assert!(matches!(e, Error::Torch(_)), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A user verifier that scores one row too few.
+struct ShortVerifier(CachedVerifier);
+
+impl blockwise::Verifier for ShortVerifier {
+    fn start(
+        &mut self,
+        model: &mut dyn CausalLm,
+        prompt: &[i64],
+        req: blockwise::verifier::ScoreRequest,
+    ) -> blockwise::Result<blockwise::verifier::Step> {
+        self.0.start(model, prompt, req)
+    }
+    fn verify(
+        &mut self,
+        model: &mut dyn CausalLm,
+        block: &[i64],
+        req: blockwise::verifier::ScoreRequest,
+    ) -> blockwise::Result<blockwise::verifier::BlockScores> {
+        let s = self.0.verify(model, block, req)?;
+        let rows = s.ranked()[..s.ranked().len() - s.width()].to_vec();
+        Ok(blockwise::verifier::BlockScores::new(rows, s.width()).unwrap())
+    }
+    fn commit(
+        &mut self,
+        model: &mut dyn CausalLm,
+        keep: usize,
+        req: blockwise::verifier::ScoreRequest,
+    ) -> blockwise::Result<Option<Vec<i64>>> {
+        self.0.commit(model, keep, req)
+    }
+}
+
+#[test]
+fn verifier_returning_too_few_rows() {
+    let mut m = tiny(20, 3, 1);
+    let e = Blockwise::builder(&mut m)
+        .block_size(4)
+        .proposer(HeadsProposer)
+        .verifier(ShortVerifier(CachedVerifier::new()))
+        .build()
+        .unwrap()
+        .decode(&[1, 2], &DecodeConfig::new(5))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Contract {
+                component: "verifier",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}

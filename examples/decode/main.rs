@@ -115,6 +115,12 @@ fn run(args: Args) -> Result<()> {
     };
     let embeddings = model.embedding_matrix().shallow_clone();
     let decode = DecodeConfig::new(args.max_new_tokens).with_eos(tokenizer.eos_ids());
+    if args.model == "embedded" && !args.json {
+        println!(
+            "note: the embedded model is a seeded, untrained placeholder that repeats itself, so its \
+             proposals are easy to accept; its speedups say nothing about real models.\n"
+        );
+    }
     for prompt in &args.prompts {
         let ids = tokenizer.encode(prompt)?;
         let (out, cmp) = if args.compare_greedy {

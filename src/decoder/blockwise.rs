@@ -238,16 +238,15 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
             stats.model_calls += 1;
 
             // Accept: the longest prefix the criterion agrees with, plus the first token.
-            let view =
-                BlockView::new(&proposal, scores.ranked(), scores.width()).ok_or_else(|| {
-                    Error::Contract {
-                        component: "verifier",
-                        problem: format!(
-                            "returned {} score rows for a block of {}",
-                            scores.len(),
-                            block.len()
-                        ),
-                    }
+            let view = BlockView::new(&proposal, scores.ranked(), scores.width())
+                .filter(|_| scores.len() >= block.len())
+                .ok_or_else(|| Error::Contract {
+                    component: "verifier",
+                    problem: format!(
+                        "returned {} score rows for a block of {}",
+                        scores.len(),
+                        block.len()
+                    ),
                 })?;
             let accepted = self.criterion.accept(&view);
             if accepted > proposal.len() {

@@ -9,8 +9,7 @@ mod scores;
 
 pub use cached::CachedVerifier;
 pub use recompute::RecomputeVerifier;
-pub(crate) use scores::rank_rows;
-pub use scores::{BlockScores, ScoreRequest, Step};
+pub use scores::{heads_at, rank_rows, BlockScores, ScoreRequest, Step};
 
 use crate::error::Result;
 use crate::model::CausalLm;

@@ -31,9 +31,10 @@ pub struct BlockScores {
 }
 
 impl BlockScores {
-    /// Ranked candidates, row-major: `len` rows of `width`.
-    pub(crate) fn new(ranked: Vec<i64>, width: usize) -> Self {
-        BlockScores { ranked, width }
+    /// Ranked candidates, row-major: rows of `width` token ids, best first, one row per block
+    /// position. `None` when `width` is 0 or does not divide the length.
+    pub fn new(ranked: Vec<i64>, width: usize) -> Option<Self> {
+        (width > 0 && ranked.len() % width == 0).then_some(BlockScores { ranked, width })
     }
 
     /// Candidates per row.
@@ -73,8 +74,9 @@ pub struct Step {
 
 /// Ranked candidates for the last `rows` positions of `logits` (`[1, T, V]`): column 0 is the
 /// argmax (the same tie-breaking as greedy decoding), further columns the rest of the top-`width`.
-/// Fails on non-finite logits. One device-to-host transfer.
-pub(crate) fn rank_rows(logits: &Tensor, rows: usize, width: usize) -> Result<BlockScores> {
+/// Fails on non-finite logits. One device-to-host transfer. A building block for verifiers of
+/// your own.
+pub fn rank_rows(logits: &Tensor, rows: usize, width: usize) -> Result<BlockScores> {
     let t = logits.size()[1];
     let rows_i = rows as i64;
     let tail = logits.f_narrow(1, t - rows_i, rows_i)?.f_squeeze_dim(0)?; // [rows, V]
@@ -101,16 +103,12 @@ pub(crate) fn rank_rows(logits: &Tensor, rows: usize, width: usize) -> Result<Bl
         }
         out.extend_from_slice(&row[1..]);
     }
-    Ok(BlockScores::new(out, width))
+    Ok(BlockScores { ranked: out, width })
 }
 
-/// The heads' argmax at row `row` of `hidden` (`[1, T, D]`), or an error when the model has no
-/// heads.
-pub(crate) fn heads_at(
-    model: &dyn CausalLm,
-    hidden: Option<&Tensor>,
-    row: usize,
-) -> Result<Vec<i64>> {
+/// The proposal heads' argmax at row `row` of `hidden` (`[1, T, D]`), or an error when the model
+/// has no heads. One device-to-host transfer. A building block for verifiers of your own.
+pub fn heads_at(model: &dyn CausalLm, hidden: Option<&Tensor>, row: usize) -> Result<Vec<i64>> {
     let missing = Error::MissingCapability {
         component: "the heads proposer",
         capability: "final hidden states and proposal heads",
