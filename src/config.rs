@@ -36,6 +36,10 @@ pub struct DecodeConfig {
     /// What to do at the model's context limit.
     #[serde(default)]
     pub on_context_full: ContextPolicy,
+    /// Feed the prompt in blocks of at most this many tokens (bounds peak memory on long
+    /// prompts; the logits are the same). `None`: the whole prompt in one pass.
+    #[serde(default)]
+    pub prefill_chunk: Option<usize>,
 }
 
 fn default_max_new_tokens() -> usize {
@@ -48,6 +52,7 @@ impl Default for DecodeConfig {
             max_new_tokens: default_max_new_tokens(),
             eos_token_ids: Vec::new(),
             on_context_full: ContextPolicy::default(),
+            prefill_chunk: None,
         }
     }
 }
@@ -73,8 +78,17 @@ impl DecodeConfig {
         self
     }
 
+    /// The same settings with the prompt fed in blocks of `chunk` tokens.
+    pub fn with_prefill_chunk(mut self, chunk: usize) -> Self {
+        self.prefill_chunk = Some(chunk);
+        self
+    }
+
     /// Checks the settings and a prompt against a model.
     pub fn check(&self, prompt: &[i64], info: &ModelInfo) -> Result<()> {
+        if self.prefill_chunk == Some(0) {
+            return Err(Error::config("prefill_chunk", "must be at least 1"));
+        }
         if prompt.is_empty() {
             return Err(Error::EmptyPrompt);
         }

@@ -126,6 +126,15 @@ pub enum Error {
         problem: String,
     },
 
+    /// A TorchScript module does not follow the calling convention.
+    #[error("TorchScript module `{path}`: {problem}")]
+    BadModule {
+        /// The module file (or a description when it was built in memory).
+        path: String,
+        /// What does not fit.
+        problem: String,
+    },
+
     /// A file could not be read or written.
     #[error("{action} `{path}` failed: {source}")]
     Io {

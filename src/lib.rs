@@ -43,6 +43,7 @@ pub mod proposer;
 pub mod rng;
 pub mod stats;
 pub mod tokenizer;
+pub mod torchscript;
 pub mod transformer;
 pub mod verifier;
 
@@ -57,7 +58,7 @@ pub use decoder::{Blockwise, BlockwiseDecoder, DecodeOutput, GreedyDecoder};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use model::{CausalLm, ModelInfo, ModelOutput};
-pub use proposer::{HeadsProposer, NoProposer, ProposalContext, Proposer};
+pub use proposer::{HeadsProposer, NGram, NoProposer, ProposalContext, Proposer};
 pub use stats::{DecodeStats, StopReason};
 pub use transformer::{Transformer, TransformerConfig};
 pub use verifier::{CachedVerifier, RecomputeVerifier, Verifier};

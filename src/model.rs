@@ -106,6 +106,12 @@ pub trait CausalLm {
         let _ = hidden;
         Ok(None)
     }
+
+    /// The token embedding matrix `[V, D]`, when the model exposes it (embedding-distance
+    /// acceptance reads it).
+    fn token_embeddings(&self) -> Option<Tensor> {
+        None
+    }
 }
 
 impl<M: CausalLm + ?Sized> CausalLm for &mut M {
@@ -123,6 +129,9 @@ impl<M: CausalLm + ?Sized> CausalLm for &mut M {
     }
     fn head_logits(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
         (**self).head_logits(hidden)
+    }
+    fn token_embeddings(&self) -> Option<Tensor> {
+        (**self).token_embeddings()
     }
 }
 
@@ -142,6 +151,9 @@ impl<M: CausalLm + ?Sized> CausalLm for Box<M> {
     fn head_logits(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
         (**self).head_logits(hidden)
     }
+    fn token_embeddings(&self) -> Option<Tensor> {
+        (**self).token_embeddings()
+    }
 }
 
 /// Checks token ids against a vocabulary, naming the sequence in the error.
@@ -158,6 +170,52 @@ pub fn check_tokens(what: &'static str, tokens: &[i64], vocab_size: i64) -> Resu
             vocab_size,
         }),
         None => Ok(()),
+    }
+}
+
+/// Checks a model input: `[1, T]` int64 with `T >= 1` and every id in the vocabulary (one small
+/// host transfer). Returns `T`.
+pub fn check_input(tokens: &Tensor, vocab_size: i64, component: &'static str) -> Result<usize> {
+    let size = tokens.size();
+    if size.len() != 2 || size[0] != 1 || size[1] == 0 || tokens.kind() != tch::Kind::Int64 {
+        return Err(Error::Contract {
+            component,
+            problem: format!(
+                "token ids must be int64 [1, T] with T >= 1, got {:?} {size:?}",
+                tokens.kind()
+            ),
+        });
+    }
+    let ids: Vec<i64> = Vec::try_from(&tokens.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
+    check_tokens("model input", &ids, vocab_size)?;
+    Ok(size[1] as usize)
+}
+
+/// Feeds `prompt` to a cached model from position 0 in blocks of at most `chunk` tokens (all at
+/// once when `None`), so peak activation memory is bounded by the chunk rather than the prompt.
+/// Returns the last block's output (its last row scores the token after the prompt). A model
+/// without a cache always gets the whole prompt.
+pub fn prefill(
+    model: &mut dyn CausalLm,
+    prompt: &[i64],
+    chunk: Option<usize>,
+) -> Result<ModelOutput> {
+    let info = model.info().clone();
+    let step = match chunk {
+        Some(0) => return Err(Error::config("prefill_chunk", "must be at least 1")),
+        Some(c) if info.has_cache => c,
+        _ => prompt.len().max(1),
+    };
+    let mut start = 0;
+    loop {
+        let end = (start + step).min(prompt.len());
+        let block = &prompt[start..end];
+        let out = model.forward(&token_tensor(block, info.device), start)?;
+        check_output(&out, block.len(), info.vocab_size)?;
+        if end == prompt.len() {
+            return Ok(out);
+        }
+        start = end;
     }
 }
 

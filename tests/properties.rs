@@ -9,8 +9,8 @@ use blockwise::testing::{
 };
 use blockwise::{
     AcceptanceCriterion, Blockwise, BlockwiseDecoder, CachedVerifier, ContextPolicy, DecodeOutput,
-    Exact, GreedyDecoder, HeadsProposer, MinBlock, NoProposer, Proposer, RecomputeVerifier, TopK,
-    Transformer,
+    Exact, GreedyDecoder, HeadsProposer, MinBlock, NGram, NoProposer, Proposer, RecomputeVerifier,
+    TopK, Transformer,
 };
 use proptest::prelude::*;
 
@@ -35,6 +35,7 @@ enum Kind {
     Heads,
     Random,
     Oracle,
+    NGram,
     None,
 }
 
@@ -59,6 +60,7 @@ fn proposer(kind: Kind, case: &ModelCase, reference: &DecodeOutput) -> Box<dyn P
                 case.proposer_seed,
             ))
         }
+        Kind::NGram => Box::new(NGram::new(1, 3).unwrap()),
         Kind::None => Box::new(NoProposer),
     }
 }
@@ -121,6 +123,12 @@ proptest! {
     #[test]
     fn exact_oracle_equals_greedy(case in model_case()) {
         equals_greedy(Kind::Oracle, &case)?;
+    }
+
+    /// Invariant 1 with n-gram prompt lookup (random models repeat themselves, so it hits).
+    #[test]
+    fn exact_ngram_equals_greedy(case in model_case()) {
+        equals_greedy(Kind::NGram, &case)?;
     }
 
     /// With no proposals the loop is greedy decoding, one token per call.
@@ -200,6 +208,28 @@ proptest! {
             prop_assert_eq!(&exact.stats.accepted_hist, &out.stats.accepted_hist);
             prop_assert_eq!(exact.stats.model_calls, out.stats.model_calls);
         }
+    }
+
+    /// Chunked prefill gives the same output as one pass over the prompt, for both decoders.
+    #[test]
+    fn chunked_prefill_changes_nothing(case in model_case(), chunk in 1usize..=4) {
+        let mut model = case.model().expect("model");
+        let mut whole = case.decode.clone();
+        whole.prefill_chunk = None;
+        let mut chunked = case.decode.clone();
+        chunked.prefill_chunk = Some(chunk);
+        let g1 = GreedyDecoder::new(&mut model).decode(&case.prompt, &whole).expect("greedy");
+        let g2 = GreedyDecoder::new(&mut model).decode(&case.prompt, &chunked).expect("greedy");
+        check_same_output(&g1, &g2).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let b = Blockwise::builder(&mut model)
+            .block_size(case.block_size)
+            .proposer(HeadsProposer)
+            .build()
+            .expect("build")
+            .decode(&case.prompt, &chunked)
+            .expect("blockwise");
+        check_same_output(&g1, &b).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        check_combined_calls(&b).map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
 
     /// At the context limit both decoders stop at the same token, or both return the error

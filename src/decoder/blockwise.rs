@@ -161,10 +161,11 @@ impl<M: CausalLm> Blockwise<M> {
         self.model
     }
 
-    fn request(&self) -> ScoreRequest {
+    fn request(&self, config: &DecodeConfig) -> ScoreRequest {
         ScoreRequest {
             candidates: self.criterion.candidates_needed().max(1),
             heads: self.proposer.needs_heads() && self.block_size > 1,
+            prefill_chunk: config.prefill_chunk,
         }
     }
 
@@ -197,7 +198,7 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
                 budget.exhausted(0, config.on_context_full)?,
             ));
         }
-        let req = self.request();
+        let req = self.request(config);
         let mut stats = DecodeStats::new(prompt.len(), self.block_size);
 
         let tp = Instant::now();

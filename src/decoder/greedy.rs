@@ -5,7 +5,7 @@ use std::time::Instant;
 use super::{empty_output, seconds_since, BlockwiseDecoder, Budget, DecodeOutput};
 use crate::config::DecodeConfig;
 use crate::error::Result;
-use crate::model::{check_output, token_tensor, CausalLm};
+use crate::model::{check_output, prefill, token_tensor, CausalLm};
 use crate::stats::{DecodeStats, StopReason};
 use crate::verifier::rank_rows;
 
@@ -34,10 +34,11 @@ impl<M: CausalLm> GreedyDecoder<M> {
         &self.model
     }
 
-    fn next_token(&mut self, seq: &[i64], fresh: usize) -> Result<i64> {
+    /// The argmax after `seq`, whose last token is new to the model.
+    fn next_token(&mut self, seq: &[i64]) -> Result<i64> {
         let info = self.model.info().clone();
         let (input, start) = if info.has_cache {
-            (&seq[seq.len() - fresh..], seq.len() - fresh)
+            (&seq[seq.len() - 1..], seq.len() - 1)
         } else {
             (seq, 0)
         };
@@ -66,7 +67,8 @@ impl<M: CausalLm> BlockwiseDecoder for GreedyDecoder<M> {
         let mut seq = prompt.to_vec();
         let mut out = Vec::new();
         let tm = Instant::now();
-        let mut next = self.next_token(&seq, seq.len())?;
+        let first = prefill(&mut self.model, &seq, config.prefill_chunk)?;
+        let mut next = rank_rows(&first.logits, 1, 1)?.greedy(0);
         stats.model_s += seconds_since(tm);
         stats.model_calls += 1;
         let stop = loop {
@@ -80,7 +82,7 @@ impl<M: CausalLm> BlockwiseDecoder for GreedyDecoder<M> {
                 break budget.exhausted(out.len(), config.on_context_full)?;
             }
             let tm = Instant::now();
-            next = self.next_token(&seq, 1)?;
+            next = self.next_token(&seq)?;
             stats.model_s += seconds_since(tm);
             stats.model_calls += 1;
         };

@@ -5,8 +5,10 @@
 //! it. A closure `FnMut(&ProposalContext) -> Vec<i64>` becomes a proposer through [`from_fn`].
 
 mod heads;
+mod ngram;
 
 pub use heads::HeadsProposer;
+pub use ngram::NGram;
 
 use crate::error::Result;
 

@@ -10,7 +10,7 @@ use super::heads::SternHeads;
 use super::layers::{causal_mask, Block, BlockShape, LayerNorm};
 use crate::cache::{CacheShape, KvCache};
 use crate::error::{Error, Result};
-use crate::model::{check_tokens, CausalLm, ModelInfo, ModelOutput};
+use crate::model::{check_input, CausalLm, ModelInfo, ModelOutput};
 use crate::rng::SeededRng;
 
 /// File name of the weights inside a model folder.
@@ -223,14 +223,7 @@ impl CausalLm for Transformer {
     }
 
     fn forward(&mut self, tokens: &Tensor, start: usize) -> Result<ModelOutput> {
-        let size = tokens.size();
-        if size.len() != 2 || size[0] != 1 || size[1] == 0 {
-            return Err(Error::Contract {
-                component: "Transformer::forward",
-                problem: format!("token ids must be [1, T] with T >= 1, got {size:?}"),
-            });
-        }
-        let t = size[1] as usize;
+        let t = check_input(tokens, self.config.vocab_size, "Transformer::forward")?;
         if start > self.cache.len() {
             return Err(Error::CacheGap {
                 start,
@@ -244,9 +237,6 @@ impl CausalLm for Transformer {
                 max_context: self.config.max_context,
             });
         }
-        let ids: Vec<i64> =
-            Vec::<i64>::try_from(&tokens.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
-        check_tokens("model input", &ids, self.config.vocab_size)?;
         self.cache.truncate(start);
         let device = self.info.device;
         let positions =
@@ -271,6 +261,10 @@ impl CausalLm for Transformer {
     fn truncate(&mut self, len: usize) -> Result<()> {
         self.cache.truncate(len);
         Ok(())
+    }
+
+    fn token_embeddings(&self) -> Option<Tensor> {
+        Some(self.tok_emb.shallow_clone())
     }
 
     fn head_logits(&self, hidden: &Tensor) -> Result<Option<Tensor>> {

@@ -6,7 +6,7 @@ use tch::Tensor;
 use super::scores::{heads_at, rank_rows, BlockScores, ScoreRequest, Step};
 use super::Verifier;
 use crate::error::{Error, Result};
-use crate::model::{check_output, token_tensor, CausalLm};
+use crate::model::{check_output, prefill, token_tensor, CausalLm};
 
 /// Verifies blocks against the model's KV cache: each call runs only the block's tokens.
 #[derive(Debug, Default)]
@@ -45,11 +45,20 @@ impl Verifier for CachedVerifier {
     ) -> Result<Step> {
         self.committed = 0;
         self.pending = 0;
-        let logits = self.run(model, prompt, 0)?;
+        if !model.info().has_cache {
+            return Err(Error::MissingCapability {
+                component: "CachedVerifier",
+                capability: "a KV cache (use RecomputeVerifier for models without one)",
+            });
+        }
+        let out = prefill(model, prompt, req.prefill_chunk)?;
+        self.hidden = out.hidden;
+        let logits = out.logits;
+        let last_row = logits.size()[1] as usize - 1;
         let scores = rank_rows(&logits, 1, 1)?;
         self.committed = prompt.len();
         let heads = if req.heads {
-            Some(heads_at(model, self.hidden.as_ref(), prompt.len() - 1)?)
+            Some(heads_at(model, self.hidden.as_ref(), last_row)?)
         } else {
             None
         };

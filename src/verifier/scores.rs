@@ -12,6 +12,8 @@ pub struct ScoreRequest {
     pub candidates: usize,
     /// Whether to run the proposal heads at the last committed position.
     pub heads: bool,
+    /// Feed the prompt in blocks of at most this many tokens (cached verifiers).
+    pub prefill_chunk: Option<usize>,
 }
 
 impl Default for ScoreRequest {
@@ -19,6 +21,7 @@ impl Default for ScoreRequest {
         ScoreRequest {
             candidates: 1,
             heads: false,
+            prefill_chunk: None,
         }
     }
 }

@@ -1,5 +1,11 @@
-//! Text in and out. A small trait so examples and tools work with any tokenizer, and a byte-level
-//! tokenizer for the embedded model.
+//! Text in and out. A small trait so examples and tools work with any tokenizer; a byte-level
+//! tokenizer for the embedded model, Hugging Face `tokenizer.json` files, and chat templates.
+
+mod chat;
+mod hf;
+
+pub use chat::ChatTemplate;
+pub use hf::HfTokenizer;
 
 use crate::error::{Error, Result};
 

@@ -1,0 +1,359 @@
+#!/usr/bin/env python3
+"""Export a Hugging Face causal LM to blockwise's TorchScript calling convention.
+
+Cached form (`model.<dtype>.pt`, Llama-family architectures: Llama, SmolLM, Mistral without sliding
+window):
+
+    forward(input_ids      int64 [B, T],
+            position_ids   int64 [B, T],      absolute positions of the block
+            attention_mask int64 [B, P + T],  1 for every position to attend (P = cached positions)
+            k_cache        [L, B, KVH, MAX, Dh],
+            v_cache        [L, B, KVH, MAX, Dh])
+        -> (logits [B, T, V], hidden [B, T, D])
+
+The module writes the block's keys and values into the caches at positions P..P+T in place, and
+attends over cache positions 0..P+T: nothing is copied per call, whatever the past length.
+
+Uncached form (`model.<dtype>.uncached.pt`, any causal LM, with --uncached):
+
+    forward(input_ids int64 [B, T]) -> (logits [B, T, V], hidden [B, T, D])
+
+Next to the modules: `tokenizer.json`, and `metadata.json` (layers, heads, vocabulary, EOS ids,
+dtypes, chat template, and the greedy continuations of fixed prompts computed by transformers'
+own `generate`, as test oracles). Every export is checked against the eager model before it is
+written; a mismatch stops the script with an error.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+FORMAT = "blockwise-torchscript/1"
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+# Fixed prompts whose greedy continuations become test oracles. `chat` wraps them in the model's
+# chat template as one user message.
+ORACLE_PROMPTS = [
+    {"text": "The capital of France is", "chat": False},
+    {"text": "def fibonacci(n):", "chat": False},
+    {"text": "In the beginning God created the heaven and the earth. And the earth was", "chat": False},
+    {"text": "What is the capital of France?", "chat": True},
+    {"text": "Write a haiku about the sea.", "chat": True},
+]
+
+
+def log(*a):
+    print("export_hf:", *a, file=sys.stderr, flush=True)
+
+
+def find_gguf(package):
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit(f"export_hf: python package {package!r} is not installed")
+    folder = list(spec.submodule_search_locations)[0]
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
+    if not files:
+        sys.exit(f"export_hf: no .gguf file in {folder}")
+    return folder, files[0]
+
+
+def load(args):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if args.gguf_package or args.gguf:
+        folder, name = find_gguf(args.gguf_package) if args.gguf_package else os.path.split(os.path.abspath(args.gguf))
+        log(f"loading {name} from {folder} (GGUF, dequantised to float32)")
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        source = {"gguf": name}
+    else:
+        log(f"loading {args.hf_dir}")
+        tok = AutoTokenizer.from_pretrained(args.hf_dir)
+        model = AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=torch.float32)
+        source = {"hf_dir": os.path.abspath(args.hf_dir)}
+    model.eval()
+    return tok, model, source
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class RmsNorm(nn.Module):
+    """Llama's RMSNorm: computed in float32, scaled in the model's dtype."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.weight = nn.Parameter(hf.weight.detach().clone(), requires_grad=False)
+        self.eps = float(hf.variance_epsilon)
+
+    def forward(self, x):
+        dtype = x.dtype
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+class Layer(nn.Module):
+    def __init__(self, hf, cfg):
+        super().__init__()
+        a, m = hf.self_attn, hf.mlp
+        self.ln1 = RmsNorm(hf.input_layernorm)
+        self.ln2 = RmsNorm(hf.post_attention_layernorm)
+        self.q, self.k, self.v, self.o = a.q_proj, a.k_proj, a.v_proj, a.o_proj
+        self.gate, self.up, self.down = m.gate_proj, m.up_proj, m.down_proj
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.scale = self.head_dim ** -0.5
+
+    def forward(self, x, cos, sin, mask, k_buf, v_buf, start: int, end: int):
+        b, t, _ = x.shape
+        h = self.ln1(x)
+        q = self.q(h).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        # Write this block into the preallocated caches (in place), then read positions 0..end.
+        k_buf[:, :, start:end] = k
+        v_buf[:, :, start:end] = v
+        keys = k_buf[:, :, :end]
+        vals = v_buf[:, :, :end]
+        rep = self.heads // self.kv_heads
+        if rep > 1:
+            keys = keys.repeat_interleave(rep, dim=1)
+            vals = vals.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, scale=self.scale)
+        x = x + self.o(y.transpose(1, 2).reshape(b, t, -1))
+        h = self.ln2(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+class CachedLlama(nn.Module):
+    """A Llama-family decoder over preallocated KV caches (the cached calling convention)."""
+
+    def __init__(self, hf_model):
+        super().__init__()
+        cfg = hf_model.config
+        inner = hf_model.model
+        self.embed = inner.embed_tokens
+        self.layers = nn.ModuleList(Layer(l, cfg) for l in inner.layers)
+        self.norm = RmsNorm(inner.norm)
+        self.lm_head = hf_model.lm_head
+        head_dim = self.layers[0].head_dim
+        theta = float(getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"])
+        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        self.register_buffer("inv_freq", inv, persistent=False)
+
+    def forward(self, input_ids, position_ids, attention_mask, k_cache, v_cache):
+        t = input_ids.size(1)
+        end = attention_mask.size(1)
+        start = end - t
+        x = self.embed(input_ids)
+        freqs = position_ids.to(torch.float32)[:, :, None] * self.inv_freq.float()[None, None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos().to(x.dtype)[:, None]
+        sin = emb.sin().to(x.dtype)[:, None]
+        key_pos = torch.ones_like(attention_mask).cumsum(-1) - 1  # [B, end]
+        causal = key_pos[:, None, :] <= position_ids[:, :, None]  # [B, T, end]
+        mask = (causal & (attention_mask[:, None, :] > 0))[:, None]  # [B, 1, T, end]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, k_cache[i], v_cache[i], start, end)
+        hidden = self.norm(x)
+        return self.lm_head(hidden), hidden
+
+
+class Uncached(nn.Module):
+    """Any causal LM: input ids in, logits and final hidden states out."""
+
+    def __init__(self, hf_model):
+        super().__init__()
+        self.m = hf_model
+
+    def forward(self, input_ids):
+        mask = torch.ones_like(input_ids)
+        pos = torch.arange(input_ids.size(1)).unsqueeze(0).expand_as(input_ids)
+        out = self.m(input_ids=input_ids, attention_mask=mask, position_ids=pos,
+                     use_cache=False, output_hidden_states=True, return_dict=True)
+        return out.logits, out.hidden_states[-1]
+
+
+def cache_shape(cfg, max_context, batch=1):
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_context, head_dim)
+
+
+def run_cached(module, ids, chunks, cfg, dtype, max_context):
+    """Feeds `ids` [1, N] through a cached module in blocks of the given sizes; returns the
+    logits of every position [1, N, V]."""
+    k = torch.zeros(cache_shape(cfg, max_context), dtype=dtype)
+    v = torch.zeros_like(k)
+    outs, p = [], 0
+    for c in chunks:
+        block = ids[:, p:p + c]
+        pos = torch.arange(p, p + c).unsqueeze(0)
+        mask = torch.ones(1, p + c, dtype=torch.int64)
+        logits, _ = module(block, pos, mask, k, v)
+        outs.append(logits)
+        p += c
+    return torch.cat(outs, dim=1)
+
+
+def check(name, got, want, tol_abs):
+    """float32: the export must match the eager model within `tol_abs`."""
+    diff = (got.float() - want.float()).abs().max().item()
+    agree = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
+    log(f"check {name}: max |logit diff| {diff:.3g} (tolerance {tol_abs}), argmax agreement {agree:.3f}")
+    if not (diff <= tol_abs and agree == 1.0):
+        sys.exit(f"export_hf: FAILED {name}: the export differs from the eager model "
+                 f"(max diff {diff:.3g} > {tol_abs} or argmax agreement {agree:.3f} < 1)")
+
+
+def check_low_precision(name, got, eager, ref32):
+    """bf16/f16 round differently in every implementation, so the export is held to the eager
+    model's own error: its distance from the float32 logits may be at most twice the eager
+    model's (plus 0.1), and its argmax agreement with float32 at most 5 points lower."""
+    def err(x):
+        return ((x.float() - ref32).abs().max().item(),
+                (x.argmax(-1) == ref32.argmax(-1)).float().mean().item())
+    (d_exp, a_exp), (d_eag, a_eag) = err(got), err(eager)
+    log(f"check {name}: vs float32: export max diff {d_exp:.3g}, argmax agreement {a_exp:.3f}; "
+        f"eager model {d_eag:.3g}, {a_eag:.3f}")
+    if not (d_exp <= 2 * d_eag + 0.1 and a_exp >= a_eag - 0.05):
+        sys.exit(f"export_hf: FAILED {name}: the export is further from float32 than the eager "
+                 f"{name.split()[0]} model allows")
+
+
+def export_dtype(hf_model, cfg, dtype_name, out, max_context, uncached, check_ids, ref32):
+    dtype = DTYPES[dtype_name]
+    model = hf_model.to(dtype)
+
+    def verify(name, got, eager):
+        if dtype_name == "f32":
+            check(name, got, eager, 2e-3)
+        else:
+            check_low_precision(name, got, eager, ref32)
+
+    with torch.no_grad():
+        eager = model(input_ids=check_ids, use_cache=False).logits
+        module = CachedLlama(model).eval()
+        # Trace with a non-empty past so that nothing about an empty cache is baked in.
+        k = torch.zeros(cache_shape(cfg, 16), dtype=dtype)
+        v = torch.zeros_like(k)
+        ex = (check_ids[:, 3:5], torch.arange(3, 5).unsqueeze(0), torch.ones(1, 5, dtype=torch.int64), k, v)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(module, ex, check_trace=False)
+        path = os.path.join(out, f"model.{dtype_name}.pt")
+        traced.save(path)
+        reloaded = torch.jit.load(path)
+        n = check_ids.size(1)
+        # Other block shapes than the trace's: one pass, blocks of 5/2/1, one token at a time.
+        verify(f"{dtype_name} cached, one pass", run_cached(reloaded, check_ids, [n], cfg, dtype, max_context), eager)
+        chunks = [5, 2, 1] + [1] * (n - 8)
+        verify(f"{dtype_name} cached, blocks of 5, 2, 1, 1, ...", run_cached(reloaded, check_ids, chunks, cfg, dtype, max_context), eager)
+        files = {"cached": os.path.basename(path)}
+        if uncached:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tu = torch.jit.trace(Uncached(model).eval(), (check_ids[:, :4],), check_trace=False, strict=False)
+            upath = os.path.join(out, f"model.{dtype_name}.uncached.pt")
+            tu.save(upath)
+            verify(f"{dtype_name} uncached", torch.jit.load(upath)(check_ids)[0], eager)
+            files["uncached"] = os.path.basename(upath)
+        log(f"wrote {path} ({os.path.getsize(path) / 2**20:.0f} MiB)")
+    return files
+
+
+def oracles(hf_model, tok, dtype_name, max_new_tokens):
+    model = hf_model.to(DTYPES[dtype_name])
+    out = []
+    for p in ORACLE_PROMPTS:
+        if p["chat"]:
+            text = tok.apply_chat_template([{"role": "user", "content": p["text"]}], tokenize=False,
+                                           add_generation_prompt=True)
+        else:
+            text = p["text"]
+        ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, num_beams=1, pad_token_id=tok.eos_token_id)
+        out.append({"prompt": p["text"], "chat": p["chat"], "input_ids": ids[0].tolist(),
+                    "greedy_ids": gen[0, ids.size(1):].tolist()})
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--gguf-package", help="a Python package that ships a .gguf file")
+    src.add_argument("--gguf", help="a .gguf file")
+    src.add_argument("--hf-dir", help="a local Hugging Face model folder")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--dtypes", default="f32,bf16")
+    ap.add_argument("--max-context", type=int, default=2048, help="cache length the checks use")
+    ap.add_argument("--uncached", action="store_true", help="also export the uncached form")
+    ap.add_argument("--oracle-tokens", type=int, default=32)
+    args = ap.parse_args()
+    t0 = time.time()
+    torch.manual_seed(0)
+    tok, model, source = load(args)
+    cfg = model.config
+    if cfg.model_type not in ("llama", "mistral") or getattr(cfg, "attention_bias", False):
+        sys.exit(f"export_hf: the cached export supports Llama-family models without attention "
+                 f"bias; got {cfg.model_type!r}")
+    os.makedirs(args.out, exist_ok=True)
+    check_ids = tok("In the beginning God created the heaven and the earth. And the earth was "
+                    "without form, and void; and darkness was upon the face of the deep.",
+                    return_tensors="pt", add_special_tokens=False).input_ids
+    meta = {
+        "format": FORMAT,
+        "source": source,
+        "architecture": cfg.model_type,
+        "num_layers": cfg.num_hidden_layers,
+        "num_heads": cfg.num_attention_heads,
+        "num_kv_heads": cfg.num_key_value_heads,
+        "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+        "hidden_size": cfg.hidden_size,
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "eos_token_ids": sorted({i for i in ([tok.eos_token_id] + ([cfg.eos_token_id] if isinstance(cfg.eos_token_id, int) else list(cfg.eos_token_id or []))) if i is not None}),
+        "bos_token_id": tok.bos_token_id,
+        "chat_template": tok.chat_template,
+        "special_tokens": {"bos_token": tok.bos_token, "eos_token": tok.eos_token},
+        "dtypes": {},
+        "oracles": {},
+    }
+    with torch.no_grad():
+        ref32 = model(input_ids=check_ids, use_cache=False).logits.float()
+    for name in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
+        if name not in DTYPES:
+            sys.exit(f"export_hf: unknown dtype {name!r} (use f32, bf16, f16)")
+        meta["dtypes"][name] = export_dtype(model, cfg, name, args.out, args.max_context, args.uncached, check_ids, ref32)
+        meta["oracles"][name] = oracles(model, tok, name, args.oracle_tokens)
+    model.to(torch.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save_pretrained(tmp)
+        shutil.copy(os.path.join(tmp, "tokenizer.json"), os.path.join(args.out, "tokenizer.json"))
+    with open(os.path.join(args.out, "metadata.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    log(f"done in {time.time() - t0:.0f} s: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+//! `metadata.json`, written by `scripts/export_hf.py` next to the exported modules.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The metadata format this crate reads.
+pub const FORMAT: &str = "blockwise-torchscript/1";
+
+/// The module files exported for one dtype.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DtypeFiles {
+    /// The cached calling convention.
+    #[serde(default)]
+    pub cached: Option<String>,
+    /// The uncached calling convention.
+    #[serde(default)]
+    pub uncached: Option<String>,
+}
+
+/// A fixed prompt and transformers' own greedy continuation of it: a test oracle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Oracle {
+    /// The prompt text (before any chat template).
+    pub prompt: String,
+    /// Whether the prompt was wrapped in the chat template.
+    pub chat: bool,
+    /// The prompt's token ids as the model saw them.
+    pub input_ids: Vec<i64>,
+    /// transformers' `generate(do_sample=False)` continuation.
+    pub greedy_ids: Vec<i64>,
+}
+
+/// What an export says about its model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportMetadata {
+    /// Must be [`FORMAT`].
+    pub format: String,
+    /// The architecture (`llama`, ...).
+    pub architecture: String,
+    /// Transformer layers.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (the cache's head count).
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Model width (the hidden states' last dimension).
+    pub hidden_size: usize,
+    /// Vocabulary size.
+    pub vocab_size: i64,
+    /// The model's trained context length.
+    pub max_position_embeddings: usize,
+    /// Ids that end a sequence.
+    pub eos_token_ids: Vec<i64>,
+    /// Beginning-of-sequence id, if the model has one.
+    #[serde(default)]
+    pub bos_token_id: Option<i64>,
+    /// The Jinja chat template, if the tokenizer has one.
+    #[serde(default)]
+    pub chat_template: Option<String>,
+    /// Special token strings the chat template may use (`bos_token`, `eos_token`).
+    #[serde(default)]
+    pub special_tokens: BTreeMap<String, Option<String>>,
+    /// Exported files per dtype (`f32`, `bf16`, `f16`).
+    pub dtypes: BTreeMap<String, DtypeFiles>,
+    /// Test oracles per dtype.
+    #[serde(default)]
+    pub oracles: BTreeMap<String, Vec<Oracle>>,
+}
+
+impl ExportMetadata {
+    /// Reads and checks `dir/metadata.json`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("metadata.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            action: "reading",
+            path: path.clone(),
+            source,
+        })?;
+        let meta: ExportMetadata = serde_json::from_str(&text).map_err(|source| Error::Json {
+            what: path.display().to_string(),
+            source,
+        })?;
+        if meta.format != FORMAT {
+            return Err(Error::config(
+                "format",
+                format!(
+                    "{} says `{}`, this crate reads `{FORMAT}`",
+                    path.display(),
+                    meta.format
+                ),
+            ));
+        }
+        Ok(meta)
+    }
+}

@@ -1,0 +1,363 @@
+//! A [`CausalLm`] over a TorchScript module (`tch::CModule`).
+
+use std::path::Path;
+
+use tch::{CModule, Device, IValue, Kind, Tensor};
+
+use super::metadata::ExportMetadata;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::model::{check_input, CausalLm, ModelInfo, ModelOutput};
+
+/// Which calling convention a module follows (see the [module docs](super)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleForm {
+    /// `forward(input_ids, position_ids, attention_mask, k_cache, v_cache) -> (logits, hidden)`,
+    /// writing the block's keys and values into the caches in place.
+    Cached,
+    /// `forward(input_ids) -> (logits, hidden)` or `-> logits`: the whole sequence every call.
+    Uncached,
+}
+
+/// What the adapter must know about a module that is not described by a `metadata.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModuleSpec {
+    /// The calling convention.
+    pub form: ModuleForm,
+    /// Vocabulary size (the logits' last dimension).
+    pub vocab_size: i64,
+    /// Layers (the caches' first dimension).
+    pub num_layers: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Positions to allocate in the caches: the context this adapter serves.
+    pub max_context: usize,
+    /// The kind the module computes in.
+    pub dtype: DType,
+    /// Where it runs.
+    pub device: Device,
+}
+
+/// Options for [`TorchScriptLm::load`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadOptions {
+    /// Which exported dtype to load (default float32).
+    pub dtype: DType,
+    /// Where to run (default CPU).
+    pub device: Device,
+    /// Context to allocate the cache for (default: the model's, at most 2048).
+    pub max_context: Option<usize>,
+    /// Which form to load (default cached).
+    pub form: ModuleForm,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            max_context: None,
+            form: ModuleForm::Cached,
+        }
+    }
+}
+
+/// A TorchScript module as a [`CausalLm`]. On construction it probes the module with a short
+/// input and checks the outputs' arity, shapes, vocabulary and dtype, so a module that does not
+/// fit fails with [`Error::BadModule`] or [`Error::BadOutputShape`] before any decoding.
+pub struct TorchScriptLm {
+    module: CModule,
+    path: String,
+    form: ModuleForm,
+    info: ModelInfo,
+    caches: Option<(Tensor, Tensor)>,
+    len: usize,
+}
+
+impl std::fmt::Debug for TorchScriptLm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TorchScriptLm")
+            .field("path", &self.path)
+            .field("form", &self.form)
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+fn dtype_key(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::F64 => "f64",
+        DType::Bf16 => "bf16",
+        DType::F16 => "f16",
+    }
+}
+
+impl TorchScriptLm {
+    /// Loads an export folder written by `scripts/export_hf.py` (`metadata.json` and the module
+    /// for the requested dtype and form).
+    pub fn load(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        let meta = ExportMetadata::read(dir)?;
+        let key = dtype_key(options.dtype);
+        let files = meta.dtypes.get(key).ok_or_else(|| {
+            Error::config(
+                "dtype",
+                format!(
+                    "`{key}` was not exported to {}; available: {}",
+                    dir.display(),
+                    meta.dtypes.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        let file = match options.form {
+            ModuleForm::Cached => files.cached.as_ref(),
+            ModuleForm::Uncached => files.uncached.as_ref(),
+        }
+        .ok_or_else(|| {
+            Error::config(
+                "form",
+                format!("the {:?} form of `{key}` was not exported", options.form),
+            )
+        })?;
+        let max_context = options
+            .max_context
+            .unwrap_or(meta.max_position_embeddings.min(2048));
+        if max_context == 0 || max_context > meta.max_position_embeddings {
+            return Err(Error::config(
+                "max_context",
+                format!(
+                    "is {max_context}; the model was trained for 1..={}",
+                    meta.max_position_embeddings
+                ),
+            ));
+        }
+        let spec = ModuleSpec {
+            form: options.form,
+            vocab_size: meta.vocab_size,
+            num_layers: meta.num_layers,
+            num_kv_heads: meta.num_kv_heads,
+            head_dim: meta.head_dim,
+            max_context,
+            dtype: options.dtype,
+            device: options.device,
+        };
+        Self::from_file(dir.join(file), spec)
+    }
+
+    /// Loads a module file that follows `spec`.
+    pub fn from_file(path: impl AsRef<Path>, spec: ModuleSpec) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(Error::Io {
+                action: "reading",
+                path: path.to_path_buf(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        let module = CModule::load_on_device(path, spec.device).map_err(|e| Error::BadModule {
+            path: path.display().to_string(),
+            problem: format!("libtorch could not load it as TorchScript: {e}"),
+        })?;
+        Self::from_module(module, path.display().to_string(), spec)
+    }
+
+    /// Wraps a loaded module; `name` appears in errors.
+    pub fn from_module(mut module: CModule, name: String, spec: ModuleSpec) -> Result<Self> {
+        module.set_eval();
+        let kind = spec.dtype.kind();
+        let caches = match spec.form {
+            ModuleForm::Cached => {
+                let shape = [
+                    spec.num_layers as i64,
+                    1,
+                    spec.num_kv_heads as i64,
+                    spec.max_context as i64,
+                    spec.head_dim as i64,
+                ];
+                Some((
+                    Tensor::f_zeros(shape, (kind, spec.device))?,
+                    Tensor::f_zeros(shape, (kind, spec.device))?,
+                ))
+            }
+            ModuleForm::Uncached => None,
+        };
+        let mut info = ModelInfo::new(spec.vocab_size, spec.max_context);
+        info.has_cache = spec.form == ModuleForm::Cached;
+        info.device = spec.device;
+        info.kind = kind;
+        let mut lm = TorchScriptLm {
+            module,
+            path: name,
+            form: spec.form,
+            info,
+            caches,
+            len: 0,
+        };
+        lm.probe()?;
+        Ok(lm)
+    }
+
+    fn bad(&self, problem: String) -> Error {
+        Error::BadModule {
+            path: self.path.clone(),
+            problem,
+        }
+    }
+
+    /// Runs a two-token block and checks everything the convention promises.
+    fn probe(&mut self) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let ids = Tensor::f_zeros([1, 2], (Kind::Int64, self.info.device))?;
+        let out = self.forward(&ids, 0)?;
+        if out.logits.kind() != self.info.kind {
+            return Err(self.bad(format!(
+                "it computes logits in {:?}, but {:?} was requested (load the matching export)",
+                out.logits.kind(),
+                self.info.kind
+            )));
+        }
+        self.len = 0;
+        Ok(())
+    }
+
+    fn call(&self, inputs: &[IValue]) -> Result<ModelOutput> {
+        let signature = match self.form {
+            ModuleForm::Cached => {
+                "forward(input_ids, position_ids, attention_mask, k_cache, v_cache)"
+            }
+            ModuleForm::Uncached => "forward(input_ids)",
+        };
+        let out = self
+            .module
+            .forward_is(inputs)
+            .map_err(|e| self.bad(format!("calling {signature} failed: {e}")))?;
+        let tensors: Vec<Tensor> = match out {
+            IValue::Tensor(t) => vec![t],
+            IValue::Tuple(items) | IValue::GenericList(items) => items
+                .into_iter()
+                .map(|v| match v {
+                    IValue::Tensor(t) => Ok(t),
+                    other => Err(self.bad(format!(
+                        "{signature} must return tensors, got an item {:?}",
+                        ivalue_kind(&other)
+                    ))),
+                })
+                .collect::<Result<_>>()?,
+            other => {
+                return Err(self.bad(format!(
+                    "{signature} must return (logits, hidden) or logits, got {:?}",
+                    ivalue_kind(&other)
+                )))
+            }
+        };
+        let mut it = tensors.into_iter();
+        match (it.next(), it.next(), it.next()) {
+            (Some(logits), hidden, None) => Ok(ModelOutput { logits, hidden }),
+            _ => Err(self.bad(format!(
+                "{signature} must return (logits, hidden) or logits, got more than two tensors"
+            ))),
+        }
+    }
+
+    /// The calling convention this module follows.
+    pub fn form(&self) -> ModuleForm {
+        self.form
+    }
+}
+
+fn ivalue_kind(v: &IValue) -> &'static str {
+    match v {
+        IValue::None => "None",
+        IValue::Tensor(_) => "Tensor",
+        IValue::Double(_) => "float",
+        IValue::Int(_) => "int",
+        IValue::Bool(_) => "bool",
+        IValue::Tuple(_) => "tuple",
+        IValue::String(_) => "str",
+        IValue::GenericList(_) | IValue::TensorList(_) => "list",
+        IValue::GenericDict(_) => "dict",
+        _ => "another value",
+    }
+}
+
+impl CausalLm for TorchScriptLm {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn forward(&mut self, tokens: &Tensor, start: usize) -> Result<ModelOutput> {
+        let t = check_input(tokens, self.info.vocab_size, "TorchScriptLm::forward")?;
+        let device = self.info.device;
+        let out = match &self.caches {
+            Some((k, v)) => {
+                if start > self.len {
+                    return Err(Error::CacheGap {
+                        start,
+                        cached: self.len,
+                    });
+                }
+                if start + t > self.info.max_context {
+                    return Err(Error::BlockBeyondContext {
+                        start,
+                        block_len: t,
+                        max_context: self.info.max_context,
+                    });
+                }
+                let end = (start + t) as i64;
+                let positions = Tensor::f_arange_start(start as i64, end, (Kind::Int64, device))?
+                    .f_unsqueeze(0)?;
+                let mask = Tensor::f_ones([1, end], (Kind::Int64, device))?;
+                // Positions >= start are overwritten in place: this is the truncate.
+                self.len = start;
+                let out = self.call(&[
+                    IValue::Tensor(tokens.shallow_clone()),
+                    IValue::Tensor(positions),
+                    IValue::Tensor(mask),
+                    IValue::Tensor(k.shallow_clone()),
+                    IValue::Tensor(v.shallow_clone()),
+                ])?;
+                self.len = start + t;
+                out
+            }
+            None => {
+                if start != 0 {
+                    return Err(Error::CacheGap { start, cached: 0 });
+                }
+                if t > self.info.max_context {
+                    return Err(Error::BlockBeyondContext {
+                        start,
+                        block_len: t,
+                        max_context: self.info.max_context,
+                    });
+                }
+                self.call(&[IValue::Tensor(tokens.shallow_clone())])?
+            }
+        };
+        crate::model::check_output(&out, t, self.info.vocab_size)
+            .map_err(|e| self.bad(format!("it broke the calling convention: {e}")))?;
+        Ok(out)
+    }
+
+    fn cached_len(&self) -> usize {
+        self.len
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        self.len = self.len.min(len);
+        Ok(())
+    }
+
+    fn token_embeddings(&self) -> Option<Tensor> {
+        let params = self.module.named_parameters().ok()?;
+        params
+            .into_iter()
+            .find(|(name, t)| {
+                (name.ends_with("embed.weight") || name.ends_with("embed_tokens.weight"))
+                    && t.size().first() == Some(&self.info.vocab_size)
+            })
+            .map(|(_, t)| t)
+    }
+}
