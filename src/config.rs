@@ -255,27 +255,46 @@ impl FromStr for AcceptanceConfig {
     }
 }
 
-/// Where the block's guesses come from, as configuration.
+/// Where the block's guesses come from, as configuration. In JSON: `"heads"`, `"none"` or
+/// `{"ngram": {"min": 1, "max": 3}}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ProposerConfig {
     /// The model's own proposal heads (combined scoring and proposal).
     #[default]
     Heads,
+    /// Prompt lookup over n-grams of `min..=max` tokens.
+    Ngram {
+        /// Shortest n-gram to match.
+        min: usize,
+        /// Longest n-gram to match (tried first).
+        max: usize,
+    },
     /// No proposals: greedy decoding through the blockwise loop.
     None,
 }
 
 impl FromStr for ProposerConfig {
     type Err = Error;
+
+    /// `heads`, `none`, `ngram` (1 to 3 tokens) or `ngram:MIN:MAX`.
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "heads" => Ok(ProposerConfig::Heads),
-            "none" => Ok(ProposerConfig::None),
-            other => Err(Error::config(
+        let bad = || {
+            Error::config(
                 "proposer",
-                format!("`{other}` is not one of heads, none"),
-            )),
+                format!("`{s}` is not one of heads, none, ngram, ngram:MIN:MAX"),
+            )
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        match parts.as_slice() {
+            ["heads"] => Ok(ProposerConfig::Heads),
+            ["none"] => Ok(ProposerConfig::None),
+            ["ngram"] => Ok(ProposerConfig::Ngram { min: 1, max: 3 }),
+            ["ngram", min, max] => Ok(ProposerConfig::Ngram {
+                min: min.parse().map_err(|_| bad())?,
+                max: max.parse().map_err(|_| bad())?,
+            }),
+            _ => Err(bad()),
         }
     }
 }

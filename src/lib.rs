@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod acceptance;
+pub mod bundle;
 pub mod cache;
 pub mod compare;
 pub mod config;

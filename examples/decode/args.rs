@@ -3,24 +3,31 @@
 use std::path::PathBuf;
 
 use blockwise::config::{AcceptanceConfig, ProposerConfig, VerifierConfig};
-use blockwise::{Error, Result};
+use blockwise::{DType, Error, Result};
+use tch::Device;
 
 pub const USAGE: &str = "\
-usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE]
-              [--proposer heads|none] [--k N] [--accept exact|top-k:N|distance:EPS[:cosine|l2]]
-              [--min-block L] [--max-new-tokens N] [--verifier cached|recompute]
-              [--compare-greedy] [--json]
+usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--chat]
+              [--proposer heads|none|ngram[:MIN:MAX]] [--k N]
+              [--accept exact|top-k:N|distance:EPS[:cosine|l2]] [--min-block L]
+              [--max-new-tokens N] [--verifier cached|recompute] [--prefill-chunk N]
+              [--dtype f32|bf16|f16] [--device cpu|cuda] [--compare-greedy] [--json]
 
-  --model           `embedded` (default: the small model shipped in assets/embedded) or a folder
-                    holding config.json and model.safetensors of the built-in transformer
+  --model           `embedded` (default: the small model shipped in assets/embedded), a folder
+                    exported by scripts/export_hf.py (metadata.json, e.g. models/smollm2), or a
+                    built-in transformer folder (config.json + model.safetensors)
   --prompt          one prompt
   --prompt-file     one prompt per line; `\\n` inside a line is a newline
-  --proposer        where proposals come from (default heads)
+  --chat            wrap each prompt as one user message in the model's chat template
+  --proposer        where proposals come from (default heads; ngram = prompt lookup 1..3)
   --k               block size (default 4)
   --accept          acceptance criterion (default exact)
   --min-block       always accept at least L tokens per block
   --max-new-tokens  tokens to generate (default 64)
   --verifier        cached (default) or recompute
+  --prefill-chunk   feed the prompt in blocks of N tokens
+  --dtype           floating-point kind (default f32; exported models need that dtype exported)
+  --device          cpu (default) or cuda (needs a CUDA build of libtorch and a GPU)
   --compare-greedy  also decode greedily, report identical and speedup
   --json            one JSON object per prompt on stdout";
 
@@ -35,6 +42,10 @@ pub struct Args {
     pub min_block: Option<usize>,
     pub max_new_tokens: usize,
     pub verifier: VerifierConfig,
+    pub prefill_chunk: Option<usize>,
+    pub dtype: DType,
+    pub device: Device,
+    pub chat: bool,
     pub compare_greedy: bool,
     pub json: bool,
 }
@@ -76,6 +87,10 @@ impl Args {
             min_block: None,
             max_new_tokens: 64,
             verifier: VerifierConfig::Cached,
+            prefill_chunk: None,
+            dtype: DType::F32,
+            device: Device::Cpu,
+            chat: false,
             compare_greedy: false,
             json: false,
         };
@@ -110,6 +125,29 @@ impl Args {
                         }
                     }
                 }
+                "--prefill-chunk" => {
+                    args.prefill_chunk =
+                        Some(number("--prefill-chunk", &value("--prefill-chunk")?)?)
+                }
+                "--dtype" => args.dtype = value("--dtype")?.parse()?,
+                "--device" => {
+                    args.device = match value("--device")?.as_str() {
+                        "cpu" => Device::Cpu,
+                        "cuda" => {
+                            if !tch::Cuda::is_available() {
+                                return Err(bad(
+                                    "--device",
+                                    "is cuda, but libtorch sees no CUDA device",
+                                ));
+                            }
+                            Device::Cuda(0)
+                        }
+                        other => {
+                            return Err(bad("--device", format!("`{other}` is not cpu or cuda")))
+                        }
+                    }
+                }
+                "--chat" => args.chat = true,
                 "--compare-greedy" => args.compare_greedy = true,
                 "--json" => args.json = true,
                 "-h" | "--help" => return Err(bad("--help", "")),

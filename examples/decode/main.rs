@@ -9,24 +9,12 @@
 
 mod args;
 
-use std::path::PathBuf;
-
 use args::{Args, USAGE};
+use blockwise::bundle::{BundleOptions, ModelBundle};
 use blockwise::compare::{compare_with_greedy, Comparison};
 use blockwise::config::BlockwiseConfig;
-use blockwise::tokenizer::{ByteTokenizer, TextTokenizer};
-use blockwise::{
-    Blockwise, BlockwiseDecoder, DecodeConfig, DecodeOutput, Error, Result, Transformer,
-};
+use blockwise::{Blockwise, BlockwiseDecoder, CausalLm, DecodeConfig, DecodeOutput, Error, Result};
 use serde_json::json;
-
-fn model_dir(name: &str) -> PathBuf {
-    if name == "embedded" {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/embedded"))
-    } else {
-        PathBuf::from(name)
-    }
-}
 
 fn stats_json(out: &DecodeOutput) -> serde_json::Value {
     json!({
@@ -84,28 +72,20 @@ fn report(prompt: &str, text: &str, out: &DecodeOutput, cmp: Option<&Comparison>
 }
 
 fn build<'a>(
-    model: &'a mut Transformer,
+    model: &'a mut Box<dyn CausalLm>,
     config: &BlockwiseConfig,
-    embeddings: &tch::Tensor,
+    embeddings: Option<&tch::Tensor>,
 ) -> Result<Box<dyn BlockwiseDecoder + 'a>> {
-    Ok(Box::new(Blockwise::from_config(
-        model,
-        config,
-        Some(embeddings),
-    )?))
+    Ok(Box::new(Blockwise::from_config(model, config, embeddings)?))
 }
 
 fn run(args: Args) -> Result<()> {
-    let mut model = Transformer::load(model_dir(&args.model), tch::Device::Cpu)?;
-    let tokenizer = ByteTokenizer;
-    if model.config().vocab_size != tokenizer.vocab_size() {
-        return Err(Error::VocabularyMismatch {
-            left: "model",
-            left_size: model.config().vocab_size,
-            right: "byte tokenizer",
-            right_size: tokenizer.vocab_size(),
-        });
-    }
+    let options = BundleOptions {
+        dtype: args.dtype,
+        device: args.device,
+        max_context: None,
+    };
+    let mut bundle = ModelBundle::load(&args.model, &options)?;
     let config = BlockwiseConfig {
         block_size: args.k,
         acceptance: args.accept.clone(),
@@ -113,8 +93,9 @@ fn run(args: Args) -> Result<()> {
         proposer: args.proposer,
         verifier: args.verifier,
     };
-    let embeddings = model.embedding_matrix().shallow_clone();
-    let decode = DecodeConfig::new(args.max_new_tokens).with_eos(tokenizer.eos_ids());
+    let embeddings = bundle.model.token_embeddings();
+    let mut decode = DecodeConfig::new(args.max_new_tokens).with_eos(bundle.eos.clone());
+    decode.prefill_chunk = args.prefill_chunk;
     if args.model == "embedded" && !args.json {
         println!(
             "note: the embedded model is a seeded, untrained placeholder that repeats itself, so its \
@@ -122,22 +103,21 @@ fn run(args: Args) -> Result<()> {
         );
     }
     for prompt in &args.prompts {
-        let ids = tokenizer.encode(prompt)?;
+        let ids = bundle.encode_prompt(prompt, args.chat)?;
         let (out, cmp) = if args.compare_greedy {
             let c = compare_with_greedy(
-                &mut model,
-                |m| build(m, &config, &embeddings),
+                &mut bundle.model,
+                |m| build(m, &config, embeddings.as_ref()),
                 &ids,
                 &decode,
             )?;
             (c.candidate.clone(), Some(c))
         } else {
-            (
-                build(&mut model, &config, &embeddings)?.decode(&ids, &decode)?,
-                None,
-            )
+            let out =
+                build(&mut bundle.model, &config, embeddings.as_ref())?.decode(&ids, &decode)?;
+            (out, None)
         };
-        let text = tokenizer.decode(&out.tokens)?;
+        let text = bundle.tokenizer.decode(&out.tokens)?;
         report(prompt, &text, &out, cmp.as_ref(), args.json);
     }
     Ok(())

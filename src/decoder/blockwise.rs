@@ -9,7 +9,7 @@ use crate::acceptance::{AcceptanceCriterion, BlockView, Exact};
 use crate::config::{BlockwiseConfig, DecodeConfig, ProposerConfig, VerifierConfig};
 use crate::error::{Error, Result};
 use crate::model::{check_tokens, CausalLm};
-use crate::proposer::{HeadsProposer, NoProposer, ProposalContext, Proposer};
+use crate::proposer::{HeadsProposer, NGram, NoProposer, ProposalContext, Proposer};
 use crate::stats::{DecodeStats, StopReason};
 use crate::verifier::{CachedVerifier, RecomputeVerifier, ScoreRequest, Verifier};
 
@@ -137,6 +137,7 @@ impl<M: CausalLm> Blockwise<M> {
             .criterion(criterion);
         let builder = match config.proposer {
             ProposerConfig::Heads => builder.proposer(HeadsProposer),
+            ProposerConfig::Ngram { min, max } => builder.proposer(NGram::new(min, max)?),
             ProposerConfig::None => builder.proposer(NoProposer),
         };
         let builder = match config.verifier {

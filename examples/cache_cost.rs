@@ -1,0 +1,55 @@
+//! Per-call cost of an exported model against its past length: one-token and five-token blocks
+//! appended after 64, 512 and 2048 cached positions, through the crate's TorchScript adapter.
+//!
+//! ```text
+//! cargo run --release --example cache_cost -- models/smollm2 [f32|bf16] [repeats]
+//! ```
+//!
+//! Prints one markdown row per past length.
+
+use std::time::Instant;
+
+use blockwise::model::{prefill, token_tensor};
+use blockwise::torchscript::{LoadOptions, TorchScriptLm};
+use blockwise::{CausalLm, DType, Result};
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let dir = args.next().unwrap_or_else(|| "models/smollm2".into());
+    let dtype: DType = args.next().unwrap_or_else(|| "f32".into()).parse()?;
+    let repeats: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let pasts = [64usize, 512, 2048];
+    let mut model = TorchScriptLm::load(
+        &dir,
+        &LoadOptions {
+            dtype,
+            max_context: Some(2048 + 8),
+            ..LoadOptions::default()
+        },
+    )?;
+    let _guard = tch::no_grad_guard();
+    let vocab = model.info().vocab_size;
+    let device = model.info().device;
+    println!("| dtype | past length | 1-token call (ms) | 5-token call (ms) |");
+    println!("|---|---|---|---|");
+    for &past in &pasts {
+        let prompt: Vec<i64> = (0..past as i64).map(|i| (i * 7919 + 13) % vocab).collect();
+        prefill(&mut model, &prompt, Some(256))?;
+        let mut row = Vec::new();
+        for t in [1usize, 5] {
+            let block: Vec<i64> = (0..t as i64).map(|i| (i * 31 + 5) % vocab).collect();
+            let ids = token_tensor(&block, device);
+            // Warm-up calls, then the timed ones; each call is rolled back to `past`.
+            for _ in 0..3 {
+                model.forward(&ids, past)?;
+            }
+            let t0 = Instant::now();
+            for _ in 0..repeats {
+                model.forward(&ids, past)?;
+            }
+            row.push(t0.elapsed().as_secs_f64() * 1e3 / repeats as f64);
+        }
+        println!("| {dtype:?} | {past} | {:.2} | {:.2} |", row[0], row[1]);
+    }
+    Ok(())
+}

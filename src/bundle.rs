@@ -1,0 +1,167 @@
+//! A model folder with everything needed to decode text: the model, its tokenizer, its EOS ids
+//! and chat template.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use tch::Device;
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::model::CausalLm;
+use crate::tokenizer::{ByteTokenizer, ChatTemplate, HfTokenizer, TextTokenizer};
+use crate::torchscript::{ExportMetadata, LoadOptions, TorchScriptLm};
+use crate::transformer::{Transformer, CONFIG_FILE};
+
+/// The folder of the embedded default model, shipped with the crate.
+pub fn embedded_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/embedded"))
+}
+
+/// How to load a [`ModelBundle`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BundleOptions {
+    /// Floating-point kind (default float32).
+    pub dtype: DType,
+    /// Device (default CPU).
+    pub device: Device,
+    /// Context to allocate caches for, for exported models (default: the model's, at most 2048).
+    pub max_context: Option<usize>,
+}
+
+impl Default for BundleOptions {
+    fn default() -> Self {
+        BundleOptions {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            max_context: None,
+        }
+    }
+}
+
+/// A model with its tokenizer, EOS ids and (for instruction-tuned models) chat template.
+pub struct ModelBundle {
+    /// The model.
+    pub model: Box<dyn CausalLm>,
+    /// Its tokenizer.
+    pub tokenizer: Box<dyn TextTokenizer>,
+    /// Ids that end a sequence.
+    pub eos: Vec<i64>,
+    /// The chat template, when the model has one.
+    pub chat: Option<ChatTemplate>,
+    /// The export's metadata (oracles included), for exported models.
+    pub metadata: Option<ExportMetadata>,
+}
+
+impl std::fmt::Debug for ModelBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelBundle")
+            .field("info", self.model.info())
+            .field("eos", &self.eos)
+            .field("chat", &self.chat.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelBundle {
+    /// Loads `embedded` (the shipped byte-level model), a built-in transformer folder
+    /// (`config.json` + `model.safetensors`, byte-level tokenizer), or an export folder written
+    /// by `scripts/export_hf.py` (`metadata.json`, modules, `tokenizer.json`).
+    pub fn load(name: &str, options: &BundleOptions) -> Result<Self> {
+        let dir = if name == "embedded" {
+            embedded_dir()
+        } else {
+            PathBuf::from(name)
+        };
+        if dir.join("metadata.json").is_file() {
+            Self::load_export(&dir, options)
+        } else if dir.join(CONFIG_FILE).is_file() {
+            Self::load_builtin(&dir, options)
+        } else {
+            Err(Error::Io {
+                action: "reading a model from",
+                path: dir,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no metadata.json (exported model) or config.json (built-in model) there",
+                ),
+            })
+        }
+    }
+
+    fn load_builtin(dir: &Path, options: &BundleOptions) -> Result<Self> {
+        let mut model = Transformer::load(dir, options.device)?;
+        if model.config().dtype != options.dtype {
+            model.set_dtype(options.dtype)?;
+        }
+        let tokenizer = ByteTokenizer;
+        if model.config().vocab_size != tokenizer.vocab_size() {
+            return Err(Error::VocabularyMismatch {
+                left: "model",
+                left_size: model.config().vocab_size,
+                right: "byte tokenizer",
+                right_size: tokenizer.vocab_size(),
+            });
+        }
+        Ok(ModelBundle {
+            model: Box::new(model),
+            eos: tokenizer.eos_ids(),
+            tokenizer: Box::new(tokenizer),
+            chat: None,
+            metadata: None,
+        })
+    }
+
+    fn load_export(dir: &Path, options: &BundleOptions) -> Result<Self> {
+        let meta = ExportMetadata::read(dir)?;
+        let model = TorchScriptLm::load(
+            dir,
+            &LoadOptions {
+                dtype: options.dtype,
+                device: options.device,
+                max_context: options.max_context,
+                ..LoadOptions::default()
+            },
+        )?;
+        let tokenizer =
+            HfTokenizer::from_file(dir.join("tokenizer.json"), meta.eos_token_ids.clone())?;
+        if tokenizer.vocab_size() > meta.vocab_size {
+            return Err(Error::VocabularyMismatch {
+                left: "model",
+                left_size: meta.vocab_size,
+                right: "tokenizer.json",
+                right_size: tokenizer.vocab_size(),
+            });
+        }
+        let chat = match &meta.chat_template {
+            Some(src) => {
+                let special: BTreeMap<String, String> = meta
+                    .special_tokens
+                    .iter()
+                    .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+                    .collect();
+                Some(ChatTemplate::new(src, special)?)
+            }
+            None => None,
+        };
+        Ok(ModelBundle {
+            model: Box::new(model),
+            tokenizer: Box::new(tokenizer),
+            eos: meta.eos_token_ids.clone(),
+            chat,
+            metadata: Some(meta),
+        })
+    }
+
+    /// The prompt's token ids, wrapped in the chat template first when `chat` is set.
+    pub fn encode_prompt(&self, text: &str, chat: bool) -> Result<Vec<i64>> {
+        if !chat {
+            return self.tokenizer.encode(text);
+        }
+        let template = self.chat.as_ref().ok_or(Error::MissingCapability {
+            component: "--chat",
+            capability: "a chat template",
+        })?;
+        self.tokenizer.encode(&template.user(text)?)
+    }
+}
