@@ -328,6 +328,10 @@ pub struct BlockwiseConfig {
     /// The verifier.
     #[serde(default)]
     pub verifier: VerifierConfig,
+    /// Cut blocks at positions whose top-2 logit margin is below this, and decide them with a
+    /// one-token call (see [`BlockwiseBuilder::tie_guard`](crate::decoder::BlockwiseBuilder::tie_guard)).
+    #[serde(default)]
+    pub tie_guard: Option<f64>,
 }
 
 fn default_acceptance() -> AcceptanceConfig {
@@ -343,6 +347,7 @@ impl BlockwiseConfig {
             min_block: None,
             proposer: ProposerConfig::Heads,
             verifier: VerifierConfig::Cached,
+            tie_guard: None,
         }
     }
 

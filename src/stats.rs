@@ -25,6 +25,9 @@ pub struct DecodeStats {
     pub model_calls: usize,
     /// Predict-verify-accept iterations (one verify call each).
     pub iterations: usize,
+    /// Extra one-token calls made by the tie guard (0 without it).
+    #[serde(default)]
+    pub rescored: usize,
     /// `accepted_hist[n]`: iterations that accepted exactly `n` tokens (index 0 stays 0).
     pub accepted_hist: Vec<usize>,
     /// Mean accepted block size: `new_tokens / iterations` (0 when nothing ran).

@@ -210,6 +210,30 @@ proptest! {
         }
     }
 
+    /// The tie guard never changes the output in float64 (at any margin, even one that cuts every
+    /// block), and its extra calls are accounted for.
+    #[test]
+    fn tie_guard_keeps_the_output(case in model_case(), margin in prop_oneof![Just(0.0), Just(0.5), Just(5.0), Just(1e9)]) {
+        let mut model = case.model().expect("model");
+        let reference = greedy(&mut model, &case);
+        let out = Blockwise::builder(&mut model)
+            .block_size(case.block_size)
+            .proposer(HeadsProposer)
+            .tie_guard(margin)
+            .build()
+            .expect("build")
+            .decode(&case.prompt, &case.decode)
+            .expect("blockwise");
+        check_same_output(&reference, &out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        check_loop_invariants(&out, &case.decode, case.block_size)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        check_combined_calls(&out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        if margin >= 1e9 {
+            // Every multi-token block is cut to its first token.
+            prop_assert_eq!(out.stats.new_tokens, out.stats.iterations);
+        }
+    }
+
     /// Chunked prefill gives the same output as one pass over the prompt, for both decoders.
     #[test]
     fn chunked_prefill_changes_nothing(case in model_case(), chunk in 1usize..=4) {

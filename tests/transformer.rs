@@ -125,6 +125,7 @@ fn configs_round_trip_through_json() {
             min_block: Some(2),
             proposer: ProposerConfig::None,
             verifier: VerifierConfig::Recompute,
+            tie_guard: Some(0.5),
         };
         let json = serde_json::to_string(&b).unwrap();
         assert_eq!(BlockwiseConfig::from_json(&json).unwrap(), b, "{json}");

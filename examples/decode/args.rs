@@ -10,7 +10,7 @@ pub const USAGE: &str = "\
 usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--chat]
               [--proposer heads|none|ngram[:MIN:MAX]] [--k N]
               [--accept exact|top-k:N|distance:EPS[:cosine|l2]] [--min-block L]
-              [--max-new-tokens N] [--verifier cached|recompute] [--prefill-chunk N]
+              [--max-new-tokens N] [--verifier cached|recompute] [--prefill-chunk N] [--tie-guard M]
               [--dtype f32|bf16|f16] [--device cpu|cuda] [--compare-greedy] [--json]
 
   --model           `embedded` (default: the small model shipped in assets/embedded), a folder
@@ -26,6 +26,8 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --max-new-tokens  tokens to generate (default 64)
   --verifier        cached (default) or recompute
   --prefill-chunk   feed the prompt in blocks of N tokens
+  --tie-guard       decide block positions whose top-2 logit margin is below M by a one-token
+                    call, as greedy does (for bf16/f16, where blocks round differently)
   --dtype           floating-point kind (default f32; exported models need that dtype exported)
   --device          cpu (default) or cuda (needs a CUDA build of libtorch and a GPU)
   --compare-greedy  also decode greedily, report identical and speedup
@@ -43,6 +45,7 @@ pub struct Args {
     pub max_new_tokens: usize,
     pub verifier: VerifierConfig,
     pub prefill_chunk: Option<usize>,
+    pub tie_guard: Option<f64>,
     pub dtype: DType,
     pub device: Device,
     pub chat: bool,
@@ -88,6 +91,7 @@ impl Args {
             max_new_tokens: 64,
             verifier: VerifierConfig::Cached,
             prefill_chunk: None,
+            tie_guard: None,
             dtype: DType::F32,
             device: Device::Cpu,
             chat: false,
@@ -128,6 +132,12 @@ impl Args {
                 "--prefill-chunk" => {
                     args.prefill_chunk =
                         Some(number("--prefill-chunk", &value("--prefill-chunk")?)?)
+                }
+                "--tie-guard" => {
+                    let v = value("--tie-guard")?;
+                    args.tie_guard = Some(v.parse().map_err(|_| {
+                        bad("--tie-guard", format!("expects a logit margin, got `{v}`"))
+                    })?)
                 }
                 "--dtype" => args.dtype = value("--dtype")?.parse()?,
                 "--device" => {

@@ -92,6 +92,7 @@ fn run(args: Args) -> Result<()> {
         min_block: args.min_block,
         proposer: args.proposer,
         verifier: args.verifier,
+        tie_guard: args.tie_guard,
     };
     let embeddings = bundle.model.token_embeddings();
     let mut decode = DecodeConfig::new(args.max_new_tokens).with_eos(bundle.eos.clone());

@@ -38,6 +38,7 @@ pub struct Blockwise<M> {
     verifier: Box<dyn Verifier>,
     criterion: Box<dyn AcceptanceCriterion>,
     block_size: usize,
+    tie_guard: Option<f64>,
 }
 
 impl<M> std::fmt::Debug for Blockwise<M> {
@@ -55,9 +56,19 @@ pub struct BlockwiseBuilder<M> {
     verifier: Box<dyn Verifier>,
     criterion: Box<dyn AcceptanceCriterion>,
     block_size: usize,
+    tie_guard: Option<f64>,
 }
 
 impl<M: CausalLm> BlockwiseBuilder<M> {
+    /// Tie guard: where a verified block position's top-2 logit margin is below `margin`, the
+    /// block is cut there and the next token is decided by a one-token call, as greedy decoding
+    /// decides it. A block-shaped forward rounds differently from a one-token forward, so in
+    /// low precision a near-tie can otherwise flip; the guard costs one extra call per near-tie.
+    pub fn tie_guard(mut self, margin: f64) -> Self {
+        self.tie_guard = Some(margin);
+        self
+    }
+
     /// Block size `k` (default 4): the always-right token plus up to `k - 1` proposals.
     pub fn block_size(mut self, k: usize) -> Self {
         self.block_size = k;
@@ -91,6 +102,14 @@ impl<M: CausalLm> BlockwiseBuilder<M> {
                 "must be at least 1 (1 is plain greedy decoding)",
             ));
         }
+        if let Some(m) = self.tie_guard {
+            if !(m >= 0.0 && m.is_finite()) {
+                return Err(Error::config(
+                    "tie_guard",
+                    format!("must be a finite margin >= 0, got {m}"),
+                ));
+            }
+        }
         let info = self.model.info();
         if self.proposer.needs_heads() && k > 1 && info.num_heads < k - 1 {
             return Err(Error::config(
@@ -108,6 +127,7 @@ impl<M: CausalLm> BlockwiseBuilder<M> {
             verifier: self.verifier,
             criterion: self.criterion,
             block_size: k,
+            tie_guard: self.tie_guard,
         })
     }
 }
@@ -121,6 +141,7 @@ impl<M: CausalLm> Blockwise<M> {
             verifier: Box::new(CachedVerifier::new()),
             criterion: Box::new(Exact),
             block_size: 4,
+            tie_guard: None,
         }
     }
 
@@ -132,9 +153,12 @@ impl<M: CausalLm> Blockwise<M> {
         embeddings: Option<&Tensor>,
     ) -> Result<Self> {
         let criterion = config.acceptance.build(config.min_block, embeddings)?;
-        let builder = Blockwise::builder(model)
+        let mut builder = Blockwise::builder(model)
             .block_size(config.block_size)
             .criterion(criterion);
+        if let Some(m) = config.tie_guard {
+            builder = builder.tie_guard(m);
+        }
         let builder = match config.proposer {
             ProposerConfig::Heads => builder.proposer(HeadsProposer),
             ProposerConfig::Ngram { min, max } => builder.proposer(NGram::new(min, max)?),
@@ -167,6 +191,7 @@ impl<M: CausalLm> Blockwise<M> {
             candidates: self.criterion.candidates_needed().max(1),
             heads: self.proposer.needs_heads() && self.block_size > 1,
             prefill_chunk: config.prefill_chunk,
+            margins: self.tie_guard.is_some(),
         }
     }
 
@@ -257,7 +282,18 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
                     problem: format!("accepted {accepted} of {} proposed tokens", proposal.len()),
                 });
             }
-            let keep = accepted + 1;
+            let mut keep = accepted + 1;
+            // Tie guard: cut the block at the first row too close to call; a one-token call
+            // decides what follows it.
+            let mut rescore = false;
+            if let (Some(tol), Some(margins), true) =
+                (self.tie_guard, scores.margins(), block.len() > 1)
+            {
+                if let Some(j) = margins.iter().take(keep).position(|&g| g < tol) {
+                    keep = j + 1;
+                    rescore = true;
+                }
+            }
             let tm = Instant::now();
             heads = self.verifier.commit(&mut self.model, keep, req)?;
             stats.model_s += seconds_since(tm);
@@ -268,10 +304,20 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
             let tp = Instant::now();
             self.proposer.observe(kept)?;
             stats.proposer_s += seconds_since(tp);
-            next = scores.greedy(keep - 1);
             if kept.iter().any(|&t| config.is_eos(t)) {
                 break StopReason::Eos;
             }
+            next = if rescore && budget.remaining(seq.len() - prompt.len(), seq.len()) > 0 {
+                let tm = Instant::now();
+                let step = self.verifier.rescore_last(&mut self.model, req)?;
+                stats.model_s += seconds_since(tm);
+                stats.model_calls += 1;
+                stats.rescored += 1;
+                heads = step.heads;
+                step.next
+            } else {
+                scores.greedy(keep - 1)
+            };
         };
         stats.finish(seconds_since(t0));
         Ok(DecodeOutput {

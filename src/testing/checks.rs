@@ -141,13 +141,14 @@ pub fn check_loop_invariants(
     Ok(())
 }
 
-/// Invariant 3: on the combined heads path, model calls equal iterations plus the prompt pass.
+/// Invariant 3: on the combined heads path, model calls equal iterations plus the prompt pass
+/// (plus the tie guard's one-token calls, when it is on).
 pub fn check_combined_calls(out: &DecodeOutput) -> std::result::Result<(), ConformanceFailure> {
     let s = &out.stats;
     let expected = if s.iterations == 0 {
         0
     } else {
-        s.iterations + 1
+        s.iterations + 1 + s.rescored
     };
     if s.model_calls != expected {
         return fail(

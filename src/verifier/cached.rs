@@ -3,7 +3,7 @@
 
 use tch::Tensor;
 
-use super::scores::{heads_at, rank_rows, BlockScores, ScoreRequest, Step};
+use super::scores::{heads_at, rank_rows, top2_margins, BlockScores, ScoreRequest, Step};
 use super::Verifier;
 use crate::error::{Error, Result};
 use crate::model::{check_output, prefill, token_tensor, CausalLm};
@@ -14,6 +14,8 @@ pub struct CachedVerifier {
     committed: usize,
     pending: usize,
     hidden: Option<Tensor>,
+    block: Vec<i64>,
+    last_token: Option<i64>,
 }
 
 impl CachedVerifier {
@@ -52,6 +54,7 @@ impl Verifier for CachedVerifier {
             });
         }
         let out = prefill(model, prompt, req.prefill_chunk)?;
+        self.last_token = prompt.last().copied();
         self.hidden = out.hidden;
         let logits = out.logits;
         let last_row = logits.size()[1] as usize - 1;
@@ -76,7 +79,13 @@ impl Verifier for CachedVerifier {
     ) -> Result<BlockScores> {
         let logits = self.run(model, block, self.committed)?;
         self.pending = block.len();
-        rank_rows(&logits, block.len(), req.candidates)
+        self.block = block.to_vec();
+        let scores = rank_rows(&logits, block.len(), req.candidates)?;
+        Ok(if req.margins {
+            scores.with_margins(top2_margins(&logits, block.len())?)
+        } else {
+            scores
+        })
     }
 
     fn commit(
@@ -93,11 +102,31 @@ impl Verifier for CachedVerifier {
         }
         self.committed += keep;
         self.pending = 0;
+        self.last_token = Some(self.block[keep - 1]);
         model.truncate(self.committed)?;
         if req.heads {
             Ok(Some(heads_at(model, self.hidden.as_ref(), keep - 1)?))
         } else {
             Ok(None)
         }
+    }
+
+    fn rescore_last(&mut self, model: &mut dyn CausalLm, req: ScoreRequest) -> Result<Step> {
+        let last = self.committed.checked_sub(1).ok_or(Error::Contract {
+            component: "CachedVerifier::rescore_last",
+            problem: "nothing committed".into(),
+        })?;
+        let token = self.last_token.ok_or(Error::Contract {
+            component: "CachedVerifier::rescore_last",
+            problem: "the last committed token is unknown".into(),
+        })?;
+        let logits = self.run(model, &[token], last)?;
+        let next = rank_rows(&logits, 1, 1)?.greedy(0);
+        let heads = if req.heads {
+            Some(heads_at(model, self.hidden.as_ref(), 0)?)
+        } else {
+            None
+        };
+        Ok(Step { next, heads })
     }
 }

@@ -9,7 +9,7 @@ mod scores;
 
 pub use cached::CachedVerifier;
 pub use recompute::RecomputeVerifier;
-pub use scores::{heads_at, rank_rows, BlockScores, ScoreRequest, Step};
+pub use scores::{heads_at, rank_rows, top2_margins, BlockScores, ScoreRequest, Step};
 
 use crate::error::Result;
 use crate::model::CausalLm;
@@ -40,6 +40,17 @@ pub trait Verifier {
         keep: usize,
         req: ScoreRequest,
     ) -> Result<Option<Vec<i64>>>;
+
+    /// Scores the last committed token again with a one-token call (as greedy decoding would),
+    /// and returns the step after it. The tie guard uses it where a block's scores are too close
+    /// to call. One base-model call.
+    fn rescore_last(&mut self, model: &mut dyn CausalLm, req: ScoreRequest) -> Result<Step> {
+        let _ = (model, req);
+        Err(crate::Error::MissingCapability {
+            component: "the tie guard",
+            capability: "a verifier that can rescore its last token",
+        })
+    }
 }
 
 impl<V: Verifier + ?Sized> Verifier for Box<V> {
@@ -66,5 +77,8 @@ impl<V: Verifier + ?Sized> Verifier for Box<V> {
         req: ScoreRequest,
     ) -> Result<Option<Vec<i64>>> {
         (**self).commit(model, keep, req)
+    }
+    fn rescore_last(&mut self, model: &mut dyn CausalLm, req: ScoreRequest) -> Result<Step> {
+        (**self).rescore_last(model, req)
     }
 }

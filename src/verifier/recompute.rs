@@ -2,7 +2,7 @@
 
 use tch::Tensor;
 
-use super::scores::{heads_at, rank_rows, BlockScores, ScoreRequest, Step};
+use super::scores::{heads_at, rank_rows, top2_margins, BlockScores, ScoreRequest, Step};
 use super::Verifier;
 use crate::error::{Error, Result};
 use crate::model::{check_output, token_tensor, CausalLm};
@@ -62,7 +62,12 @@ impl Verifier for RecomputeVerifier {
         all.extend_from_slice(block);
         let logits = self.run(model, &all)?;
         self.pending = block.to_vec();
-        rank_rows(&logits, block.len(), req.candidates)
+        let scores = rank_rows(&logits, block.len(), req.candidates)?;
+        Ok(if req.margins {
+            scores.with_margins(top2_margins(&logits, block.len())?)
+        } else {
+            scores
+        })
     }
 
     fn commit(
@@ -85,5 +90,18 @@ impl Verifier for RecomputeVerifier {
         } else {
             Ok(None)
         }
+    }
+
+    fn rescore_last(&mut self, model: &mut dyn CausalLm, req: ScoreRequest) -> Result<Step> {
+        // Recomputing is already a pass over the whole sequence with the last token last.
+        let tokens = self.tokens.clone();
+        let logits = self.run(model, &tokens)?;
+        let next = rank_rows(&logits, 1, 1)?.greedy(0);
+        let heads = if req.heads {
+            Some(heads_at(model, self.hidden.as_ref(), tokens.len() - 1)?)
+        } else {
+            None
+        };
+        Ok(Step { next, heads })
     }
 }

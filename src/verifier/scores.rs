@@ -14,6 +14,8 @@ pub struct ScoreRequest {
     pub heads: bool,
     /// Feed the prompt in blocks of at most this many tokens (cached verifiers).
     pub prefill_chunk: Option<usize>,
+    /// Whether to also return each row's top-2 logit margin (for the tie guard).
+    pub margins: bool,
 }
 
 impl Default for ScoreRequest {
@@ -22,6 +24,7 @@ impl Default for ScoreRequest {
             candidates: 1,
             heads: false,
             prefill_chunk: None,
+            margins: false,
         }
     }
 }
@@ -31,13 +34,29 @@ impl Default for ScoreRequest {
 pub struct BlockScores {
     ranked: Vec<i64>,
     width: usize,
+    margins: Option<Vec<f64>>,
 }
 
 impl BlockScores {
     /// Ranked candidates, row-major: rows of `width` token ids, best first, one row per block
     /// position. `None` when `width` is 0 or does not divide the length.
     pub fn new(ranked: Vec<i64>, width: usize) -> Option<Self> {
-        (width > 0 && ranked.len() % width == 0).then_some(BlockScores { ranked, width })
+        (width > 0 && ranked.len() % width == 0).then_some(BlockScores {
+            ranked,
+            width,
+            margins: None,
+        })
+    }
+
+    /// The same scores with each row's top-2 logit margin (best minus second best).
+    pub fn with_margins(mut self, margins: Vec<f64>) -> Self {
+        self.margins = Some(margins);
+        self
+    }
+
+    /// Each row's top-2 logit margin, when the verifier was asked for them.
+    pub fn margins(&self) -> Option<&[f64]> {
+        self.margins.as_deref()
     }
 
     /// Candidates per row.
@@ -106,7 +125,27 @@ pub fn rank_rows(logits: &Tensor, rows: usize, width: usize) -> Result<BlockScor
         }
         out.extend_from_slice(&row[1..]);
     }
-    Ok(BlockScores { ranked: out, width })
+    Ok(BlockScores {
+        ranked: out,
+        width,
+        margins: None,
+    })
+}
+
+/// The top-2 logit margin (best minus second best, in float64) of the last `rows` positions of
+/// `logits` (`[1, T, V]`). One device-to-host transfer.
+pub fn top2_margins(logits: &Tensor, rows: usize) -> Result<Vec<f64>> {
+    let t = logits.size()[1];
+    let tail = logits
+        .f_narrow(1, t - rows as i64, rows as i64)?
+        .f_squeeze_dim(0)?
+        .f_to_kind(Kind::Double)?;
+    if tail.size()[1] < 2 {
+        return Ok(vec![f64::INFINITY; rows]);
+    }
+    let (vals, _) = tail.f_topk(2, -1, true, true)?;
+    let gap = vals.f_select(1, 0)?.f_sub(&vals.f_select(1, 1)?)?;
+    Ok(Vec::try_from(&gap.f_to_device(Device::Cpu)?)?)
 }
 
 /// The proposal heads' argmax at row `row` of `hidden` (`[1, T, D]`), or an error when the model
