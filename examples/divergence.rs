@@ -23,7 +23,10 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = args.first().map(String::as_str).unwrap_or("models/smollm2");
     let dtype: DType = args.get(1).map(String::as_str).unwrap_or("bf16").parse()?;
-    let file = args.get(2).map(String::as_str).unwrap_or("examples/prompts/chat24.txt");
+    let file = args
+        .get(2)
+        .map(String::as_str)
+        .unwrap_or("examples/prompts/chat24.txt");
     let k: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(8);
     let guards: Vec<Option<f64>> = std::iter::once(None)
         .chain(args.iter().skip(4).filter_map(|s| s.parse().ok()).map(Some))
@@ -68,7 +71,12 @@ fn main() -> Result<()> {
             iters += out.stats.iterations;
             if out.tokens != g.tokens {
                 diverged += 1;
-                let i = out.tokens.iter().zip(&g.tokens).position(|(a, b)| a != b).unwrap_or(0);
+                let i = out
+                    .tokens
+                    .iter()
+                    .zip(&g.tokens)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
                 let mut ctx = ids.clone();
                 ctx.extend_from_slice(&g.tokens[..i]);
                 let m = margin_after(&mut b.model, &ctx)?;
@@ -80,7 +88,11 @@ fn main() -> Result<()> {
             guard.map_or("off".to_string(), |m| format!("{m}")),
             greedy.len(),
             diverged,
-            if where_.is_empty() { "-".into() } else { where_.join(", ") },
+            if where_.is_empty() {
+                "-".into()
+            } else {
+                where_.join(", ")
+            },
             toks as f64 / iters.max(1) as f64,
             calls,
             gcalls

@@ -33,6 +33,31 @@ sys.exit(1 if bad else 0)
     fi
   done
 done
+# The real model, when exported (make test exports it first): identical to greedy with n-gram
+# proposals, in float32, with and without the chat template.
+if [ -f models/smollm2/metadata.json ]; then
+  for chat in "" "--chat"; do
+    out=$("$bin" --model models/smollm2 $chat --proposer ngram --k 5 --max-new-tokens 24 \
+      --prompt "Repeat after me: one two three four five." --prompt "The capital of France is" \
+      --compare-greedy --json)
+    if ! printf '%s\n' "$out" | "$py" -c '
+import json, sys
+rows = [json.loads(l) for l in sys.stdin]
+bad = [r["prompt"] for r in rows if not r["identical"]]
+print("smollm2: not identical:", bad) if bad else None
+sys.exit(1 if bad or len(rows) != 2 else 0)
+'; then
+      echo "check-decode: FAILED on models/smollm2 $chat" >&2
+      fail=1
+    fi
+  done
+  # A model without heads cannot use the heads proposer: a clear error.
+  set +e
+  "$bin" --model models/smollm2 --proposer heads --k 4 --max-new-tokens 2 >/dev/null 2>&1
+  rc=$?
+  set -e
+  [ "$rc" = 2 ] || { echo "check-decode: heads on SmolLM2 exited $rc, expected 2" >&2; fail=1; }
+fi
 # Bad input must be a clear error (exit 2), not a crash.
 for args in "--k 0" "--k 9" "--accept top-k:0" "--accept bogus" "--max-new-tokens x" "--prompt ''"; do
   set +e

@@ -134,9 +134,18 @@ class Layer(nn.Module):
         v_buf[:, :, start:end] = v
         keys = k_buf[:, :, :end]  # views: no copy of the past
         vals = v_buf[:, :, :end]
-        # Grouped-query attention without repeating keys and values (no copy of the past).
-        y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, scale=self.scale,
-                                           enable_gqa=self.heads != self.kv_heads)
+        # Grouped-query attention without repeating keys and values (no copy of the past): the
+        # query heads that share a key/value head are stacked along the query axis. Explicit
+        # matmuls rather than scaled_dot_product_attention: its CPU kernels take different paths
+        # for one-token and multi-token blocks, which in bf16 made blockwise output diverge from
+        # greedy on 13 of 24 chat prompts instead of 3 (docs/benchmarks.md).
+        rep = self.heads // self.kv_heads
+        qg = q.reshape(b, self.kv_heads, rep * t, self.head_dim)
+        scores = torch.matmul(qg, keys.transpose(-1, -2)) * self.scale  # [B, KVH, rep*T, end]
+        m = mask[:, :, None].expand(b, 1, rep, t, end).reshape(b, 1, rep * t, end)
+        scores = scores.masked_fill(~m, float("-inf"))
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        y = torch.matmul(probs, vals).reshape(b, self.heads, t, self.head_dim)
         x = x + self.o(y.transpose(1, 2).reshape(b, t, -1))
         h = self.ln2(x)
         return x + self.down(F.silu(self.gate(h)) * self.up(h))

@@ -3,7 +3,7 @@
 
 use tch::Tensor;
 
-use super::scores::{heads_at, rank_rows, top2_margins, BlockScores, ScoreRequest, Step};
+use super::scores::{block_scores, heads_at, rank_rows, BlockScores, ScoreRequest, Step};
 use super::Verifier;
 use crate::error::{Error, Result};
 use crate::model::{check_output, prefill, token_tensor, CausalLm};
@@ -80,12 +80,7 @@ impl Verifier for CachedVerifier {
         let logits = self.run(model, block, self.committed)?;
         self.pending = block.len();
         self.block = block.to_vec();
-        let scores = rank_rows(&logits, block.len(), req.candidates)?;
-        Ok(if req.margins {
-            scores.with_margins(top2_margins(&logits, block.len())?)
-        } else {
-            scores
-        })
+        block_scores(&logits, block.len(), req)
     }
 
     fn commit(

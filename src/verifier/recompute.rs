@@ -2,7 +2,7 @@
 
 use tch::Tensor;
 
-use super::scores::{heads_at, rank_rows, top2_margins, BlockScores, ScoreRequest, Step};
+use super::scores::{block_scores, heads_at, rank_rows, BlockScores, ScoreRequest, Step};
 use super::Verifier;
 use crate::error::{Error, Result};
 use crate::model::{check_output, token_tensor, CausalLm};
@@ -62,12 +62,7 @@ impl Verifier for RecomputeVerifier {
         all.extend_from_slice(block);
         let logits = self.run(model, &all)?;
         self.pending = block.to_vec();
-        let scores = rank_rows(&logits, block.len(), req.candidates)?;
-        Ok(if req.margins {
-            scores.with_margins(top2_margins(&logits, block.len())?)
-        } else {
-            scores
-        })
+        block_scores(&logits, block.len(), req)
     }
 
     fn commit(

@@ -132,6 +132,17 @@ pub fn rank_rows(logits: &Tensor, rows: usize, width: usize) -> Result<BlockScor
     })
 }
 
+/// What a verifier returns for a block: the ranked candidates of the last `rows` positions, with
+/// their top-2 margins when `req.margins` asks for them.
+pub(crate) fn block_scores(logits: &Tensor, rows: usize, req: ScoreRequest) -> Result<BlockScores> {
+    let scores = rank_rows(logits, rows, req.candidates)?;
+    Ok(if req.margins {
+        scores.with_margins(top2_margins(logits, rows)?)
+    } else {
+        scores
+    })
+}
+
 /// The top-2 logit margin (best minus second best, in float64) of the last `rows` positions of
 /// `logits` (`[1, T, V]`). One device-to-host transfer.
 pub fn top2_margins(logits: &Tensor, rows: usize) -> Result<Vec<f64>> {
