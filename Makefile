@@ -7,6 +7,8 @@ export LIBTORCH_USE_PYTORCH := 1
 CARGO ?= cargo
 # One profile for tests, examples and benches, so nothing is compiled twice.
 PROFILE := --release
+# One feature set everywhere, so the library is compiled once for tests, examples and the demo.
+FEATURES := --features testing
 
 # Python packages for exporting Hugging Face models (pinned: the export's checks were made with
 # these versions).
@@ -21,10 +23,10 @@ venv:
 	@bash scripts/setup-venv.sh
 
 build: venv
-	$(CARGO) build $(PROFILE) --features testing --all-targets
+	$(CARGO) build $(PROFILE) $(FEATURES) --all-targets
 
 demo: venv
-	$(CARGO) run $(PROFILE) --example decode -- --prompt-file examples/prompts.txt --k 4 --max-new-tokens 48 --compare-greedy
+	$(CARGO) run $(PROFILE) $(FEATURES) --example decode -- --prompt-file examples/prompts.txt --k 4 --max-new-tokens 48 --compare-greedy
 
 # The Python side of exports, installed into the project's venv when missing.
 hf-venv: venv
@@ -47,13 +49,13 @@ $(FIXTURES_DIR)/.done: scripts/make_fixtures.py
 	.venv/bin/python scripts/make_fixtures.py $(FIXTURES_DIR) && touch $@
 
 test: venv smollm2 fixtures
-	$(CARGO) test $(PROFILE) --features testing --all-targets
-	$(CARGO) test $(PROFILE) --features testing --doc
+	$(CARGO) test $(PROFILE) $(FEATURES) --all-targets
+	$(CARGO) test $(PROFILE) $(FEATURES) --doc
 	$(MAKE) --no-print-directory check-decode
 
 # The `decode` example's JSON interface: identical to greedy, one call per iteration plus the prompt.
 check-decode: venv
-	$(CARGO) build $(PROFILE) --example decode
+	$(CARGO) build $(PROFILE) $(FEATURES) --example decode
 	bash scripts/check-decode.sh
 
 bench: venv
@@ -61,7 +63,7 @@ bench: venv
 
 # Regenerates the embedded default model (seeded; the same bytes every time).
 embedded: venv
-	$(CARGO) run $(PROFILE) --example init_embedded
+	$(CARGO) run $(PROFILE) $(FEATURES) --example init_embedded
 
 doc:
 	$(CARGO) doc --no-deps --features doc-only,testing
