@@ -219,7 +219,7 @@ pub fn check_cache_consistency(
     }
     let chunked = Tensor::f_cat(&pieces, 1)?;
     let diff = max_abs_diff(&full, &chunked)?;
-    if !(diff <= tol) {
+    if diff.is_nan() || diff > tol {
         return Ok(fail(
             inv,
             format!("largest logit difference {diff:e} > {tol:e} at splits {bounds:?}"),

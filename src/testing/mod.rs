@@ -1,7 +1,7 @@
 //! Conformance checks and proptest strategies (cargo feature `testing`).
 //!
 //! The crate's own property tests are built from these, and so can yours: run
-//! [`Conformance`] against your own [`CausalLm`] and [`Proposer`] to check that blockwise output
+//! [`Conformance`] against your own [`CausalLm`](crate::CausalLm) and [`Proposer`](crate::Proposer) to check that blockwise output
 //! equals greedy decoding of your model.
 //!
 //! ```no_run
