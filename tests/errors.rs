@@ -522,3 +522,32 @@ fn verifier_returning_too_few_rows() {
         "{e}"
     );
 }
+
+#[test]
+fn draft_model_with_another_vocabulary() {
+    let draft = tiny(21, 0, 2);
+    let e = blockwise::proposer::DraftModel::new(draft, 20).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::VocabularyMismatch {
+                left_size: 21,
+                right_size: 20,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let no_cache = Faulty::new(tiny(20, 0, 2), Fault::NoCache);
+    let e = blockwise::proposer::DraftModel::new(no_cache, 20).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::MissingCapability {
+                component: "DraftModel",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}

@@ -2,6 +2,7 @@
 //! sizes, lengths, EOS ids and proposers. At least 256 cases each (`PROPTEST_CASES` raises it).
 
 use blockwise::acceptance::{Distance, DistanceMetric, EmbeddingDistance, EmbeddingNorm};
+use blockwise::proposer::{Chain, DraftModel};
 use blockwise::testing::strategies::{model_case, ModelCase};
 use blockwise::testing::{
     check_cache_consistency, check_combined_calls, check_loop_invariants, check_same_output,
@@ -36,6 +37,8 @@ enum Kind {
     Random,
     Oracle,
     NGram,
+    Draft,
+    Chain,
     None,
 }
 
@@ -61,6 +64,20 @@ fn proposer(kind: Kind, case: &ModelCase, reference: &DecodeOutput) -> Box<dyn P
             ))
         }
         Kind::NGram => Box::new(NGram::new(1, 3).unwrap()),
+        Kind::Draft => {
+            // A smaller model of the same vocabulary, with other weights.
+            let mut c = case.config.clone();
+            c.n_layers = 1;
+            c.d_model = 8;
+            c.n_heads = 2;
+            c.d_ff = 16;
+            let draft = Transformer::new_seeded(c, case.proposer_seed, tch::Device::Cpu).unwrap();
+            Box::new(DraftModel::new(draft, vocab).unwrap())
+        }
+        Kind::Chain => Box::new(Chain::new(vec![
+            Box::new(NGram::new(2, 3).unwrap()),
+            Box::new(RandomProposer::new(vocab, case.proposer_seed)),
+        ])),
         Kind::None => Box::new(NoProposer),
     }
 }
@@ -129,6 +146,30 @@ proptest! {
     #[test]
     fn exact_ngram_equals_greedy(case in model_case()) {
         equals_greedy(Kind::NGram, &case)?;
+    }
+
+    /// Invariant 1 with a draft model (smaller, other weights, same vocabulary).
+    #[test]
+    fn exact_draft_model_equals_greedy(case in model_case()) {
+        equals_greedy(Kind::Draft, &case)?;
+    }
+
+    /// Invariant 1 with a fallback chain (n-gram, then random guesses).
+    #[test]
+    fn exact_chain_equals_greedy(case in model_case()) {
+        equals_greedy(Kind::Chain, &case)?;
+    }
+
+    /// A draft that is the model itself proposes the greedy continuation: every block is full.
+    #[test]
+    fn self_draft_fills_blocks(case in model_case()) {
+        let mut model = case.model().expect("model");
+        let reference = greedy(&mut model, &case);
+        let twin = case.model().expect("model");
+        let p = Box::new(DraftModel::new(twin, case.config.vocab_size).unwrap());
+        let out = blockwise(&mut model, &case, p, Box::new(Exact));
+        check_same_output(&reference, &out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(out.stats.iterations, out.tokens.len().div_ceil(case.block_size));
     }
 
     /// With no proposals the loop is greedy decoding, one token per call.

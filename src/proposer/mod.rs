@@ -4,9 +4,13 @@
 //! decoder always places first in the block) and proposes up to `max_tokens` tokens that follow
 //! it. A closure `FnMut(&ProposalContext) -> Vec<i64>` becomes a proposer through [`from_fn`].
 
+mod chain;
+mod draft;
 mod heads;
 mod ngram;
 
+pub use chain::Chain;
+pub use draft::DraftModel;
 pub use heads::HeadsProposer;
 pub use ngram::NGram;
 

@@ -1,0 +1,51 @@
+//! A fallback chain of proposers.
+
+use super::{ProposalContext, Proposer};
+use crate::error::Result;
+
+/// Asks each proposer in turn and uses the first non-empty proposal (for example n-gram lookup
+/// first, the model's heads when nothing matches). Every member sees `begin` and `observe`.
+pub struct Chain {
+    members: Vec<Box<dyn Proposer>>,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain")
+            .field("members", &self.members.len())
+            .finish()
+    }
+}
+
+impl Chain {
+    /// The members, first asked first.
+    pub fn new(members: Vec<Box<dyn Proposer>>) -> Self {
+        Chain { members }
+    }
+}
+
+impl Proposer for Chain {
+    fn propose(&mut self, ctx: &ProposalContext<'_>) -> Result<Vec<i64>> {
+        for p in &mut self.members {
+            let proposal = p.propose(ctx)?;
+            if !proposal.is_empty() {
+                return Ok(proposal);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn needs_heads(&self) -> bool {
+        self.members.iter().any(|p| p.needs_heads())
+    }
+
+    fn begin(&mut self, prompt: &[i64]) -> Result<()> {
+        self.members.iter_mut().try_for_each(|p| p.begin(prompt))
+    }
+
+    fn observe(&mut self, accepted: &[i64]) -> Result<()> {
+        self.members
+            .iter_mut()
+            .try_for_each(|p| p.observe(accepted))
+    }
+}
