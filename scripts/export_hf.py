@@ -318,11 +318,23 @@ def main():
     ap.add_argument("--max-context", type=int, default=2048, help="cache length the checks use")
     ap.add_argument("--uncached", action="store_true", help="also export the uncached form")
     ap.add_argument("--oracle-tokens", type=int, default=32)
+    ap.add_argument("--layers", type=int, help="keep only the first N decoder layers (plus the final "
+                    "norm and the LM head): a layer-truncated copy, for use as a self-speculative draft")
     args = ap.parse_args()
     t0 = time.time()
     torch.manual_seed(0)
     tok, model, source = load(args)
     cfg = model.config
+    if args.layers is not None:
+        total = cfg.num_hidden_layers
+        if not 1 <= args.layers <= total:
+            sys.exit(f"export_hf: --layers must be in 1..={total}, got {args.layers}")
+        model.model.layers = model.model.layers[: args.layers]
+        cfg.num_hidden_layers = args.layers
+        if getattr(cfg, "layer_types", None):
+            cfg.layer_types = cfg.layer_types[: args.layers]
+        source["truncated"] = {"layers": args.layers, "of": total}
+        log(f"truncated to the first {args.layers} of {total} layers")
     if cfg.model_type not in ("llama", "mistral") or getattr(cfg, "attention_bias", False):
         sys.exit(f"export_hf: the cached export supports Llama-family models without attention "
                  f"bias; got {cfg.model_type!r}")

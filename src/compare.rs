@@ -35,16 +35,23 @@ where
 {
     let greedy = GreedyDecoder::new(&mut *model).decode(prompt, config)?;
     let candidate = make_decoder(model)?.decode(prompt, config)?;
-    let identical = greedy.tokens == candidate.tokens;
-    let speedup = if candidate.stats.wall_s > 0.0 {
-        greedy.stats.wall_s / candidate.stats.wall_s
-    } else {
-        0.0
-    };
-    Ok(Comparison {
-        candidate,
-        greedy,
-        identical,
-        speedup,
-    })
+    Ok(Comparison::new(candidate, greedy))
+}
+
+impl Comparison {
+    /// Compares two outputs of the same prompt and settings.
+    pub fn new(candidate: DecodeOutput, greedy: DecodeOutput) -> Self {
+        let identical = greedy.tokens == candidate.tokens;
+        let speedup = if candidate.stats.wall_s > 0.0 {
+            greedy.stats.wall_s / candidate.stats.wall_s
+        } else {
+            0.0
+        };
+        Comparison {
+            candidate,
+            greedy,
+            identical,
+            speedup,
+        }
+    }
 }

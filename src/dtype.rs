@@ -29,6 +29,17 @@ impl DType {
         }
     }
 
+    /// The kind for a libtorch kind, when it is a floating-point one this crate computes in.
+    pub fn from_kind(kind: Kind) -> Option<DType> {
+        match kind {
+            Kind::Float => Some(DType::F32),
+            Kind::Double => Some(DType::F64),
+            Kind::BFloat16 => Some(DType::Bf16),
+            Kind::Half => Some(DType::F16),
+            _ => None,
+        }
+    }
+
     /// Whether softmax and friends should be computed in float32 for accuracy.
     pub fn is_half(self) -> bool {
         matches!(self, DType::Bf16 | DType::F16)

@@ -40,11 +40,13 @@ pub mod decoder;
 mod dtype;
 mod error;
 pub mod model;
+pub mod policy;
 pub mod proposer;
 pub mod rng;
 pub mod stats;
 pub mod tokenizer;
 pub mod torchscript;
+pub mod train;
 pub mod transformer;
 pub mod verifier;
 

@@ -28,6 +28,10 @@ pub struct DecodeStats {
     /// Extra one-token calls made by the tie guard (0 without it).
     #[serde(default)]
     pub rescored: usize,
+    /// Tokens proposed over all blocks (the always-right first token of each block excluded);
+    /// `(new_tokens - iterations) / proposed` is the rate at which proposals were accepted.
+    #[serde(default)]
+    pub proposed: usize,
     /// `accepted_hist[n]`: iterations that accepted exactly `n` tokens (index 0 stays 0).
     pub accepted_hist: Vec<usize>,
     /// Mean accepted block size: `new_tokens / iterations` (0 when nothing ran).

@@ -551,3 +551,115 @@ fn draft_model_with_another_vocabulary() {
         "{e}"
     );
 }
+
+#[test]
+fn bad_proposer_and_policy_configs() {
+    use blockwise::config::ProposerConfig;
+    use blockwise::policy::{Adaptive, CostModel, PolicyConfig};
+    for bad in [
+        "draft:",
+        "chain:ngram,chain:heads",
+        "chain:ngram,bogus",
+        "ngram:a:b",
+        "medusa",
+    ] {
+        let e = bad.parse::<ProposerConfig>().err().expect("an error");
+        assert!(
+            matches!(
+                e,
+                Error::InvalidConfig {
+                    field: "proposer",
+                    ..
+                }
+            ),
+            "{bad}: {e}"
+        );
+    }
+    for bad in ["sometimes", "cost:x", "adaptive:3"] {
+        let e = bad.parse::<PolicyConfig>().err().expect("an error");
+        assert!(
+            matches!(
+                e,
+                Error::InvalidConfig {
+                    field: "policy",
+                    ..
+                }
+            ),
+            "{bad}: {e}"
+        );
+    }
+    let e = PolicyConfig::CostAware {
+        per_token: Some(-0.5),
+    }
+    .build()
+    .err()
+    .expect("an error");
+    assert!(matches!(e, Error::InvalidConfig { .. }), "{e}");
+    assert!(CostModel::linear(f64::INFINITY).is_err());
+    assert!(Adaptive::new(1, 0, 1).is_err());
+
+    // A draft whose vocabulary differs (the embedded byte-level model has 257 tokens).
+    let target = tiny(20, 3, 1);
+    let e = ProposerConfig::Draft {
+        model: "embedded".into(),
+    }
+    .build(target.info())
+    .err()
+    .expect("an error");
+    assert!(
+        matches!(
+            e,
+            Error::VocabularyMismatch {
+                left: "draft model",
+                left_size: 257,
+                right_size: 20,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A draft folder that is not there.
+    let e = ProposerConfig::Draft {
+        model: "no/such/folder".into(),
+    }
+    .build(target.info())
+    .err()
+    .expect("an error");
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    // An empty chain.
+    let e = ProposerConfig::Chain(vec![])
+        .build(target.info())
+        .err()
+        .expect("an error");
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "proposer",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn proposer_configs_round_trip() {
+    use blockwise::config::ProposerConfig;
+    for s in [
+        "heads",
+        "none",
+        "ngram:2:4",
+        "draft:models/smollm2-draft",
+        "chain:ngram:1:3,heads",
+    ] {
+        let p: ProposerConfig = s.parse().unwrap();
+        assert_eq!(p.to_string(), s);
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ProposerConfig>(&json).unwrap(),
+            p,
+            "{json}"
+        );
+    }
+}

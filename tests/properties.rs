@@ -2,6 +2,7 @@
 //! sizes, lengths, EOS ids and proposers. At least 256 cases each (`PROPTEST_CASES` raises it).
 
 use blockwise::acceptance::{Distance, DistanceMetric, EmbeddingDistance, EmbeddingNorm};
+use blockwise::policy::{Adaptive, BlockOutcome, BlockPolicy, CostAware, CostModel, Fixed};
 use blockwise::proposer::{Chain, DraftModel};
 use blockwise::testing::strategies::{model_case, ModelCase};
 use blockwise::testing::{
@@ -317,5 +318,111 @@ proptest! {
             (Err(g), Err(b)) => prop_assert_eq!(g.to_string(), b.to_string()),
             (g, b) => prop_assert!(false, "greedy {:?} but blockwise {:?}", g.map(|o| o.tokens), b.map(|o| o.tokens)),
         }
+    }
+}
+
+/// A policy that ignores its limit and changes its mind at random; the decoder must still cut
+/// blocks to fit.
+struct Unruly(u64);
+
+impl BlockPolicy for Unruly {
+    fn allow(&mut self, _limit: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        match self.0 >> 62 {
+            0 => 0,
+            1 => 1,
+            2 => 3,
+            _ => usize::MAX,
+        }
+    }
+    fn observe(&mut self, _outcome: &BlockOutcome) {}
+}
+
+/// Decodes `case` with exact acceptance, this proposer and this block-size policy.
+fn with_policy(
+    model: &mut Transformer,
+    case: &ModelCase,
+    proposer: impl Proposer + 'static,
+    policy: impl BlockPolicy + 'static,
+) -> DecodeOutput {
+    Blockwise::builder(model)
+        .block_size(case.block_size)
+        .proposer(proposer)
+        .policy(policy)
+        .build()
+        .expect("build")
+        .decode(&case.prompt, &case.decode)
+        .expect("blockwise decode")
+}
+
+fn policy(which: u8, seed: u64) -> Box<dyn BlockPolicy> {
+    match which {
+        0 => Box::new(Fixed),
+        1 => Box::new(Adaptive::default()),
+        2 => Box::new(CostAware::new(Fixed, CostModel::linear(0.3).unwrap()).probe_every(3)),
+        3 => Box::new(CostAware::new(
+            Adaptive::new(1, 1, 3).unwrap(),
+            CostModel::measured(),
+        )),
+        _ => Box::new(Unruly(seed)),
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// A block-size policy changes how much is proposed, never what is decoded: every policy
+    /// (fixed, adaptive, cost-aware with stated or measured costs, and one that ignores its
+    /// limit) under exact acceptance equals greedy, with the loop invariants intact.
+    #[test]
+    fn every_block_policy_equals_greedy(case in model_case(), which in 0u8..5, kind in 0u8..3) {
+        let mut model = case.model().expect("model");
+        let reference = greedy(&mut model, &case);
+        let kind = [Kind::Oracle, Kind::NGram, Kind::Heads][kind as usize];
+        let p = proposer(kind, &case, &reference);
+        let out = with_policy(&mut model, &case, p, policy(which, case.proposer_seed));
+        check_same_output(&reference, &out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        check_loop_invariants(&out, &case.decode, case.block_size)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(out.stats.proposed <= out.stats.iterations * (case.block_size - 1));
+    }
+
+    /// Where every proposal fails, the cost-aware policy soon stops proposing: after at most
+    /// two proposed tokens of warm-up it proposes only its probes (one block in five here, of
+    /// at most three tokens at this cost), so the decode costs about what greedy decoding costs.
+    #[test]
+    fn cost_aware_stops_proposing_what_fails(case in model_case()) {
+        let mut model = case.model().expect("model");
+        let reference = greedy(&mut model, &case);
+        let mut truth = case.prompt.clone();
+        truth.extend_from_slice(&reference.tokens);
+        let always_wrong = OracleProposer::new(truth, case.config.vocab_size, 1.0, case.proposer_seed);
+        let out = with_policy(&mut model, &case, always_wrong, CostAware::new(Fixed, CostModel::linear(0.3).unwrap()).probe_every(4));
+        check_same_output(&reference, &out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(
+            out.stats.proposed <= 2 + 3 * (out.stats.iterations / 5 + 1),
+            "{} tokens proposed over {} blocks", out.stats.proposed, out.stats.iterations
+        );
+    }
+
+    /// And where every proposal succeeds, it fills the blocks: a perfect oracle under the
+    /// cost-aware adaptive policy accepts everything it proposes, and once three blocks have
+    /// shown it (the prior rate makes the first ones shorter) every block is full but the
+    /// last.
+    #[test]
+    fn cost_aware_fills_blocks_that_succeed(case in model_case()) {
+        let mut model = case.model().expect("model");
+        let reference = greedy(&mut model, &case);
+        let mut truth = case.prompt.clone();
+        truth.extend_from_slice(&reference.tokens);
+        let perfect = OracleProposer::new(truth, case.config.vocab_size, 0.0, case.proposer_seed);
+        let out = with_policy(&mut model, &case, perfect, CostAware::new(Adaptive::default(), CostModel::linear(0.1).unwrap()));
+        check_same_output(&reference, &out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(out.stats.new_tokens - out.stats.iterations, out.stats.proposed);
+        let full = out.stats.accepted_hist.get(case.block_size).copied().unwrap_or(0);
+        prop_assert!(out.stats.iterations <= full + 4, "hist {:?}", out.stats.accepted_hist);
     }
 }

@@ -124,6 +124,7 @@ fn configs_round_trip_through_json() {
             acceptance,
             min_block: Some(2),
             proposer: ProposerConfig::None,
+            policy: Default::default(),
             verifier: VerifierConfig::Recompute,
             tie_guard: Some(0.5),
         };

@@ -3,12 +3,14 @@
 use std::path::PathBuf;
 
 use blockwise::config::{AcceptanceConfig, ProposerConfig, VerifierConfig};
+use blockwise::policy::PolicyConfig;
 use blockwise::{DType, Error, Result};
 use tch::Device;
 
 pub const USAGE: &str = "\
 usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--chat]
-              [--proposer heads|none|ngram[:MIN:MAX]] [--k N]
+              [--proposer heads|none|ngram[:MIN:MAX]|draft:DIR|chain:A,B] [--k N]
+              [--adaptive | --policy fixed|adaptive|cost[:PER_TOKEN]]
               [--accept exact|top-k:N|distance:EPS[:cosine|l2]] [--min-block L]
               [--max-new-tokens N] [--verifier cached|recompute] [--prefill-chunk N] [--tie-guard M]
               [--dtype f32|bf16|f16] [--device cpu|cuda] [--compare-greedy] [--json]
@@ -19,8 +21,15 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --prompt          one prompt
   --prompt-file     one prompt per line; `\\n` inside a line is a newline
   --chat            wrap each prompt as one user message in the model's chat template
-  --proposer        where proposals come from (default heads; ngram = prompt lookup 1..3)
-  --k               block size (default 4)
+  --proposer        where proposals come from (default heads): ngram = prompt lookup of 1..3
+                    tokens; draft:DIR = a draft model of the same tokenizer (e.g.
+                    models/smollm2-draft); chain:A,B = A, or B where A has no proposal
+  --k               block size (default 4): at most k - 1 proposals per block
+  --adaptive        size each block (up to k) by recent acceptance and the verify costs measured
+                    as it runs; plain greedy steps where proposals do not pay (= --policy cost)
+  --policy          block-size policy (default fixed: always k - 1 proposals; adaptive: grow
+                    after full acceptance, shrink after rejections; cost[:PER_TOKEN]: as
+                    --adaptive, with a stated extra cost per block token instead of timings)
   --accept          acceptance criterion (default exact)
   --min-block       always accept at least L tokens per block
   --max-new-tokens  tokens to generate (default 64)
@@ -44,6 +53,7 @@ pub struct Args {
     pub min_block: Option<usize>,
     pub max_new_tokens: usize,
     pub verifier: VerifierConfig,
+    pub policy: PolicyConfig,
     pub prefill_chunk: Option<usize>,
     pub tie_guard: Option<f64>,
     pub dtype: DType,
@@ -90,6 +100,7 @@ impl Args {
             min_block: None,
             max_new_tokens: 64,
             verifier: VerifierConfig::Cached,
+            policy: PolicyConfig::Fixed,
             prefill_chunk: None,
             tie_guard: None,
             dtype: DType::F32,
@@ -109,6 +120,8 @@ impl Args {
                     .prompts
                     .extend(read_prompt_file(&PathBuf::from(value("--prompt-file")?))?),
                 "--proposer" => args.proposer = value("--proposer")?.parse()?,
+                "--adaptive" => args.policy = PolicyConfig::CostAware { per_token: None },
+                "--policy" => args.policy = value("--policy")?.parse()?,
                 "--k" => args.k = number("--k", &value("--k")?)?,
                 "--accept" => args.accept = value("--accept")?.parse()?,
                 "--min-block" => {

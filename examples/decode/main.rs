@@ -11,15 +11,18 @@ mod args;
 
 use args::{Args, USAGE};
 use blockwise::bundle::{BundleOptions, ModelBundle};
-use blockwise::compare::{compare_with_greedy, Comparison};
+use blockwise::compare::Comparison;
 use blockwise::config::BlockwiseConfig;
-use blockwise::{Blockwise, BlockwiseDecoder, CausalLm, DecodeConfig, DecodeOutput, Error, Result};
+use blockwise::{
+    Blockwise, BlockwiseDecoder, CausalLm, DecodeConfig, DecodeOutput, Error, GreedyDecoder, Result,
+};
 use serde_json::json;
 
 fn stats_json(out: &DecodeOutput) -> serde_json::Value {
     json!({
         "model_calls": out.stats.model_calls,
         "iterations": out.stats.iterations,
+        "proposed": out.stats.proposed,
         "mean_accepted": out.stats.mean_accepted,
         "accepted_hist": out.stats.accepted_hist,
         "wall_s": out.stats.wall_s,
@@ -71,14 +74,6 @@ fn report(prompt: &str, text: &str, out: &DecodeOutput, cmp: Option<&Comparison>
     println!();
 }
 
-fn build<'a>(
-    model: &'a mut Box<dyn CausalLm>,
-    config: &BlockwiseConfig,
-    embeddings: Option<&tch::Tensor>,
-) -> Result<Box<dyn BlockwiseDecoder + 'a>> {
-    Ok(Box::new(Blockwise::from_config(model, config, embeddings)?))
-}
-
 fn run(args: Args) -> Result<()> {
     let options = BundleOptions {
         dtype: args.dtype,
@@ -90,8 +85,9 @@ fn run(args: Args) -> Result<()> {
         block_size: args.k,
         acceptance: args.accept.clone(),
         min_block: args.min_block,
-        proposer: args.proposer,
+        proposer: args.proposer.clone(),
         verifier: args.verifier,
+        policy: args.policy,
         tie_guard: args.tie_guard,
     };
     let embeddings = bundle.model.token_embeddings();
@@ -103,23 +99,28 @@ fn run(args: Args) -> Result<()> {
              proposals are easy to accept; its speedups say nothing about real models.\n"
         );
     }
-    for prompt in &args.prompts {
-        let ids = bundle.encode_prompt(prompt, args.chat)?;
-        let (out, cmp) = if args.compare_greedy {
-            let c = compare_with_greedy(
-                &mut bundle.model,
-                |m| build(m, &config, embeddings.as_ref()),
-                &ids,
-                &decode,
-            )?;
-            (c.candidate.clone(), Some(c))
+    let prompts = args
+        .prompts
+        .iter()
+        .map(|p| bundle.encode_prompt(p, args.chat))
+        .collect::<Result<Vec<_>>>()?;
+    // One decoder for every prompt: a draft model loads once, a cost-aware policy keeps the
+    // costs it measured.
+    let mut decoder = Blockwise::from_config(&mut bundle.model, &config, embeddings.as_ref())?;
+    let mut results = Vec::with_capacity(prompts.len());
+    for ids in &prompts {
+        let greedy = if args.compare_greedy {
+            Some(GreedyDecoder::new(decoder.model_mut()).decode(ids, &decode)?)
         } else {
-            let out =
-                build(&mut bundle.model, &config, embeddings.as_ref())?.decode(&ids, &decode)?;
-            (out, None)
+            None
         };
+        let out = decoder.decode(ids, &decode)?;
+        results.push((out.clone(), greedy.map(|g| Comparison::new(out, g))));
+    }
+    drop(decoder);
+    for (prompt, (out, cmp)) in args.prompts.iter().zip(&results) {
         let text = bundle.tokenizer.decode(&out.tokens)?;
-        report(prompt, &text, &out, cmp.as_ref(), args.json);
+        report(prompt, &text, out, cmp.as_ref(), args.json);
     }
     Ok(())
 }

@@ -6,10 +6,11 @@ use tch::Tensor;
 
 use super::{empty_output, seconds_since, BlockwiseDecoder, Budget, DecodeOutput};
 use crate::acceptance::{AcceptanceCriterion, BlockView, Exact};
-use crate::config::{BlockwiseConfig, DecodeConfig, ProposerConfig, VerifierConfig};
+use crate::config::{BlockwiseConfig, DecodeConfig, VerifierConfig};
 use crate::error::{Error, Result};
 use crate::model::{check_tokens, CausalLm};
-use crate::proposer::{HeadsProposer, NGram, NoProposer, ProposalContext, Proposer};
+use crate::policy::{BlockOutcome, BlockPolicy, Fixed};
+use crate::proposer::{NoProposer, ProposalContext, Proposer};
 use crate::stats::{DecodeStats, StopReason};
 use crate::verifier::{CachedVerifier, RecomputeVerifier, ScoreRequest, Verifier};
 
@@ -37,6 +38,7 @@ pub struct Blockwise<M> {
     proposer: Box<dyn Proposer>,
     verifier: Box<dyn Verifier>,
     criterion: Box<dyn AcceptanceCriterion>,
+    policy: Box<dyn BlockPolicy>,
     block_size: usize,
     tie_guard: Option<f64>,
 }
@@ -55,6 +57,7 @@ pub struct BlockwiseBuilder<M> {
     proposer: Box<dyn Proposer>,
     verifier: Box<dyn Verifier>,
     criterion: Box<dyn AcceptanceCriterion>,
+    policy: Box<dyn BlockPolicy>,
     block_size: usize,
     tie_guard: Option<f64>,
 }
@@ -84,6 +87,13 @@ impl<M: CausalLm> BlockwiseBuilder<M> {
     /// The verifier (default: [`CachedVerifier`]).
     pub fn verifier(mut self, verifier: impl Verifier + 'static) -> Self {
         self.verifier = Box::new(verifier);
+        self
+    }
+
+    /// The block-size policy (default: [`Fixed`], always `k - 1` proposals). See
+    /// [`policy`](crate::policy) for adaptive and cost-aware ones.
+    pub fn policy(mut self, policy: impl BlockPolicy + 'static) -> Self {
+        self.policy = Box::new(policy);
         self
     }
 
@@ -126,6 +136,7 @@ impl<M: CausalLm> BlockwiseBuilder<M> {
             proposer: self.proposer,
             verifier: self.verifier,
             criterion: self.criterion,
+            policy: self.policy,
             block_size: k,
             tie_guard: self.tie_guard,
         })
@@ -140,6 +151,7 @@ impl<M: CausalLm> Blockwise<M> {
             proposer: Box::new(NoProposer),
             verifier: Box::new(CachedVerifier::new()),
             criterion: Box::new(Exact),
+            policy: Box::new(Fixed),
             block_size: 4,
             tie_guard: None,
         }
@@ -155,15 +167,13 @@ impl<M: CausalLm> Blockwise<M> {
         let criterion = config.acceptance.build(config.min_block, embeddings)?;
         let mut builder = Blockwise::builder(model)
             .block_size(config.block_size)
-            .criterion(criterion);
+            .criterion(criterion)
+            .policy(config.policy.build()?);
         if let Some(m) = config.tie_guard {
             builder = builder.tie_guard(m);
         }
-        let builder = match config.proposer {
-            ProposerConfig::Heads => builder.proposer(HeadsProposer),
-            ProposerConfig::Ngram { min, max } => builder.proposer(NGram::new(min, max)?),
-            ProposerConfig::None => builder.proposer(NoProposer),
-        };
+        let proposer = config.proposer.build(builder.model.info())?;
+        let builder = builder.proposer(proposer);
         let builder = match config.verifier {
             VerifierConfig::Cached => builder.verifier(CachedVerifier::new()),
             VerifierConfig::Recompute => builder.verifier(RecomputeVerifier::new()),
@@ -179,6 +189,12 @@ impl<M: CausalLm> Blockwise<M> {
     /// The model.
     pub fn model(&self) -> &M {
         &self.model
+    }
+
+    /// The model, mutably: for example to decode greedily with it between blockwise decodes
+    /// (each decode starts from an empty cache).
+    pub fn model_mut(&mut self) -> &mut M {
+        &mut self.model
     }
 
     /// The model back.
@@ -227,6 +243,7 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
         let req = self.request(config);
         let mut stats = DecodeStats::new(prompt.len(), self.block_size);
 
+        self.policy.begin();
         let tp = Instant::now();
         self.proposer.begin(prompt)?;
         stats.proposer_s += seconds_since(tp);
@@ -248,12 +265,18 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
             let max_tokens = if config.is_eos(next) {
                 0
             } else {
-                (self.block_size - 1).min(room - 1)
+                let limit = (self.block_size - 1).min(room - 1);
+                self.policy.allow(limit).min(limit)
             };
             let ctx = ProposalContext::new(&seq, next, max_tokens).with_heads(heads.as_deref());
             let tp = Instant::now();
-            let proposal = self.propose(&ctx, config)?;
-            stats.proposer_s += seconds_since(tp);
+            let mut proposal = self.propose(&ctx, config)?;
+            let kind = self.proposer.kind();
+            let keep = self.policy.trim(proposal.len(), kind).min(proposal.len());
+            proposal.truncate(keep);
+            let propose_s = seconds_since(tp);
+            stats.proposer_s += propose_s;
+            stats.proposed += proposal.len();
             let mut block = Vec::with_capacity(proposal.len() + 1);
             block.push(next);
             block.extend_from_slice(&proposal);
@@ -261,7 +284,7 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
             // Verify: one base-model call over the whole block.
             let tm = Instant::now();
             let scores = self.verifier.verify(&mut self.model, &block, req)?;
-            stats.model_s += seconds_since(tm);
+            let mut verify_s = seconds_since(tm);
             stats.model_calls += 1;
 
             // Accept: the longest prefix the criterion agrees with, plus the first token.
@@ -296,7 +319,16 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
             }
             let tm = Instant::now();
             heads = self.verifier.commit(&mut self.model, keep, req)?;
-            stats.model_s += seconds_since(tm);
+            verify_s += seconds_since(tm);
+            stats.model_s += verify_s;
+            self.policy.observe(&BlockOutcome {
+                allowed: max_tokens,
+                proposed: proposal.len(),
+                accepted,
+                verify_s,
+                propose_s,
+                kind,
+            });
 
             let kept = &block[..keep];
             seq.extend_from_slice(kept);

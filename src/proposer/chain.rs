@@ -7,6 +7,8 @@ use crate::error::Result;
 /// first, the model's heads when nothing matches). Every member sees `begin` and `observe`.
 pub struct Chain {
     members: Vec<Box<dyn Proposer>>,
+    /// The member whose proposal was used last.
+    last: usize,
 }
 
 impl std::fmt::Debug for Chain {
@@ -20,19 +22,25 @@ impl std::fmt::Debug for Chain {
 impl Chain {
     /// The members, first asked first.
     pub fn new(members: Vec<Box<dyn Proposer>>) -> Self {
-        Chain { members }
+        Chain { members, last: 0 }
     }
 }
 
 impl Proposer for Chain {
     fn propose(&mut self, ctx: &ProposalContext<'_>) -> Result<Vec<i64>> {
-        for p in &mut self.members {
+        for (i, p) in self.members.iter_mut().enumerate() {
             let proposal = p.propose(ctx)?;
             if !proposal.is_empty() {
+                self.last = i;
                 return Ok(proposal);
             }
         }
         Ok(Vec::new())
+    }
+
+    /// The member that proposed and its kind: `16 * member + kind` (kinds above 15 share 15).
+    fn kind(&self) -> usize {
+        16 * self.last + self.members[self.last].kind().min(15)
     }
 
     fn needs_heads(&self) -> bool {

@@ -62,6 +62,13 @@ pub trait Proposer {
         false
     }
 
+    /// What kind of proposal the last [`Proposer::propose`] returned (default 0): a small
+    /// number that block policies use to keep acceptance statistics apart, for example the
+    /// n-gram proposer's match length, since a long match is more often right than a short one.
+    fn kind(&self) -> usize {
+        0
+    }
+
     /// Called once per decode with the prompt, before the first proposal.
     fn begin(&mut self, prompt: &[i64]) -> Result<()> {
         let _ = prompt;
@@ -110,6 +117,9 @@ impl<P: Proposer + ?Sized> Proposer for Box<P> {
     }
     fn needs_heads(&self) -> bool {
         (**self).needs_heads()
+    }
+    fn kind(&self) -> usize {
+        (**self).kind()
     }
     fn begin(&mut self, prompt: &[i64]) -> Result<()> {
         (**self).begin(prompt)

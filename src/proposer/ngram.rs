@@ -19,6 +19,8 @@ pub struct NGram {
     /// Per n (index `n - min_n`): hash of an n-gram -> the position of the token that followed its
     /// most recent occurrence.
     index: Vec<HashMap<u64, usize>>,
+    /// The length of the last proposal's match (0: none).
+    matched: usize,
 }
 
 fn hash(ngram: &[i64]) -> u64 {
@@ -47,6 +49,7 @@ impl NGram {
             max_n,
             tokens: Vec::new(),
             index: vec![HashMap::new(); max_n - min_n + 1],
+            matched: 0,
         })
     }
 
@@ -81,6 +84,12 @@ impl NGram {
 }
 
 impl Proposer for NGram {
+    /// The length of the n-gram the last proposal matched (0 when it found none): longer
+    /// matches are more often right, and block policies keep their rates apart.
+    fn kind(&self) -> usize {
+        self.matched
+    }
+
     fn begin(&mut self, prompt: &[i64]) -> Result<()> {
         self.reset(prompt);
         Ok(())
@@ -98,6 +107,7 @@ impl Proposer for NGram {
             // Used outside the decoder's begin/observe protocol: resynchronise.
             self.reset(ctx.tokens);
         }
+        self.matched = 0;
         let mut query = Vec::with_capacity(self.max_n);
         for n in (self.min_n..=self.max_n).rev() {
             if n > ctx.tokens.len() + 1 {
@@ -108,6 +118,7 @@ impl Proposer for NGram {
             query.push(ctx.next);
             if let Some(p) = self.lookup(&query) {
                 let end = (p + ctx.max_tokens).min(self.tokens.len());
+                self.matched = n;
                 return Ok(self.tokens[p..end].to_vec());
             }
         }
@@ -149,5 +160,6 @@ mod tests {
         let t = [7, 8, 2, 0, 8, 1, 0, 7];
         g.begin(&t).unwrap();
         assert_eq!(g.propose(&ProposalContext::new(&t, 8, 1)).unwrap(), vec![2]);
+        assert_eq!(g.kind(), 2);
     }
 }

@@ -97,14 +97,14 @@ impl Block {
     }
 
     /// `x`: `[B, T, D]` at positions `start..start+T`; `mask`: `[T, start+T]`, true where a
-    /// query may attend a key.
+    /// query may attend a key. Without a cache `start` must be 0.
     pub(crate) fn forward(
         &self,
         x: &Tensor,
         layer: usize,
         start: usize,
         mask: &Tensor,
-        cache: &mut KvCache,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let (b, t, d) = x.size3()?;
         let h = self.ln1.forward(x)?;
@@ -116,7 +116,12 @@ impl Block {
         let q = qkv.f_get(0)?;
         let k = qkv.f_get(1)?;
         let v = qkv.f_get(2)?;
-        let (keys, values) = cache.write(layer, start, &k, &v)?;
+        // With a cache the block's keys and values are appended to it and attention reads the
+        // whole prefix; without one (training on whole sequences) the block is the sequence.
+        let (keys, values) = match cache {
+            Some(cache) => cache.write(layer, start, &k, &v)?,
+            None => (k, v),
+        };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = q
             .f_matmul(&keys.f_transpose(-2, -1)?)?

@@ -40,7 +40,16 @@ impl Transformer {
     /// untrained model has confident, well-separated predictions.
     pub fn new_seeded(config: TransformerConfig, seed: u64, device: Device) -> Result<Self> {
         let mut model = Self::build(config, device)?;
-        model.fill_seeded(seed)?;
+        model.fill_seeded(seed, 1.0)?;
+        Ok(model)
+    }
+
+    /// A model to train from scratch: like [`Transformer::new_seeded`], but with token and
+    /// position embeddings drawn with standard deviation 0.02 (GPT-2's), so that the tied
+    /// output projection starts near uniform instead of with logits in the tens.
+    pub fn new_for_training(config: TransformerConfig, seed: u64, device: Device) -> Result<Self> {
+        let mut model = Self::build(config, device)?;
+        model.fill_seeded(seed, 0.02)?;
         Ok(model)
     }
 
@@ -152,7 +161,7 @@ impl Transformer {
         })
     }
 
-    fn fill_seeded(&mut self, seed: u64) -> Result<()> {
+    fn fill_seeded(&mut self, seed: u64, embedding_std: f64) -> Result<()> {
         let mut rng = SeededRng::new(seed);
         let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -165,7 +174,7 @@ impl Transformer {
             } else if name.contains("ln") {
                 vec![1.0; numel as usize]
             } else if name.ends_with("emb") {
-                (0..numel).map(|_| rng.normal()).collect()
+                (0..numel).map(|_| rng.normal() * embedding_std).collect()
             } else {
                 let fan_in = *size.last().unwrap_or(&1) as f64;
                 (0..numel).map(|_| rng.normal() / fan_in.sqrt()).collect()
@@ -212,6 +221,33 @@ impl Transformer {
         Ok(())
     }
 
+    /// Whole sequences `[B, T]` from position 0, without the cache and with gradients (when
+    /// not under a no-grad guard): logits `[B, T, V]` and final hidden states `[B, T, D]`. For
+    /// training; decoding goes through [`CausalLm::forward`].
+    pub fn forward_sequences(&self, tokens: &Tensor) -> Result<ModelOutput> {
+        let (_, t) = tokens.size2()?;
+        let t = t as usize;
+        if t == 0 || t > self.config.max_context {
+            return Err(Error::BlockBeyondContext {
+                start: 0,
+                block_len: t,
+                max_context: self.config.max_context,
+            });
+        }
+        let device = self.info.device;
+        let positions = Tensor::f_arange(t as i64, (Kind::Int64, device))?;
+        let mut x = Tensor::f_embedding(&self.tok_emb, tokens, -1, false, false)?.f_add(
+            &Tensor::f_embedding(&self.pos_emb, &positions, -1, false, false)?,
+        )?;
+        let mask = causal_mask(0, t, device)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, i, 0, &mask, None)?;
+        }
+        let hidden = self.ln_f.forward(&x)?;
+        let logits = self.logits(&hidden)?;
+        Ok(ModelOutput::with_hidden(logits, hidden))
+    }
+
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(hidden.f_matmul(&self.tok_emb.f_transpose(0, 1)?)?)
     }
@@ -246,7 +282,7 @@ impl CausalLm for Transformer {
         )?;
         let mask = causal_mask(start, t, device)?;
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, i, start, &mask, &mut self.cache)?;
+            x = block.forward(&x, i, start, &mask, Some(&mut self.cache))?;
         }
         self.cache.set_len(start + t);
         let hidden = self.ln_f.forward(&x)?;
