@@ -81,7 +81,7 @@ $(CORPUS_DIR)/kjv-train.txt: scripts/make_corpus.py
 	.venv/bin/python scripts/make_corpus.py $(CORPUS_DIR)
 
 # Two built-in models sharing the byte tokenizer, a target and a small draft, trained on the
-# corpus (about 10 minutes on 2 cores) into assets/pair.
+# corpus (10 to 25 minutes on 2 cores) into assets/pair.
 train-pair: corpus
 	$(CARGO) run $(PROFILE) $(FEATURES) --example train_pair -- --corpus $(CORPUS_DIR) --out assets/pair
 
