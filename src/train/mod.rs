@@ -5,7 +5,7 @@
 //! ```no_run
 //! use blockwise::train::{train_lm, LmTrainConfig};
 //! use blockwise::{Transformer, TransformerConfig};
-//! # fn main() -> blockwise::Result<()> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let text: Vec<i64> = std::fs::read("corpus.txt")?.into_iter().map(i64::from).collect();
 //! let mut model = Transformer::new_seeded(TransformerConfig::tiny(257, 0), 1, tch::Device::Cpu)?;
 //! let report = train_lm(&mut model, &text, &LmTrainConfig::default(), |log| {
