@@ -24,7 +24,10 @@ fn small_draft(seed: u64) -> DraftModel<Transformer> {
 }
 
 fn suite() -> Conformance {
-    Conformance::new().cases(64).block_sizes(1..=8).max_new_tokens(0..=24)
+    Conformance::new()
+        .cases(64)
+        .block_sizes(1..=8)
+        .max_new_tokens(0..=24)
 }
 
 #[test]
@@ -36,7 +39,9 @@ fn ngram_passes_the_conformance_suite() {
 
 #[test]
 fn draft_model_passes_the_conformance_suite() {
-    suite().run(&mut model(2), |seed| Box::new(small_draft(seed))).unwrap();
+    suite()
+        .run(&mut model(2), |seed| Box::new(small_draft(seed)))
+        .unwrap();
 }
 
 #[test]
