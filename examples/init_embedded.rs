@@ -21,6 +21,7 @@ fn main() -> Result<()> {
         max_context: 512,
         num_proposal_heads: 7,
         head_d_ff: 64,
+        head_arch: blockwise::heads::HeadArch::Stern,
         dtype: DType::F32,
         layer_norm_eps: 1e-5,
     };

@@ -46,6 +46,7 @@ fn shape(d_model: i64, n_layers: usize, n_heads: i64) -> TransformerConfig {
         max_context: 256,
         num_proposal_heads: 0,
         head_d_ff: 64,
+        head_arch: blockwise::heads::HeadArch::Stern,
         dtype: DType::F32,
         layer_norm_eps: 1e-5,
     }

@@ -37,6 +37,7 @@ pub mod cache;
 pub mod compare;
 pub mod config;
 pub mod decoder;
+pub mod heads;
 mod dtype;
 mod error;
 pub mod model;

@@ -15,6 +15,16 @@ impl SeededRng {
         }
     }
 
+    /// The whole state (to save with a checkpoint).
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
+    /// A generator that continues from a saved [`SeededRng::state`].
+    pub fn from_state(state: u64) -> Self {
+        SeededRng { state }
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -30,6 +30,7 @@ pub fn tiny_transformer_config() -> impl Strategy<Value = TransformerConfig> {
                 max_context,
                 num_proposal_heads: MAX_HEADS,
                 head_d_ff: 16,
+                head_arch: crate::heads::HeadArch::Stern,
                 dtype: DType::F64,
                 layer_norm_eps: 1e-5,
             },

@@ -3,9 +3,11 @@
 
 mod chat;
 mod hf;
+mod train;
 
 pub use chat::ChatTemplate;
 pub use hf::HfTokenizer;
+pub use train::{train_bpe, END_OF_TEXT};
 
 use crate::error::{Error, Result};
 

@@ -145,6 +145,44 @@ impl AdamW {
         self.steps
     }
 
+    /// The moment estimates, named `m.<variable>` and `v.<variable>`, for a checkpoint.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(2 * self.params.len());
+        for p in &self.params {
+            out.push((format!("m.{}", p.name), p.m.shallow_clone()));
+            out.push((format!("v.{}", p.name), p.v.shallow_clone()));
+        }
+        out
+    }
+
+    /// Restores what [`AdamW::state_tensors`] saved, and the step count (bias correction
+    /// depends on it). Every variable must be there with its shape.
+    pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>, steps: u64) -> Result<()> {
+        let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+        let _guard = tch::no_grad_guard();
+        for p in &mut self.params {
+            for (prefix, dst) in [("m", &mut p.m), ("v", &mut p.v)] {
+                let name = format!("{prefix}.{}", p.name);
+                let src = map.get(&name).ok_or_else(|| {
+                    Error::config("checkpoint", format!("optimiser state has no `{name}`"))
+                })?;
+                if src.size() != dst.size() {
+                    return Err(Error::config(
+                        "checkpoint",
+                        format!(
+                            "optimiser state `{name}` is {:?}, the variable is {:?}",
+                            src.size(),
+                            dst.size()
+                        ),
+                    ));
+                }
+                dst.f_copy_(src)?;
+            }
+        }
+        self.steps = steps;
+        Ok(())
+    }
+
     /// The names of the variables it trains, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.params.iter().map(|p| p.name.as_str())

@@ -1,6 +1,8 @@
-//! Training the built-in transformer: an AdamW optimiser whose state is plain tensors,
-//! learning-rate schedules with warm-up, gradient-norm clipping, weight decay, and a
-//! next-token language-model trainer over a token corpus.
+//! Training: an AdamW optimiser whose state is plain tensors, learning-rate schedules with
+//! warm-up, gradient-norm clipping, weight decay, a next-token language-model trainer for the
+//! built-in transformer, and the proposal-heads trainer ([`train_heads`]) under Stern et al.'s
+//! regimes (frozen or fine-tuned base, corpus or [`distill`]ed data), with checkpoints that
+//! resume ([`checkpoint`]) and a [`ProgressBar`].
 //!
 //! ```no_run
 //! use blockwise::train::{train_lm, LmTrainConfig};
@@ -14,11 +16,45 @@
 //! println!("final loss {:.3}", report.final_loss);
 //! # Ok(()) }
 //! ```
+//!
+//! Heads on a frozen model, validated by the mean accepted block size:
+//!
+//! ```no_run
+//! use blockwise::train::{train_heads, HeadsTrainConfig, ProgressBar, Validation};
+//! use blockwise::{Transformer, TransformerConfig};
+//! # fn main() -> blockwise::Result<()> {
+//! let mut model = Transformer::new_seeded(TransformerConfig::tiny(64, 3), 1, tch::Device::Cpu)?;
+//! model.reset_heads(7)?;
+//! let data: Vec<Vec<i64>> = vec![(0..200).map(|i| i % 64).collect()];
+//! let validation = Validation {
+//!     prompts: vec![vec![1, 2, 3]],
+//!     block_size: 4,
+//!     max_new_tokens: 32,
+//!     eos: vec![],
+//! };
+//! let mut bar = ProgressBar::new("heads");
+//! let report = train_heads(&mut model, &data, Some(&validation), &HeadsTrainConfig::default(),
+//!     None, |l| bar.update(l.step, l.steps, l.loss, l.elapsed_s, ""))?;
+//! println!("mean accepted block size {:.2}", report.mean_accepted.unwrap());
+//! # Ok(()) }
+//! ```
 
 mod adamw;
+pub mod checkpoint;
+mod distill;
+mod heads;
 mod lm;
+mod progress;
 mod schedule;
+mod trainee;
 
 pub use adamw::{AdamW, OptimConfig};
+pub use distill::distill;
+pub use heads::{
+    mean_accepted_with_heads, train_heads, HeadLoss, HeadsLog, HeadsReport, HeadsTrainConfig,
+    Regime, Validation,
+};
 pub use lm::{evaluate_lm, train_lm, LmTrainConfig, StepLog, TrainReport};
+pub use progress::{clock, render, ProgressBar};
 pub use schedule::{Decay, LrSchedule};
+pub use trainee::HeadsTrainee;

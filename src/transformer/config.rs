@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::dtype::DType;
+use crate::heads::HeadArch;
 use crate::error::{Error, Result};
 
 /// Shape of the built-in decoder-only transformer and its proposal heads.
@@ -31,6 +32,9 @@ pub struct TransformerConfig {
     /// `num_proposal_heads * head_d_ff`).
     #[serde(default = "default_head_d_ff")]
     pub head_d_ff: i64,
+    /// Architecture of the proposal heads (default Stern et al.'s shared layer).
+    #[serde(default)]
+    pub head_arch: HeadArch,
     /// Floating-point kind of the weights and activations.
     #[serde(default)]
     pub dtype: DType,
@@ -59,6 +63,7 @@ impl TransformerConfig {
             max_context: 128,
             num_proposal_heads,
             head_d_ff: 32,
+            head_arch: HeadArch::Stern,
             dtype: DType::F64,
             layer_norm_eps: 1e-5,
         }

@@ -1,7 +1,6 @@
 //! The built-in transformer (`tch::nn`): configuration, layers, proposal heads and I/O.
 
 mod config;
-mod heads;
 mod layers;
 mod model;
 

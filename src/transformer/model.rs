@@ -6,7 +6,7 @@ use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::config::TransformerConfig;
-use super::heads::SternHeads;
+use crate::heads::ProposalHeads;
 use super::layers::{causal_mask, Block, BlockShape, LayerNorm};
 use crate::cache::{CacheShape, KvCache};
 use crate::error::{Error, Result};
@@ -28,7 +28,7 @@ pub struct Transformer {
     pos_emb: Tensor,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
-    heads: Option<SternHeads>,
+    heads: Option<ProposalHeads>,
     cache: KvCache,
 }
 
@@ -124,14 +124,17 @@ impl Transformer {
             .map(|i| Block::new(&root / "layers" / i, &shape))
             .collect();
         let ln_f = LayerNorm::new(&root / "ln_f", d, config.layer_norm_eps);
-        let heads = (config.num_proposal_heads > 0).then(|| {
-            SternHeads::new(
+        let heads = if config.num_proposal_heads > 0 {
+            Some(ProposalHeads::new(
                 &root / "heads",
+                config.head_arch,
                 d,
                 config.num_proposal_heads,
                 config.head_d_ff,
-            )
-        });
+            )?)
+        } else {
+            None
+        };
         vs.set_kind(config.dtype.kind());
         let cache = KvCache::new(
             CacheShape {
@@ -199,6 +202,40 @@ impl Transformer {
         &self.tok_emb
     }
 
+    /// The proposal heads, when the model has them.
+    pub fn heads(&self) -> Option<&ProposalHeads> {
+        self.heads.as_ref()
+    }
+
+    /// Fresh proposal heads (see [`ProposalHeads::init`]): each starts as the model's own
+    /// next-token prediction, ready to be trained.
+    pub fn reset_heads(&self, seed: u64) -> Result<()> {
+        match &self.heads {
+            Some(h) => h.init(&mut SeededRng::new(seed)),
+            None => Err(Error::MissingCapability {
+                component: "Transformer::reset_heads",
+                capability: "proposal heads (num_proposal_heads > 0)",
+            }),
+        }
+    }
+
+    /// Loads weights from a model folder's `model.safetensors` whose variables are a subset of
+    /// this model's (for example a base trained without heads); returns the names of this
+    /// model's variables the file did not have.
+    pub fn load_partial(&mut self, dir: impl AsRef<Path>) -> Result<Vec<String>> {
+        let path = dir.as_ref().join(WEIGHTS_FILE);
+        if !path.is_file() {
+            return Err(Error::Io {
+                action: "reading",
+                path,
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        let mut missing = self.vs.load_partial(&path)?;
+        missing.sort();
+        Ok(missing)
+    }
+
     /// The variables, for training or inspection.
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
@@ -248,7 +285,7 @@ impl Transformer {
         Ok(ModelOutput::with_hidden(logits, hidden))
     }
 
-    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+    pub(crate) fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(hidden.f_matmul(&self.tok_emb.f_transpose(0, 1)?)?)
     }
 }
@@ -307,7 +344,7 @@ impl CausalLm for Transformer {
         match &self.heads {
             None => Ok(None),
             Some(heads) => {
-                let states = heads.forward(hidden)?;
+                let states = heads.forward(hidden, None)?;
                 Ok(Some(self.logits(&states)?))
             }
         }

@@ -180,9 +180,11 @@ pub fn heads_at(model: &dyn CausalLm, hidden: Option<&Tensor>, row: usize) -> Re
             actual: size,
         });
     }
+    // -inf is allowed (heads that score a shortlist); NaN is not.
     let finite = logits
-        .f_isfinite()?
-        .f_all()?
+        .f_isnan()?
+        .f_any()?
+        .f_logical_not()?
         .f_to_kind(Kind::Int64)?
         .f_reshape([1])?;
     let argmax = logits.f_argmax(-1, false)?.f_flatten(0, -1)?;
