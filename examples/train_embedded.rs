@@ -15,12 +15,23 @@
 
 use std::path::{Path, PathBuf};
 
+use blockwise::acceptance::{Exact, TopK};
 use blockwise::tokenizer::{train_bpe, HfTokenizer, TextTokenizer, END_OF_TEXT};
-use blockwise::train::{evaluate_lm, train_lm, LmTrainConfig, StepLog};
-use blockwise::{DType, Error, Result, Transformer, TransformerConfig};
+use blockwise::train::{
+    distill, evaluate_lm, train_heads, train_lm, HeadsTrainConfig, LmTrainConfig, ProgressBar,
+    Regime, StepLog, Validation,
+};
+use blockwise::{
+    AcceptanceCriterion, Blockwise, BlockwiseDecoder, DType, DecodeConfig, Error, GreedyDecoder,
+    HeadsProposer, Result, Transformer, TransformerConfig,
+};
+use serde::Serialize;
 
 const VOCAB: usize = 4096;
 const CONTEXT: usize = 256;
+/// Heads for blocks of up to 10 tokens (Table 1's largest k).
+const HEADS: usize = 9;
+const BLOCK_SIZES: [usize; 5] = [2, 4, 6, 8, 10];
 
 fn bad(field: &'static str, problem: impl Into<String>) -> Error {
     Error::InvalidConfig {
@@ -43,6 +54,8 @@ struct Settings {
     out: PathBuf,
     base_steps: usize,
     head_steps: usize,
+    distill_prompts: usize,
+    table_prompts: usize,
 }
 
 impl Settings {
@@ -53,6 +66,8 @@ impl Settings {
             out: "assets/embedded".into(),
             base_steps: 1500,
             head_steps: 600,
+            distill_prompts: 800,
+            table_prompts: 24,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -67,6 +82,10 @@ impl Settings {
                 "--out" => s.out = value()?.into(),
                 "--base-steps" => s.base_steps = number(value()?, "--base-steps")?,
                 "--head-steps" => s.head_steps = number(value()?, "--head-steps")?,
+                "--distill-prompts" => {
+                    s.distill_prompts = number(value()?, "--distill-prompts")?
+                }
+                "--table-prompts" => s.table_prompts = number(value()?, "--table-prompts")?,
                 other => return Err(bad("arguments", format!("unknown flag `{other}`"))),
             }
         }
@@ -157,6 +176,225 @@ fn base(s: &Settings, train: &[i64], held: &[i64]) -> Result<()> {
     model.save(&dir)
 }
 
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Prompts: the first `len` tokens of every `every`-th verse of a corpus file.
+fn verse_prompts(tok: &HfTokenizer, path: &Path, every: usize, len: usize) -> Result<Vec<Vec<i64>>> {
+    let text = read(path)?;
+    let mut out = Vec::new();
+    for line in text.lines().step_by(every) {
+        let ids = tok.encode(line)?;
+        if ids.len() > len {
+            out.push(ids[..len].to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// Stage 3: sequence-level distillation data, the base's greedy continuations of training
+/// verse openings.
+fn distilled(s: &Settings, tok: &HfTokenizer) -> Result<Vec<Vec<i64>>> {
+    let path = s.work.join("distilled.json");
+    if path.is_file() {
+        let text = read(&path)?;
+        return serde_json::from_str(&text).map_err(|source| Error::Json {
+            what: path.display().to_string(),
+            source,
+        });
+    }
+    let mut base = Transformer::load(s.work.join("base"), tch::Device::Cpu)?;
+    let prompts = verse_prompts(tok, &s.corpus.join("kjv-train.txt"), 30, 4)?;
+    let prompts = &prompts[..prompts.len().min(s.distill_prompts)];
+    let t0 = std::time::Instant::now();
+    let mut bar = ProgressBar::new("distill");
+    let n = prompts.len();
+    let data = distill(
+        &mut GreedyDecoder::new(&mut base),
+        prompts,
+        &DecodeConfig::new(96),
+        |done| {
+            if done % 50 == 0 || done == n {
+                bar.update(done, n, f64::NAN, t0.elapsed().as_secs_f64(), "")
+            }
+        },
+    )?;
+    let json = serde_json::to_string(&data).expect("token lists serialise");
+    std::fs::write(&path, json).map_err(io("writing", &path))?;
+    Ok(data)
+}
+
+fn with_heads_config() -> TransformerConfig {
+    TransformerConfig {
+        num_proposal_heads: HEADS,
+        head_d_ff: 128,
+        ..base_config()
+    }
+}
+
+fn head_settings(s: &Settings, regime: Regime) -> HeadsTrainConfig {
+    let mut c = HeadsTrainConfig {
+        steps: s.head_steps,
+        batch_size: 16,
+        seq_len: 128,
+        train_base: regime.train_base(),
+        dropout: 0.1,
+        seed: 7,
+        log_every: 10,
+        validate_every: (s.head_steps / 4).max(1),
+        checkpoint_every: 100,
+        ..HeadsTrainConfig::default()
+    };
+    c.lr.peak = if regime.train_base() { 5e-4 } else { 2e-3 };
+    c.lr.warmup_steps = s.head_steps / 10;
+    c.optim.weight_decay = 0.01;
+    c
+}
+
+/// Stage 4: heads under one regime, saved as a model folder.
+fn regime(
+    s: &Settings,
+    regime: Regime,
+    corpus: &[i64],
+    distilled: &[Vec<i64>],
+    validation: &Validation,
+) -> Result<()> {
+    let dir = s.work.join(regime.name());
+    if dir.join("model.safetensors").is_file() {
+        return Ok(());
+    }
+    let mut model = Transformer::new_seeded(with_heads_config(), 1, tch::Device::Cpu)?;
+    let missing = model.load_partial(s.work.join("base"))?;
+    if missing.iter().any(|n| !n.starts_with("heads.")) {
+        return Err(bad("base", format!("the base lacks {missing:?}")));
+    }
+    model.reset_heads(7)?;
+    let corpus_data = vec![corpus.to_vec()];
+    let data = if regime.distilled() { distilled } else { &corpus_data[..] };
+    let settings = head_settings(s, regime);
+    let mut bar = ProgressBar::new(regime.name());
+    let mut accepted = String::new();
+    let report = train_heads(
+        &mut model,
+        data,
+        Some(validation),
+        &settings,
+        Some(&s.work.join(format!("{}-checkpoint", regime.name()))),
+        |l| {
+            if let Some(a) = l.mean_accepted {
+                accepted = format!("accepted {a:.2} at k={}", validation.block_size);
+            }
+            let lm = l.lm_loss.map(|x| format!("lm {x:.3} ")).unwrap_or_default();
+            bar.update(l.step, l.steps, l.loss, l.elapsed_s, &format!("{lm}{accepted}"));
+        },
+    )?;
+    eprintln!(
+        "{regime}: {} steps, {:.0} s, final heads loss {:.3}",
+        settings.steps, report.wall_s, report.final_loss
+    );
+    model.save(&dir)
+}
+
+#[derive(Serialize)]
+struct Cell {
+    regime: Regime,
+    k: usize,
+    acceptance: &'static str,
+    mean_accepted: f64,
+    tokens: usize,
+    iterations: usize,
+}
+
+/// Mean accepted block size of one regime's model over the held-out prompts.
+fn measure(
+    model: &mut Transformer,
+    prompts: &[Vec<i64>],
+    k: usize,
+    criterion: impl AcceptanceCriterion + Clone + 'static,
+) -> Result<(usize, usize)> {
+    let mut decoder = Blockwise::builder(model)
+        .block_size(k)
+        .proposer(HeadsProposer)
+        .criterion(criterion)
+        .build()?;
+    let config = DecodeConfig::new(64);
+    let (mut tokens, mut iterations) = (0, 0);
+    for p in prompts {
+        let out = decoder.decode(p, &config)?;
+        tokens += out.stats.new_tokens;
+        iterations += out.stats.iterations;
+    }
+    Ok((tokens, iterations))
+}
+
+/// Stage 5: Table 1 on held-out prompts, with each regime's weights as shipped (rounded to
+/// bfloat16); the best regime at k = 8 (exact) becomes the embedded model.
+fn table(s: &Settings, held_prompts: &[Vec<i64>]) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    let mut cells = Vec::new();
+    let mut best: Option<(f64, Regime)> = None;
+    for regime in Regime::ALL {
+        let mut model = Transformer::load(s.work.join(regime.name()), tch::Device::Cpu)?;
+        model.set_dtype(DType::Bf16)?;
+        model.set_dtype(DType::F32)?;
+        for k in BLOCK_SIZES {
+            for (name, top2) in [("exact", false), ("top-2", true)] {
+                let (tokens, iterations) = if top2 {
+                    measure(&mut model, held_prompts, k, TopK::new(2)?)?
+                } else {
+                    measure(&mut model, held_prompts, k, Exact)?
+                };
+                let mean = tokens as f64 / iterations as f64;
+                eprintln!("table: {regime} k={k} {name}: {mean:.2}");
+                if k == 8 && !top2 && best.map_or(true, |(b, _)| mean > b) {
+                    best = Some((mean, regime));
+                }
+                cells.push(Cell {
+                    regime,
+                    k,
+                    acceptance: name,
+                    mean_accepted: mean,
+                    tokens,
+                    iterations,
+                });
+            }
+        }
+    }
+    let path = s.work.join("table1.json");
+    let json = serde_json::to_string_pretty(&cells).expect("cells serialise");
+    std::fs::write(&path, json + "\n").map_err(io("writing", &path))?;
+    println!("| regime | acceptance | k=2 | k=4 | k=6 | k=8 | k=10 |");
+    println!("|---|---|---|---|---|---|---|");
+    for regime in Regime::ALL {
+        for acc in ["exact", "top-2"] {
+            let row: Vec<String> = cells
+                .iter()
+                .filter(|c| c.regime == regime && c.acceptance == acc)
+                .map(|c| format!("{:.2}", c.mean_accepted))
+                .collect();
+            println!("| {regime} | {acc} | {} |", row.join(" | "));
+        }
+    }
+    let (score, regime) = best.expect("four regimes measured");
+    let mut model = Transformer::load(s.work.join(regime.name()), tch::Device::Cpu)?;
+    model.set_dtype(DType::Bf16)?;
+    model.save(&s.out)?;
+    std::fs::copy(s.work.join("tokenizer.json"), s.out.join("tokenizer.json"))
+        .map_err(io("copying the tokenizer to", &s.out))?;
+    println!(
+        "shipped {regime} (mean accepted {score:.2} at k = 8, exact) to {}; table in {}",
+        s.out.display(),
+        path.display()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let s = Settings::parse()?;
     tch::manual_seed(0);
@@ -169,5 +407,17 @@ fn main() -> Result<()> {
         held.len()
     );
     base(&s, &train, &held)?;
-    Ok(())
+    let data = distilled(&s, &tok)?;
+    let held_prompts = verse_prompts(&tok, &s.corpus.join("kjv-heldout.txt"), 100, 6)?;
+    let validation = Validation {
+        prompts: held_prompts[..8.min(held_prompts.len())].to_vec(),
+        block_size: 8,
+        max_new_tokens: 64,
+        eos: vec![],
+    };
+    for r in Regime::ALL {
+        regime(&s, r, &train, &data, &validation)?;
+    }
+    let table_prompts = &held_prompts[..held_prompts.len().min(s.table_prompts)];
+    table(&s, table_prompts)
 }

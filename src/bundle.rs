@@ -8,8 +8,9 @@ use tch::Device;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::heads::{HeadsConfig, WithHeads, HEADS_CONFIG_FILE};
 use crate::model::CausalLm;
-use crate::tokenizer::{ByteTokenizer, ChatTemplate, HfTokenizer, TextTokenizer};
+use crate::tokenizer::{ByteTokenizer, ChatTemplate, HfTokenizer, TextTokenizer, END_OF_TEXT};
 use crate::torchscript::{ExportMetadata, LoadOptions, TorchScriptLm};
 use crate::transformer::{Transformer, CONFIG_FILE};
 
@@ -27,6 +28,62 @@ pub struct BundleOptions {
     pub device: Device,
     /// Context to allocate caches for, for exported models (default: the model's, at most 2048).
     pub max_context: Option<usize>,
+    /// Proposal heads to attach to an exported model.
+    pub heads: HeadsChoice,
+}
+
+/// Which proposal heads an exported model gets.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HeadsChoice {
+    /// `heads/` inside the export folder if there is one, else the heads shipped in
+    /// `assets/heads/` that were trained for the export's source model, else none.
+    #[default]
+    Auto,
+    /// No heads.
+    None,
+    /// The heads saved in this folder (see [`WithHeads::save`]).
+    Dir(PathBuf),
+}
+
+/// The folder of the heads shipped with the crate (one sub-folder per base model).
+pub fn shipped_heads_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/heads"))
+}
+
+/// The heads folder `choice` names for an export whose source is `source` (`None`: no heads).
+fn find_heads(dir: &Path, source: Option<&str>, choice: &HeadsChoice) -> Result<Option<PathBuf>> {
+    match choice {
+        HeadsChoice::None => Ok(None),
+        HeadsChoice::Dir(d) => Ok(Some(d.clone())),
+        HeadsChoice::Auto => {
+            let local = dir.join("heads");
+            if local.join(HEADS_CONFIG_FILE).is_file() {
+                return Ok(Some(local));
+            }
+            let Some(source) = source else {
+                return Ok(None);
+            };
+            let Ok(entries) = std::fs::read_dir(shipped_heads_dir()) else {
+                return Ok(None);
+            };
+            let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            dirs.sort();
+            for d in dirs {
+                let Ok(text) = std::fs::read_to_string(d.join(HEADS_CONFIG_FILE)) else {
+                    continue;
+                };
+                let config: HeadsConfig =
+                    serde_json::from_str(&text).map_err(|source| Error::Json {
+                        what: d.join(HEADS_CONFIG_FILE).display().to_string(),
+                        source,
+                    })?;
+                if config.base.as_deref() == Some(source) {
+                    return Ok(Some(d));
+                }
+            }
+            Ok(None)
+        }
+    }
 }
 
 impl Default for BundleOptions {
@@ -35,6 +92,7 @@ impl Default for BundleOptions {
             dtype: DType::F32,
             device: Device::Cpu,
             max_context: None,
+            heads: HeadsChoice::Auto,
         }
     }
 }
@@ -64,9 +122,10 @@ impl std::fmt::Debug for ModelBundle {
 }
 
 impl ModelBundle {
-    /// Loads `embedded` (the shipped byte-level model), a built-in transformer folder
-    /// (`config.json` + `model.safetensors`, byte-level tokenizer), or an export folder written
-    /// by `scripts/export_hf.py` (`metadata.json`, modules, `tokenizer.json`).
+    /// Loads `embedded` (the shipped model), a built-in transformer folder (`config.json` +
+    /// `model.safetensors`, with a `tokenizer.json` or else the byte-level tokenizer), or an
+    /// export folder written by `scripts/export_hf.py` (`metadata.json`, modules,
+    /// `tokenizer.json`), with proposal heads as [`BundleOptions::heads`] says.
     pub fn load(name: &str, options: &BundleOptions) -> Result<Self> {
         let dir = if name == "embedded" {
             embedded_dir()
@@ -94,19 +153,29 @@ impl ModelBundle {
         if model.config().dtype != options.dtype {
             model.set_dtype(options.dtype)?;
         }
-        let tokenizer = ByteTokenizer;
+        let path = dir.join("tokenizer.json");
+        let (tokenizer, name): (Box<dyn TextTokenizer>, _) = if path.is_file() {
+            let plain = HfTokenizer::from_file(&path, vec![])?;
+            let eos = plain.token_id(END_OF_TEXT).into_iter().collect();
+            (
+                Box::new(HfTokenizer::from_file(&path, eos)?),
+                "tokenizer.json",
+            )
+        } else {
+            (Box::new(ByteTokenizer), "byte tokenizer")
+        };
         if model.config().vocab_size != tokenizer.vocab_size() {
             return Err(Error::VocabularyMismatch {
                 left: "model",
                 left_size: model.config().vocab_size,
-                right: "byte tokenizer",
+                right: name,
                 right_size: tokenizer.vocab_size(),
             });
         }
         Ok(ModelBundle {
             model: Box::new(model),
             eos: tokenizer.eos_ids(),
-            tokenizer: Box::new(tokenizer),
+            tokenizer,
             chat: None,
             metadata: None,
         })
@@ -123,6 +192,11 @@ impl ModelBundle {
                 ..LoadOptions::default()
             },
         )?;
+        let source = meta.source.get("gguf").map(String::as_str);
+        let model: Box<dyn CausalLm> = match find_heads(dir, source, &options.heads)? {
+            Some(heads) => Box::new(WithHeads::load(model, heads)?),
+            None => Box::new(model),
+        };
         let tokenizer =
             HfTokenizer::from_file(dir.join("tokenizer.json"), meta.eos_token_ids.clone())?;
         if tokenizer.vocab_size() > meta.vocab_size {
@@ -145,7 +219,7 @@ impl ModelBundle {
             None => None,
         };
         Ok(ModelBundle {
-            model: Box::new(model),
+            model,
             tokenizer: Box::new(tokenizer),
             eos: meta.eos_token_ids.clone(),
             chat,

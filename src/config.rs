@@ -306,6 +306,7 @@ impl ProposerConfig {
                     dtype,
                     device: target.device,
                     max_context: Some(target.max_context),
+                    heads: crate::bundle::HeadsChoice::None,
                 };
                 let draft = ModelBundle::load(model, &options)?.model;
                 Box::new(DraftModel::new(draft, target.vocab_size)?)

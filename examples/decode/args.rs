@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use blockwise::bundle::HeadsChoice;
 use blockwise::config::{AcceptanceConfig, ProposerConfig, VerifierConfig};
 use blockwise::policy::PolicyConfig;
 use blockwise::{DType, Error, Result};
@@ -9,13 +10,15 @@ use tch::Device;
 
 pub const USAGE: &str = "\
 usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--chat]
-              [--proposer heads|none|ngram[:MIN:MAX]|draft:DIR|chain:A,B] [--k N]
+              [--proposer heads|none|ngram[:MIN:MAX]|draft:DIR|chain:A,B] [--heads DIR|none]
+              [--k N]
               [--adaptive | --policy fixed|adaptive|cost[:PER_TOKEN]]
               [--accept exact|top-k:N|distance:EPS[:cosine|l2]] [--min-block L]
               [--max-new-tokens N] [--verifier cached|recompute] [--prefill-chunk N] [--tie-guard M]
               [--dtype f32|bf16|f16] [--device cpu|cuda] [--compare-greedy] [--json]
 
-  --model           `embedded` (default: the small model shipped in assets/embedded), a folder
+  --model           `embedded` (default: the model shipped in assets/embedded, trained on
+                    the King James Bible, with trained heads), a folder
                     exported by scripts/export_hf.py (metadata.json, e.g. models/smollm2), or a
                     built-in transformer folder (config.json + model.safetensors)
   --prompt          one prompt
@@ -24,6 +27,8 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --proposer        where proposals come from (default heads): ngram = prompt lookup of 1..3
                     tokens; draft:DIR = a draft model of the same tokenizer (e.g.
                     models/smollm2-draft); chain:A,B = A, or B where A has no proposal
+  --heads           proposal heads for an exported model (default: its heads/ folder, or the
+                    heads shipped in assets/heads for its source model, e.g. SmolLM2's)
   --k               block size (default 4): at most k - 1 proposals per block
   --adaptive        size each block (up to k) by recent acceptance and the verify costs measured
                     as it runs; plain greedy steps where proposals do not pay (= --policy cost)
@@ -46,6 +51,7 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
 #[derive(Debug)]
 pub struct Args {
     pub model: String,
+    pub heads: HeadsChoice,
     pub prompts: Vec<String>,
     pub proposer: ProposerConfig,
     pub k: usize,
@@ -93,6 +99,7 @@ impl Args {
     pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args> {
         let mut args = Args {
             model: "embedded".into(),
+            heads: HeadsChoice::Auto,
             prompts: Vec::new(),
             proposer: ProposerConfig::Heads,
             k: 4,
@@ -120,6 +127,12 @@ impl Args {
                     .prompts
                     .extend(read_prompt_file(&PathBuf::from(value("--prompt-file")?))?),
                 "--proposer" => args.proposer = value("--proposer")?.parse()?,
+                "--heads" => {
+                    args.heads = match value("--heads")?.as_str() {
+                        "none" => HeadsChoice::None,
+                        dir => HeadsChoice::Dir(PathBuf::from(dir)),
+                    }
+                }
                 "--adaptive" => args.policy = PolicyConfig::CostAware { per_token: None },
                 "--policy" => args.policy = value("--policy")?.parse()?,
                 "--k" => args.k = number("--k", &value("--k")?)?,

@@ -79,6 +79,7 @@ fn run(args: Args) -> Result<()> {
         dtype: args.dtype,
         device: args.device,
         max_context: None,
+        heads: args.heads.clone(),
     };
     let mut bundle = ModelBundle::load(&args.model, &options)?;
     let config = BlockwiseConfig {
@@ -93,12 +94,6 @@ fn run(args: Args) -> Result<()> {
     let embeddings = bundle.model.token_embeddings();
     let mut decode = DecodeConfig::new(args.max_new_tokens).with_eos(bundle.eos.clone());
     decode.prefill_chunk = args.prefill_chunk;
-    if args.model == "embedded" && !args.json {
-        println!(
-            "note: the embedded model is a seeded, untrained placeholder that repeats itself, so its \
-             proposals are easy to accept; its speedups say nothing about real models.\n"
-        );
-    }
     let prompts = args
         .prompts
         .iter()

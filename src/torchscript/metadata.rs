@@ -39,6 +39,9 @@ pub struct Oracle {
 pub struct ExportMetadata {
     /// Must be [`FORMAT`].
     pub format: String,
+    /// Where the weights came from (for example `{"gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"}`).
+    #[serde(default)]
+    pub source: BTreeMap<String, String>,
     /// The architecture (`llama`, ...).
     pub architecture: String,
     /// Transformer layers.

@@ -1,0 +1,311 @@
+//! Trains proposal heads for any model the crate loads (an export folder such as
+//! `models/smollm2`, or a built-in transformer folder) on top of its frozen final hidden
+//! states, with every setting from a serde JSON file, and saves them where `decode` finds them.
+//!
+//! ```text
+//! cargo run --release --example train_heads -- configs/smollm2-heads.json
+//! ```
+//!
+//! The data are either the model's own greedy continuations of a prompt file (sequence-level
+//! self-distillation; decoded once and kept in `data.cache`) or a plain-text corpus. A
+//! checkpoint folder makes an interrupted run resume where it stopped.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use blockwise::bundle::{BundleOptions, HeadsChoice, ModelBundle};
+use blockwise::heads::{HeadArch, HeadsConfig, WithHeads};
+use blockwise::train::{distill, train_heads, HeadsTrainConfig, ProgressBar, Validation};
+use blockwise::{CausalLm, DType, DecodeConfig, Error, GreedyDecoder, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// Where the training text comes from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+enum Data {
+    /// The model's greedy continuations of each prompt (one per line).
+    Distill {
+        prompts: PathBuf,
+        #[serde(default)]
+        chat: bool,
+        new_tokens: usize,
+        #[serde(default)]
+        limit: Option<usize>,
+        /// Where the decoded sequences are kept (JSON), so a rerun skips decoding.
+        cache: PathBuf,
+    },
+    /// A plain-text file.
+    Corpus { path: PathBuf },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValidationSpec {
+    prompts: PathBuf,
+    #[serde(default)]
+    chat: bool,
+    block_size: usize,
+    max_new_tokens: usize,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeadsSpec {
+    #[serde(default)]
+    arch: HeadArch,
+    num_heads: usize,
+    #[serde(default = "default_d_ff")]
+    d_ff: i64,
+    /// Score only the this many most frequent tokens of the training data.
+    #[serde(default)]
+    shortlist: Option<usize>,
+}
+
+fn default_d_ff() -> i64 {
+    64
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// `embedded`, an export folder or a built-in transformer folder.
+    model: String,
+    /// Kind the base computes in while producing data and hidden states.
+    #[serde(default)]
+    dtype: DType,
+    heads: HeadsSpec,
+    data: Data,
+    #[serde(default)]
+    validation: Option<ValidationSpec>,
+    train: HeadsTrainConfig,
+    /// Where the trained heads are written.
+    out: PathBuf,
+    #[serde(default)]
+    checkpoint: Option<PathBuf>,
+    #[serde(default)]
+    seed: u64,
+}
+
+fn bad(field: &'static str, problem: impl Into<String>) -> Error {
+    Error::InvalidConfig {
+        field,
+        problem: problem.into(),
+    }
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        action: "reading",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn prompt_lines(path: &Path, limit: Option<usize>) -> Result<Vec<String>> {
+    let text = read(path)?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.replace("\\n", "\n"))
+        .take(limit.unwrap_or(usize::MAX))
+        .collect())
+}
+
+fn encode_all(bundle: &ModelBundle, lines: &[String], chat: bool) -> Result<Vec<Vec<i64>>> {
+    lines.iter().map(|l| bundle.encode_prompt(l, chat)).collect()
+}
+
+fn training_data(bundle: &mut ModelBundle, data: &Data) -> Result<Vec<Vec<i64>>> {
+    match data {
+        Data::Corpus { path } => Ok(vec![bundle.tokenizer.encode(&read(path)?)?]),
+        Data::Distill {
+            prompts,
+            chat,
+            new_tokens,
+            limit,
+            cache,
+        } => {
+            if cache.is_file() {
+                return serde_json::from_str(&read(cache)?).map_err(|source| Error::Json {
+                    what: cache.display().to_string(),
+                    source,
+                });
+            }
+            let prompts = encode_all(bundle, &prompt_lines(prompts, *limit)?, *chat)?;
+            let config = DecodeConfig::new(*new_tokens).with_eos(bundle.eos.clone());
+            let (t0, n) = (Instant::now(), prompts.len());
+            let mut bar = ProgressBar::new("distill");
+            let seqs = distill(
+                &mut GreedyDecoder::new(&mut bundle.model),
+                &prompts,
+                &config,
+                |done| bar.update(done, n, f64::NAN, t0.elapsed().as_secs_f64(), ""),
+            )?;
+            if let Some(parent) = cache.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+                    action: "creating",
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+            }
+            let json = serde_json::to_string(&seqs).expect("token lists serialise");
+            std::fs::write(cache, json).map_err(|source| Error::Io {
+                action: "writing",
+                path: cache.clone(),
+                source,
+            })?;
+            Ok(seqs)
+        }
+    }
+}
+
+/// The `n` most frequent token ids of the data (ties by id).
+fn shortlist(data: &[Vec<i64>], n: usize) -> Vec<i64> {
+    let mut counts: HashMap<i64, usize> = HashMap::new();
+    for &t in data.iter().flatten() {
+        *counts.entry(t).or_default() += 1;
+    }
+    let mut ids: Vec<(i64, usize)> = counts.into_iter().collect();
+    ids.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    ids.into_iter().take(n).map(|(id, _)| id).collect()
+}
+
+/// Milliseconds per call of `f`, median of `n`.
+fn time_ms(n: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        f()?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[n / 2])
+}
+
+/// The heads' cost per decoding iteration next to one model step (one token at a 128-token
+/// past), in this run's dtype.
+fn head_cost<M: CausalLm>(model: &mut WithHeads<M>) -> Result<(f64, f64)> {
+    let _guard = tch::no_grad_guard();
+    let device = model.info().device;
+    let past: Vec<i64> = (0..128).map(|i| 100 + i).collect();
+    let out = model.forward(&Tensor::from_slice(&past).f_view([1, 128])?.f_to_device(device)?, 0)?;
+    let hidden = out
+        .hidden
+        .ok_or(bad("model", "the model does not return hidden states"))?
+        .f_select(1, 127)?;
+    let one = Tensor::from_slice(&[42i64]).f_view([1, 1])?.f_to_device(device)?;
+    let step = time_ms(21, || {
+        model.forward(&one, 128)?;
+        Ok(())
+    })?;
+    let heads = time_ms(21, || {
+        let logits = model.head_logits(&hidden)?.expect("heads attached");
+        let _ = logits.f_argmax(-1, false)?.f_to_kind(Kind::Int64)?;
+        Ok(())
+    })?;
+    Ok((heads, step))
+}
+
+fn run(path: &Path) -> Result<()> {
+    let config: Config = serde_json::from_str(&read(path)?).map_err(|source| Error::Json {
+        what: path.display().to_string(),
+        source,
+    })?;
+    let options = BundleOptions {
+        dtype: config.dtype,
+        heads: HeadsChoice::None,
+        ..BundleOptions::default()
+    };
+    let mut bundle = ModelBundle::load(&config.model, &options)?;
+    let data = training_data(&mut bundle, &config.data)?;
+    let tokens: usize = data.iter().map(Vec::len).sum();
+    eprintln!("train_heads: {} sequences, {tokens} tokens", data.len());
+    let validation = match &config.validation {
+        Some(v) => Some(Validation {
+            prompts: encode_all(&bundle, &prompt_lines(&v.prompts, v.limit)?, v.chat)?,
+            block_size: v.block_size,
+            max_new_tokens: v.max_new_tokens,
+            eos: bundle.eos.clone(),
+        }),
+        None => None,
+    };
+    let emb = bundle
+        .model
+        .token_embeddings()
+        .ok_or(bad("model", "does not expose its token embeddings"))?;
+    let (vocab_size, d_model) = emb.size2()?;
+    let source = bundle
+        .metadata
+        .as_ref()
+        .and_then(|m| m.source.get("gguf").cloned());
+    let heads_config = HeadsConfig {
+        arch: config.heads.arch,
+        num_heads: config.heads.num_heads,
+        d_model,
+        d_ff: config.heads.d_ff,
+        vocab_size,
+        base: source,
+    };
+    let mut model = WithHeads::new(bundle.model, heads_config, config.seed)?;
+    if let Some(n) = config.heads.shortlist {
+        let list = shortlist(&data, n);
+        let covered: usize = {
+            let set: std::collections::HashSet<i64> = list.iter().copied().collect();
+            data.iter().flatten().filter(|t| set.contains(t)).count()
+        };
+        eprintln!(
+            "train_heads: shortlist of {} ids covers {:.1}% of training tokens",
+            list.len(),
+            100.0 * covered as f64 / tokens as f64
+        );
+        model = model.with_shortlist(&list)?;
+    }
+    let mut bar = ProgressBar::new("heads");
+    let mut accepted = String::new();
+    let report = train_heads(
+        &mut model,
+        &data,
+        validation.as_ref(),
+        &config.train,
+        config.checkpoint.as_deref(),
+        |l| {
+            if let Some(a) = l.mean_accepted {
+                accepted = format!("mean accepted {a:.2}");
+            }
+            bar.update(l.step, l.steps, l.loss, l.elapsed_s, &accepted);
+        },
+    )?;
+    model.save(&config.out)?;
+    let (heads_ms, step_ms) = head_cost(&mut model)?;
+    println!(
+        "train_heads: {} steps in {:.0} s, final loss {:.3}, mean accepted {} | heads {:.2} ms \
+         per iteration vs a model step {:.2} ms ({:.0}%) | saved to {}",
+        config.train.steps,
+        report.wall_s,
+        report.final_loss,
+        report
+            .mean_accepted
+            .map_or("-".to_string(), |a| format!("{a:.2}")),
+        heads_ms,
+        step_ms,
+        100.0 * heads_ms / step_ms,
+        config.out.display()
+    );
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.as_slice() {
+        [path] => run(Path::new(path)),
+        _ => Err(bad("arguments", "usage: train_heads CONFIG.json")),
+    };
+    if let Err(e) = result {
+        eprintln!("train_heads: {e}");
+        std::process::exit(2);
+    }
+}
