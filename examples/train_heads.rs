@@ -116,7 +116,10 @@ fn prompt_lines(path: &Path, limit: Option<usize>) -> Result<Vec<String>> {
 }
 
 fn encode_all(bundle: &ModelBundle, lines: &[String], chat: bool) -> Result<Vec<Vec<i64>>> {
-    lines.iter().map(|l| bundle.encode_prompt(l, chat)).collect()
+    lines
+        .iter()
+        .map(|l| bundle.encode_prompt(l, chat))
+        .collect()
 }
 
 fn training_data(bundle: &mut ModelBundle, data: &Data) -> Result<Vec<Vec<i64>>> {
@@ -192,12 +195,19 @@ fn head_cost<M: CausalLm>(model: &mut WithHeads<M>) -> Result<(f64, f64)> {
     let _guard = tch::no_grad_guard();
     let device = model.info().device;
     let past: Vec<i64> = (0..128).map(|i| 100 + i).collect();
-    let out = model.forward(&Tensor::from_slice(&past).f_view([1, 128])?.f_to_device(device)?, 0)?;
+    let out = model.forward(
+        &Tensor::from_slice(&past)
+            .f_view([1, 128])?
+            .f_to_device(device)?,
+        0,
+    )?;
     let hidden = out
         .hidden
         .ok_or(bad("model", "the model does not return hidden states"))?
         .f_select(1, 127)?;
-    let one = Tensor::from_slice(&[42i64]).f_view([1, 1])?.f_to_device(device)?;
+    let one = Tensor::from_slice(&[42i64])
+        .f_view([1, 1])?
+        .f_to_device(device)?;
     let step = time_ms(21, || {
         model.forward(&one, 128)?;
         Ok(())

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bin=target/release/examples/decode
 py=.venv/bin/python
 fail=0
-for k in 1 2 4 8; do
+for k in 1 2 4 8 10; do
   for verifier in cached recompute; do
     out=$("$bin" --prompt-file examples/prompts.txt --k "$k" --verifier "$verifier" \
       --max-new-tokens 40 --compare-greedy --json)
@@ -85,16 +85,20 @@ if [ -f models/smollm2/metadata.json ]; then
     set -e
     [ "$rc" = 2 ] || { echo "check-decode: draft:embedded on SmolLM2 exited $rc, expected 2" >&2; fail=1; }
   fi
-  # A model without heads cannot use the heads proposer: a clear error.
+  # The shipped heads (assets/heads/smollm2) attach by default: identical to greedy, in f32 and
+  # in bf16 with the tie guard.
+  smollm2_identical "heads (shipped)" --chat --proposer heads --k 5
+  smollm2_identical "heads (shipped), bf16" --chat --proposer heads --k 5 --dtype bf16 --tie-guard 0.5
+  # Without heads, the heads proposer is a clear error.
   set +e
-  "$bin" --model models/smollm2 --proposer heads --k 4 --max-new-tokens 2 >/dev/null 2>&1
+  "$bin" --model models/smollm2 --heads none --proposer heads --k 4 --max-new-tokens 2 >/dev/null 2>&1
   rc=$?
   set -e
   [ "$rc" = 2 ] || { echo "check-decode: heads on SmolLM2 exited $rc, expected 2" >&2; fail=1; }
 fi
 # Bad input must be a clear error (exit 2), not a crash.
-for args in "--k 0" "--k 9" "--accept top-k:0" "--accept bogus" "--max-new-tokens x" "--prompt ''" \
-            "--proposer chain:" "--proposer draft:no/such/dir" "--policy sometimes"; do
+for args in "--k 0" "--k 11" "--accept top-k:0" "--accept bogus" "--max-new-tokens x" "--prompt ''" \
+            "--proposer chain:" "--proposer draft:no/such/dir" "--heads no/such/dir" "--policy sometimes"; do
   set +e
   eval "$bin $args --max-new-tokens 4" >/dev/null 2>&1
   rc=$?

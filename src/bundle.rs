@@ -32,7 +32,8 @@ pub struct BundleOptions {
     pub heads: HeadsChoice,
 }
 
-/// Which proposal heads an exported model gets.
+/// Which proposal heads a model gets. A built-in transformer keeps its own heads unless a folder
+/// is named.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum HeadsChoice {
     /// `heads/` inside the export folder if there is one, else the heads shipped in
@@ -172,8 +173,12 @@ impl ModelBundle {
                 right_size: tokenizer.vocab_size(),
             });
         }
+        let model: Box<dyn CausalLm> = match &options.heads {
+            HeadsChoice::Dir(d) => Box::new(WithHeads::load(model, d)?),
+            HeadsChoice::Auto | HeadsChoice::None => Box::new(model),
+        };
         Ok(ModelBundle {
-            model: Box::new(model),
+            model,
             eos: tokenizer.eos_ids(),
             tokenizer,
             chat: None,

@@ -598,7 +598,7 @@ fn bad_proposer_and_policy_configs() {
     assert!(CostModel::linear(f64::INFINITY).is_err());
     assert!(Adaptive::new(1, 0, 1).is_err());
 
-    // A draft whose vocabulary differs (the embedded byte-level model has 257 tokens).
+    // A draft whose vocabulary differs (the embedded model has 4,096 tokens).
     let target = tiny(20, 3, 1);
     let e = ProposerConfig::Draft {
         model: "embedded".into(),
@@ -611,7 +611,7 @@ fn bad_proposer_and_policy_configs() {
             e,
             Error::VocabularyMismatch {
                 left: "draft model",
-                left_size: 257,
+                left_size: 4096,
                 right_size: 20,
                 ..
             }

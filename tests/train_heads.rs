@@ -92,8 +92,15 @@ fn distilled_heads_learn_to_predict_the_base() {
             eos: vec![],
         };
         let before = mean_accepted_with_heads(&mut model, &validation).unwrap();
-        let report = train_heads(&mut model, &data, Some(&validation), &config(80), None, |_| {})
-            .unwrap();
+        let report = train_heads(
+            &mut model,
+            &data,
+            Some(&validation),
+            &config(80),
+            None,
+            |_| {},
+        )
+        .unwrap();
         let after = report.mean_accepted.unwrap();
         let first = report.logs.first().unwrap().loss;
         assert!(
@@ -101,13 +108,16 @@ fn distilled_heads_learn_to_predict_the_base() {
             "{arch}: loss {first:.3} -> {:.3}",
             report.final_loss
         );
-        assert!(before < 2.0 && after > 3.0,
+        assert!(
+            before < 2.0 && after > 3.0,
             "{arch}: mean accepted {before:.2} -> {after:.2}"
         );
         // Still exact: blockwise with the trained heads reproduces greedy.
         let prompt = vec![3, 1, 4];
         let cfg = DecodeConfig::new(30);
-        let greedy = GreedyDecoder::new(&mut model).decode(&prompt, &cfg).unwrap();
+        let greedy = GreedyDecoder::new(&mut model)
+            .decode(&prompt, &cfg)
+            .unwrap();
         let fast = Blockwise::builder(&mut model)
             .block_size(4)
             .proposer(HeadsProposer)
@@ -133,7 +143,11 @@ fn fine_tuning_trains_the_base_and_reports_its_loss() {
     c.train_base = true;
     c.dropout = 0.1;
     let report = train_heads(&mut model, &corpus, None, &c, None, |_| {}).unwrap();
-    let lm = report.logs.iter().map(|l| l.lm_loss.unwrap()).collect::<Vec<_>>();
+    let lm = report
+        .logs
+        .iter()
+        .map(|l| l.lm_loss.unwrap())
+        .collect::<Vec<_>>();
     assert!(lm.last().unwrap() < &(lm[0] * 0.5), "lm loss {lm:?}");
     assert!(report.final_loss < report.logs[0].loss * 0.5);
     let base_after = weights(model.var_store())
@@ -171,11 +185,15 @@ fn a_resumed_run_ends_in_the_same_state() {
     let mut b = tiny(3, HeadArch::Medusa, 99);
     let report_b = train_heads(&mut b, &corpus, None, &c, Some(&dir_b), |_| {}).unwrap();
     assert_eq!(report_b.resumed_from, Some(10));
-    for ((na, ta), (nb, tb)) in weights(a.var_store()).iter().zip(weights(b.var_store()).iter()) {
+    for ((na, ta), (nb, tb)) in weights(a.var_store())
+        .iter()
+        .zip(weights(b.var_store()).iter())
+    {
         assert_eq!(na, nb);
         assert!(ta.equal(tb), "{na} differs after resuming");
     }
-    let losses = |r: &blockwise::train::HeadsReport| r.logs.iter().map(|l| l.loss).collect::<Vec<_>>();
+    let losses =
+        |r: &blockwise::train::HeadsReport| r.logs.iter().map(|l| l.loss).collect::<Vec<_>>();
     assert_eq!(losses(&report_a), losses(&report_b));
 
     // Other settings cannot resume that checkpoint.
@@ -241,7 +259,9 @@ fn attached_heads_train_save_load_and_stay_exact() {
     // Exact decoding with attached heads reproduces greedy.
     let prompt = vec![2, 7, 1];
     let dc = DecodeConfig::new(30);
-    let greedy = GreedyDecoder::new(&mut loaded).decode(&prompt, &dc).unwrap();
+    let greedy = GreedyDecoder::new(&mut loaded)
+        .decode(&prompt, &dc)
+        .unwrap();
     let fast = Blockwise::builder(&mut loaded)
         .block_size(4)
         .proposer(HeadsProposer)
@@ -311,8 +331,25 @@ fn bad_training_settings_are_errors() {
         vocab_size: 16,
         base: None,
     };
-    let mut attached = WithHeads::new(base, hc, 1).unwrap();
+    let mut attached = WithHeads::new(base, hc.clone(), 1).unwrap();
     let mut c = config(5);
     c.train_base = true;
     assert!(train_heads(&mut attached, &data, None, &c, None, |_| {}).is_err());
+    // Shortlists must be distinct ids of the vocabulary, and not empty.
+    let fresh = || {
+        let base = Transformer::new_seeded(cfg.clone(), 4, Device::Cpu).unwrap();
+        WithHeads::new(base, hc.clone(), 1).unwrap()
+    };
+    assert!(fresh().with_shortlist(&[1, 1]).is_err());
+    assert!(fresh().with_shortlist(&[16]).is_err());
+    assert!(fresh().with_shortlist(&[]).is_err());
+    // Heads of another width, or a folder without heads, are refused.
+    let wide = HeadsConfig {
+        d_model: cfg.d_model * 2,
+        ..hc.clone()
+    };
+    let base = Transformer::new_seeded(cfg.clone(), 4, Device::Cpu).unwrap();
+    assert!(WithHeads::new(base, wide, 1).is_err());
+    let base = Transformer::new_seeded(cfg.clone(), 4, Device::Cpu).unwrap();
+    assert!(WithHeads::load(base, "no/such/heads").is_err());
 }

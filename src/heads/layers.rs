@@ -230,8 +230,14 @@ mod tests {
             let diff = f64::try_from((y - x.unsqueeze(1)).abs().max()).unwrap();
             assert_eq!(diff, 0.0, "{arch}");
             let mut rng = SeededRng::new(2);
-            let mut d = Dropout { p: 0.5, rng: &mut rng };
-            assert_eq!(heads.forward(&x, Some(&mut d)).unwrap().size(), vec![5, 3, 8]);
+            let mut d = Dropout {
+                p: 0.5,
+                rng: &mut rng,
+            };
+            assert_eq!(
+                heads.forward(&x, Some(&mut d)).unwrap().size(),
+                vec![5, 3, 8]
+            );
         }
         let vs = nn::VarStore::new(tch::Device::Cpu);
         assert!(ProposalHeads::new(vs.root(), HeadArch::Stern, 8, 0, 4).is_err());

@@ -76,7 +76,12 @@ mod tests {
         assert_eq!(tok.eos_ids(), vec![0]);
         assert!(tok.vocab_size() <= 300 && tok.vocab_size() > 257);
         let ids = tok.encode(text).unwrap();
-        assert!(ids.len() < text.len() / 2, "{} ids for {} bytes", ids.len(), text.len());
+        assert!(
+            ids.len() < text.len() / 2,
+            "{} ids for {} bytes",
+            ids.len(),
+            text.len()
+        );
         assert_eq!(tok.decode(&ids).unwrap(), text);
         let unseen = "Ünïcödé 42 ☃";
         assert_eq!(tok.decode(&tok.encode(unseen).unwrap()).unwrap(), unseen);

@@ -182,12 +182,18 @@ impl HeadsTrainConfig {
         self.lr.validate()?;
         self.optim.validate()?;
         if self.steps == 0 || self.batch_size == 0 {
-            return Err(Error::config("steps", "steps and batch_size must be at least 1"));
+            return Err(Error::config(
+                "steps",
+                "steps and batch_size must be at least 1",
+            ));
         }
         if self.seq_len < 3 {
             return Err(Error::config(
                 "seq_len",
-                format!("must be at least 3 (a token and two to predict), got {}", self.seq_len),
+                format!(
+                    "must be at least 3 (a token and two to predict), got {}",
+                    self.seq_len
+                ),
             ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
@@ -274,8 +280,7 @@ pub fn mean_accepted_with_heads(
         .proposer(HeadsProposer)
         .criterion(Exact)
         .build()?;
-    let config =
-        DecodeConfig::new(validation.max_new_tokens).with_eos(validation.eos.clone());
+    let config = DecodeConfig::new(validation.max_new_tokens).with_eos(validation.eos.clone());
     let (mut tokens, mut iterations) = (0usize, 0usize);
     for prompt in &validation.prompts {
         let out = decoder.decode(prompt, &config)?;
@@ -339,7 +344,10 @@ fn make_batch(wins: &[&[i64]], rows: Vec<usize>, heads: usize, device: Device) -
 
 /// Sum of cross-entropies and the number of scored targets.
 fn ce_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, i64)> {
-    let v = *logits.size().last().expect("logits have a vocabulary dimension");
+    let v = *logits
+        .size()
+        .last()
+        .expect("logits have a vocabulary dimension");
     let targets = targets.f_reshape([-1])?;
     let count = i64::try_from(targets.f_ne(-100)?.f_sum(Kind::Int64)?)?;
     let sum = logits
@@ -374,7 +382,11 @@ pub fn train_heads<T: HeadsTrainee + ?Sized>(
         if v.block_size < 1 || v.block_size > num_heads + 1 {
             return Err(Error::config(
                 "validation.block_size",
-                format!("must be in 1..={} (heads + 1), got {}", num_heads + 1, v.block_size),
+                format!(
+                    "must be in 1..={} (heads + 1), got {}",
+                    num_heads + 1,
+                    v.block_size
+                ),
             ));
         }
     }
@@ -382,7 +394,10 @@ pub fn train_heads<T: HeadsTrainee + ?Sized>(
     if config.seq_len > info.max_context {
         return Err(Error::config(
             "seq_len",
-            format!("is {}, longer than the model's context of {}", config.seq_len, info.max_context),
+            format!(
+                "is {}, longer than the model's context of {}",
+                config.seq_len, info.max_context
+            ),
         ));
     }
     for seq in data {
@@ -519,7 +534,12 @@ pub fn train_heads<T: HeadsTrainee + ?Sized>(
                 rng_state: rng.state(),
                 logs: logs.clone(),
             };
-            save_checkpoint(checkpoint.expect("checked"), model.var_store(), &opt, &state)?;
+            save_checkpoint(
+                checkpoint.expect("checked"),
+                model.var_store(),
+                &opt,
+                &state,
+            )?;
         }
         if report || validate {
             // After the checkpoint, so that a caller who stops here loses nothing.

@@ -20,7 +20,8 @@ pub fn clock(seconds: f64) -> String {
     }
 }
 
-/// One progress line: `label [#####.....] step/steps loss L | R steps/s | T left | extra`.
+/// One progress line: `label [#####.....] step/steps loss L | R steps/s | T left | extra`
+/// (no loss when it is not a number).
 pub fn render(
     label: &str,
     step: usize,
@@ -46,8 +47,13 @@ pub fn render(
     } else {
         0.0
     };
+    let loss = if loss.is_finite() {
+        format!(" loss {loss:.3}")
+    } else {
+        String::new()
+    };
     let mut line = format!(
-        "{label} [{}{}] {step}/{steps} loss {loss:.3} | {rate:.2} steps/s | {} left",
+        "{label} [{}{}] {step}/{steps}{loss} | {rate:.2} steps/s | {} left",
         "#".repeat(filled),
         ".".repeat(WIDTH - filled),
         clock(left)
@@ -97,5 +103,7 @@ mod tests {
         assert!(line.contains("0:30 left"), "{line}");
         assert!(line.ends_with("| accepted 2.10"), "{line}");
         assert_eq!(clock(3725.0), "1:02:05");
+        let no_loss = render("distill", 3, 10, f64::NAN, 1.0, "");
+        assert!(no_loss.contains("3/10 | 3.00 steps/s"), "{no_loss}");
     }
 }

@@ -48,7 +48,10 @@ impl HeadsTrainee for Transformer {
             return self.forward_sequences(tokens)?.hidden.ok_or_else(no_heads);
         }
         let _guard = tch::no_grad_guard();
-        let hidden = self.forward_sequences(tokens)?.hidden.ok_or_else(no_heads)?;
+        let hidden = self
+            .forward_sequences(tokens)?
+            .hidden
+            .ok_or_else(no_heads)?;
         Ok(hidden.f_detach()?)
     }
 

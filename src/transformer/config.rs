@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::dtype::DType;
-use crate::heads::HeadArch;
 use crate::error::{Error, Result};
+use crate::heads::HeadArch;
 
 /// Shape of the built-in decoder-only transformer and its proposal heads.
 ///

@@ -6,10 +6,10 @@ use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::config::TransformerConfig;
-use crate::heads::ProposalHeads;
 use super::layers::{causal_mask, Block, BlockShape, LayerNorm};
 use crate::cache::{CacheShape, KvCache};
 use crate::error::{Error, Result};
+use crate::heads::ProposalHeads;
 use crate::model::{check_input, CausalLm, ModelInfo, ModelOutput};
 use crate::rng::SeededRng;
 
