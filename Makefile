@@ -101,10 +101,18 @@ train-embedded: corpus
 	.venv/bin/python scripts/plot_table1.py docs/table1.json docs/table1.svg
 
 # SmolLM2's proposal heads (Medusa, self-distilled on its own greedy answers), shipped in
-# assets/heads/smollm2 and attached by default to models/smollm2.
+# assets/heads/smollm2 and attached by default to models/smollm2. The prompts are decoded by two
+# single-threaded processes side by side (the slow part), then the heads are trained.
+HEADS_CONFIG := examples/configs/smollm2-heads.json
 smollm2-heads: smollm2 corpus
-	.venv/bin/python scripts/make_head_prompts.py target/heads/smollm2-prompts.txt 400
-	$(CARGO) run $(PROFILE) $(FEATURES) --example train_heads -- configs/smollm2-heads.json
+	@.venv/bin/python -c "import faker" 2>/dev/null || \
+	  .venv/bin/python -m pip install --quiet --disable-pip-version-check faker==37.1.0
+	.venv/bin/python scripts/make_head_prompts.py target/heads/smollm2-prompts.txt 400 400
+	$(CARGO) build $(PROFILE) $(FEATURES) --example train_heads
+	OMP_NUM_THREADS=1 target/release/examples/train_heads $(HEADS_CONFIG) --distill-range 0..400 & \
+	  OMP_NUM_THREADS=1 target/release/examples/train_heads $(HEADS_CONFIG) --distill-range 400..800; \
+	  wait
+	target/release/examples/train_heads $(HEADS_CONFIG)
 
 doc:
 	$(CARGO) doc --no-deps --features doc-only,testing

@@ -33,21 +33,6 @@ const CONTEXT: usize = 256;
 const HEADS: usize = 9;
 const BLOCK_SIZES: [usize; 5] = [2, 4, 6, 8, 10];
 
-fn bad(field: &'static str, problem: impl Into<String>) -> Error {
-    Error::InvalidConfig {
-        field,
-        problem: problem.into(),
-    }
-}
-
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| Error::Io {
-        action: "reading",
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 struct Settings {
     corpus: PathBuf,
     work: PathBuf,
@@ -73,9 +58,11 @@ impl Settings {
         while let Some(flag) = args.next() {
             let mut value = || {
                 args.next()
-                    .ok_or_else(|| bad("arguments", format!("{flag} needs a value")))
+                    .ok_or_else(|| Error::config("arguments", format!("{flag} needs a value")))
             };
-            let number = |v: String, f: &'static str| v.parse().map_err(|_| bad(f, "not a number"));
+            let number = |v: String, f: &'static str| {
+                v.parse().map_err(|_| Error::config(f, "not a number"))
+            };
             match flag.as_str() {
                 "--corpus" => s.corpus = value()?.into(),
                 "--work" => s.work = value()?.into(),
@@ -84,7 +71,12 @@ impl Settings {
                 "--head-steps" => s.head_steps = number(value()?, "--head-steps")?,
                 "--distill-prompts" => s.distill_prompts = number(value()?, "--distill-prompts")?,
                 "--table-prompts" => s.table_prompts = number(value()?, "--table-prompts")?,
-                other => return Err(bad("arguments", format!("unknown flag `{other}`"))),
+                other => {
+                    return Err(Error::config(
+                        "arguments",
+                        format!("unknown flag `{other}`"),
+                    ))
+                }
             }
         }
         Ok(s)
@@ -97,7 +89,7 @@ fn tokenizer(s: &Settings) -> Result<HfTokenizer> {
     if path.is_file() {
         let eos = HfTokenizer::from_file(&path, vec![])?
             .token_id(END_OF_TEXT)
-            .ok_or_else(|| bad("tokenizer", "no end-of-text token"))?;
+            .ok_or_else(|| Error::config("tokenizer", "no end-of-text token"))?;
         return HfTokenizer::from_file(&path, vec![eos]);
     }
     std::fs::create_dir_all(&s.work).map_err(|source| Error::Io {
@@ -105,7 +97,7 @@ fn tokenizer(s: &Settings) -> Result<HfTokenizer> {
         path: s.work.clone(),
         source,
     })?;
-    let text = read(&s.corpus.join("kjv-train.txt"))?;
+    let text = Error::read_text(&s.corpus.join("kjv-train.txt"))?;
     let t0 = std::time::Instant::now();
     let tok = train_bpe(text.lines(), VOCAB, &path)?;
     eprintln!(
@@ -118,7 +110,7 @@ fn tokenizer(s: &Settings) -> Result<HfTokenizer> {
 
 /// The corpus as one token stream, one verse per line.
 fn tokens(tok: &HfTokenizer, path: &Path) -> Result<Vec<i64>> {
-    let text = read(path)?;
+    let text = Error::read_text(path)?;
     let mut out = Vec::with_capacity(text.len() / 3);
     for line in text.lines() {
         out.extend(tok.encode(&format!("{line}\n"))?);
@@ -174,15 +166,6 @@ fn base(s: &Settings, train: &[i64], held: &[i64]) -> Result<()> {
     model.save(&dir)
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
-    let path = path.to_path_buf();
-    move |source| Error::Io {
-        action,
-        path,
-        source,
-    }
-}
-
 /// Prompts: the first `len` tokens of every `every`-th verse of a corpus file.
 fn verse_prompts(
     tok: &HfTokenizer,
@@ -190,7 +173,7 @@ fn verse_prompts(
     every: usize,
     len: usize,
 ) -> Result<Vec<Vec<i64>>> {
-    let text = read(path)?;
+    let text = Error::read_text(path)?;
     let mut out = Vec::new();
     for line in text.lines().step_by(every) {
         let ids = tok.encode(line)?;
@@ -206,11 +189,7 @@ fn verse_prompts(
 fn distilled(s: &Settings, tok: &HfTokenizer) -> Result<Vec<Vec<i64>>> {
     let path = s.work.join("distilled.json");
     if path.is_file() {
-        let text = read(&path)?;
-        return serde_json::from_str(&text).map_err(|source| Error::Json {
-            what: path.display().to_string(),
-            source,
-        });
+        return Error::read_json(&path);
     }
     let mut base = Transformer::load(s.work.join("base"), tch::Device::Cpu)?;
     let prompts = verse_prompts(tok, &s.corpus.join("kjv-train.txt"), 30, 4)?;
@@ -229,7 +208,7 @@ fn distilled(s: &Settings, tok: &HfTokenizer) -> Result<Vec<Vec<i64>>> {
         },
     )?;
     let json = serde_json::to_string(&data).expect("token lists serialise");
-    std::fs::write(&path, json).map_err(io("writing", &path))?;
+    std::fs::write(&path, json).map_err(Error::io("writing", &path))?;
     Ok(data)
 }
 
@@ -275,7 +254,7 @@ fn regime(
     let mut model = Transformer::new_seeded(with_heads_config(), 1, tch::Device::Cpu)?;
     let missing = model.load_partial(s.work.join("base"))?;
     if missing.iter().any(|n| !n.starts_with("heads.")) {
-        return Err(bad("base", format!("the base lacks {missing:?}")));
+        return Err(Error::config("base", format!("the base lacks {missing:?}")));
     }
     model.reset_heads(7)?;
     let corpus_data = vec![corpus.to_vec()];
@@ -381,7 +360,7 @@ fn table(s: &Settings, held_prompts: &[Vec<i64>]) -> Result<()> {
     }
     let path = s.work.join("table1.json");
     let json = serde_json::to_string_pretty(&cells).expect("cells serialise");
-    std::fs::write(&path, json + "\n").map_err(io("writing", &path))?;
+    std::fs::write(&path, json + "\n").map_err(Error::io("writing", &path))?;
     println!("| regime | acceptance | k=2 | k=4 | k=6 | k=8 | k=10 |");
     println!("|---|---|---|---|---|---|---|");
     for regime in Regime::ALL {
@@ -399,7 +378,7 @@ fn table(s: &Settings, held_prompts: &[Vec<i64>]) -> Result<()> {
     model.set_dtype(DType::Bf16)?;
     model.save(&s.out)?;
     std::fs::copy(s.work.join("tokenizer.json"), s.out.join("tokenizer.json"))
-        .map_err(io("copying the tokenizer to", &s.out))?;
+        .map_err(Error::io("copying the tokenizer to", &s.out))?;
     println!(
         "shipped {regime} (mean accepted {score:.2} at k = 8, exact) to {}; table in {}",
         s.out.display(),

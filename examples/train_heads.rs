@@ -3,12 +3,16 @@
 //! states, with every setting from a serde JSON file, and saves them where `decode` finds them.
 //!
 //! ```text
-//! cargo run --release --example train_heads -- configs/smollm2-heads.json
+//! cargo run --release --example train_heads -- examples/configs/smollm2-heads.json
 //! ```
 //!
 //! The data are either the model's own greedy continuations of a prompt file (sequence-level
 //! self-distillation; decoded once and kept in `data.cache`) or a plain-text corpus. A
 //! checkpoint folder makes an interrupted run resume where it stopped.
+//!
+//! Decoding the prompts is the slow part on a CPU; it can be split across processes:
+//! `train_heads CONFIG --distill-range A..B` decodes prompts `A..B` only (into
+//! `<cache>.A-B.json`), and a plain run merges range files that cover every prompt.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -90,23 +94,8 @@ struct Config {
     seed: u64,
 }
 
-fn bad(field: &'static str, problem: impl Into<String>) -> Error {
-    Error::InvalidConfig {
-        field,
-        problem: problem.into(),
-    }
-}
-
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| Error::Io {
-        action: "reading",
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 fn prompt_lines(path: &Path, limit: Option<usize>) -> Result<Vec<String>> {
-    let text = read(path)?;
+    let text = Error::read_text(path)?;
     Ok(text
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -122,9 +111,74 @@ fn encode_all(bundle: &ModelBundle, lines: &[String], chat: bool) -> Result<Vec<
         .collect()
 }
 
-fn training_data(bundle: &mut ModelBundle, data: &Data) -> Result<Vec<Vec<i64>>> {
+/// The file of the decodes of prompts `a..b`, next to the full cache.
+fn range_file(cache: &Path, a: usize, b: usize) -> PathBuf {
+    cache.with_extension(format!("{a}-{b}.json"))
+}
+
+/// The decodes of every prompt, from range files written by `--distill-range` runs when they
+/// cover `0..n` without gaps.
+fn merge_ranges(cache: &Path, n: usize) -> Result<Option<Vec<Vec<i64>>>> {
+    let stem = cache
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    let dir = cache
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    let mut ranges: Vec<(usize, usize, PathBuf)> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.to_string();
+            let middle = name
+                .strip_prefix(&format!("{stem}."))?
+                .strip_suffix(".json")?;
+            let (a, b) = middle.split_once('-')?;
+            Some((a.parse().ok()?, b.parse().ok()?, p))
+        })
+        .collect();
+    ranges.sort();
+    let mut out = Vec::with_capacity(n);
+    for (a, b, path) in ranges {
+        if a != out.len() {
+            return Ok(None);
+        }
+        let part: Vec<Vec<i64>> = Error::read_json(&path)?;
+        if part.len() != b - a {
+            return Ok(None);
+        }
+        out.extend(part);
+    }
+    Ok((out.len() == n).then_some(out))
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+            action: "creating",
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    let json = serde_json::to_string(value).expect("plain data serialises");
+    std::fs::write(path, json).map_err(|source| Error::Io {
+        action: "writing",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn training_data(
+    bundle: &mut ModelBundle,
+    data: &Data,
+    range: Option<(usize, usize)>,
+) -> Result<Vec<Vec<i64>>> {
     match data {
-        Data::Corpus { path } => Ok(vec![bundle.tokenizer.encode(&read(path)?)?]),
+        Data::Corpus { path } => Ok(vec![bundle.tokenizer.encode(&Error::read_text(path)?)?]),
         Data::Distill {
             prompts,
             chat,
@@ -132,13 +186,28 @@ fn training_data(bundle: &mut ModelBundle, data: &Data) -> Result<Vec<Vec<i64>>>
             limit,
             cache,
         } => {
-            if cache.is_file() {
-                return serde_json::from_str(&read(cache)?).map_err(|source| Error::Json {
-                    what: cache.display().to_string(),
-                    source,
-                });
+            if cache.is_file() && range.is_none() {
+                return Error::read_json(cache);
             }
-            let prompts = encode_all(bundle, &prompt_lines(prompts, *limit)?, *chat)?;
+            let mut prompts = encode_all(bundle, &prompt_lines(prompts, *limit)?, *chat)?;
+            if range.is_none() {
+                if let Some(merged) = merge_ranges(cache, prompts.len())? {
+                    write_json(cache, &merged)?;
+                    return Ok(merged);
+                }
+            }
+            if let Some((a, b)) = range {
+                if a >= b || b > prompts.len() {
+                    return Err(Error::config(
+                        "--distill-range",
+                        format!(
+                            "{a}..{b} is not a range within the {} prompts",
+                            prompts.len()
+                        ),
+                    ));
+                }
+                prompts = prompts[a..b].to_vec();
+            }
             let config = DecodeConfig::new(*new_tokens).with_eos(bundle.eos.clone());
             let (t0, n) = (Instant::now(), prompts.len());
             let mut bar = ProgressBar::new("distill");
@@ -148,33 +217,31 @@ fn training_data(bundle: &mut ModelBundle, data: &Data) -> Result<Vec<Vec<i64>>>
                 &config,
                 |done| bar.update(done, n, f64::NAN, t0.elapsed().as_secs_f64(), ""),
             )?;
-            if let Some(parent) = cache.parent() {
-                std::fs::create_dir_all(parent).map_err(|source| Error::Io {
-                    action: "creating",
-                    path: parent.to_path_buf(),
-                    source,
-                })?;
+            match range {
+                Some((a, b)) => write_json(&range_file(cache, a, b), &seqs)?,
+                None => write_json(cache, &seqs)?,
             }
-            let json = serde_json::to_string(&seqs).expect("token lists serialise");
-            std::fs::write(cache, json).map_err(|source| Error::Io {
-                action: "writing",
-                path: cache.clone(),
-                source,
-            })?;
             Ok(seqs)
         }
     }
 }
 
-/// The `n` most frequent token ids of the data (ties by id).
-fn shortlist(data: &[Vec<i64>], n: usize) -> Vec<i64> {
+/// `n` token ids: those of the data, most frequent first, then — when the data has fewer
+/// distinct ids — the lowest ids not yet taken (a BPE vocabulary numbers its tokens roughly by
+/// frequency, so these are the common tokens the data happened to miss).
+fn shortlist(data: &[Vec<i64>], n: usize, vocab_size: i64) -> Vec<i64> {
     let mut counts: HashMap<i64, usize> = HashMap::new();
     for &t in data.iter().flatten() {
         *counts.entry(t).or_default() += 1;
     }
     let mut ids: Vec<(i64, usize)> = counts.into_iter().collect();
     ids.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    ids.into_iter().take(n).map(|(id, _)| id).collect()
+    let mut list: Vec<i64> = ids.into_iter().take(n).map(|(id, _)| id).collect();
+    let taken: std::collections::HashSet<i64> = list.iter().copied().collect();
+    let fill = (0..vocab_size).filter(|id| !taken.contains(id));
+    let missing = n.saturating_sub(list.len());
+    list.extend(fill.take(missing));
+    list
 }
 
 /// Milliseconds per call of `f`, median of `n`.
@@ -203,7 +270,10 @@ fn head_cost<M: CausalLm>(model: &mut WithHeads<M>) -> Result<(f64, f64)> {
     )?;
     let hidden = out
         .hidden
-        .ok_or(bad("model", "the model does not return hidden states"))?
+        .ok_or(Error::config(
+            "model",
+            "the model does not return hidden states",
+        ))?
         .f_select(1, 127)?;
     let one = Tensor::from_slice(&[42i64])
         .f_view([1, 1])?
@@ -220,18 +290,19 @@ fn head_cost<M: CausalLm>(model: &mut WithHeads<M>) -> Result<(f64, f64)> {
     Ok((heads, step))
 }
 
-fn run(path: &Path) -> Result<()> {
-    let config: Config = serde_json::from_str(&read(path)?).map_err(|source| Error::Json {
-        what: path.display().to_string(),
-        source,
-    })?;
+fn run(path: &Path, range: Option<(usize, usize)>) -> Result<()> {
+    let config: Config = Error::read_json(path)?;
     let options = BundleOptions {
         dtype: config.dtype,
         heads: HeadsChoice::None,
         ..BundleOptions::default()
     };
     let mut bundle = ModelBundle::load(&config.model, &options)?;
-    let data = training_data(&mut bundle, &config.data)?;
+    let data = training_data(&mut bundle, &config.data, range)?;
+    if let Some((a, b)) = range {
+        println!("train_heads: decoded prompts {a}..{b}; run without --distill-range to train");
+        return Ok(());
+    }
     let tokens: usize = data.iter().map(Vec::len).sum();
     eprintln!("train_heads: {} sequences, {tokens} tokens", data.len());
     let validation = match &config.validation {
@@ -243,10 +314,10 @@ fn run(path: &Path) -> Result<()> {
         }),
         None => None,
     };
-    let emb = bundle
-        .model
-        .token_embeddings()
-        .ok_or(bad("model", "does not expose its token embeddings"))?;
+    let emb = bundle.model.token_embeddings().ok_or(Error::config(
+        "model",
+        "does not expose its token embeddings",
+    ))?;
     let (vocab_size, d_model) = emb.size2()?;
     let source = bundle
         .metadata
@@ -262,7 +333,7 @@ fn run(path: &Path) -> Result<()> {
     };
     let mut model = WithHeads::new(bundle.model, heads_config, config.seed)?;
     if let Some(n) = config.heads.shortlist {
-        let list = shortlist(&data, n);
+        let list = shortlist(&data, n, vocab_size);
         let covered: usize = {
             let set: std::collections::HashSet<i64> = list.iter().copied().collect();
             data.iter().flatten().filter(|t| set.contains(t)).count()
@@ -310,9 +381,20 @@ fn run(path: &Path) -> Result<()> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: train_heads CONFIG.json [--distill-range A..B]";
     let result = match args.as_slice() {
-        [path] => run(Path::new(path)),
-        _ => Err(bad("arguments", "usage: train_heads CONFIG.json")),
+        [path] => run(Path::new(path), None),
+        [path, flag, range] if flag == "--distill-range" => match range
+            .split_once("..")
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        {
+            Some(r) => run(Path::new(path), Some(r)),
+            None => Err(Error::config(
+                "--distill-range",
+                format!("`{range}` is not A..B"),
+            )),
+        },
+        _ => Err(Error::config("arguments", usage)),
     };
     if let Err(e) = result {
         eprintln!("train_heads: {e}");

@@ -70,14 +70,11 @@ fn find_heads(dir: &Path, source: Option<&str>, choice: &HeadsChoice) -> Result<
             let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
             dirs.sort();
             for d in dirs {
-                let Ok(text) = std::fs::read_to_string(d.join(HEADS_CONFIG_FILE)) else {
+                let file = d.join(HEADS_CONFIG_FILE);
+                if !file.is_file() {
                     continue;
-                };
-                let config: HeadsConfig =
-                    serde_json::from_str(&text).map_err(|source| Error::Json {
-                        what: d.join(HEADS_CONFIG_FILE).display().to_string(),
-                        source,
-                    })?;
+                }
+                let config: HeadsConfig = Error::read_json(&file)?;
                 if config.base.as_deref() == Some(source) {
                     return Ok(Some(d));
                 }

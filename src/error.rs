@@ -170,10 +170,41 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn config(field: &'static str, problem: impl Into<String>) -> Self {
+    /// An [`Error::InvalidConfig`] for `field`.
+    pub fn config(field: &'static str, problem: impl Into<String>) -> Self {
         Error::InvalidConfig {
             field,
             problem: problem.into(),
         }
+    }
+
+    /// For `map_err`: wraps an I/O error with what was being done, and to which path.
+    pub fn io(
+        action: &'static str,
+        path: impl AsRef<std::path::Path>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.as_ref().to_path_buf();
+        move |source| Error::Io {
+            action,
+            path,
+            source,
+        }
+    }
+
+    /// Reads a JSON file into `T`, naming the path in the error.
+    pub fn read_json<T: serde::de::DeserializeOwned>(
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<T> {
+        let path = path.as_ref();
+        serde_json::from_str(&Self::read_text(path)?).map_err(|source| Error::Json {
+            what: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Reads a whole text file, naming the path in the error.
+    pub fn read_text(path: impl AsRef<std::path::Path>) -> Result<String> {
+        let path = path.as_ref();
+        std::fs::read_to_string(path).map_err(Error::io("reading", path))
     }
 }

@@ -4,11 +4,12 @@
 
 use std::path::PathBuf;
 
-use blockwise::bundle::{BundleOptions, ModelBundle};
+use blockwise::bundle::{BundleOptions, HeadsChoice, ModelBundle};
 use blockwise::testing::{Conformance, RandomProposer};
 use blockwise::torchscript::{LoadOptions, Oracle, TorchScriptLm};
 use blockwise::{
-    Blockwise, BlockwiseDecoder, CausalLm, DType, DecodeConfig, GreedyDecoder, NGram, NoProposer,
+    Blockwise, BlockwiseDecoder, CausalLm, DType, DecodeConfig, GreedyDecoder, HeadsProposer,
+    NGram, NoProposer,
 };
 use tch::{Kind, Tensor};
 
@@ -150,6 +151,51 @@ fn blockwise_equals_greedy_in_float32() {
         assert_eq!(out.tokens, o.greedy_ids);
         assert_eq!(out.stats.model_calls, out.stats.iterations + 1);
     }
+}
+
+#[test]
+fn shipped_heads_attach_by_default_and_stay_exact() {
+    let mut b = bundle(DType::F32);
+    assert_eq!(
+        b.model.info().num_heads,
+        4,
+        "assets/heads/smollm2 did not attach"
+    );
+    let (mut tokens, mut iterations) = (0, 0);
+    for o in oracles(&b, "f32") {
+        let cfg = config(&b, &o);
+        let out = Blockwise::builder(&mut b.model)
+            .block_size(5)
+            .proposer(HeadsProposer)
+            .build()
+            .unwrap()
+            .decode(&o.input_ids, &cfg)
+            .unwrap();
+        assert_eq!(out.tokens, o.greedy_ids, "prompt {:?}", o.prompt);
+        assert_eq!(out.stats.model_calls, out.stats.iterations + 1);
+        tokens += out.stats.new_tokens;
+        iterations += out.stats.iterations;
+    }
+    // Trained heads: more than one token per call (untrained ones give about 1.0).
+    let mean = tokens as f64 / iterations as f64;
+    assert!(mean > 1.3, "mean accepted block size {mean:.2}");
+    // And without them, the heads proposer is a clear error.
+    let mut plain = ModelBundle::load(
+        dir().to_str().unwrap(),
+        &BundleOptions {
+            heads: HeadsChoice::None,
+            max_context: Some(512),
+            ..BundleOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(plain.model.info().num_heads, 0);
+    assert!(Blockwise::builder(&mut plain.model)
+        .block_size(3)
+        .proposer(HeadsProposer)
+        .build()
+        .and_then(|mut d| d.decode(&[1, 2, 3], &DecodeConfig::new(4)))
+        .is_err());
 }
 
 #[test]

@@ -45,15 +45,6 @@ fn default_d_ff() -> i64 {
     64
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
-    let path = path.to_path_buf();
-    move |source| Error::Io {
-        action,
-        path,
-        source,
-    }
-}
-
 /// A model with proposal heads of its own, attached on top of its final hidden states. The
 /// heads' logits come from the base's vocabulary projection (its token embeddings, tied), so
 /// the heads' weights stay small. With a *shortlist* the heads score only those token ids (the
@@ -171,16 +162,13 @@ impl<M: CausalLm> WithHeads<M> {
     /// Loads heads saved by [`WithHeads::save`] from `dir` onto `base`.
     pub fn load(base: M, dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        let path = dir.join(HEADS_CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(io("reading", &path))?;
-        let config: HeadsConfig = serde_json::from_str(&text).map_err(|source| Error::Json {
-            what: path.display().to_string(),
-            source,
-        })?;
+        let config: HeadsConfig = Error::read_json(dir.join(HEADS_CONFIG_FILE))?;
         let mut out = Self::build(base, config)?;
         let weights = dir.join(HEADS_WEIGHTS_FILE);
         if !weights.is_file() {
-            return Err(io("reading", &weights)(std::io::ErrorKind::NotFound.into()));
+            return Err(Error::io("reading", &weights)(
+                std::io::ErrorKind::NotFound.into(),
+            ));
         }
         out.vs.load(&weights)?;
         let list = dir.join(SHORTLIST_FILE);
@@ -201,13 +189,13 @@ impl<M: CausalLm> WithHeads<M> {
     /// into `dir` (created if missing).
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
         let path = dir.join(HEADS_CONFIG_FILE);
         let json = serde_json::to_string_pretty(&self.config).map_err(|source| Error::Json {
             what: "heads config".into(),
             source,
         })?;
-        std::fs::write(&path, json + "\n").map_err(io("writing", &path))?;
+        std::fs::write(&path, json + "\n").map_err(Error::io("writing", &path))?;
         self.vs.save(dir.join(HEADS_WEIGHTS_FILE))?;
         if let Some(list) = &self.shortlist {
             Tensor::write_safetensors(

@@ -1,7 +1,7 @@
 //! Checkpoints that resume: the trained variables and the optimiser's moments as safetensors,
 //! and a serde JSON of the settings, the step, the sampler's state and the progress so far.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -32,14 +32,6 @@ pub struct CheckpointState<C, L> {
     pub logs: Vec<L>,
 }
 
-fn io(action: &'static str, path: PathBuf) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io {
-        action,
-        path,
-        source,
-    }
-}
-
 /// Whether `dir` holds a checkpoint.
 pub fn has_checkpoint(dir: &Path) -> bool {
     dir.join(CHECKPOINT_STATE).is_file()
@@ -54,9 +46,9 @@ pub fn save_checkpoint<C: Serialize, L: Serialize>(
 ) -> Result<()> {
     let tmp = dir.with_extension("partial");
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io("removing", tmp.clone()))?;
+        std::fs::remove_dir_all(&tmp).map_err(Error::io("removing", tmp.clone()))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(io("creating", tmp.clone()))?;
+    std::fs::create_dir_all(&tmp).map_err(Error::io("creating", tmp.clone()))?;
     vs.save(tmp.join(CHECKPOINT_WEIGHTS))?;
     let moments = opt.state_tensors();
     let named: Vec<(&str, Tensor)> = moments
@@ -69,11 +61,11 @@ pub fn save_checkpoint<C: Serialize, L: Serialize>(
         source,
     })?;
     let state_path = tmp.join(CHECKPOINT_STATE);
-    std::fs::write(&state_path, json + "\n").map_err(io("writing", state_path))?;
+    std::fs::write(&state_path, json + "\n").map_err(Error::io("writing", state_path))?;
     if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(io("removing", dir.to_path_buf()))?;
+        std::fs::remove_dir_all(dir).map_err(Error::io("removing", dir.to_path_buf()))?;
     }
-    std::fs::rename(&tmp, dir).map_err(io("renaming", tmp.clone()))?;
+    std::fs::rename(&tmp, dir).map_err(Error::io("renaming", tmp.clone()))?;
     Ok(())
 }
 
@@ -84,7 +76,8 @@ pub fn load_checkpoint<C: DeserializeOwned, L: DeserializeOwned>(
     opt: &mut AdamW,
 ) -> Result<CheckpointState<C, L>> {
     let state_path = dir.join(CHECKPOINT_STATE);
-    let text = std::fs::read_to_string(&state_path).map_err(io("reading", state_path.clone()))?;
+    let text =
+        std::fs::read_to_string(&state_path).map_err(Error::io("reading", state_path.clone()))?;
     let state: CheckpointState<C, L> =
         serde_json::from_str(&text).map_err(|source| Error::Json {
             what: state_path.display().to_string(),
