@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Prints the markdown table of docs/benchmarks.md: blockwise vs greedy on the embedded model over
-# examples/prompts.txt, for k = 1, 2, 4, 8, measured side by side in one process per k.
+# examples/prompts.txt, for k = 1, 2, 4, 8, 10, measured side by side in one process per k.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release/examples/decode
 echo "| k | prompts | identical | new tokens | model calls (blockwise / greedy) | mean accepted block | wall ms (blockwise / greedy) | speedup |"
 echo "|---|---|---|---|---|---|---|---|"
-for k in 1 2 4 8; do
+for k in 1 2 4 8 10; do
   "$bin" --prompt-file examples/prompts.txt --k "$k" --max-new-tokens 64 --compare-greedy --json \
   | .venv/bin/python -c '
 import json, sys

@@ -34,7 +34,7 @@ print(f"| {dtype} | {k} | {policy} | {len(rows)} | {tokens / iters:.2f} | {calls
 }
 # A warm-up run whose output is dropped.
 target/release/examples/decode --model models/smollm2 --k 1 --proposer none --max-new-tokens 8 >/dev/null
-run f32 3 ""
+
 run f32 5 ""
 run f32 5 "--adaptive"
 run bf16 5 "--tie-guard 0.5"

@@ -107,6 +107,19 @@ pub trait CausalLm {
         Ok(None)
     }
 
+    /// Like [`CausalLm::head_logits`] for the first `n` heads only (`[N, n, V]`). The default
+    /// runs every head and keeps `n`; models whose head projection is costly override it, so
+    /// that a small block does not pay for heads it cannot use.
+    fn head_logits_first(&self, hidden: &Tensor, n: usize) -> Result<Option<Tensor>> {
+        match self.head_logits(hidden)? {
+            Some(l) => {
+                let n = (n as i64).min(l.size()[1]);
+                Ok(Some(l.f_narrow(1, 0, n)?))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// The token embedding matrix `[V, D]`, when the model exposes it (embedding-distance
     /// acceptance reads it).
     fn token_embeddings(&self) -> Option<Tensor> {
@@ -130,6 +143,9 @@ impl<M: CausalLm + ?Sized> CausalLm for &mut M {
     fn head_logits(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
         (**self).head_logits(hidden)
     }
+    fn head_logits_first(&self, hidden: &Tensor, n: usize) -> Result<Option<Tensor>> {
+        (**self).head_logits_first(hidden, n)
+    }
     fn token_embeddings(&self) -> Option<Tensor> {
         (**self).token_embeddings()
     }
@@ -150,6 +166,9 @@ impl<M: CausalLm + ?Sized> CausalLm for Box<M> {
     }
     fn head_logits(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
         (**self).head_logits(hidden)
+    }
+    fn head_logits_first(&self, hidden: &Tensor, n: usize) -> Result<Option<Tensor>> {
+        (**self).head_logits_first(hidden, n)
     }
     fn token_embeddings(&self) -> Option<Tensor> {
         (**self).token_embeddings()

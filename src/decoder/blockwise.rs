@@ -208,6 +208,7 @@ impl<M: CausalLm> Blockwise<M> {
             heads: self.proposer.needs_heads() && self.block_size > 1,
             prefill_chunk: config.prefill_chunk,
             margins: self.tie_guard.is_some(),
+            head_count: Some(self.block_size.saturating_sub(1)),
         }
     }
 

@@ -272,8 +272,13 @@ impl<M: CausalLm> CausalLm for WithHeads<M> {
     }
 
     fn head_logits(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
+        self.head_logits_first(hidden, self.config.num_heads)
+    }
+
+    fn head_logits_first(&self, hidden: &Tensor, n: usize) -> Result<Option<Tensor>> {
         let _guard = tch::no_grad_guard();
-        let states = self.heads.forward(hidden, None)?;
+        let n = (n.min(self.config.num_heads) as i64).max(1);
+        let states = self.heads.forward(hidden, None)?.f_narrow(1, 0, n)?;
         let logits = self.project(&states)?;
         let Some(list) = &self.shortlist else {
             return Ok(Some(logits));

@@ -341,10 +341,15 @@ impl CausalLm for Transformer {
     }
 
     fn head_logits(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
+        self.head_logits_first(hidden, self.config.num_proposal_heads)
+    }
+
+    fn head_logits_first(&self, hidden: &Tensor, n: usize) -> Result<Option<Tensor>> {
         match &self.heads {
             None => Ok(None),
             Some(heads) => {
-                let states = heads.forward(hidden, None)?;
+                let n = (n.min(heads.num_heads()) as i64).max(1);
+                let states = heads.forward(hidden, None)?.f_narrow(1, 0, n)?;
                 Ok(Some(self.logits(&states)?))
             }
         }

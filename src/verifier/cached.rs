@@ -61,7 +61,12 @@ impl Verifier for CachedVerifier {
         let scores = rank_rows(&logits, 1, 1)?;
         self.committed = prompt.len();
         let heads = if req.heads {
-            Some(heads_at(model, self.hidden.as_ref(), last_row)?)
+            Some(heads_at(
+                model,
+                self.hidden.as_ref(),
+                last_row,
+                req.head_count,
+            )?)
         } else {
             None
         };
@@ -100,7 +105,12 @@ impl Verifier for CachedVerifier {
         self.last_token = Some(self.block[keep - 1]);
         model.truncate(self.committed)?;
         if req.heads {
-            Ok(Some(heads_at(model, self.hidden.as_ref(), keep - 1)?))
+            Ok(Some(heads_at(
+                model,
+                self.hidden.as_ref(),
+                keep - 1,
+                req.head_count,
+            )?))
         } else {
             Ok(None)
         }
@@ -118,7 +128,7 @@ impl Verifier for CachedVerifier {
         let logits = self.run(model, &[token], last)?;
         let next = rank_rows(&logits, 1, 1)?.greedy(0);
         let heads = if req.heads {
-            Some(heads_at(model, self.hidden.as_ref(), 0)?)
+            Some(heads_at(model, self.hidden.as_ref(), 0, req.head_count)?)
         } else {
             None
         };

@@ -42,7 +42,12 @@ impl Verifier for RecomputeVerifier {
         let logits = self.run(model, prompt)?;
         let scores = rank_rows(&logits, 1, 1)?;
         let heads = if req.heads {
-            Some(heads_at(model, self.hidden.as_ref(), prompt.len() - 1)?)
+            Some(heads_at(
+                model,
+                self.hidden.as_ref(),
+                prompt.len() - 1,
+                req.head_count,
+            )?)
         } else {
             None
         };
@@ -81,7 +86,12 @@ impl Verifier for RecomputeVerifier {
         self.tokens.extend_from_slice(&self.pending[..keep]);
         self.pending.clear();
         if req.heads {
-            Ok(Some(heads_at(model, self.hidden.as_ref(), row)?))
+            Ok(Some(heads_at(
+                model,
+                self.hidden.as_ref(),
+                row,
+                req.head_count,
+            )?))
         } else {
             Ok(None)
         }
@@ -93,7 +103,12 @@ impl Verifier for RecomputeVerifier {
         let logits = self.run(model, &tokens)?;
         let next = rank_rows(&logits, 1, 1)?.greedy(0);
         let heads = if req.heads {
-            Some(heads_at(model, self.hidden.as_ref(), tokens.len() - 1)?)
+            Some(heads_at(
+                model,
+                self.hidden.as_ref(),
+                tokens.len() - 1,
+                req.head_count,
+            )?)
         } else {
             None
         };

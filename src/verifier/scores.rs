@@ -16,6 +16,9 @@ pub struct ScoreRequest {
     pub prefill_chunk: Option<usize>,
     /// Whether to also return each row's top-2 logit margin (for the tie guard).
     pub margins: bool,
+    /// How many proposal heads the proposer can use (`None`: all); a block of `k` uses `k - 1`.
+    /// Models skip the vocabulary projection of the others.
+    pub head_count: Option<usize>,
 }
 
 impl Default for ScoreRequest {
@@ -25,6 +28,7 @@ impl Default for ScoreRequest {
             heads: false,
             prefill_chunk: None,
             margins: false,
+            head_count: None,
         }
     }
 }
@@ -159,19 +163,29 @@ pub fn top2_margins(logits: &Tensor, rows: usize) -> Result<Vec<f64>> {
     Ok(Vec::try_from(&gap.f_to_device(Device::Cpu)?)?)
 }
 
-/// The proposal heads' argmax at row `row` of `hidden` (`[1, T, D]`), or an error when the model
-/// has no heads. One device-to-host transfer. A building block for verifiers of your own.
-pub fn heads_at(model: &dyn CausalLm, hidden: Option<&Tensor>, row: usize) -> Result<Vec<i64>> {
+/// The argmax of the first `count` proposal heads (all when `None`) at row `row` of `hidden`
+/// (`[1, T, D]`), or an error when the model has no heads. One device-to-host transfer. A
+/// building block for verifiers of your own.
+pub fn heads_at(
+    model: &dyn CausalLm,
+    hidden: Option<&Tensor>,
+    row: usize,
+    count: Option<usize>,
+) -> Result<Vec<i64>> {
     let missing = Error::MissingCapability {
         component: "the heads proposer",
         capability: "final hidden states and proposal heads",
     };
     let hidden = hidden.ok_or(missing)?;
     let h = hidden.f_select(1, row as i64)?; // [1, D]
-    let logits = model.head_logits(&h)?.ok_or(Error::MissingCapability {
-        component: "the heads proposer",
-        capability: "proposal heads",
-    })?; // [1, H, V]
+    let heads = model.info().num_heads;
+    let count = count.unwrap_or(heads).min(heads);
+    let logits = model
+        .head_logits_first(&h, count)?
+        .ok_or(Error::MissingCapability {
+            component: "the heads proposer",
+            capability: "proposal heads",
+        })?; // [1, H, V]
     let size = logits.size();
     if size.len() != 3 || size[0] != 1 || size[2] != model.info().vocab_size {
         return Err(Error::BadOutputShape {
