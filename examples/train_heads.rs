@@ -322,7 +322,13 @@ fn run(path: &Path, range: Option<(usize, usize)>) -> Result<()> {
     let source = bundle
         .metadata
         .as_ref()
-        .and_then(|m| m.source.get("gguf").cloned());
+        .filter(|m| !m.source.contains_key("truncated"))
+        .and_then(|m| {
+            m.source
+                .get("gguf")
+                .and_then(|v| v.as_str())
+                .map(String::from)
+        });
     let heads_config = HeadsConfig {
         arch: config.heads.arch,
         num_heads: config.heads.num_heads,

@@ -84,6 +84,12 @@ if [ -f models/smollm2/metadata.json ]; then
     rc=$?
     set -e
     [ "$rc" = 2 ] || { echo "check-decode: draft:embedded on SmolLM2 exited $rc, expected 2" >&2; fail=1; }
+    # SmolLM2's shipped heads are not attached to its layer-truncated export (other hidden states).
+    set +e
+    "$bin" --model models/smollm2-draft --proposer heads --k 3 --max-new-tokens 2 >/dev/null 2>&1
+    rc=$?
+    set -e
+    [ "$rc" = 2 ] || { echo "check-decode: heads on the truncated draft exited $rc, expected 2" >&2; fail=1; }
   fi
   # The shipped heads (assets/heads/smollm2) attach by default: identical to greedy in f32.
   smollm2_identical "heads (shipped)" --chat --proposer heads --k 5

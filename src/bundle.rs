@@ -194,7 +194,12 @@ impl ModelBundle {
                 ..LoadOptions::default()
             },
         )?;
-        let source = meta.source.get("gguf").map(String::as_str);
+        // Shipped heads match the exact model they were trained on; a layer-truncated export
+        // of the same file has other hidden states.
+        let source = match meta.source.contains_key("truncated") {
+            true => None,
+            false => meta.source.get("gguf").and_then(|v| v.as_str()),
+        };
         let model: Box<dyn CausalLm> = match find_heads(dir, source, &options.heads)? {
             Some(heads) => Box::new(WithHeads::load(model, heads)?),
             None => Box::new(model),

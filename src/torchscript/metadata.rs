@@ -41,7 +41,7 @@ pub struct ExportMetadata {
     pub format: String,
     /// Where the weights came from (for example `{"gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"}`).
     #[serde(default)]
-    pub source: BTreeMap<String, String>,
+    pub source: BTreeMap<String, serde_json::Value>,
     /// The architecture (`llama`, ...).
     pub architecture: String,
     /// Transformer layers.
