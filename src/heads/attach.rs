@@ -126,6 +126,15 @@ impl<M: CausalLm> WithHeads<M> {
         })
     }
 
+    /// The base's token embeddings in float32, without gradients: the heads' projection.
+    fn full_projection(base: &M) -> Result<Tensor> {
+        let emb = base.token_embeddings().ok_or(Error::MissingCapability {
+            component: "WithHeads",
+            capability: "token embeddings (the tied vocabulary projection)",
+        })?;
+        Ok(emb.f_detach()?.f_to_kind(Kind::Float)?)
+    }
+
     /// Restricts the heads to the token ids `ids` (distinct, in the vocabulary).
     pub fn with_shortlist(mut self, ids: &[i64]) -> Result<Self> {
         crate::model::check_tokens("shortlist", ids, self.info.vocab_size)?;
@@ -147,13 +156,12 @@ impl<M: CausalLm> WithHeads<M> {
         for (i, &id) in ids.iter().enumerate() {
             map[id as usize] = i as i64;
         }
-        let emb = self
-            .base
-            .token_embeddings()
-            .expect("checked when built")
-            .f_detach()?
-            .f_to_kind(Kind::Float)?;
-        self.projection = emb.f_index_select(0, &list)?;
+        // Without a shortlist yet, the projection is the whole (float32) embedding matrix.
+        let full = match self.shortlist {
+            None => self.projection.shallow_clone(),
+            Some(_) => Self::full_projection(&self.base)?,
+        };
+        self.projection = full.f_index_select(0, &list)?;
         self.target_map = Some(Tensor::from_slice(&map).f_to_device(device)?);
         self.shortlist = Some(list);
         Ok(self)
