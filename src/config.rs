@@ -7,7 +7,7 @@ use tch::Tensor;
 
 use crate::acceptance::{
     AcceptanceCriterion, Distance, DistanceMetric, EmbeddingDistance, EmbeddingNorm, Exact,
-    MinBlock, TopK,
+    MinBlock, TopK, Typical,
 };
 use crate::bundle::{BundleOptions, ModelBundle};
 use crate::dtype::DType;
@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::{check_tokens, ModelInfo};
 use crate::policy::PolicyConfig;
 use crate::proposer::{Chain, DraftModel, HeadsProposer, NGram, NoProposer, Proposer};
+use crate::sampling::SamplingConfig;
 
 /// What to do when the sequence fills the model's context window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -44,6 +45,9 @@ pub struct DecodeConfig {
     /// prompts; the logits are the same). `None`: the whole prompt in one pass.
     #[serde(default)]
     pub prefill_chunk: Option<usize>,
+    /// Draw tokens instead of taking the argmax. `None`: greedy decoding.
+    #[serde(default)]
+    pub sampling: Option<SamplingConfig>,
 }
 
 fn default_max_new_tokens() -> usize {
@@ -57,6 +61,7 @@ impl Default for DecodeConfig {
             eos_token_ids: Vec::new(),
             on_context_full: ContextPolicy::default(),
             prefill_chunk: None,
+            sampling: None,
         }
     }
 }
@@ -88,10 +93,19 @@ impl DecodeConfig {
         self
     }
 
+    /// The same settings, sampling with `sampling` instead of taking the argmax.
+    pub fn with_sampling(mut self, sampling: SamplingConfig) -> Self {
+        self.sampling = Some(sampling);
+        self
+    }
+
     /// Checks the settings and a prompt against a model.
     pub fn check(&self, prompt: &[i64], info: &ModelInfo) -> Result<()> {
         if self.prefill_chunk == Some(0) {
             return Err(Error::config("prefill_chunk", "must be at least 1"));
+        }
+        if let Some(s) = &self.sampling {
+            s.check()?;
         }
         if prompt.is_empty() {
             return Err(Error::EmptyPrompt);
@@ -114,12 +128,23 @@ impl DecodeConfig {
 }
 
 /// Which acceptance criterion, as configuration. In JSON: `{"type": "exact"}`,
+/// `{"type": "lossless"}`, `{"type": "typical", "epsilon": 0.09, "delta": 0.3}`,
 /// `{"type": "top-k", "n": 3}`, `{"type": "distance", "epsilon": 2.0, "metric": "ordinal"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "AcceptanceRepr", into = "AcceptanceRepr")]
 pub enum AcceptanceConfig {
-    /// Lossless: keep a proposal only if it is the argmax.
+    /// Lossless: keep a proposal only if it is the argmax; under sampling, speculative
+    /// sampling's rule.
     Exact,
+    /// The same criterion as `Exact`, by the name it has under sampling.
+    Lossless,
+    /// Medusa's typical acceptance under sampling ([`Typical`]); exact under greedy decoding.
+    Typical {
+        /// The hard threshold.
+        epsilon: f64,
+        /// The entropy-scaled threshold.
+        delta: f64,
+    },
     /// Keep a proposal if it is among the `n` best tokens.
     TopK {
         /// How many of the best tokens count.
@@ -141,6 +166,11 @@ pub enum AcceptanceConfig {
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 enum AcceptanceRepr {
     Exact {},
+    Lossless {},
+    Typical {
+        epsilon: f64,
+        delta: f64,
+    },
     TopK {
         n: usize,
     },
@@ -155,6 +185,10 @@ impl From<AcceptanceRepr> for AcceptanceConfig {
     fn from(r: AcceptanceRepr) -> Self {
         match r {
             AcceptanceRepr::Exact {} => AcceptanceConfig::Exact,
+            AcceptanceRepr::Lossless {} => AcceptanceConfig::Lossless,
+            AcceptanceRepr::Typical { epsilon, delta } => {
+                AcceptanceConfig::Typical { epsilon, delta }
+            }
             AcceptanceRepr::TopK { n } => AcceptanceConfig::TopK { n },
             AcceptanceRepr::Distance { epsilon, metric } => {
                 AcceptanceConfig::Distance { epsilon, metric }
@@ -167,6 +201,10 @@ impl From<AcceptanceConfig> for AcceptanceRepr {
     fn from(c: AcceptanceConfig) -> Self {
         match c {
             AcceptanceConfig::Exact => AcceptanceRepr::Exact {},
+            AcceptanceConfig::Lossless => AcceptanceRepr::Lossless {},
+            AcceptanceConfig::Typical { epsilon, delta } => {
+                AcceptanceRepr::Typical { epsilon, delta }
+            }
             AcceptanceConfig::TopK { n } => AcceptanceRepr::TopK { n },
             AcceptanceConfig::Distance { epsilon, metric } => {
                 AcceptanceRepr::Distance { epsilon, metric }
@@ -197,7 +235,10 @@ impl AcceptanceConfig {
         embeddings: Option<&Tensor>,
     ) -> Result<Box<dyn AcceptanceCriterion>> {
         let inner: Box<dyn AcceptanceCriterion> = match self {
-            AcceptanceConfig::Exact => Box::new(Exact),
+            AcceptanceConfig::Exact | AcceptanceConfig::Lossless => Box::new(Exact),
+            AcceptanceConfig::Typical { epsilon, delta } => {
+                Box::new(Typical::new(*epsilon, *delta)?)
+            }
             AcceptanceConfig::TopK { n } => Box::new(TopK::new(*n)?),
             AcceptanceConfig::Distance { epsilon, metric } => {
                 let metric = match metric {
@@ -228,17 +269,30 @@ impl AcceptanceConfig {
 impl FromStr for AcceptanceConfig {
     type Err = Error;
 
-    /// `exact`, `top-k:N`, `distance:EPS` (ordinal), `distance:EPS:cosine` or `distance:EPS:l2`.
+    /// `exact`, `lossless`, `typical` (epsilon 0.09, delta 0.3), `typical:EPS:DELTA`,
+    /// `top-k:N`, `distance:EPS` (ordinal), `distance:EPS:cosine` or `distance:EPS:l2`.
     fn from_str(s: &str) -> Result<Self> {
         let parts: Vec<&str> = s.split(':').collect();
         let bad = || {
             Error::config(
                 "accept",
-                format!("`{s}` is not one of exact, top-k:N, distance:EPS[:ordinal|cosine|l2]"),
+                format!(
+                    "`{s}` is not one of exact, lossless, typical[:EPS:DELTA], top-k:N, \
+                     distance:EPS[:ordinal|cosine|l2]"
+                ),
             )
         };
         match parts.as_slice() {
             ["exact"] => Ok(AcceptanceConfig::Exact),
+            ["lossless"] => Ok(AcceptanceConfig::Lossless),
+            ["typical"] => Ok(AcceptanceConfig::Typical {
+                epsilon: Typical::DEFAULT.epsilon(),
+                delta: Typical::DEFAULT.delta(),
+            }),
+            ["typical", eps, delta] => Ok(AcceptanceConfig::Typical {
+                epsilon: eps.parse().map_err(|_| bad())?,
+                delta: delta.parse().map_err(|_| bad())?,
+            }),
             ["top-k", n] => Ok(AcceptanceConfig::TopK {
                 n: n.parse().map_err(|_| bad())?,
             }),

@@ -44,6 +44,7 @@ pub mod model;
 pub mod policy;
 pub mod proposer;
 pub mod rng;
+pub mod sampling;
 pub mod stats;
 pub mod tokenizer;
 pub mod torchscript;
@@ -55,14 +56,16 @@ pub mod verifier;
 pub mod testing;
 
 pub use acceptance::{
-    AcceptanceCriterion, BlockView, Distance, DistanceMetric, Exact, MinBlock, TopK,
+    AcceptanceCriterion, BlockView, Distance, DistanceMetric, Exact, Lossless, MinBlock, TopK,
+    Typical,
 };
 pub use config::{AcceptanceConfig, BlockwiseConfig, ContextPolicy, DecodeConfig};
 pub use decoder::{Blockwise, BlockwiseDecoder, DecodeOutput, GreedyDecoder};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use model::{CausalLm, ModelInfo, ModelOutput};
-pub use proposer::{HeadsProposer, NGram, NoProposer, ProposalContext, Proposer};
+pub use proposer::{HeadsProposer, NGram, NoProposer, Proposal, ProposalContext, Proposer};
+pub use sampling::SamplingConfig;
 pub use stats::{DecodeStats, StopReason};
 pub use transformer::{Transformer, TransformerConfig};
 pub use verifier::{CachedVerifier, RecomputeVerifier, Verifier};

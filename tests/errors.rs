@@ -495,7 +495,7 @@ impl blockwise::Verifier for ShortVerifier {
         model: &mut dyn CausalLm,
         keep: usize,
         req: blockwise::verifier::ScoreRequest,
-    ) -> blockwise::Result<Option<Vec<i64>>> {
+    ) -> blockwise::Result<Option<blockwise::verifier::HeadOutputs>> {
         self.0.commit(model, keep, req)
     }
 }

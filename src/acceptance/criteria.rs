@@ -1,16 +1,25 @@
 //! The token-identity criteria: exact, top-k and a minimum block size.
 
-use super::{longest_prefix, AcceptanceCriterion, BlockView};
+use super::{longest_prefix, lossless, AcceptanceCriterion, BlockView, Draw, SampledView, Verdict};
 use crate::error::{Error, Result};
 
 /// Accept a proposal only when it is the base model's argmax: lossless, the output equals greedy
-/// decoding.
+/// decoding. Under sampling it is the lossless rule of speculative sampling ([`lossless`]): the
+/// output has the base model's distribution.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Exact;
 
 impl AcceptanceCriterion for Exact {
     fn accept(&self, view: &BlockView<'_>) -> usize {
         longest_prefix(view.len(), |i| view.proposed()[i] == view.greedy(i))
+    }
+
+    fn supports_sampling(&self) -> bool {
+        true
+    }
+
+    fn accept_sampled(&self, view: &SampledView<'_>) -> Verdict {
+        lossless(view)
     }
 }
 
@@ -81,6 +90,29 @@ impl<C: AcceptanceCriterion> AcceptanceCriterion for MinBlock<C> {
     fn accept(&self, view: &BlockView<'_>) -> usize {
         let forced = (self.min - 1).min(view.len());
         self.inner.accept(view).max(forced)
+    }
+
+    fn supports_sampling(&self) -> bool {
+        self.inner.supports_sampling()
+    }
+
+    fn samples_proposals(&self) -> bool {
+        self.inner.samples_proposals()
+    }
+
+    /// The inner verdict, or at least `min - 1` proposals with the next token drawn from the
+    /// base model.
+    fn accept_sampled(&self, view: &SampledView<'_>) -> Verdict {
+        let forced = (self.min - 1).min(view.len());
+        let inner = self.inner.accept_sampled(view);
+        if inner.accepted >= forced {
+            inner
+        } else {
+            Verdict {
+                accepted: forced,
+                next: Draw::Target,
+            }
+        }
     }
 }
 

@@ -5,8 +5,10 @@
 
 mod criteria;
 mod distance;
+mod sampled;
 
 pub use criteria::{Exact, MinBlock, TopK};
+pub use sampled::{lossless, Draw, Lossless, SampledView, Typical, Verdict};
 
 pub use distance::{Distance, DistanceMetric, EmbeddingDistance, EmbeddingNorm};
 
@@ -70,6 +72,10 @@ impl<'a> BlockView<'a> {
 /// proposal before it is.
 ///
 /// A closure becomes a criterion through [`from_fn`].
+///
+/// Under sampling the decoder calls [`AcceptanceCriterion::accept_sampled`] instead, and only
+/// for criteria whose [`AcceptanceCriterion::supports_sampling`] is true ([`Exact`], which is
+/// [`Lossless`] there, and [`Typical`]); the others are refused before decoding starts.
 pub trait AcceptanceCriterion {
     /// How many ranked candidates per position the criterion reads (1: the argmax only).
     fn candidates_needed(&self) -> usize {
@@ -78,6 +84,28 @@ pub trait AcceptanceCriterion {
 
     /// The number of leading proposals to accept.
     fn accept(&self, view: &BlockView<'_>) -> usize;
+
+    /// Whether the criterion is defined under sampling (default `false`).
+    fn supports_sampling(&self) -> bool {
+        false
+    }
+
+    /// Under sampling: whether proposers should draw their proposals from their own
+    /// distributions (`true`, the default: what lossless acceptance gains from) or propose their
+    /// most likely tokens.
+    fn samples_proposals(&self) -> bool {
+        true
+    }
+
+    /// Under sampling: how many leading proposals to accept and where the next token is drawn
+    /// from. The default accepts nothing and draws from the base model, which is plain sampling.
+    fn accept_sampled(&self, view: &SampledView<'_>) -> Verdict {
+        let _ = view;
+        Verdict {
+            accepted: 0,
+            next: Draw::Target,
+        }
+    }
 }
 
 /// A criterion made from a closure (see [`from_fn`]).
@@ -117,6 +145,15 @@ impl<C: AcceptanceCriterion + ?Sized> AcceptanceCriterion for Box<C> {
     }
     fn accept(&self, view: &BlockView<'_>) -> usize {
         (**self).accept(view)
+    }
+    fn supports_sampling(&self) -> bool {
+        (**self).supports_sampling()
+    }
+    fn samples_proposals(&self) -> bool {
+        (**self).samples_proposals()
+    }
+    fn accept_sampled(&self, view: &SampledView<'_>) -> Verdict {
+        (**self).accept_sampled(view)
     }
 }
 

@@ -4,13 +4,16 @@ use std::time::Instant;
 
 use tch::Tensor;
 
+use super::sampled::{judge_sampled, pick_first};
 use super::{empty_output, seconds_since, BlockwiseDecoder, Budget, DecodeOutput};
 use crate::acceptance::{AcceptanceCriterion, BlockView, Exact};
 use crate::config::{BlockwiseConfig, DecodeConfig, VerifierConfig};
 use crate::error::{Error, Result};
 use crate::model::{check_tokens, CausalLm};
 use crate::policy::{BlockOutcome, BlockPolicy, Fixed};
-use crate::proposer::{NoProposer, ProposalContext, Proposer};
+use crate::proposer::{NoProposer, Proposal, ProposalContext, Proposer};
+use crate::rng::SeededRng;
+use crate::sampling::Sampler;
 use crate::stats::{DecodeStats, StopReason};
 use crate::verifier::{CachedVerifier, RecomputeVerifier, ScoreRequest, Verifier};
 
@@ -19,6 +22,9 @@ use crate::verifier::{CachedVerifier, RecomputeVerifier, ScoreRequest, Verifier}
 /// the longest prefix it agrees with.
 ///
 /// Under [`Exact`] acceptance the output equals [`GreedyDecoder`](super::GreedyDecoder)'s.
+/// Under sampling ([`DecodeConfig::sampling`]) the decoder draws with its own seeded generator
+/// and [`Exact`] becomes speculative sampling's lossless rule: the output has the distribution
+/// of plain sampling from the base model.
 ///
 /// ```no_run
 /// use blockwise::{Blockwise, BlockwiseDecoder, DecodeConfig, HeadsProposer, Transformer,
@@ -41,6 +47,7 @@ pub struct Blockwise<M> {
     policy: Box<dyn BlockPolicy>,
     block_size: usize,
     tie_guard: Option<f64>,
+    rng: SeededRng,
 }
 
 impl<M> std::fmt::Debug for Blockwise<M> {
@@ -60,13 +67,22 @@ pub struct BlockwiseBuilder<M> {
     policy: Box<dyn BlockPolicy>,
     block_size: usize,
     tie_guard: Option<f64>,
+    seed: u64,
 }
 
 impl<M: CausalLm> BlockwiseBuilder<M> {
+    /// Seeds the decoder's generator (default 0); a per-call
+    /// [`SamplingConfig::seed`](crate::SamplingConfig) reseeds it again.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
     /// Tie guard: where a verified block position's top-2 logit margin is below `margin`, the
     /// block is cut there and the next token is decided by a one-token call, as greedy decoding
     /// decides it. A block-shaped forward rounds differently from a one-token forward, so in
     /// low precision a near-tie can otherwise flip; the guard costs one extra call per near-tie.
+    /// It has no effect under sampling.
     pub fn tie_guard(mut self, margin: f64) -> Self {
         self.tie_guard = Some(margin);
         self
@@ -139,6 +155,7 @@ impl<M: CausalLm> BlockwiseBuilder<M> {
             policy: self.policy,
             block_size: k,
             tie_guard: self.tie_guard,
+            rng: SeededRng::new(self.seed),
         })
     }
 }
@@ -154,6 +171,7 @@ impl<M: CausalLm> Blockwise<M> {
             policy: Box::new(Fixed),
             block_size: 4,
             tie_guard: None,
+            seed: 0,
         }
     }
 
@@ -203,25 +221,35 @@ impl<M: CausalLm> Blockwise<M> {
     }
 
     fn request(&self, config: &DecodeConfig) -> ScoreRequest {
+        let sampling = config.sampling.is_some();
         ScoreRequest {
             candidates: self.criterion.candidates_needed().max(1),
             heads: self.proposer.needs_heads() && self.block_size > 1,
             prefill_chunk: config.prefill_chunk,
-            margins: self.tie_guard.is_some(),
+            margins: self.tie_guard.is_some() && !sampling,
             head_count: Some(self.block_size.saturating_sub(1)),
+            logits: sampling,
         }
     }
 
     /// The proposer's guesses, checked and cut to what the block may hold: at most `room`
-    /// tokens, nothing after an EOS token.
-    fn propose(&mut self, ctx: &ProposalContext<'_>, config: &DecodeConfig) -> Result<Vec<i64>> {
+    /// tokens, nothing after an EOS token. Under sampling the proposer draws with the decoder's
+    /// generator.
+    fn propose(&mut self, ctx: &ProposalContext<'_>, config: &DecodeConfig) -> Result<Proposal> {
         if ctx.max_tokens == 0 {
-            return Ok(Vec::new());
+            return Ok(Proposal::default());
         }
-        let mut proposal = self.proposer.propose(ctx)?;
+        let mut proposal = match &config.sampling {
+            None => Proposal::points(self.proposer.propose(ctx)?),
+            Some(s) => {
+                let draws = self.criterion.samples_proposals();
+                let mut sampler = Sampler::new(s, &mut self.rng, draws);
+                self.proposer.propose_sampled(ctx, &mut sampler)?
+            }
+        };
         proposal.truncate(ctx.max_tokens);
-        check_tokens("proposal", &proposal, self.model.info().vocab_size)?;
-        if let Some(eos) = proposal.iter().position(|&t| config.is_eos(t)) {
+        check_tokens("proposal", &proposal.tokens, self.model.info().vocab_size)?;
+        if let Some(eos) = proposal.tokens.iter().position(|&t| config.is_eos(t)) {
             proposal.truncate(eos + 1);
         }
         Ok(proposal)
@@ -241,6 +269,18 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
                 budget.exhausted(0, config.on_context_full)?,
             ));
         }
+        if let Some(s) = &config.sampling {
+            if !self.criterion.supports_sampling() {
+                return Err(Error::config(
+                    "acceptance",
+                    "this criterion is defined for greedy decoding only; under sampling use \
+                     lossless (exact) or typical acceptance",
+                ));
+            }
+            if let Some(seed) = s.seed {
+                self.rng = SeededRng::new(seed);
+            }
+        }
         let req = self.request(config);
         let mut stats = DecodeStats::new(prompt.len(), self.block_size);
 
@@ -255,7 +295,7 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
         stats.model_calls += 1;
 
         let mut seq = prompt.to_vec();
-        let mut next = step.next;
+        let mut next = pick_first(&step, config.sampling.as_ref(), &mut self.rng)?;
         let mut heads = step.heads;
         let stop = loop {
             let room = budget.remaining(seq.len() - prompt.len(), seq.len());
@@ -269,7 +309,9 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
                 let limit = (self.block_size - 1).min(room - 1);
                 self.policy.allow(limit).min(limit)
             };
-            let ctx = ProposalContext::new(&seq, next, max_tokens).with_heads(heads.as_deref());
+            let ctx = ProposalContext::new(&seq, next, max_tokens)
+                .with_heads(heads.as_ref().map(|h| h.argmax.as_slice()))
+                .with_head_logits(heads.as_ref().and_then(|h| h.logits.as_ref()));
             let tp = Instant::now();
             let mut proposal = self.propose(&ctx, config)?;
             let kind = self.proposer.kind();
@@ -280,7 +322,7 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
             stats.proposed += proposal.len();
             let mut block = Vec::with_capacity(proposal.len() + 1);
             block.push(next);
-            block.extend_from_slice(&proposal);
+            block.extend_from_slice(&proposal.tokens);
 
             // Verify: one base-model call over the whole block.
             let tm = Instant::now();
@@ -289,17 +331,33 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
             stats.model_calls += 1;
 
             // Accept: the longest prefix the criterion agrees with, plus the first token.
-            let view = BlockView::new(&proposal, scores.ranked(), scores.width())
-                .filter(|_| scores.len() >= block.len())
-                .ok_or_else(|| Error::Contract {
+            if scores.len() < block.len() {
+                return Err(Error::Contract {
                     component: "verifier",
                     problem: format!(
                         "returned {} score rows for a block of {}",
                         scores.len(),
                         block.len()
                     ),
-                })?;
-            let accepted = self.criterion.accept(&view);
+                });
+            }
+            // Under sampling the token after the accepted ones is drawn now, from the rows
+            // this verify returned.
+            let (accepted, drawn) = match &config.sampling {
+                None => {
+                    let view = BlockView::new(&proposal.tokens, scores.ranked(), scores.width())
+                        .ok_or_else(|| Error::Contract {
+                            component: "verifier",
+                            problem: "returned too few ranked candidates".into(),
+                        })?;
+                    (self.criterion.accept(&view), None)
+                }
+                Some(s) => {
+                    let (a, t) =
+                        judge_sampled(&*self.criterion, s, &mut self.rng, &proposal, &scores)?;
+                    (a, Some(t))
+                }
+            };
             if accepted > proposal.len() {
                 return Err(Error::Contract {
                     component: "acceptance criterion",
@@ -340,7 +398,9 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
             if kept.iter().any(|&t| config.is_eos(t)) {
                 break StopReason::Eos;
             }
-            next = if rescore && budget.remaining(seq.len() - prompt.len(), seq.len()) > 0 {
+            next = if let Some(t) = drawn {
+                t
+            } else if rescore && budget.remaining(seq.len() - prompt.len(), seq.len()) > 0 {
                 let tm = Instant::now();
                 let step = self.verifier.rescore_last(&mut self.model, req)?;
                 stats.model_s += seconds_since(tm);

@@ -1,27 +1,47 @@
-//! The reference: one model call per token, always the argmax.
+//! The reference: one model call per token, the argmax (or, under sampling, a draw).
 
 use std::time::Instant;
+
+use tch::Tensor;
 
 use super::{empty_output, seconds_since, BlockwiseDecoder, Budget, DecodeOutput};
 use crate::config::DecodeConfig;
 use crate::error::Result;
 use crate::model::{check_output, prefill, token_tensor, CausalLm};
+use crate::rng::SeededRng;
+use crate::sampling::{draw, probabilities, SamplingConfig};
 use crate::stats::{DecodeStats, StopReason};
-use crate::verifier::rank_rows;
+use crate::verifier::{rank_rows, LogitRows};
 
 /// Greedy decoding, the reference every blockwise decoder must reproduce under exact acceptance.
 ///
 /// Uses the model's KV cache when it has one and recomputes the sequence otherwise. Kept
 /// deliberately independent of the blockwise loop so that comparing the two means something.
+///
+/// Under sampling ([`DecodeConfig::sampling`]) it draws every token from the base model's warped
+/// distribution with its own generator, one uniform per token: plain sampling, the reference
+/// that lossless blockwise sampling must match in distribution.
 #[derive(Debug)]
 pub struct GreedyDecoder<M> {
     model: M,
+    rng: SeededRng,
 }
 
 impl<M: CausalLm> GreedyDecoder<M> {
-    /// Greedy decoding with `model` (which may be a `&mut` borrow).
+    /// Greedy decoding with `model` (which may be a `&mut` borrow); its generator starts from
+    /// seed 0.
     pub fn new(model: M) -> Self {
-        GreedyDecoder { model }
+        GreedyDecoder {
+            model,
+            rng: SeededRng::new(0),
+        }
+    }
+
+    /// The same decoder with its generator seeded by `seed` (a per-call
+    /// [`SamplingConfig::seed`] reseeds it again).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.rng = SeededRng::new(seed);
+        self
     }
 
     /// The model back.
@@ -34,8 +54,8 @@ impl<M: CausalLm> GreedyDecoder<M> {
         &self.model
     }
 
-    /// The argmax after `seq`, whose last token is new to the model.
-    fn next_token(&mut self, seq: &[i64]) -> Result<i64> {
+    /// The next token after `seq`, whose last token is new to the model.
+    fn next_token(&mut self, seq: &[i64], sampling: Option<&SamplingConfig>) -> Result<i64> {
         let info = self.model.info().clone();
         let (input, start) = if info.has_cache {
             (&seq[seq.len() - 1..], seq.len() - 1)
@@ -46,7 +66,19 @@ impl<M: CausalLm> GreedyDecoder<M> {
             .model
             .forward(&token_tensor(input, info.device), start)?;
         check_output(&out, input.len(), info.vocab_size)?;
-        Ok(rank_rows(&out.logits, 1, 1)?.greedy(0))
+        self.pick(&out.logits, sampling)
+    }
+
+    /// The argmax of the last row of `logits`, or a draw from its warped distribution.
+    fn pick(&mut self, logits: &Tensor, sampling: Option<&SamplingConfig>) -> Result<i64> {
+        match sampling {
+            None => Ok(rank_rows(logits, 1, 1)?.greedy(0)),
+            Some(s) => {
+                let rows = LogitRows::from_tensor(logits, 1)?;
+                let p = probabilities(rows.row(0).unwrap_or_default(), s, 0)?;
+                Ok(draw(&p, self.rng.uniform()))
+            }
+        }
     }
 }
 
@@ -63,12 +95,16 @@ impl<M: CausalLm> BlockwiseDecoder for GreedyDecoder<M> {
                 budget.exhausted(0, config.on_context_full)?,
             ));
         }
+        let sampling = config.sampling.as_ref();
+        if let Some(seed) = sampling.and_then(|s| s.seed) {
+            self.rng = SeededRng::new(seed);
+        }
         let mut stats = DecodeStats::new(prompt.len(), 1);
         let mut seq = prompt.to_vec();
         let mut out = Vec::new();
         let tm = Instant::now();
         let first = prefill(&mut self.model, &seq, config.prefill_chunk)?;
-        let mut next = rank_rows(&first.logits, 1, 1)?.greedy(0);
+        let mut next = self.pick(&first.logits, sampling)?;
         stats.model_s += seconds_since(tm);
         stats.model_calls += 1;
         let stop = loop {
@@ -82,7 +118,7 @@ impl<M: CausalLm> BlockwiseDecoder for GreedyDecoder<M> {
                 break budget.exhausted(out.len(), config.on_context_full)?;
             }
             let tm = Instant::now();
-            next = self.next_token(&seq)?;
+            next = self.next_token(&seq, sampling)?;
             stats.model_s += seconds_since(tm);
             stats.model_calls += 1;
         };

@@ -2,6 +2,7 @@
 
 mod blockwise;
 mod greedy;
+mod sampled;
 
 pub use blockwise::{Blockwise, BlockwiseBuilder};
 pub use greedy::GreedyDecoder;

@@ -1,7 +1,8 @@
 //! A fallback chain of proposers.
 
-use super::{ProposalContext, Proposer};
+use super::{Proposal, ProposalContext, Proposer};
 use crate::error::Result;
+use crate::sampling::Sampler;
 
 /// Asks each proposer in turn and uses the first non-empty proposal (for example n-gram lookup
 /// first, the model's heads when nothing matches). Every member sees `begin` and `observe`.
@@ -36,6 +37,21 @@ impl Proposer for Chain {
             }
         }
         Ok(Vec::new())
+    }
+
+    fn propose_sampled(
+        &mut self,
+        ctx: &ProposalContext<'_>,
+        sampler: &mut Sampler<'_>,
+    ) -> Result<Proposal> {
+        for (i, p) in self.members.iter_mut().enumerate() {
+            let proposal = p.propose_sampled(ctx, sampler)?;
+            if !proposal.is_empty() {
+                self.last = i;
+                return Ok(proposal);
+            }
+        }
+        Ok(Proposal::default())
     }
 
     /// The member that proposed and its kind: `16 * member + kind` (kinds above 15 share 15).

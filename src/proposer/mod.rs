@@ -15,6 +15,8 @@ pub use heads::HeadsProposer;
 pub use ngram::NGram;
 
 use crate::error::Result;
+use crate::sampling::Sampler;
+use crate::verifier::LogitRows;
 
 /// What a proposer may read when proposing.
 #[derive(Debug, Clone, Copy)]
@@ -22,13 +24,16 @@ use crate::error::Result;
 pub struct ProposalContext<'a> {
     /// Prompt plus every token accepted so far.
     pub tokens: &'a [i64],
-    /// The base model's greedy token after `tokens`: the block's first, always-right token.
-    /// Proposals continue after it.
+    /// The base model's token after `tokens` (its argmax, or its draw under sampling): the
+    /// block's first, always-right token. Proposals continue after it.
     pub next: i64,
     /// The argmax of each proposal head at the last committed position, when the proposer asked
     /// for head outputs ([`Proposer::needs_heads`]): `heads[h]` guesses the token `h + 1` places
     /// after `next`.
     pub heads: Option<&'a [i64]>,
+    /// Under sampling, each proposal head's logits at the last committed position (one row per
+    /// head), when the proposer asked for head outputs.
+    pub head_logits: Option<&'a LogitRows>,
     /// The most tokens the block has room for after `next`. Extra tokens are ignored.
     pub max_tokens: usize,
 }
@@ -40,6 +45,7 @@ impl<'a> ProposalContext<'a> {
             tokens,
             next,
             heads: None,
+            head_logits: None,
             max_tokens,
         }
     }
@@ -49,12 +55,78 @@ impl<'a> ProposalContext<'a> {
         self.heads = heads;
         self
     }
+
+    /// The same context with the heads' logits (under sampling).
+    pub fn with_head_logits(mut self, logits: Option<&'a LogitRows>) -> Self {
+        self.head_logits = logits;
+        self
+    }
+}
+
+/// Proposed tokens, with the distributions they were drawn from when they were sampled.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Proposal {
+    /// The proposed tokens.
+    pub tokens: Vec<i64>,
+    /// `probs[i]`: the distribution over the vocabulary that `tokens[i]` was drawn from. `None`:
+    /// the tokens were chosen deterministically (each is a point mass), which lossless
+    /// acceptance handles exactly too.
+    pub probs: Option<Vec<Vec<f64>>>,
+}
+
+impl Proposal {
+    /// Deterministic proposals (point masses).
+    pub fn points(tokens: Vec<i64>) -> Self {
+        Proposal {
+            tokens,
+            probs: None,
+        }
+    }
+
+    /// Proposals drawn from `probs` (one distribution per token).
+    pub fn sampled(tokens: Vec<i64>, probs: Vec<Vec<f64>>) -> Self {
+        Proposal {
+            tokens,
+            probs: Some(probs),
+        }
+    }
+
+    /// Keeps the first `n` proposals.
+    pub fn truncate(&mut self, n: usize) {
+        self.tokens.truncate(n);
+        if let Some(p) = &mut self.probs {
+            p.truncate(n);
+        }
+    }
+
+    /// Number of proposed tokens.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether nothing was proposed.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
 }
 
 /// Proposes the tokens that follow the base model's next greedy token.
 pub trait Proposer {
     /// Up to `ctx.max_tokens` guesses for the tokens after `ctx.next`.
     fn propose(&mut self, ctx: &ProposalContext<'_>) -> Result<Vec<i64>>;
+
+    /// Under sampling: up to `ctx.max_tokens` proposals, drawn with `sampler` from the
+    /// proposer's own distributions when it has them and [`Sampler::samples_proposals`] asks
+    /// for it. The default proposes [`Proposer::propose`]'s tokens as point masses, which
+    /// lossless acceptance handles exactly.
+    fn propose_sampled(
+        &mut self,
+        ctx: &ProposalContext<'_>,
+        sampler: &mut Sampler<'_>,
+    ) -> Result<Proposal> {
+        let _ = sampler;
+        Ok(Proposal::points(self.propose(ctx)?))
+    }
 
     /// Whether the decoder should run the model's proposal heads and pass their argmax in
     /// [`ProposalContext::heads`] (the combined scoring and proposal path).
@@ -114,6 +186,13 @@ impl<F: FnMut(&ProposalContext<'_>) -> Vec<i64>> Proposer for FnProposer<F> {
 impl<P: Proposer + ?Sized> Proposer for Box<P> {
     fn propose(&mut self, ctx: &ProposalContext<'_>) -> Result<Vec<i64>> {
         (**self).propose(ctx)
+    }
+    fn propose_sampled(
+        &mut self,
+        ctx: &ProposalContext<'_>,
+        sampler: &mut Sampler<'_>,
+    ) -> Result<Proposal> {
+        (**self).propose_sampled(ctx, sampler)
     }
     fn needs_heads(&self) -> bool {
         (**self).needs_heads()

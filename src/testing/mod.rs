@@ -18,6 +18,7 @@
 
 mod checks;
 mod proposers;
+mod sampling;
 pub mod strategies;
 mod suite;
 
@@ -26,4 +27,5 @@ pub use checks::{
     ConformanceFailure,
 };
 pub use proposers::{OracleProposer, RandomProposer};
+pub use sampling::{check_sampling, chi_square, sequence_distribution, ChiSquare, MAX_SEQUENCES};
 pub use suite::{Conformance, ConformanceCase};

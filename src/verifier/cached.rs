@@ -3,7 +3,9 @@
 
 use tch::Tensor;
 
-use super::scores::{block_scores, heads_at, rank_rows, BlockScores, ScoreRequest, Step};
+use super::scores::{
+    block_scores, head_outputs, step_at, BlockScores, HeadOutputs, ScoreRequest, Step,
+};
 use super::Verifier;
 use crate::error::{Error, Result};
 use crate::model::{check_output, prefill, token_tensor, CausalLm};
@@ -58,22 +60,8 @@ impl Verifier for CachedVerifier {
         self.hidden = out.hidden;
         let logits = out.logits;
         let last_row = logits.size()[1] as usize - 1;
-        let scores = rank_rows(&logits, 1, 1)?;
         self.committed = prompt.len();
-        let heads = if req.heads {
-            Some(heads_at(
-                model,
-                self.hidden.as_ref(),
-                last_row,
-                req.head_count,
-            )?)
-        } else {
-            None
-        };
-        Ok(Step {
-            next: scores.greedy(0),
-            heads,
-        })
+        step_at(model, &logits, self.hidden.as_ref(), last_row, req)
     }
 
     fn verify(
@@ -93,7 +81,7 @@ impl Verifier for CachedVerifier {
         model: &mut dyn CausalLm,
         keep: usize,
         req: ScoreRequest,
-    ) -> Result<Option<Vec<i64>>> {
+    ) -> Result<Option<HeadOutputs>> {
         if keep == 0 || keep > self.pending {
             return Err(Error::Contract {
                 component: "CachedVerifier::commit",
@@ -104,16 +92,7 @@ impl Verifier for CachedVerifier {
         self.pending = 0;
         self.last_token = Some(self.block[keep - 1]);
         model.truncate(self.committed)?;
-        if req.heads {
-            Ok(Some(heads_at(
-                model,
-                self.hidden.as_ref(),
-                keep - 1,
-                req.head_count,
-            )?))
-        } else {
-            Ok(None)
-        }
+        head_outputs(model, self.hidden.as_ref(), keep - 1, req)
     }
 
     fn rescore_last(&mut self, model: &mut dyn CausalLm, req: ScoreRequest) -> Result<Step> {
@@ -126,12 +105,6 @@ impl Verifier for CachedVerifier {
             problem: "the last committed token is unknown".into(),
         })?;
         let logits = self.run(model, &[token], last)?;
-        let next = rank_rows(&logits, 1, 1)?.greedy(0);
-        let heads = if req.heads {
-            Some(heads_at(model, self.hidden.as_ref(), 0, req.head_count)?)
-        } else {
-            None
-        };
-        Ok(Step { next, heads })
+        step_at(model, &logits, self.hidden.as_ref(), 0, req)
     }
 }

@@ -9,7 +9,10 @@ mod scores;
 
 pub use cached::CachedVerifier;
 pub use recompute::RecomputeVerifier;
-pub use scores::{heads_at, rank_rows, top2_margins, BlockScores, ScoreRequest, Step};
+pub use scores::{
+    head_outputs, heads_at, rank_rows, top2_margins, BlockScores, HeadOutputs, LogitRows,
+    ScoreRequest, Step,
+};
 
 use crate::error::Result;
 use crate::model::CausalLm;
@@ -33,13 +36,14 @@ pub trait Verifier {
     ) -> Result<BlockScores>;
 
     /// Keeps the first `keep` tokens of the last verified block and forgets the rest. Returns
-    /// the proposal heads' argmax at the last kept position when `req.heads` is set.
+    /// the proposal heads' outputs at the last kept position when `req.heads` is set (see
+    /// [`head_outputs`]).
     fn commit(
         &mut self,
         model: &mut dyn CausalLm,
         keep: usize,
         req: ScoreRequest,
-    ) -> Result<Option<Vec<i64>>>;
+    ) -> Result<Option<HeadOutputs>>;
 
     /// Scores the last committed token again with a one-token call (as greedy decoding would),
     /// and returns the step after it. The tie guard uses it where a block's scores are too close
@@ -75,7 +79,7 @@ impl<V: Verifier + ?Sized> Verifier for Box<V> {
         model: &mut dyn CausalLm,
         keep: usize,
         req: ScoreRequest,
-    ) -> Result<Option<Vec<i64>>> {
+    ) -> Result<Option<HeadOutputs>> {
         (**self).commit(model, keep, req)
     }
     fn rescore_last(&mut self, model: &mut dyn CausalLm, req: ScoreRequest) -> Result<Step> {

@@ -2,7 +2,9 @@
 
 use tch::Tensor;
 
-use super::scores::{block_scores, heads_at, rank_rows, BlockScores, ScoreRequest, Step};
+use super::scores::{
+    block_scores, head_outputs, step_at, BlockScores, HeadOutputs, ScoreRequest, Step,
+};
 use super::Verifier;
 use crate::error::{Error, Result};
 use crate::model::{check_output, token_tensor, CausalLm};
@@ -40,21 +42,7 @@ impl Verifier for RecomputeVerifier {
         self.tokens = prompt.to_vec();
         self.pending.clear();
         let logits = self.run(model, prompt)?;
-        let scores = rank_rows(&logits, 1, 1)?;
-        let heads = if req.heads {
-            Some(heads_at(
-                model,
-                self.hidden.as_ref(),
-                prompt.len() - 1,
-                req.head_count,
-            )?)
-        } else {
-            None
-        };
-        Ok(Step {
-            next: scores.greedy(0),
-            heads,
-        })
+        step_at(model, &logits, self.hidden.as_ref(), prompt.len() - 1, req)
     }
 
     fn verify(
@@ -75,7 +63,7 @@ impl Verifier for RecomputeVerifier {
         model: &mut dyn CausalLm,
         keep: usize,
         req: ScoreRequest,
-    ) -> Result<Option<Vec<i64>>> {
+    ) -> Result<Option<HeadOutputs>> {
         if keep == 0 || keep > self.pending.len() {
             return Err(Error::Contract {
                 component: "RecomputeVerifier::commit",
@@ -85,33 +73,13 @@ impl Verifier for RecomputeVerifier {
         let row = self.tokens.len() + keep - 1;
         self.tokens.extend_from_slice(&self.pending[..keep]);
         self.pending.clear();
-        if req.heads {
-            Ok(Some(heads_at(
-                model,
-                self.hidden.as_ref(),
-                row,
-                req.head_count,
-            )?))
-        } else {
-            Ok(None)
-        }
+        head_outputs(model, self.hidden.as_ref(), row, req)
     }
 
     fn rescore_last(&mut self, model: &mut dyn CausalLm, req: ScoreRequest) -> Result<Step> {
         // Recomputing is already a pass over the whole sequence with the last token last.
         let tokens = self.tokens.clone();
         let logits = self.run(model, &tokens)?;
-        let next = rank_rows(&logits, 1, 1)?.greedy(0);
-        let heads = if req.heads {
-            Some(heads_at(
-                model,
-                self.hidden.as_ref(),
-                tokens.len() - 1,
-                req.head_count,
-            )?)
-        } else {
-            None
-        };
-        Ok(Step { next, heads })
+        step_at(model, &logits, self.hidden.as_ref(), tokens.len() - 1, req)
     }
 }

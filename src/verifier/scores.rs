@@ -19,6 +19,9 @@ pub struct ScoreRequest {
     /// How many proposal heads the proposer can use (`None`: all); a block of `k` uses `k - 1`.
     /// Models skip the vocabulary projection of the others.
     pub head_count: Option<usize>,
+    /// Whether to also return the raw logits of every scored row (and of the heads) as host
+    /// data: sampling draws from them.
+    pub logits: bool,
 }
 
 impl Default for ScoreRequest {
@@ -29,8 +32,65 @@ impl Default for ScoreRequest {
             prefill_chunk: None,
             margins: false,
             head_count: None,
+            logits: false,
         }
     }
+}
+
+/// Rows of logits over the vocabulary, as host `f32` data (row-major).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogitRows {
+    values: Vec<f32>,
+    vocab: usize,
+}
+
+impl LogitRows {
+    /// Rows of `vocab` logits each; `None` when `vocab` is 0 or does not divide the length.
+    pub fn new(values: Vec<f32>, vocab: usize) -> Option<Self> {
+        (vocab > 0 && values.len() % vocab == 0).then_some(LogitRows { values, vocab })
+    }
+
+    /// The last `rows` rows of `logits` (`[1, T, V]`, any float kind, any device), moved to the
+    /// host in one transfer. A building block for verifiers of your own.
+    pub fn from_tensor(logits: &Tensor, rows: usize) -> Result<Self> {
+        let size = logits.size();
+        let (t, vocab) = (size[1], size[2]);
+        let tail = logits
+            .f_narrow(1, t - rows as i64, rows as i64)?
+            .f_to_kind(Kind::Float)?
+            .f_to_device(Device::Cpu)?
+            .f_contiguous()?;
+        let values = Vec::<f32>::try_from(&tail.f_flatten(0, -1)?)?;
+        Ok(LogitRows {
+            values,
+            vocab: vocab as usize,
+        })
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.values.len() / self.vocab
+    }
+
+    /// Logits per row.
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    /// Row `i`, or `None` past the end.
+    pub fn row(&self, i: usize) -> Option<&[f32]> {
+        self.values.get(i * self.vocab..(i + 1) * self.vocab)
+    }
+}
+
+/// The proposal heads' outputs at the last committed position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadOutputs {
+    /// Each head's argmax: `argmax[h]` guesses the token `h + 1` places after the base model's
+    /// next token.
+    pub argmax: Vec<i64>,
+    /// Each head's logits (one row per head), when [`ScoreRequest::logits`] asked for them.
+    pub logits: Option<LogitRows>,
 }
 
 /// The base model's scores after every position of a verified block.
@@ -39,6 +99,7 @@ pub struct BlockScores {
     ranked: Vec<i64>,
     width: usize,
     margins: Option<Vec<f64>>,
+    logits: Option<LogitRows>,
 }
 
 impl BlockScores {
@@ -49,7 +110,19 @@ impl BlockScores {
             ranked,
             width,
             margins: None,
+            logits: None,
         })
+    }
+
+    /// The same scores with every row's raw logits.
+    pub fn with_logits(mut self, logits: LogitRows) -> Self {
+        self.logits = Some(logits);
+        self
+    }
+
+    /// Every row's raw logits, when the verifier was asked for them ([`ScoreRequest::logits`]).
+    pub fn logits(&self) -> Option<&LogitRows> {
+        self.logits.as_ref()
     }
 
     /// The same scores with each row's top-2 logit margin (best minus second best).
@@ -89,13 +162,15 @@ impl BlockScores {
     }
 }
 
-/// The scores at one position (the last prompt token) and the heads' argmax there.
+/// The scores at one position (the last prompt token) and the heads' outputs there.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
     /// The base model's greedy next token.
     pub next: i64,
-    /// The heads' argmax, when requested.
-    pub heads: Option<Vec<i64>>,
+    /// The heads' outputs, when requested.
+    pub heads: Option<HeadOutputs>,
+    /// The base model's logits at that position (one row), when requested.
+    pub logits: Option<LogitRows>,
 }
 
 /// Ranked candidates for the last `rows` positions of `logits` (`[1, T, V]`): column 0 is the
@@ -133,17 +208,42 @@ pub fn rank_rows(logits: &Tensor, rows: usize, width: usize) -> Result<BlockScor
         ranked: out,
         width,
         margins: None,
+        logits: None,
     })
 }
 
 /// What a verifier returns for a block: the ranked candidates of the last `rows` positions, with
 /// their top-2 margins when `req.margins` asks for them.
 pub(crate) fn block_scores(logits: &Tensor, rows: usize, req: ScoreRequest) -> Result<BlockScores> {
-    let scores = rank_rows(logits, rows, req.candidates)?;
-    Ok(if req.margins {
-        scores.with_margins(top2_margins(logits, rows)?)
-    } else {
-        scores
+    let mut scores = rank_rows(logits, rows, req.candidates)?;
+    if req.margins {
+        scores = scores.with_margins(top2_margins(logits, rows)?);
+    }
+    if req.logits {
+        scores = scores.with_logits(LogitRows::from_tensor(logits, rows)?);
+    }
+    Ok(scores)
+}
+
+/// What a verifier returns after scoring a sequence's last position (`logits`: `[1, T, V]`):
+/// the greedy next token, the heads' outputs at `row` of `hidden` when `req.heads` is set, and
+/// the raw logits when `req.logits` is set.
+pub(crate) fn step_at(
+    model: &dyn CausalLm,
+    logits: &Tensor,
+    hidden: Option<&Tensor>,
+    row: usize,
+    req: ScoreRequest,
+) -> Result<Step> {
+    let next = rank_rows(logits, 1, 1)?.greedy(0);
+    Ok(Step {
+        next,
+        heads: head_outputs(model, hidden, row, req)?,
+        logits: if req.logits {
+            Some(LogitRows::from_tensor(logits, 1)?)
+        } else {
+            None
+        },
     })
 }
 
@@ -172,6 +272,40 @@ pub fn heads_at(
     row: usize,
     count: Option<usize>,
 ) -> Result<Vec<i64>> {
+    let logits = checked_head_logits(model, hidden, row, count)?;
+    head_argmax(&logits, row)
+}
+
+/// The heads' outputs at row `row` of `hidden` as `req` asks for them: `None` unless
+/// `req.heads`; the first `req.head_count` heads' argmax, and their logits when `req.logits`.
+/// A building block for verifiers of your own.
+pub fn head_outputs(
+    model: &dyn CausalLm,
+    hidden: Option<&Tensor>,
+    row: usize,
+    req: ScoreRequest,
+) -> Result<Option<HeadOutputs>> {
+    if !req.heads {
+        return Ok(None);
+    }
+    let logits = checked_head_logits(model, hidden, row, req.head_count)?; // [1, H, V]
+    let argmax = head_argmax(&logits, row)?;
+    let rows = logits.size()[1] as usize;
+    let logits = if req.logits {
+        Some(LogitRows::from_tensor(&logits, rows)?)
+    } else {
+        None
+    };
+    Ok(Some(HeadOutputs { argmax, logits }))
+}
+
+/// The first `count` heads' logits at `row`, shape-checked: `[1, H, V]`.
+fn checked_head_logits(
+    model: &dyn CausalLm,
+    hidden: Option<&Tensor>,
+    row: usize,
+    count: Option<usize>,
+) -> Result<Tensor> {
     let missing = Error::MissingCapability {
         component: "the heads proposer",
         capability: "final hidden states and proposal heads",
@@ -194,7 +328,12 @@ pub fn heads_at(
             actual: size,
         });
     }
-    // -inf is allowed (heads that score a shortlist); NaN is not.
+    Ok(logits)
+}
+
+/// Each head's argmax; NaN anywhere is an error at `row` (-inf is allowed: heads that score a
+/// shortlist). One device-to-host transfer.
+fn head_argmax(logits: &Tensor, row: usize) -> Result<Vec<i64>> {
     let finite = logits
         .f_isnan()?
         .f_any()?
