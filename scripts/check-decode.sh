@@ -100,9 +100,35 @@ if [ -f models/smollm2/metadata.json ]; then
   set -e
   [ "$rc" = 2 ] || { echo "check-decode: heads on SmolLM2 exited $rc, expected 2" >&2; fail=1; }
 fi
+# Sampling. Without proposals, blockwise sampling draws exactly as plain sampling does (one
+# uniform per token from the same seeded stream), so the outputs are identical.
+identical "sampling, no proposals" --proposer none --k 4 --temperature 0.8 --top-p 0.95 --seed 7 \
+  --prompt-file examples/prompts.txt --max-new-tokens 40
+# `reproducible LABEL ARGS...`: two runs with the same --seed give the same tokens.
+reproducible() {
+  local label=$1; shift
+  local a b
+  a=$("$bin" "$@" --json | "$py" -c 'import json, sys; print([json.loads(l)["tokens"] for l in sys.stdin])')
+  b=$("$bin" "$@" --json | "$py" -c 'import json, sys; print([json.loads(l)["tokens"] for l in sys.stdin])')
+  if [ "$a" != "$b" ] || [ "$a" = "[]" ]; then
+    echo "check-decode: FAILED: $label is not reproducible with a seed" >&2
+    fail=1
+  fi
+}
+reproducible "embedded, heads, lossless" --k 8 --temperature 0.8 --seed 7 \
+  --prompt-file examples/prompts.txt --max-new-tokens 40
+reproducible "embedded, heads, typical" --k 8 --temperature 1.0 --accept typical --seed 7 \
+  --prompt-file examples/prompts.txt --max-new-tokens 40
+if [ -f models/smollm2/metadata.json ]; then
+  reproducible "SmolLM2, shipped heads, lossless" --model models/smollm2 --chat --proposer heads \
+    --k 5 --temperature 0.7 --top-p 0.9 --seed 1 --max-new-tokens 16 \
+    --prompt "Name three colours of the rainbow."
+fi
 # Bad input must be a clear error (exit 2), not a crash.
 for args in "--k 0" "--k 11" "--accept top-k:0" "--accept bogus" "--max-new-tokens x" "--prompt ''" \
-            "--proposer chain:" "--proposer draft:no/such/dir" "--heads no/such/dir" "--policy sometimes"; do
+            "--proposer chain:" "--proposer draft:no/such/dir" "--heads no/such/dir" "--policy sometimes" \
+            "--top-p 0.9" "--temperature 0.7 --accept top-k:2" "--temperature 1 --top-p 1.5" \
+            "--temperature -1" "--temperature 1 --accept typical:0:0.3" "--temperature 1 --seed x"; do
   set +e
   eval "$bin $args --max-new-tokens 4" >/dev/null 2>&1
   rc=$?

@@ -241,6 +241,22 @@ fn nan_logits() {
         .decode(&[1, 2], &DecodeConfig::new(30))
         .unwrap_err();
     assert!(matches!(e, Error::NonFiniteLogits { .. }), "{e}");
+    // Under sampling too, for both decoders.
+    let sampled = DecodeConfig::new(30).with_sampling(blockwise::SamplingConfig::new(0.8));
+    let mut m = Faulty::new(tiny(20, 3, 1), Fault::NanFromCall(3));
+    let e = Blockwise::builder(&mut m)
+        .block_size(4)
+        .proposer(HeadsProposer)
+        .build()
+        .unwrap()
+        .decode(&[1, 2], &sampled)
+        .unwrap_err();
+    assert!(matches!(e, Error::NonFiniteLogits { .. }), "{e}");
+    let mut m = Faulty::new(tiny(20, 3, 1), Fault::NanFromCall(2));
+    let e = GreedyDecoder::new(&mut m)
+        .decode(&[1, 2], &sampled)
+        .unwrap_err();
+    assert!(matches!(e, Error::NonFiniteLogits { .. }), "{e}");
 }
 
 #[test]
@@ -359,6 +375,9 @@ fn bad_criterion_parameters() {
         "distance",
         "distance:1:manhattan",
         "exactly",
+        "typical:0.1",
+        "typical:x:0.3",
+        "lossless:1",
     ] {
         let e = s.parse::<AcceptanceConfig>().unwrap_err();
         assert!(
@@ -401,6 +420,44 @@ fn config_documents_are_checked() {
     let e =
         serde_json::from_str::<DecodeConfig>(r#"{"max_new_tokens": 3, "eos": [1]}"#).unwrap_err();
     assert!(e.to_string().contains("unknown field `eos`"), "{e}");
+    // Sampling settings and the sampling criteria, as documents and as `--accept` strings.
+    let d: DecodeConfig =
+        serde_json::from_str(r#"{"sampling": {"temperature": 0.7, "top_p": 0.9, "seed": 3}}"#)
+            .unwrap();
+    let s = d.sampling.unwrap();
+    assert_eq!((s.temperature, s.top_p, s.seed), (0.7, Some(0.9), Some(3)));
+    let e =
+        serde_json::from_str::<DecodeConfig>(r#"{"sampling": {"temprature": 0.7}}"#).unwrap_err();
+    assert!(e.to_string().contains("unknown field `temprature`"), "{e}");
+    let typical = BlockwiseConfig::from_json(
+        r#"{"block_size": 4, "acceptance": {"type": "typical", "epsilon": 0.2, "delta": 0.5}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        typical.acceptance,
+        "typical:0.2:0.5".parse::<AcceptanceConfig>().unwrap()
+    );
+    assert_eq!(
+        "lossless".parse::<AcceptanceConfig>().unwrap(),
+        AcceptanceConfig::Lossless
+    );
+    let Err(e) = AcceptanceConfig::Typical {
+        epsilon: 0.0,
+        delta: 0.3,
+    }
+    .build(None, None) else {
+        panic!("typical acceptance with epsilon 0 was accepted");
+    };
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "epsilon",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use blockwise::acceptance::{lossless, Draw, SampledView, Verdict};
 use blockwise::proposer::DraftModel;
+use blockwise::proposer::{Proposal, ProposalContext};
+use blockwise::sampling::Sampler;
 use blockwise::testing::{
     check_loop_invariants, check_sampling, sequence_distribution, ChiSquare, RandomProposer,
 };
@@ -271,6 +273,111 @@ fn greedy_only_criteria_and_bad_settings_are_refused() {
         match GreedyDecoder::new(base()).decode(&PROMPT, &config) {
             Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, name),
             other => panic!("expected a config error for {name}, got {other:?}"),
+        }
+    }
+}
+
+/// A user proposer that claims distributions inconsistent with its tokens.
+struct Inconsistent {
+    zero_probability: bool,
+}
+
+impl Proposer for Inconsistent {
+    fn propose(&mut self, ctx: &ProposalContext<'_>) -> blockwise::Result<Vec<i64>> {
+        Ok(vec![1; ctx.max_tokens])
+    }
+    fn propose_sampled(
+        &mut self,
+        ctx: &ProposalContext<'_>,
+        _sampler: &mut Sampler<'_>,
+    ) -> blockwise::Result<Proposal> {
+        let n = ctx.max_tokens;
+        let q = if self.zero_probability {
+            // Token 1 proposed, all mass on token 2.
+            vec![vec![0.0, 0.0, 1.0, 0.0, 0.0, 0.0]; n]
+        } else {
+            vec![vec![0.2; 5]; n] // one entry short of the vocabulary
+        };
+        Ok(Proposal::sampled(vec![1; n], q))
+    }
+}
+
+#[test]
+fn proposers_whose_distributions_do_not_fit_their_tokens_are_errors() {
+    for zero_probability in [true, false] {
+        let mut decoder = Blockwise::builder(base())
+            .block_size(3)
+            .proposer(Inconsistent { zero_probability })
+            .build()
+            .unwrap();
+        let config = DecodeConfig::new(5).with_sampling(sampling(1.0));
+        match decoder.decode(&PROMPT, &config) {
+            Err(Error::Contract { component, .. }) => assert_eq!(component, "proposer"),
+            other => panic!("expected a contract error, got {other:?}"),
+        }
+    }
+}
+
+mod properties {
+    //! Invariant 2 under sampling, over random models, prompts, block sizes, lengths, EOS ids,
+    //! temperatures and proposers; and invariant 3 on the heads path.
+    use super::*;
+    use blockwise::testing::check_combined_calls;
+    use blockwise::testing::strategies::{model_case, ModelCase};
+    use proptest::prelude::*;
+
+    fn decoder(case: &ModelCase, which: u8, typical: bool) -> Blockwise<Transformer> {
+        let vocab = case.config.vocab_size;
+        let proposer: Box<dyn Proposer> = match which % 4 {
+            0 => Box::new(HeadsProposer),
+            1 => Box::new(RandomProposer::new(vocab, case.proposer_seed)),
+            2 => Box::new(NGram::new(1, 3).unwrap()),
+            _ => {
+                let mut c = case.config.clone();
+                c.num_proposal_heads = 0;
+                let d = Transformer::new_seeded(c, case.proposer_seed, tch::Device::Cpu).unwrap();
+                Box::new(DraftModel::new(d, vocab).unwrap())
+            }
+        };
+        let criterion: Box<dyn AcceptanceCriterion> = if typical {
+            Box::new(Typical::DEFAULT)
+        } else {
+            Box::new(Exact)
+        };
+        Blockwise::builder(case.model().unwrap())
+            .block_size(case.block_size)
+            .proposer(proposer)
+            .criterion(criterion)
+            .seed(case.seed)
+            .build()
+            .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn sampled_decoding_keeps_the_loop_invariants(
+            case in model_case(),
+            which in 0u8..4,
+            typical in any::<bool>(),
+            temperature in prop_oneof![Just(0.5), Just(1.0), Just(4.0)],
+            top_p in prop_oneof![Just(None), Just(Some(0.8))],
+        ) {
+            let mut d = decoder(&case, which, typical);
+            let mut s = SamplingConfig::new(temperature);
+            s.top_p = top_p;
+            let config = case.decode.clone().with_sampling(s);
+            let out = d.decode(&case.prompt, &config).unwrap();
+            check_loop_invariants(&out, &config, case.block_size)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            if which % 4 == 0 {
+                check_combined_calls(&out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            }
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use blockwise::bundle::HeadsChoice;
 use blockwise::config::{AcceptanceConfig, ProposerConfig, VerifierConfig};
 use blockwise::policy::PolicyConfig;
-use blockwise::{DType, Error, Result};
+use blockwise::{DType, Error, Result, SamplingConfig};
 use tch::Device;
 
 pub const USAGE: &str = "\
@@ -13,7 +13,8 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
               [--proposer heads|none|ngram[:MIN:MAX]|draft:DIR|chain:A,B] [--heads DIR|none]
               [--k N]
               [--adaptive | --policy fixed|adaptive|cost[:PER_TOKEN]]
-              [--accept exact|top-k:N|distance:EPS[:cosine|l2]] [--min-block L]
+              [--accept exact|lossless|typical[:EPS:DELTA]|top-k:N|distance:EPS[:cosine|l2]]
+              [--min-block L] [--temperature T [--top-k N] [--top-p P] [--seed S]]
               [--max-new-tokens N] [--verifier cached|recompute] [--prefill-chunk N] [--tie-guard M]
               [--dtype f32|bf16|f16] [--device cpu|cuda] [--compare-greedy] [--json]
 
@@ -35,7 +36,13 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --policy          block-size policy (default fixed: always k - 1 proposals; adaptive: grow
                     after full acceptance, shrink after rejections; cost[:PER_TOKEN]: as
                     --adaptive, with a stated extra cost per block token instead of timings)
-  --accept          acceptance criterion (default exact)
+  --accept          acceptance criterion (default exact, which under sampling is lossless:
+                    speculative sampling, the output has the model's distribution); typical =
+                    Medusa's typical acceptance (epsilon 0.09, delta 0.3), not lossless
+  --temperature     sample at temperature T instead of decoding greedily (0: greedy, the default)
+  --top-k           sample from the N most likely tokens only
+  --top-p           sample from the most likely tokens whose probability reaches P only
+  --seed            reseed the sampler with S for every prompt (default: one stream from seed 0)
   --min-block       always accept at least L tokens per block
   --max-new-tokens  tokens to generate (default 64)
   --verifier        cached (default) or recompute
@@ -44,7 +51,8 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
                     call, as greedy does (for bf16/f16, where blocks round differently)
   --dtype           floating-point kind (default f32; exported models need that dtype exported)
   --device          cpu (default) or cuda (needs a CUDA build of libtorch and a GPU)
-  --compare-greedy  also decode greedily, report identical and speedup
+  --compare-greedy  also decode greedily (under --temperature: plain sampling, one token per
+                    model call), report identical and speedup
   --json            one JSON object per prompt on stdout";
 
 /// Parsed arguments.
@@ -67,6 +75,7 @@ pub struct Args {
     pub chat: bool,
     pub compare_greedy: bool,
     pub json: bool,
+    pub sampling: Option<SamplingConfig>,
 }
 
 fn bad(flag: &'static str, problem: impl Into<String>) -> Error {
@@ -115,6 +124,13 @@ impl Args {
             chat: false,
             compare_greedy: false,
             json: false,
+            sampling: None,
+        };
+        let mut temperature = 0.0;
+        let (mut top_k, mut top_p, mut seed) = (None, None, None);
+        let real = |flag: &'static str, v: String| -> Result<f64> {
+            v.parse()
+                .map_err(|_| bad(flag, format!("expects a number, got `{v}`")))
         };
         let mut it = argv.into_iter();
         while let Some(flag) = it.next() {
@@ -183,6 +199,16 @@ impl Args {
                         }
                     }
                 }
+                "--temperature" => temperature = real("--temperature", value("--temperature")?)?,
+                "--top-k" => top_k = Some(number("--top-k", &value("--top-k")?)?),
+                "--top-p" => top_p = Some(real("--top-p", value("--top-p")?)?),
+                "--seed" => {
+                    let v = value("--seed")?;
+                    seed =
+                        Some(v.parse().map_err(|_| {
+                            bad("--seed", format!("expects a whole number, got `{v}`"))
+                        })?)
+                }
                 "--chat" => args.chat = true,
                 "--compare-greedy" => args.compare_greedy = true,
                 "--json" => args.json = true,
@@ -192,6 +218,21 @@ impl Args {
         }
         if args.prompts.is_empty() {
             args.prompts.push("The quick brown fox".into());
+        }
+        if temperature != 0.0 {
+            let sampling = SamplingConfig {
+                temperature,
+                top_k,
+                top_p,
+                seed,
+            };
+            sampling.check()?;
+            args.sampling = Some(sampling);
+        } else if top_k.is_some() || top_p.is_some() || seed.is_some() {
+            return Err(bad(
+                "--temperature",
+                "--top-k, --top-p and --seed sample, which needs a temperature above 0",
+            ));
         }
         Ok(args)
     }

@@ -29,14 +29,32 @@ fn stats_json(out: &DecodeOutput) -> serde_json::Value {
     })
 }
 
-fn report(prompt: &str, text: &str, out: &DecodeOutput, cmp: Option<&Comparison>, as_json: bool) {
-    if as_json {
+/// How the run decodes: `reference` names what `--compare-greedy` runs (plain greedy decoding,
+/// or plain sampling one token per call under `--temperature`).
+struct Mode {
+    sampled: bool,
+    json: bool,
+}
+
+impl Mode {
+    fn reference(&self) -> &'static str {
+        if self.sampled {
+            "sampling"
+        } else {
+            "greedy"
+        }
+    }
+}
+
+fn report(prompt: &str, text: &str, out: &DecodeOutput, cmp: Option<&Comparison>, mode: &Mode) {
+    if mode.json {
         let mut obj = json!({
             "prompt": prompt,
             "text": text,
             "tokens": out.tokens,
             "stats": stats_json(out),
             "stop": out.stop,
+            "sampled": mode.sampled,
         });
         if let Some(c) = cmp {
             obj["greedy"] = json!({
@@ -63,7 +81,8 @@ fn report(prompt: &str, text: &str, out: &DecodeOutput, cmp: Option<&Comparison>
     );
     if let Some(c) = cmp {
         println!(
-            "greedy:    {} tokens, {} model calls, {:.1} ms | identical: {} | speedup: {:.2}x",
+            "{:<10} {} tokens, {} model calls, {:.1} ms | identical: {} | speedup: {:.2}x",
+            format!("{}:", mode.reference()),
             c.greedy.stats.new_tokens,
             c.greedy.stats.model_calls,
             c.greedy.stats.wall_s * 1e3,
@@ -94,6 +113,7 @@ fn run(args: Args) -> Result<()> {
     let embeddings = bundle.model.token_embeddings();
     let mut decode = DecodeConfig::new(args.max_new_tokens).with_eos(bundle.eos.clone());
     decode.prefill_chunk = args.prefill_chunk;
+    decode.sampling = args.sampling.clone();
     let prompts = args
         .prompts
         .iter()
@@ -113,9 +133,13 @@ fn run(args: Args) -> Result<()> {
         results.push((out.clone(), greedy.map(|g| Comparison::new(out, g))));
     }
     drop(decoder);
+    let mode = Mode {
+        sampled: args.sampling.is_some(),
+        json: args.json,
+    };
     for (prompt, (out, cmp)) in args.prompts.iter().zip(&results) {
         let text = bundle.tokenizer.decode(&out.tokens)?;
-        report(prompt, &text, out, cmp.as_ref(), args.json);
+        report(prompt, &text, out, cmp.as_ref(), &mode);
     }
     Ok(())
 }

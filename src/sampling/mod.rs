@@ -10,6 +10,23 @@
 //! The warping and drawing are plain host code over `f32` logits, so they are unit-testable and
 //! identical on every device and dtype. Randomness comes from [`SeededRng`](crate::rng::SeededRng),
 //! never from libtorch's process-wide generator.
+//!
+//! ```
+//! use blockwise::{Blockwise, BlockwiseDecoder, DecodeConfig, HeadsProposer, SamplingConfig,
+//!                 Transformer, TransformerConfig};
+//! # fn main() -> blockwise::Result<()> {
+//! let model = Transformer::new_seeded(TransformerConfig::tiny(50, 3), 7, tch::Device::Cpu)?;
+//! let config = DecodeConfig::new(20).with_sampling(SamplingConfig::new(0.8).with_seed(1));
+//! let mut decoder = Blockwise::builder(model)
+//!     .block_size(4)
+//!     .proposer(HeadsProposer)
+//!     .build()?;
+//! let a = decoder.decode(&[1, 2, 3], &config)?;
+//! let b = decoder.decode(&[1, 2, 3], &config)?;
+//! assert_eq!(a.tokens, b.tokens); // the per-call seed makes it reproducible
+//! assert_eq!(a.tokens.len(), 20);
+//! # Ok(()) }
+//! ```
 
 mod config;
 mod sampler;
