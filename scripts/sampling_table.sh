@@ -45,7 +45,8 @@ rw = sum(r["greedy"]["wall_s"] for r in rows)
 label = "0 (greedy)" if temp == "0" else temp
 # Per-token cost ratio: sampled runs may stop at EOS after different lengths.
 speed = (rw / rtokens) / (bw / tokens)
-print(f"| {label} | {proposer} | {accept} | {policy.lstrip('-')} | {len(rows)} | {tokens / iters:.2f} | {calls} / {rcalls} | "
+pol = policy.lstrip("-")
+print(f"| {label} | {proposer} | {accept} | {pol} | {len(rows)} | {tokens / iters:.2f} | {calls} / {rcalls} | "
       f"{1e3 * bw / tokens:.1f} / {1e3 * rw / rtokens:.1f} | {speed:.2f}x |")
 ' "$temp" "$proposer" "$accept" "${policy:-fixed}"
 }
