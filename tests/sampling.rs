@@ -84,6 +84,7 @@ fn plain_sampling_matches_the_model() {
     let mut decoder = GreedyDecoder::new(base()).seed(5);
     let config = DecodeConfig::new(LEN).with_sampling(s);
     let fit = check_sampling(&mut decoder, &exact, &PROMPT, &config, SAMPLES).unwrap();
+    eprintln!("plain: {fit:?}");
     assert!(fit.p_value > ALPHA, "{fit:?}");
     assert!(fit.df >= 50, "too few cells to test anything: {fit:?}");
 }
