@@ -195,6 +195,38 @@ proptest! {
         prop_assert_eq!(out.stats.iterations, n.div_ceil(k));
     }
 
+    /// Streaming hands over exactly the output, one accepted block at a time (one token at a
+    /// time for greedy decoding).
+    #[test]
+    fn streaming_hands_over_each_accepted_block(case in model_case()) {
+        let mut model = case.model().expect("model");
+        let mut greedy_chunks = Vec::new();
+        let reference = GreedyDecoder::new(&mut model)
+            .decode_streaming(&case.prompt, &case.decode, &mut |t| greedy_chunks.push(t.to_vec()))
+            .expect("greedy decode");
+        prop_assert!(greedy_chunks.iter().all(|c| c.len() == 1));
+        prop_assert_eq!(greedy_chunks.concat(), reference.tokens.clone());
+        let mut chunks = Vec::new();
+        let out = Blockwise::builder(&mut model)
+            .block_size(case.block_size)
+            .proposer(HeadsProposer)
+            .build()
+            .expect("build")
+            .decode_streaming(&case.prompt, &case.decode, &mut |t| chunks.push(t.to_vec()))
+            .expect("blockwise decode");
+        check_same_output(&reference, &out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(chunks.concat(), out.tokens.clone());
+        prop_assert_eq!(chunks.len(), out.stats.iterations);
+        let mut hist = vec![0usize; case.block_size + 1];
+        for c in &chunks {
+            hist[c.len()] += 1;
+        }
+        let recorded = &out.stats.accepted_hist;
+        for n in 0..hist.len().max(recorded.len()) {
+            prop_assert_eq!(hist.get(n).copied().unwrap_or(0), recorded.get(n).copied().unwrap_or(0));
+        }
+    }
+
     /// Invariant 2 holds under approximate acceptance too, whatever the output.
     #[test]
     fn loop_invariants_under_approximate_acceptance(case in model_case(), which in 0u8..4) {

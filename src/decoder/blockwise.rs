@@ -258,6 +258,15 @@ impl<M: CausalLm> Blockwise<M> {
 
 impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
     fn decode(&mut self, prompt: &[i64], config: &DecodeConfig) -> Result<DecodeOutput> {
+        self.decode_streaming(prompt, config, &mut |_| {})
+    }
+
+    fn decode_streaming(
+        &mut self,
+        prompt: &[i64],
+        config: &DecodeConfig,
+        on_tokens: &mut dyn FnMut(&[i64]),
+    ) -> Result<DecodeOutput> {
         let _guard = tch::no_grad_guard();
         let t0 = Instant::now();
         let info = self.model.info().clone();
@@ -391,6 +400,7 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
 
             let kept = &block[..keep];
             seq.extend_from_slice(kept);
+            on_tokens(kept);
             stats.record_iteration(keep);
             let tp = Instant::now();
             self.proposer.observe(kept)?;

@@ -84,6 +84,15 @@ impl<M: CausalLm> GreedyDecoder<M> {
 
 impl<M: CausalLm> BlockwiseDecoder for GreedyDecoder<M> {
     fn decode(&mut self, prompt: &[i64], config: &DecodeConfig) -> Result<DecodeOutput> {
+        self.decode_streaming(prompt, config, &mut |_| {})
+    }
+
+    fn decode_streaming(
+        &mut self,
+        prompt: &[i64],
+        config: &DecodeConfig,
+        on_tokens: &mut dyn FnMut(&[i64]),
+    ) -> Result<DecodeOutput> {
         let _guard = tch::no_grad_guard();
         let t0 = Instant::now();
         let info = self.model.info().clone();
@@ -110,6 +119,7 @@ impl<M: CausalLm> BlockwiseDecoder for GreedyDecoder<M> {
         let stop = loop {
             out.push(next);
             seq.push(next);
+            on_tokens(&[next]);
             stats.record_iteration(1);
             if config.is_eos(next) {
                 break StopReason::Eos;

@@ -32,11 +32,34 @@ pub struct DecodeOutput {
 pub trait BlockwiseDecoder {
     /// Decodes a continuation of `prompt`.
     fn decode(&mut self, prompt: &[i64], config: &DecodeConfig) -> Result<DecodeOutput>;
+
+    /// Decodes like [`BlockwiseDecoder::decode`], handing `on_tokens` each run of tokens as soon
+    /// as it is accepted (a block at a time for [`Blockwise`], a token at a time for
+    /// [`GreedyDecoder`]); the runs concatenate to the output's tokens. The default hands over
+    /// the whole output at the end.
+    fn decode_streaming(
+        &mut self,
+        prompt: &[i64],
+        config: &DecodeConfig,
+        on_tokens: &mut dyn FnMut(&[i64]),
+    ) -> Result<DecodeOutput> {
+        let out = self.decode(prompt, config)?;
+        on_tokens(&out.tokens);
+        Ok(out)
+    }
 }
 
 impl<D: BlockwiseDecoder + ?Sized> BlockwiseDecoder for Box<D> {
     fn decode(&mut self, prompt: &[i64], config: &DecodeConfig) -> Result<DecodeOutput> {
         (**self).decode(prompt, config)
+    }
+    fn decode_streaming(
+        &mut self,
+        prompt: &[i64],
+        config: &DecodeConfig,
+        on_tokens: &mut dyn FnMut(&[i64]),
+    ) -> Result<DecodeOutput> {
+        (**self).decode_streaming(prompt, config, on_tokens)
     }
 }
 

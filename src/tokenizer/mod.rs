@@ -3,10 +3,12 @@
 
 mod chat;
 mod hf;
+mod stream;
 mod train;
 
 pub use chat::ChatTemplate;
 pub use hf::HfTokenizer;
+pub use stream::TextStream;
 pub use train::{train_bpe, END_OF_TEXT};
 
 use crate::error::{Error, Result};
