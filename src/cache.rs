@@ -64,6 +64,11 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Batch rows.
+    pub fn rows(&self) -> i64 {
+        self.keys.first().map_or(0, |k| k.size()[0])
+    }
+
     /// Positions the buffer can hold.
     pub fn capacity(&self) -> usize {
         self.capacity
@@ -112,6 +117,37 @@ impl KvCache {
         vb.f_narrow(2, start as i64, t as i64)?.f_copy_(v)?;
         let end = (start + t) as i64;
         Ok((kb.f_narrow(2, 0, end)?, vb.f_narrow(2, 0, end)?))
+    }
+
+    /// Keeps, in every row `b`, the cached slots `index[b]` (`[B, n]` int64, in that order) as
+    /// slots `0..n`, and sets the length to `n`. One gather per layer: for compacting a cache
+    /// whose rows hold positions they no longer attend (rejected tree branches, the rejected
+    /// tails of batched blocks).
+    pub fn compact(&mut self, index: &Tensor) -> Result<()> {
+        let size = index.size();
+        let n = size.get(1).copied().unwrap_or(0);
+        let bad = size.len() != 2
+            || n as usize > self.len
+            || self.keys.first().is_some_and(|k| k.size()[0] != size[0]);
+        if bad {
+            return Err(Error::Contract {
+                component: "KvCache::compact",
+                problem: format!(
+                    "index of shape {size:?} for a cache of {} slots per row",
+                    self.len
+                ),
+            });
+        }
+        for buffer in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            let [b, h, _, d] = buffer.size()[..] else {
+                continue;
+            };
+            let idx = index.f_view([b, 1, n, 1])?.f_expand([b, h, n, d], false)?;
+            let kept = buffer.f_gather(2, &idx, false)?;
+            buffer.f_narrow(2, 0, n)?.f_copy_(&kept)?;
+        }
+        self.len = n as usize;
+        Ok(())
     }
 
     /// Sets the cursor after a forward pass wrote `len` positions into every layer.

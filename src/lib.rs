@@ -40,6 +40,7 @@ pub mod decoder;
 mod dtype;
 mod error;
 pub mod heads;
+pub mod masked;
 pub mod model;
 pub mod policy;
 pub mod proposer;
@@ -60,9 +61,12 @@ pub use acceptance::{
     Typical,
 };
 pub use config::{AcceptanceConfig, BlockwiseConfig, ContextPolicy, DecodeConfig};
-pub use decoder::{Blockwise, BlockwiseDecoder, DecodeOutput, GreedyDecoder};
+pub use decoder::{
+    BatchBlockwise, Blockwise, BlockwiseDecoder, DecodeOutput, GreedyDecoder, TreeShape,
+};
 pub use dtype::DType;
 pub use error::{Error, Result};
+pub use masked::MaskedLm;
 pub use model::{CausalLm, ModelInfo, ModelOutput};
 pub use proposer::{HeadsProposer, NGram, NoProposer, Proposal, ProposalContext, Proposer};
 pub use sampling::SamplingConfig;

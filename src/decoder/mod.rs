@@ -1,11 +1,15 @@
 //! Decoders: the trait users call, the blockwise loop and the greedy reference.
 
+mod batch;
 mod blockwise;
 mod greedy;
 mod sampled;
+mod tree;
 
+pub use batch::{BatchBlockwise, BatchBuilder, ProposerFactory};
 pub use blockwise::{Blockwise, BlockwiseBuilder};
 pub use greedy::GreedyDecoder;
+pub use tree::{TreeShape, MAX_TREE_NODES};
 
 use serde::{Deserialize, Serialize};
 

@@ -10,6 +10,7 @@ use super::layers::{causal_mask, Block, BlockShape, LayerNorm};
 use crate::cache::{CacheShape, KvCache};
 use crate::error::{Error, Result};
 use crate::heads::ProposalHeads;
+use crate::masked::{check_masked_input, MaskedLm};
 use crate::model::{check_input, CausalLm, ModelInfo, ModelOutput};
 use crate::rng::SeededRng;
 
@@ -30,6 +31,8 @@ pub struct Transformer {
     ln_f: LayerNorm,
     heads: Option<ProposalHeads>,
     cache: KvCache,
+    /// The batched slot cache of [`MaskedLm`], made by [`MaskedLm::begin_batch`].
+    batch_cache: Option<KvCache>,
 }
 
 impl Transformer {
@@ -161,6 +164,7 @@ impl Transformer {
             ln_f,
             heads,
             cache,
+            batch_cache: None,
         })
     }
 
@@ -352,6 +356,90 @@ impl CausalLm for Transformer {
                 let states = heads.forward(hidden, None)?.f_narrow(1, 0, n)?;
                 Ok(Some(self.logits(&states)?))
             }
+        }
+    }
+}
+
+impl MaskedLm for Transformer {
+    fn begin_batch(&mut self, batch: usize, slots: usize) -> Result<()> {
+        if batch == 0 || slots == 0 {
+            return Err(Error::config(
+                "batch",
+                format!("a batch needs at least one row and one slot, got {batch} x {slots}"),
+            ));
+        }
+        self.batch_cache = Some(KvCache::new(
+            CacheShape {
+                layers: self.config.n_layers,
+                batch: batch as i64,
+                heads: self.config.n_heads,
+                capacity: slots,
+                head_dim: self.config.head_dim(),
+            },
+            self.config.dtype.kind(),
+            self.info.device,
+        )?);
+        Ok(())
+    }
+
+    fn slots_used(&self) -> usize {
+        self.batch_cache.as_ref().map_or(0, KvCache::len)
+    }
+
+    fn slot_capacity(&self) -> usize {
+        self.batch_cache.as_ref().map_or(0, KvCache::capacity)
+    }
+
+    fn forward_masked(
+        &mut self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+    ) -> Result<ModelOutput> {
+        let start = self.slots_used();
+        check_masked_input(
+            tokens,
+            positions,
+            mask,
+            start,
+            self.config.vocab_size,
+            self.config.max_context,
+        )?;
+        let cache = self.batch_cache.as_mut().ok_or(Error::Contract {
+            component: "Transformer::forward_masked",
+            problem: "no batched cache: call MaskedLm::begin_batch first".into(),
+        })?;
+        let x = Tensor::f_embedding(&self.tok_emb, tokens, -1, false, false)?;
+        if x.size()[0] != cache.rows() {
+            return Err(Error::Contract {
+                component: "Transformer::forward_masked",
+                problem: format!("{} rows for a batch of {}", x.size()[0], cache.rows()),
+            });
+        }
+        let mut x = x.f_add(&Tensor::f_embedding(
+            &self.pos_emb,
+            positions,
+            -1,
+            false,
+            false,
+        )?)?;
+        let mask = mask.f_unsqueeze(1)?; // [B, 1, T, S]: the same for every attention head
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, i, start, &mask, Some(&mut *cache))?;
+        }
+        cache.set_len(start + tokens.size()[1] as usize);
+        let hidden = self.ln_f.forward(&x)?;
+        let logits = self.logits(&hidden)?;
+        Ok(ModelOutput::with_hidden(logits, hidden))
+    }
+
+    fn compact(&mut self, index: &Tensor) -> Result<()> {
+        match self.batch_cache.as_mut() {
+            Some(cache) => cache.compact(index),
+            None => Err(Error::Contract {
+                component: "Transformer::compact",
+                problem: "no batched cache: call MaskedLm::begin_batch first".into(),
+            }),
         }
     }
 }

@@ -10,8 +10,16 @@
 //!     [--work target/embedded-train] [--out assets/embedded] [--base-steps N] [--head-steps N]
 //! ```
 //!
+//! `--ablation` instead trains the distilled regime's heads under each optimisation setting
+//! (warm-up, clipping, weight decay, dropout on and off; `--ablation-seeds 7,8`) and prints what
+//! each changes in mean accepted block size (`make ablation-embedded`); `--ablation-only A,B`
+//! trains only those variants, so that two processes can share the work once `--prepare-only`
+//! has made the tokenizer, the base and the distillation data.
+//!
 //! Every stage writes into the work folder and is skipped when its output is already there, so
 //! an interrupted run picks up where it stopped.
+
+mod ablation;
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +49,10 @@ struct Settings {
     head_steps: usize,
     distill_prompts: usize,
     table_prompts: usize,
+    ablation: bool,
+    prepare_only: bool,
+    ablation_only: Vec<String>,
+    ablation_seeds: Vec<u64>,
 }
 
 impl Settings {
@@ -53,6 +65,10 @@ impl Settings {
             head_steps: 400,
             distill_prompts: 600,
             table_prompts: 24,
+            ablation: false,
+            prepare_only: false,
+            ablation_only: Vec::new(),
+            ablation_seeds: vec![7, 8],
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -71,6 +87,21 @@ impl Settings {
                 "--head-steps" => s.head_steps = number(value()?, "--head-steps")?,
                 "--distill-prompts" => s.distill_prompts = number(value()?, "--distill-prompts")?,
                 "--table-prompts" => s.table_prompts = number(value()?, "--table-prompts")?,
+                "--ablation" => s.ablation = true,
+                "--prepare-only" => s.prepare_only = true,
+                "--ablation-only" => {
+                    s.ablation = true;
+                    s.ablation_only = value()?.split(',').map(str::to_string).collect();
+                }
+                "--ablation-seeds" => {
+                    s.ablation_seeds = value()?
+                        .split(',')
+                        .map(|v| {
+                            v.parse()
+                                .map_err(|_| Error::config("--ablation-seeds", "not a number"))
+                        })
+                        .collect::<Result<_>>()?;
+                }
                 other => {
                     return Err(Error::config(
                         "arguments",
@@ -401,6 +432,19 @@ fn main() -> Result<()> {
     base(&s, &train, &held)?;
     let data = distilled(&s, &tok)?;
     let held_prompts = verse_prompts(&tok, &s.corpus.join("kjv-heldout.txt"), 100, 6)?;
+    if s.prepare_only {
+        return Ok(());
+    }
+    if s.ablation {
+        let table_prompts = &held_prompts[..held_prompts.len().min(s.table_prompts)];
+        return ablation::ablation(
+            &s,
+            &s.ablation_only,
+            &s.ablation_seeds,
+            &data,
+            table_prompts,
+        );
+    }
     let validation = Validation {
         prompts: held_prompts[..8.min(held_prompts.len())].to_vec(),
         block_size: 8,

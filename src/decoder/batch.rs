@@ -1,0 +1,658 @@
+//! Batched blockwise decoding, with chains or candidate trees: many prompts per model call,
+//! each row accepting its own number of tokens and finishing on its own.
+
+use std::time::Instant;
+
+use tch::{Kind, Tensor};
+
+use super::tree::{TokenTree, TreeShape};
+use super::{seconds_since, BlockwiseDecoder, Budget, DecodeOutput};
+use crate::acceptance::{AcceptanceCriterion, BlockView, Exact};
+use crate::config::DecodeConfig;
+use crate::error::{Error, Result};
+use crate::masked::MaskedLm;
+use crate::model::check_tokens;
+use crate::proposer::{NoProposer, ProposalContext, Proposer};
+use crate::stats::{DecodeStats, StopReason};
+
+/// Makes one proposer per row (proposers such as n-gram lookup or a draft model keep per-sequence
+/// state).
+pub type ProposerFactory = Box<dyn FnMut() -> Result<Box<dyn Proposer>>>;
+
+/// Blockwise decoding of a batch of prompts through a [`MaskedLm`]: every iteration verifies
+/// one block (a chain, or a tree of candidates) per unfinished row in one model call, and each
+/// row keeps what its own acceptance allows. Under [`Exact`] acceptance every row's output equals
+/// that row decoded alone by [`GreedyDecoder`](super::GreedyDecoder).
+///
+/// Rows share the model's slot cache: each call appends the same number of slots to every row
+/// (shorter blocks are padded), and a row's attention mask lists the slots it keeps — its prompt
+/// and its accepted tokens — so rejected tokens and other rows' padding are never attended.
+/// Positions are explicit, so every row counts its own. When the slots run out, each row's kept
+/// slots are moved to the front ([`MaskedLm::compact`]).
+///
+/// With a [`TreeShape`] (heads only) the block is a tree: under the model's own next token the
+/// top candidates of the first head, under each of them the second head's, and so on, all
+/// verified in one call with a tree attention mask; the longest branch the model agrees with is
+/// kept.
+///
+/// ```no_run
+/// use blockwise::decoder::BatchBlockwise;
+/// use blockwise::{DecodeConfig, HeadsProposer, Transformer, TransformerConfig};
+/// # fn main() -> blockwise::Result<()> {
+/// let model = Transformer::new_seeded(TransformerConfig::tiny(100, 3), 7, tch::Device::Cpu)?;
+/// let mut decoder = BatchBlockwise::builder(model)
+///     .block_size(4)
+///     .proposer(HeadsProposer)
+///     .tree("2,2,1".parse()?)
+///     .build()?;
+/// let outs = decoder.decode_batch(&[vec![1, 2, 3], vec![4, 5]], &DecodeConfig::new(20))?;
+/// for out in outs {
+///     println!("{:?} in {} iterations", out.tokens, out.stats.iterations);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct BatchBlockwise<M> {
+    model: M,
+    proposers: ProposerFactory,
+    needs_heads: bool,
+    criterion: Box<dyn AcceptanceCriterion>,
+    block_size: usize,
+    tree: Option<TreeShape>,
+    slots: Option<usize>,
+}
+
+impl<M> std::fmt::Debug for BatchBlockwise<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchBlockwise")
+            .field("block_size", &self.block_size)
+            .field("tree", &self.tree)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Assembles a [`BatchBlockwise`]; [`BatchBuilder::build`] checks the parts fit.
+pub struct BatchBuilder<M> {
+    model: M,
+    proposers: ProposerFactory,
+    needs_heads: bool,
+    criterion: Option<Box<dyn AcceptanceCriterion>>,
+    block_size: usize,
+    tree: Option<TreeShape>,
+    slots: Option<usize>,
+}
+
+impl<M: MaskedLm> BatchBuilder<M> {
+    /// Cache slots per row (default: twice the longest sequence plus one block). Fewer slots
+    /// use less memory and compact more often; never fewer than the longest sequence plus one
+    /// block are allocated.
+    pub fn slots(mut self, slots: usize) -> Self {
+        self.slots = Some(slots);
+        self
+    }
+
+    /// Block size `k` (default 4): the always-right token plus up to `k - 1` proposals (a
+    /// tree's depth counts as its proposals).
+    pub fn block_size(mut self, k: usize) -> Self {
+        self.block_size = k;
+        self
+    }
+
+    /// One proposer, cloned for every row.
+    pub fn proposer<P: Proposer + Clone + 'static>(mut self, proposer: P) -> Self {
+        self.needs_heads = proposer.needs_heads();
+        self.proposers = Box::new(move || Ok(Box::new(proposer.clone()) as Box<dyn Proposer>));
+        self
+    }
+
+    /// A proposer per row from `make` (for proposers that cannot be cloned, such as a draft
+    /// model with its own cache). `needs_heads` says whether they read the model's heads.
+    pub fn proposer_factory(
+        mut self,
+        needs_heads: bool,
+        make: impl FnMut() -> Result<Box<dyn Proposer>> + 'static,
+    ) -> Self {
+        self.needs_heads = needs_heads;
+        self.proposers = Box::new(make);
+        self
+    }
+
+    /// The acceptance criterion of chain blocks (default: [`Exact`]). Trees are verified
+    /// exactly.
+    pub fn criterion(mut self, criterion: impl AcceptanceCriterion + 'static) -> Self {
+        self.criterion = Some(Box::new(criterion));
+        self
+    }
+
+    /// Verify candidate trees of this shape instead of chains (reads the model's proposal
+    /// heads; the proposer is then not used).
+    pub fn tree(mut self, shape: TreeShape) -> Self {
+        self.tree = Some(shape);
+        self
+    }
+
+    /// Checks the block size, the tree and the heads against the model.
+    pub fn build(self) -> Result<BatchBlockwise<M>> {
+        let k = self.block_size;
+        if k == 0 {
+            return Err(Error::config(
+                "block_size",
+                "must be at least 1 (1 is plain greedy decoding)",
+            ));
+        }
+        let heads = self.model.info().num_heads;
+        if let Some(shape) = &self.tree {
+            if shape.depth() > k - 1 {
+                return Err(Error::config(
+                    "tree",
+                    format!(
+                        "{shape} is {} deep; a block of k = {k} holds at most {} proposals",
+                        shape.depth(),
+                        k - 1
+                    ),
+                ));
+            }
+            if heads < shape.depth() {
+                return Err(Error::config(
+                    "tree",
+                    format!(
+                        "{shape} reads {} proposal heads; the model has {heads}",
+                        shape.depth()
+                    ),
+                ));
+            }
+            if self.criterion.is_some() {
+                return Err(Error::config(
+                    "acceptance",
+                    "tree blocks are verified exactly; leave the criterion at its default",
+                ));
+            }
+        }
+        if self.needs_heads && k > 1 && heads < k - 1 {
+            return Err(Error::config(
+                "block_size",
+                format!(
+                    "is {k}, which needs {} proposal heads; the model has {heads}",
+                    k - 1
+                ),
+            ));
+        }
+        Ok(BatchBlockwise {
+            model: self.model,
+            proposers: self.proposers,
+            needs_heads: self.needs_heads || self.tree.is_some(),
+            criterion: self.criterion.unwrap_or_else(|| Box::new(Exact)),
+            block_size: k,
+            tree: self.tree,
+            slots: self.slots,
+        })
+    }
+}
+
+/// One row of the batch while it decodes.
+struct Row {
+    prompt_len: usize,
+    seq: Vec<i64>,
+    proposer: Box<dyn Proposer>,
+    stats: DecodeStats,
+    stop: Option<StopReason>,
+    /// Cache slots this row attends, in sequence order.
+    live: Vec<i64>,
+    next: i64,
+    /// Ranked candidates of each proposal head after the last kept token.
+    heads: Vec<Vec<i64>>,
+}
+
+/// One row's part of a call: tokens, positions, and which earlier part-nodes each node sees.
+struct Part {
+    tree: TokenTree,
+    first_position: usize,
+}
+
+/// What a batched call returns, on the host: each row's ranked candidates per node, and the
+/// device tensors the heads need.
+struct Scored {
+    /// `[B][T * width]` ranked candidates (argmax first).
+    ranked: Vec<Vec<i64>>,
+    width: usize,
+    hidden: Option<Tensor>,
+    /// The first slot of this call.
+    base: i64,
+}
+
+impl<M: MaskedLm> BatchBlockwise<M> {
+    /// Starts assembling a decoder around `model` (which may be a `&mut` borrow).
+    pub fn builder(model: M) -> BatchBuilder<M> {
+        BatchBuilder {
+            model,
+            proposers: Box::new(|| Ok(Box::new(NoProposer) as Box<dyn Proposer>)),
+            needs_heads: false,
+            criterion: None,
+            block_size: 4,
+            tree: None,
+            slots: None,
+        }
+    }
+
+    /// The block size `k`.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// The model.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// The model back.
+    pub fn into_model(self) -> M {
+        self.model
+    }
+
+    /// Widest block a row may send: the tree's nodes plus the root, or `k`.
+    fn max_block(&self) -> usize {
+        self.tree
+            .as_ref()
+            .map_or(self.block_size, |t| t.nodes() + 1)
+    }
+
+    /// Decodes every prompt; output `i` belongs to `prompts[i]`. Greedy decoding only
+    /// (`config.sampling` must be `None`).
+    pub fn decode_batch(
+        &mut self,
+        prompts: &[Vec<i64>],
+        config: &DecodeConfig,
+    ) -> Result<Vec<DecodeOutput>> {
+        let _guard = tch::no_grad_guard();
+        let t0 = Instant::now();
+        let info = self.model.info().clone();
+        if config.sampling.is_some() {
+            return Err(Error::config(
+                "sampling",
+                "batched and tree decoding are greedy; decode rows one at a time with \
+                 Blockwise to sample",
+            ));
+        }
+        for p in prompts {
+            config.check(p, &info)?;
+        }
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let budget = Budget::new(config, info.max_context);
+        let mut rows = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let mut proposer = (self.proposers)()?;
+            proposer.begin(p)?;
+            let stop = match budget.remaining(0, p.len()) {
+                0 => Some(budget.exhausted(0, config.on_context_full)?),
+                _ => None,
+            };
+            rows.push(Row {
+                prompt_len: p.len(),
+                seq: p.clone(),
+                proposer,
+                stats: DecodeStats::new(p.len(), self.block_size),
+                stop,
+                live: Vec::new(),
+                next: 0,
+                heads: Vec::new(),
+            });
+        }
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
+        let longest_seq = (longest + config.max_new_tokens).min(info.max_context);
+        let least = longest_seq + self.max_block();
+        let slots = self.slots.unwrap_or(2 * longest_seq).max(least);
+        self.model.begin_batch(rows.len(), slots)?;
+
+        // The prompts, in chunks: each row's part is its slice of the chunk, as a chain.
+        let chunk = config.prefill_chunk.unwrap_or(longest).max(1);
+        let mut start = 0;
+        while start < longest {
+            let parts: Vec<Option<Part>> = prompts
+                .iter()
+                .zip(&rows)
+                .map(|(p, r)| {
+                    let end = (start + chunk).min(p.len());
+                    (r.stop.is_none() && start < end).then(|| Part {
+                        tree: TokenTree::chain(p[start], &p[start + 1..end]),
+                        first_position: start,
+                    })
+                })
+                .collect();
+            let tm = Instant::now();
+            let scored = self.call(&mut rows, &parts, 1)?;
+            let model_s = seconds_since(tm);
+            let mut last = vec![None; rows.len()];
+            for (b, (row, part)) in rows.iter_mut().zip(&parts).enumerate() {
+                let Some(part) = part else { continue };
+                let n = part.tree.len();
+                row.live.extend((0..n as i64).map(|i| scored.base + i));
+                row.stats.model_s += model_s;
+                if start + n == row.prompt_len {
+                    row.next = scored.ranked[b][n - 1];
+                    row.stats.model_calls += 1;
+                    last[b] = Some(n - 1);
+                }
+            }
+            self.refresh_heads(&mut rows, &scored, &last)?;
+            start += chunk;
+        }
+
+        // Predict, verify, accept, every unfinished row at once.
+        loop {
+            let mut parts = Vec::with_capacity(rows.len());
+            for row in rows.iter_mut() {
+                parts.push(self.predict(row, &budget, config)?);
+            }
+            if parts.iter().all(Option::is_none) {
+                break;
+            }
+            let tm = Instant::now();
+            let width = self.criterion.candidates_needed().max(1);
+            let scored = self.call(&mut rows, &parts, width)?;
+            let model_s = seconds_since(tm);
+            let mut last = vec![None; rows.len()];
+            for (b, (row, part)) in rows.iter_mut().zip(&parts).enumerate() {
+                let Some(part) = part else { continue };
+                row.stats.model_calls += 1;
+                row.stats.model_s += model_s;
+                let path = self.accept(&part.tree, &scored.ranked[b], scored.width)?;
+                let kept: Vec<i64> = path.iter().map(|&n| part.tree.tokens[n]).collect();
+                row.live
+                    .extend(path.iter().map(|&n| scored.base + n as i64));
+                row.seq.extend_from_slice(&kept);
+                row.stats.record_iteration(kept.len());
+                row.stats.proposed += part.tree.len() - 1;
+                let tp = Instant::now();
+                row.proposer.observe(&kept)?;
+                row.stats.proposer_s += seconds_since(tp);
+                let end = *path.last().expect("a path holds the root");
+                row.next = scored.ranked[b][end * scored.width];
+                last[b] = Some(end);
+                if kept.iter().any(|&t| config.is_eos(t)) {
+                    row.stop = Some(StopReason::Eos);
+                }
+            }
+            self.refresh_heads(&mut rows, &scored, &last)?;
+        }
+
+        let wall = seconds_since(t0);
+        Ok(rows
+            .into_iter()
+            .map(|mut row| {
+                row.stats.finish(wall);
+                DecodeOutput {
+                    tokens: row.seq[row.prompt_len..].to_vec(),
+                    stats: row.stats,
+                    stop: row.stop.unwrap_or(StopReason::MaxNewTokens),
+                }
+            })
+            .collect())
+    }
+
+    /// This row's block for the next call, or `None` when it has finished (its stop set).
+    fn predict(
+        &mut self,
+        row: &mut Row,
+        budget: &Budget,
+        config: &DecodeConfig,
+    ) -> Result<Option<Part>> {
+        if row.stop.is_some() {
+            return Ok(None);
+        }
+        let emitted = row.seq.len() - row.prompt_len;
+        let room = budget.remaining(emitted, row.seq.len());
+        if room == 0 {
+            row.stop = Some(budget.exhausted(emitted, config.on_context_full)?);
+            return Ok(None);
+        }
+        let max_tokens = if config.is_eos(row.next) {
+            0
+        } else {
+            (self.block_size - 1).min(room - 1)
+        };
+        let tree = match &self.tree {
+            Some(shape) => {
+                TokenTree::product(row.next, &row.heads, shape.widths(), max_tokens, |t| {
+                    config.is_eos(t)
+                })
+            }
+            None => {
+                let argmax: Vec<i64> = row
+                    .heads
+                    .iter()
+                    .filter_map(|c| c.first().copied())
+                    .collect();
+                let ctx = ProposalContext::new(&row.seq, row.next, max_tokens)
+                    .with_heads(self.needs_heads.then_some(argmax.as_slice()));
+                let tp = Instant::now();
+                let mut guess = if max_tokens == 0 {
+                    Vec::new()
+                } else {
+                    row.proposer.propose(&ctx)?
+                };
+                row.stats.proposer_s += seconds_since(tp);
+                guess.truncate(max_tokens);
+                check_tokens("proposal", &guess, self.model.info().vocab_size)?;
+                if let Some(eos) = guess.iter().position(|&t| config.is_eos(t)) {
+                    guess.truncate(eos + 1);
+                }
+                TokenTree::chain(row.next, &guess)
+            }
+        };
+        Ok(Some(Part {
+            tree,
+            first_position: row.seq.len(),
+        }))
+    }
+
+    /// The kept path of one row's block: the whole chain prefix the criterion accepts, or the
+    /// tree's longest branch the model agrees with.
+    fn accept(&self, tree: &TokenTree, ranked: &[i64], width: usize) -> Result<Vec<usize>> {
+        if self.tree.is_some() {
+            let argmax: Vec<i64> = ranked.chunks(width).map(|c| c[0]).collect();
+            return Ok(tree.walk(&argmax));
+        }
+        let proposed = &tree.tokens[1..];
+        let view = BlockView::new(proposed, &ranked[..tree.len() * width], width).ok_or(
+            Error::Contract {
+                component: "BatchBlockwise",
+                problem: "too few ranked candidates".into(),
+            },
+        )?;
+        let accepted = self.criterion.accept(&view);
+        if accepted > proposed.len() {
+            return Err(Error::Contract {
+                component: "acceptance criterion",
+                problem: format!("accepted {accepted} of {} proposed tokens", proposed.len()),
+            });
+        }
+        Ok((0..=accepted).collect())
+    }
+
+    /// One model call over every row's part (rows without one send a padding token that only
+    /// sees itself). Compacts the cache first when the slots would run out. Returns each row's
+    /// ranked candidates per node (argmax first, then the rest of the top `width`), checked
+    /// finite.
+    fn call(&mut self, rows: &mut [Row], parts: &[Option<Part>], width: usize) -> Result<Scored> {
+        let t = parts
+            .iter()
+            .map(|p| p.as_ref().map_or(1, |p| p.tree.len()))
+            .max()
+            .unwrap_or(1);
+        if self.model.slots_used() + t > self.model.slot_capacity() {
+            self.compact(rows)?;
+        }
+        let s = self.model.slots_used();
+        let keys = s + t;
+        let b = rows.len();
+        let mut tokens = vec![0i64; b * t];
+        let mut positions = vec![0i64; b * t];
+        let mut mask = vec![false; b * t * keys];
+        for (r, (row, part)) in rows.iter().zip(parts).enumerate() {
+            for i in 0..t {
+                let q = (r * t + i) * keys;
+                // Every query sees its own slot (padding included: no empty softmax).
+                mask[q + s + i] = true;
+            }
+            let Some(part) = part else { continue };
+            for (i, &token) in part.tree.tokens.iter().enumerate() {
+                tokens[r * t + i] = token;
+                positions[r * t + i] = (part.first_position + part.tree.depths[i]) as i64;
+                let q = (r * t + i) * keys;
+                for &slot in &row.live {
+                    mask[q + slot as usize] = true;
+                }
+                for j in 0..i {
+                    if part.tree.sees(i, j) {
+                        mask[q + s + j] = true;
+                    }
+                }
+            }
+        }
+        let device = self.model.info().device;
+        let dims = [b as i64, t as i64];
+        let tokens = Tensor::from_slice(&tokens)
+            .f_view(dims)?
+            .f_to_device(device)?;
+        let positions = Tensor::from_slice(&positions)
+            .f_view(dims)?
+            .f_to_device(device)?;
+        let mask = Tensor::from_slice(&mask)
+            .f_view([b as i64, t as i64, keys as i64])?
+            .f_to_device(device)?;
+        let out = self.model.forward_masked(&tokens, &positions, &mask)?;
+        let vocab = self.model.info().vocab_size;
+        let size = out.logits.size();
+        if size != [b as i64, t as i64, vocab] {
+            return Err(Error::BadOutputShape {
+                output: "logits",
+                expected: format!("[{b}, {t}, {vocab}] (batch, block, vocabulary)"),
+                actual: size,
+            });
+        }
+        let width = width.min(vocab as usize);
+        let argmax = out.logits.f_argmax(-1, true)?; // [B, T, 1]
+        let ranked = if width == 1 {
+            argmax
+        } else {
+            let (_, idx) = out.logits.f_topk(width as i64, -1, true, true)?;
+            Tensor::f_cat(&[argmax, idx.f_narrow(2, 1, width as i64 - 1)?], 2)?
+        };
+        let finite = out
+            .logits
+            .f_isfinite()?
+            .f_all_dim(-1, true)?
+            .f_to_kind(Kind::Int64)?;
+        let packed = Tensor::f_cat(&[finite, ranked], 2)?.f_to_device(tch::Device::Cpu)?;
+        let flat: Vec<i64> = Vec::try_from(&packed.f_flatten(0, -1)?)?;
+        let mut per_row = Vec::with_capacity(b);
+        for (r, row_flat) in flat.chunks(t * (width + 1)).enumerate() {
+            let used = parts[r].as_ref().map_or(0, |p| p.tree.len());
+            let mut ranked = Vec::with_capacity(t * width);
+            for (i, node) in row_flat.chunks(width + 1).enumerate() {
+                if i < used && node[0] == 0 {
+                    return Err(Error::NonFiniteLogits { position: i });
+                }
+                ranked.extend_from_slice(&node[1..]);
+            }
+            per_row.push(ranked);
+        }
+        Ok(Scored {
+            ranked: per_row,
+            width,
+            hidden: out.hidden,
+            base: s as i64,
+        })
+    }
+
+    /// Moves every row's live slots to the front of its cache row.
+    fn compact(&mut self, rows: &mut [Row]) -> Result<()> {
+        let n = rows.iter().map(|r| r.live.len()).max().unwrap_or(0).max(1);
+        let mut index = Vec::with_capacity(rows.len() * n);
+        for row in rows.iter() {
+            let pad = row.live.first().copied().unwrap_or(0);
+            index.extend_from_slice(&row.live);
+            index.extend(std::iter::repeat(pad).take(n - row.live.len()));
+        }
+        let device = self.model.info().device;
+        let index = Tensor::from_slice(&index)
+            .f_view([rows.len() as i64, n as i64])?
+            .f_to_device(device)?;
+        self.model.compact(&index)?;
+        for row in rows.iter_mut() {
+            row.live = (0..row.live.len() as i64).collect();
+        }
+        Ok(())
+    }
+
+    /// The heads' ranked candidates after each row's last kept node (`last[b]`), for rows that
+    /// go on; one head call and one transfer for the batch.
+    fn refresh_heads(
+        &self,
+        rows: &mut [Row],
+        scored: &Scored,
+        last: &[Option<usize>],
+    ) -> Result<()> {
+        if !self.needs_heads || self.block_size < 2 {
+            return Ok(());
+        }
+        let Some(hidden) = &scored.hidden else {
+            return Err(Error::MissingCapability {
+                component: "proposal heads",
+                capability: "final hidden states in the model output",
+            });
+        };
+        let picks: Vec<(usize, i64)> = last
+            .iter()
+            .enumerate()
+            .filter_map(|(b, n)| n.map(|n| (b, n as i64)))
+            .collect();
+        if picks.is_empty() {
+            return Ok(());
+        }
+        let device = hidden.device();
+        let (bs, ns): (Vec<i64>, Vec<i64>) = picks.iter().map(|&(b, n)| (b as i64, n)).unzip();
+        let states = hidden.f_index(&[
+            Some(Tensor::from_slice(&bs).f_to_device(device)?),
+            Some(Tensor::from_slice(&ns).f_to_device(device)?),
+        ])?; // [P, D]
+        let depth = self.block_size - 1;
+        let logits =
+            self.model
+                .head_logits_first(&states, depth)?
+                .ok_or(Error::MissingCapability {
+                    component: "proposal heads",
+                    capability: "proposal heads (num_proposal_heads > 0)",
+                })?; // [P, H, V]
+        let width = self
+            .tree
+            .as_ref()
+            .map_or(1, |t| t.widths().iter().copied().max().unwrap_or(1));
+        let heads = logits.size()[1] as usize;
+        let argmax = logits.f_argmax(-1, true)?;
+        let ranked = if width == 1 {
+            argmax
+        } else {
+            let (_, idx) = logits.f_topk(width as i64, -1, true, true)?;
+            Tensor::f_cat(&[argmax, idx.f_narrow(2, 1, width as i64 - 1)?], 2)?
+        };
+        let flat: Vec<i64> =
+            Vec::try_from(&ranked.f_flatten(0, -1)?.f_to_device(tch::Device::Cpu)?)?;
+        for ((b, _), chunk) in picks.iter().zip(flat.chunks(heads * width)) {
+            rows[*b].heads = chunk.chunks(width).map(<[i64]>::to_vec).collect();
+        }
+        Ok(())
+    }
+}
+
+impl<M: MaskedLm> BlockwiseDecoder for BatchBlockwise<M> {
+    /// A batch of one.
+    fn decode(&mut self, prompt: &[i64], config: &DecodeConfig) -> Result<DecodeOutput> {
+        let mut outs = self.decode_batch(&[prompt.to_vec()], config)?;
+        outs.pop().ok_or(Error::Contract {
+            component: "BatchBlockwise",
+            problem: "no output for the one prompt".into(),
+        })
+    }
+}

@@ -1,0 +1,301 @@
+//! Batched and tree decoding: every row of a batch decodes exactly what it decodes alone, and a
+//! tree of candidates keeps exactly greedy's tokens. Random float64 models, prompts of different
+//! lengths, block sizes, EOS ids, proposers and tree shapes; at least 256 cases each.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use blockwise::decoder::{BatchBlockwise, TreeShape};
+use blockwise::testing::strategies::{model_case, prompt, ModelCase};
+use blockwise::testing::{check_loop_invariants, OracleProposer};
+use blockwise::{
+    BlockwiseDecoder, DecodeConfig, DecodeOutput, Error, GreedyDecoder, HeadsProposer, MaskedLm,
+    NGram, Proposer, SamplingConfig, StopReason, Transformer, TransformerConfig,
+};
+use proptest::prelude::*;
+
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256u32)
+        .max(256);
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// A batch: the case's model and settings, 1 to 5 prompts of 1 to 12 tokens.
+fn batch_case() -> impl Strategy<Value = (ModelCase, Vec<Vec<i64>>)> {
+    model_case().prop_flat_map(|case| {
+        let vocab = case.config.vocab_size;
+        let max_prompt = case.config.max_context.min(12);
+        let prompts = proptest::collection::vec(prompt(vocab, max_prompt), 0..=4);
+        (Just(case), prompts).prop_map(|(case, mut more)| {
+            more.insert(0, case.prompt.clone());
+            (case, more)
+        })
+    })
+}
+
+fn greedy_alone(
+    model: &mut Transformer,
+    prompts: &[Vec<i64>],
+    decode: &DecodeConfig,
+) -> Vec<DecodeOutput> {
+    prompts
+        .iter()
+        .map(|p| {
+            GreedyDecoder::new(&mut *model)
+                .decode(p, decode)
+                .expect("greedy")
+        })
+        .collect()
+}
+
+fn assert_rows_equal(
+    reference: &[DecodeOutput],
+    outs: &[DecodeOutput],
+    decode: &DecodeConfig,
+    k: usize,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(reference.len(), outs.len());
+    for (r, (want, got)) in reference.iter().zip(outs).enumerate() {
+        prop_assert_eq!(&want.tokens, &got.tokens, "row {} differs", r);
+        prop_assert_eq!(want.stop, got.stop, "row {} stopped differently", r);
+        check_loop_invariants(got, decode, k).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Which proposer each row gets.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Heads,
+    NGram,
+    /// Each row its own oracle (its greedy continuation, corrupted at the case's rate): blocks
+    /// of very different accepted lengths side by side.
+    Oracle,
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Every row of a batch equals that row decoded alone, whatever the others do: different
+    /// prompt lengths, accepted lengths and stopping points, with and without cache compaction
+    /// and chunked prefill.
+    #[test]
+    fn batch_rows_equal_rows_alone(
+        (case, prompts) in batch_case(),
+        which in prop_oneof![Just(Which::Heads), Just(Which::NGram), Just(Which::Oracle)],
+        tight_slots in any::<bool>(),
+        chunk in prop_oneof![Just(None), Just(Some(1usize)), Just(Some(3))],
+    ) {
+        let mut model = case.model().expect("model");
+        let mut decode = case.decode.clone();
+        decode.prefill_chunk = chunk;
+        let reference = greedy_alone(&mut model, &prompts, &decode);
+        let k = case.block_size;
+        let mut b = BatchBlockwise::builder(&mut model).block_size(k);
+        b = match which {
+            Which::Heads => b.proposer(HeadsProposer),
+            Which::NGram => b.proposer(NGram::new(1, 3).expect("ngram")),
+            Which::Oracle => {
+                let vocab = case.config.vocab_size;
+                let truths: Vec<Vec<i64>> = prompts
+                    .iter()
+                    .zip(&reference)
+                    .map(|(p, o)| [p.as_slice(), &o.tokens].concat())
+                    .collect();
+                let row = Rc::new(Cell::new(0usize));
+                let (corrupt, seed) = (case.corrupt, case.proposer_seed);
+                b.proposer_factory(false, move || {
+                    let i = row.get();
+                    row.set(i + 1);
+                    Ok(Box::new(OracleProposer::new(truths[i].clone(), vocab, corrupt, seed + i as u64))
+                        as Box<dyn Proposer>)
+                })
+            }
+        };
+        if tight_slots {
+            b = b.slots(1); // the least the decoder allows: compacts often
+        }
+        let outs = b.build().expect("build").decode_batch(&prompts, &decode).expect("batch");
+        assert_rows_equal(&reference, &outs, &decode, k)?;
+    }
+
+    /// A tree of the heads' top candidates keeps exactly greedy's tokens, in batches too; and it
+    /// never accepts less than the chain of the heads' first choices would (the chain is one of
+    /// its branches).
+    #[test]
+    fn tree_equals_greedy(
+        (case, prompts) in batch_case(),
+        widths in proptest::collection::vec(1usize..=3, 1..=4),
+        tight_slots in any::<bool>(),
+    ) {
+        let k = case.block_size.max(widths.len() + 1);
+        let shape = TreeShape::new(widths.clone()).expect("shape");
+        let mut model = case.model().expect("model");
+        let reference = greedy_alone(&mut model, &prompts, &case.decode);
+        let mut b = BatchBlockwise::builder(&mut model).block_size(k).tree(shape);
+        if tight_slots {
+            b = b.slots(1);
+        }
+        let outs = b.build().expect("build").decode_batch(&prompts, &case.decode).expect("tree");
+        assert_rows_equal(&reference, &outs, &case.decode, k)?;
+        // The same tree for one prompt through the single-prompt interface.
+        let mut one = BatchBlockwise::builder(&mut model)
+            .block_size(k)
+            .tree(TreeShape::new(widths).expect("shape"))
+            .build()
+            .expect("build");
+        let alone = one.decode(&prompts[0], &case.decode).expect("tree alone");
+        prop_assert_eq!(&alone.tokens, &reference[0].tokens);
+    }
+}
+
+fn tiny() -> Transformer {
+    Transformer::new_seeded(TransformerConfig::tiny(50, 4), 3, tch::Device::Cpu).expect("model")
+}
+
+#[test]
+fn a_wide_tree_accepts_at_least_what_its_chain_does() {
+    // Random heads rarely guess right with their first choice; the top 3 are right more often.
+    let mut model = tiny();
+    let prompts: Vec<Vec<i64>> = (0..6).map(|i| vec![i, i + 1, i + 2]).collect();
+    let decode = DecodeConfig::new(40);
+    let mut mean = |shape: &str| {
+        let mut d = BatchBlockwise::builder(&mut model)
+            .block_size(5)
+            .tree(shape.parse().expect("shape"))
+            .build()
+            .expect("build");
+        let outs = d.decode_batch(&prompts, &decode).expect("decode");
+        let (tokens, iterations) = outs.iter().fold((0, 0), |(t, i), o| {
+            (t + o.stats.new_tokens, i + o.stats.iterations)
+        });
+        tokens as f64 / iterations as f64
+    };
+    let chain = mean("1,1,1,1");
+    let tree = mean("4,3,2,1");
+    assert!(tree >= chain, "tree {tree} < chain {chain}");
+    assert!(
+        tree > 1.0,
+        "the tree accepted nothing beyond the first token: {tree}"
+    );
+}
+
+#[test]
+fn bad_settings_are_errors() {
+    let mut model = tiny();
+    let d = DecodeConfig::new(5);
+    // Deeper than the block allows.
+    let e = BatchBlockwise::builder(&mut model)
+        .block_size(3)
+        .tree("2,2,2".parse().expect("shape"))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidConfig { field: "tree", .. }),
+        "{e}"
+    );
+    // More heads than the model has.
+    let heads = model.config().num_proposal_heads;
+    let e = BatchBlockwise::builder(&mut model)
+        .block_size(heads + 3)
+        .tree(TreeShape::chain(heads + 1).expect("shape"))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidConfig { field: "tree", .. }),
+        "{e}"
+    );
+    // A tree with a criterion other than the default.
+    let e = BatchBlockwise::builder(&mut model)
+        .tree("2".parse().expect("shape"))
+        .criterion(blockwise::TopK::new(2).expect("top-k"))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "acceptance",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut dec = BatchBlockwise::builder(&mut model).build().expect("build");
+    // Empty prompt, id out of vocabulary, sampling.
+    assert!(matches!(
+        dec.decode_batch(&[vec![1], vec![]], &d),
+        Err(Error::EmptyPrompt)
+    ));
+    assert!(matches!(
+        dec.decode_batch(&[vec![1], vec![99]], &d),
+        Err(Error::TokenOutOfVocabulary { .. })
+    ));
+    let sampled = DecodeConfig::new(5).with_sampling(SamplingConfig::default());
+    assert!(matches!(
+        dec.decode_batch(&[vec![1]], &sampled),
+        Err(Error::InvalidConfig {
+            field: "sampling",
+            ..
+        })
+    ));
+    assert!(dec.decode_batch(&[], &d).expect("empty batch").is_empty());
+    // k = 0.
+    assert!(BatchBlockwise::builder(&mut model)
+        .block_size(0)
+        .build()
+        .is_err());
+    // The model refuses inputs that break the calling convention.
+    model.begin_batch(2, 8).expect("batch");
+    let tokens = tch::Tensor::from_slice(&[1i64, 2]).view([2, 1]);
+    let positions = tch::Tensor::from_slice(&[0i64, 0]).view([2, 1]);
+    let wrong_mask = tch::Tensor::ones([2, 1, 2], (tch::Kind::Bool, tch::Device::Cpu));
+    assert!(matches!(
+        model.forward_masked(&tokens, &positions, &wrong_mask),
+        Err(Error::Contract { .. })
+    ));
+    let far = tch::Tensor::from_slice(&[0i64, 10_000]).view([2, 1]);
+    let mask = tch::Tensor::ones([2, 1, 1], (tch::Kind::Bool, tch::Device::Cpu));
+    assert!(matches!(
+        model.forward_masked(&tokens, &far, &mask),
+        Err(Error::BlockBeyondContext { .. })
+    ));
+    let three = tch::Tensor::from_slice(&[1i64, 2, 3]).view([3, 1]);
+    let three_pos = tch::Tensor::from_slice(&[0i64, 0, 0]).view([3, 1]);
+    let three_mask = tch::Tensor::ones([3, 1, 1], (tch::Kind::Bool, tch::Device::Cpu));
+    assert!(matches!(
+        model.forward_masked(&three, &three_pos, &three_mask),
+        Err(Error::Contract { .. })
+    ));
+}
+
+#[test]
+fn rows_finish_on_their_own() {
+    // One row's EOS does not stop the others; every row reports its own stop.
+    let mut model = tiny();
+    let prompts = vec![vec![1, 2, 3], vec![7], vec![4, 4, 4, 4, 4, 4]];
+    let reference = greedy_alone(&mut model, &prompts, &DecodeConfig::new(30));
+    // Make the first row's third token an EOS id.
+    let eos = reference[0].tokens[2];
+    let decode = DecodeConfig::new(30).with_eos(vec![eos]);
+    let reference = greedy_alone(&mut model, &prompts, &decode);
+    assert_eq!(reference[0].stop, StopReason::Eos);
+    let outs = BatchBlockwise::builder(&mut model)
+        .block_size(4)
+        .proposer(NGram::new(1, 2).expect("ngram"))
+        .build()
+        .expect("build")
+        .decode_batch(&prompts, &decode)
+        .expect("batch");
+    for (want, got) in reference.iter().zip(&outs) {
+        assert_eq!(want.tokens, got.tokens);
+        assert_eq!(want.stop, got.stop);
+    }
+}
