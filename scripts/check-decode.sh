@@ -132,8 +132,20 @@ if [ -f models/smollm2/metadata.json ]; then
     --k 5 --temperature 0.7 --top-p 0.9 --seed 1 --max-new-tokens 16 \
     --prompt "Name three colours of the rainbow."
 fi
+# Batched rows and candidate trees: every row identical to that prompt decoded greedily alone.
+identical "embedded, heads, --batch 3" --prompt-file examples/prompts.txt --k 8 --batch 3 \
+  --max-new-tokens 40
+identical "embedded, ngram, --batch 2" --prompt-file examples/prompts.txt --proposer ngram --k 4 \
+  --batch 2 --max-new-tokens 40
+identical "embedded, --tree 3,2,2,1,1,1,1 --batch 2" --prompt-file examples/prompts.txt --k 8 \
+  --tree 3,2,2,1,1,1,1 --batch 2 --max-new-tokens 40
+if [ -f models/smollm2/metadata.json ]; then
+  smollm2_identical "heads, --batch 2" --chat --proposer heads --k 5 --batch 2
+  smollm2_identical "heads, --tree 3,2,2,1" --chat --k 5 --tree 3,2,2,1
+fi
 # Bad input must be a clear error (exit 2), not a crash.
-for args in "--k 0" "--k 11" "--accept top-k:0" "--accept bogus" "--max-new-tokens x" "--prompt ''" \
+for args in "--batch 0" "--batch 2 --temperature 0.7" "--batch 2 --adaptive" "--tree 2,0" \
+            "--tree 2,2 --proposer ngram" "--tree 2,2,2,2 --k 4" "--k 0" "--k 11" "--accept top-k:0" "--accept bogus" "--max-new-tokens x" "--prompt ''" \
             "--proposer chain:" "--proposer draft:no/such/dir" "--heads no/such/dir" "--policy sometimes" \
             "--top-p 0.9" "--temperature 0.7 --accept top-k:2" "--temperature 1 --top-p 1.5" \
             "--temperature -1" "--temperature 1 --accept typical:0:0.3" "--temperature 1 --seed x"; do

@@ -14,6 +14,20 @@ window):
 The module writes the block's keys and values into the caches at positions P..P+T in place, and
 attends over cache positions 0..P+T: nothing is copied per call, whatever the past length.
 
+Masked form (`model.<dtype>.masked.pt`, the same architectures), for batched rows of different
+lengths and tree verification:
+
+    forward(input_ids      int64 [B, T],
+            position_ids   int64 [B, T],      each token's position in its own sequence
+            attention_mask bool  [B, T, S + T], true where a query may attend a cache slot
+            k_cache        [L, B, KVH, SLOTS, Dh],
+            v_cache        [L, B, KVH, SLOTS, Dh])
+        -> (logits [B, T, V], hidden [B, T, D])
+
+It writes the block at cache slots S..S+T (S = mask width - T) and attends exactly what the mask
+allows: slots are storage, positions are explicit, so rows can keep different tokens and a
+tree's branches can share one call.
+
 Uncached form (`model.<dtype>.uncached.pt`, any causal LM, with --uncached):
 
     forward(input_ids int64 [B, T]) -> (logits [B, T, V], hidden [B, T, D])
@@ -185,6 +199,44 @@ class CachedLlama(nn.Module):
         return self.lm_head(hidden), hidden
 
 
+class MaskedLlama(CachedLlama):
+    """The masked calling convention: positions and the attention mask come from the caller."""
+
+    def forward(self, input_ids, position_ids, attention_mask, k_cache, v_cache):
+        t = input_ids.size(1)
+        end = attention_mask.size(2)
+        start = end - t
+        x = self.embed(input_ids)
+        freqs = position_ids.to(torch.float32)[:, :, None] * self.inv_freq.float()[None, None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos().to(x.dtype)[:, None]
+        sin = emb.sin().to(x.dtype)[:, None]
+        mask = attention_mask.to(torch.bool)[:, None]  # [B, 1, T, end]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, k_cache[i], v_cache[i], start, end)
+        hidden = self.norm(x)
+        return self.lm_head(hidden), hidden
+
+
+def run_masked_batch(module, rows, cfg, dtype):
+    """Two rows of different lengths in one masked call, right-padded: returns each row's
+    logits [1, n, V] (the padding is never attended)."""
+    n = max(r.size(1) for r in rows)
+    ids = torch.zeros(len(rows), n, dtype=torch.int64)
+    pos = torch.zeros(len(rows), n, dtype=torch.int64)
+    mask = torch.zeros(len(rows), n, n, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        m = r.size(1)
+        ids[b, :m] = r[0]
+        pos[b, :m] = torch.arange(m)
+        mask[b] = torch.eye(n, dtype=torch.bool)
+        mask[b, :m, :m] = torch.tril(torch.ones(m, m, dtype=torch.bool))
+    k = torch.zeros(cache_shape(cfg, n + 4, batch=len(rows)), dtype=dtype)
+    v = torch.zeros_like(k)
+    logits, _ = module(ids, pos, mask, k, v)
+    return [logits[b:b + 1, :r.size(1)] for b, r in enumerate(rows)]
+
+
 class Uncached(nn.Module):
     """Any causal LM: input ids in, logits and final hidden states out."""
 
@@ -235,9 +287,11 @@ def check_low_precision(name, got, eager, ref32):
     """bf16/f16 round differently in every implementation, so the export is held to the eager
     model's own error: its distance from the float32 logits may be at most twice the eager
     model's (plus 0.1), and its argmax agreement with float32 at most 5 points lower."""
+    ref = ref32[:, :got.size(1)]  # a shorter row is checked against its prefix
+
     def err(x):
-        return ((x.float() - ref32).abs().max().item(),
-                (x.argmax(-1) == ref32.argmax(-1)).float().mean().item())
+        return ((x.float() - ref).abs().max().item(),
+                (x.argmax(-1) == ref.argmax(-1)).float().mean().item())
     (d_exp, a_exp), (d_eag, a_eag) = err(got), err(eager)
     log(f"check {name}: vs float32: export max diff {d_exp:.3g}, argmax agreement {a_exp:.3f}; "
         f"eager model {d_eag:.3g}, {a_eag:.3f}")
@@ -275,6 +329,24 @@ def export_dtype(hf_model, cfg, dtype_name, out, max_context, uncached, check_id
         chunks = [5, 2, 1] + [1] * (n - 8)
         verify(f"{dtype_name} cached, blocks of 5, 2, 1, 1, ...", run_cached(reloaded, check_ids, chunks, cfg, dtype, max_context), eager)
         files = {"cached": os.path.basename(path)}
+        # The masked form, traced with two rows, a non-empty past and a mask that is not causal.
+        masked = MaskedLlama(model).eval()
+        k = torch.zeros(cache_shape(cfg, 16, batch=2), dtype=dtype)
+        v = torch.zeros_like(k)
+        mex = torch.ones(2, 2, 5, dtype=torch.bool)
+        mex[:, 0, 4] = False
+        ex = (check_ids[:, 3:5].repeat(2, 1), torch.arange(3, 5).unsqueeze(0).repeat(2, 1), mex, k, v)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mtraced = torch.jit.trace(masked, ex, check_trace=False)
+        mpath = os.path.join(out, f"model.{dtype_name}.masked.pt")
+        mtraced.save(mpath)
+        mreloaded = torch.jit.load(mpath)
+        short = min(n, 9)
+        got_long, got_short = run_masked_batch(mreloaded, [check_ids, check_ids[:, :short]], cfg, dtype)
+        verify(f"{dtype_name} masked, row 1 of a batch", got_long, eager)
+        verify(f"{dtype_name} masked, row 2 (shorter, padded)", got_short, eager[:, :short])
+        files["masked"] = os.path.basename(mpath)
         if uncached:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -125,6 +125,12 @@ pub trait CausalLm {
     fn token_embeddings(&self) -> Option<Tensor> {
         None
     }
+
+    /// The model as a [`MaskedLm`](crate::MaskedLm) — explicit positions and attention masks,
+    /// for batched rows and candidate trees — when it is one. The default says it is not.
+    fn as_masked(&mut self) -> Option<&mut dyn crate::masked::MaskedLm> {
+        None
+    }
 }
 
 impl<M: CausalLm + ?Sized> CausalLm for &mut M {
@@ -149,6 +155,9 @@ impl<M: CausalLm + ?Sized> CausalLm for &mut M {
     fn token_embeddings(&self) -> Option<Tensor> {
         (**self).token_embeddings()
     }
+    fn as_masked(&mut self) -> Option<&mut dyn crate::masked::MaskedLm> {
+        (**self).as_masked()
+    }
 }
 
 impl<M: CausalLm + ?Sized> CausalLm for Box<M> {
@@ -172,6 +181,9 @@ impl<M: CausalLm + ?Sized> CausalLm for Box<M> {
     }
     fn token_embeddings(&self) -> Option<Tensor> {
         (**self).token_embeddings()
+    }
+    fn as_masked(&mut self) -> Option<&mut dyn crate::masked::MaskedLm> {
+        (**self).as_masked()
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use blockwise::bundle::HeadsChoice;
 use blockwise::config::{AcceptanceConfig, ProposerConfig, VerifierConfig};
 use blockwise::policy::PolicyConfig;
-use blockwise::{DType, Error, Result, SamplingConfig};
+use blockwise::{DType, Error, Result, SamplingConfig, TreeShape};
 use tch::Device;
 
 pub const USAGE: &str = "\
@@ -16,6 +16,7 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
               [--accept exact|lossless|typical[:EPS:DELTA]|top-k:N|distance:EPS[:cosine|l2]]
               [--min-block L] [--temperature T [--top-k N] [--top-p P] [--seed S]]
               [--max-new-tokens N] [--verifier cached|recompute] [--prefill-chunk N] [--tie-guard M]
+              [--batch N] [--tree SHAPE]
               [--dtype f32|bf16|f16] [--device cpu|cuda] [--compare-greedy] [--json]
 
   --model           `embedded` (default: the model shipped in assets/embedded, trained on
@@ -49,6 +50,10 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --prefill-chunk   feed the prompt in blocks of N tokens
   --tie-guard       decide block positions whose top-2 logit margin is below M by a one-token
                     call, as greedy does (for bf16/f16, where blocks round differently)
+  --batch           decode the prompts N at a time in one batch (each row accepts its own
+                    tokens and stops on its own; greedy acceptance, fixed block sizes)
+  --tree            verify a tree of the heads' candidates instead of a chain: SHAPE = widths
+                    per depth, e.g. 3,2,1 (top 3 of head 1, under each the top 2 of head 2, ...)
   --dtype           floating-point kind (default f32; exported models need that dtype exported)
   --device          cpu (default) or cuda (needs a CUDA build of libtorch and a GPU)
   --compare-greedy  also decode greedily (under --temperature: plain sampling, one token per
@@ -76,6 +81,8 @@ pub struct Args {
     pub compare_greedy: bool,
     pub json: bool,
     pub sampling: Option<SamplingConfig>,
+    pub batch: Option<usize>,
+    pub tree: Option<TreeShape>,
 }
 
 fn bad(flag: &'static str, problem: impl Into<String>) -> Error {
@@ -125,6 +132,8 @@ impl Args {
             compare_greedy: false,
             json: false,
             sampling: None,
+            batch: None,
+            tree: None,
         };
         let mut temperature = 0.0;
         let (mut top_k, mut top_p, mut seed) = (None, None, None);
@@ -209,6 +218,14 @@ impl Args {
                             bad("--seed", format!("expects a whole number, got `{v}`"))
                         })?)
                 }
+                "--batch" => {
+                    let n = number("--batch", &value("--batch")?)?;
+                    if n == 0 {
+                        return Err(bad("--batch", "must be at least 1"));
+                    }
+                    args.batch = Some(n)
+                }
+                "--tree" => args.tree = Some(value("--tree")?.parse()?),
                 "--chat" => args.chat = true,
                 "--compare-greedy" => args.compare_greedy = true,
                 "--json" => args.json = true,
@@ -234,6 +251,48 @@ impl Args {
                 "--top-k, --top-p and --seed sample, which needs a temperature above 0",
             ));
         }
+        if args.batch.is_some() || args.tree.is_some() {
+            args.check_batched()?;
+        }
         Ok(args)
+    }
+
+    /// What batched and tree decoding do not combine with (yet), as errors.
+    fn check_batched(&self) -> Result<()> {
+        let flag = if self.tree.is_some() {
+            "--tree"
+        } else {
+            "--batch"
+        };
+        if self.sampling.is_some() {
+            return Err(bad(flag, "decodes greedily; drop --temperature"));
+        }
+        if self.policy != PolicyConfig::Fixed {
+            return Err(bad(
+                flag,
+                "uses fixed block sizes; drop --adaptive / --policy",
+            ));
+        }
+        if self.tie_guard.is_some() {
+            return Err(bad(flag, "has no tie guard; drop --tie-guard"));
+        }
+        if self.verifier != VerifierConfig::Cached {
+            return Err(bad(
+                flag,
+                "verifies against the model's cache; drop --verifier",
+            ));
+        }
+        if self.tree.is_some()
+            && (self.proposer != ProposerConfig::Heads
+                || self.accept != AcceptanceConfig::Exact
+                || self.min_block.is_some())
+        {
+            return Err(bad(
+                "--tree",
+                "branches on the heads' candidates and verifies exactly; drop --proposer, \
+                 --accept and --min-block",
+            ));
+        }
+        Ok(())
     }
 }

@@ -8,6 +8,7 @@
 //! benchmarks read).
 
 mod args;
+mod batched;
 
 use args::{Args, USAGE};
 use blockwise::bundle::{BundleOptions, ModelBundle};
@@ -34,6 +35,8 @@ fn stats_json(out: &DecodeOutput) -> serde_json::Value {
 struct Mode {
     sampled: bool,
     json: bool,
+    /// Prompts per batch (1 without `--batch`); with more, `wall_s` is the batch's.
+    batch: usize,
 }
 
 impl Mode {
@@ -55,6 +58,7 @@ fn report(prompt: &str, text: &str, out: &DecodeOutput, cmp: Option<&Comparison>
             "stats": stats_json(out),
             "stop": out.stop,
             "sampled": mode.sampled,
+            "batch": mode.batch,
         });
         if let Some(c) = cmp {
             obj["greedy"] = json!({
@@ -119,6 +123,19 @@ fn run(args: Args) -> Result<()> {
         .iter()
         .map(|p| bundle.encode_prompt(p, args.chat))
         .collect::<Result<Vec<_>>>()?;
+    let mode = Mode {
+        sampled: args.sampling.is_some(),
+        json: args.json,
+        batch: args.batch.unwrap_or(1),
+    };
+    if args.batch.is_some() || args.tree.is_some() {
+        let results = batched::run_batched(&mut bundle.model, &config, &args, &prompts, &decode)?;
+        for (prompt, (out, cmp)) in args.prompts.iter().zip(&results) {
+            let text = bundle.tokenizer.decode(&out.tokens)?;
+            report(prompt, &text, out, cmp.as_ref(), &mode);
+        }
+        return Ok(());
+    }
     // One decoder for every prompt: a draft model loads once, a cost-aware policy keeps the
     // costs it measured.
     let mut decoder = Blockwise::from_config(&mut bundle.model, &config, embeddings.as_ref())?;
@@ -133,10 +150,6 @@ fn run(args: Args) -> Result<()> {
         results.push((out.clone(), greedy.map(|g| Comparison::new(out, g))));
     }
     drop(decoder);
-    let mode = Mode {
-        sampled: args.sampling.is_some(),
-        json: args.json,
-    };
     for (prompt, (out, cmp)) in args.prompts.iter().zip(&results) {
         let text = bundle.tokenizer.decode(&out.tokens)?;
         report(prompt, &text, out, cmp.as_ref(), &mode);

@@ -11,7 +11,7 @@ use crate::acceptance::{AcceptanceCriterion, BlockView, Exact};
 use crate::config::DecodeConfig;
 use crate::error::{Error, Result};
 use crate::masked::MaskedLm;
-use crate::model::check_tokens;
+use crate::model::{check_tokens, CausalLm};
 use crate::proposer::{NoProposer, ProposalContext, Proposer};
 use crate::stats::{DecodeStats, StopReason};
 
@@ -81,7 +81,7 @@ pub struct BatchBuilder<M> {
     slots: Option<usize>,
 }
 
-impl<M: MaskedLm> BatchBuilder<M> {
+impl<M: CausalLm> BatchBuilder<M> {
     /// Cache slots per row (default: twice the longest sequence plus one block). Fewer slots
     /// use less memory and compact more often; never fewer than the longest sequence plus one
     /// block are allocated.
@@ -130,8 +130,10 @@ impl<M: MaskedLm> BatchBuilder<M> {
         self
     }
 
-    /// Checks the block size, the tree and the heads against the model.
-    pub fn build(self) -> Result<BatchBlockwise<M>> {
+    /// Checks the block size, the tree and the heads against the model, and that the model
+    /// takes explicit positions and attention masks ([`CausalLm::as_masked`]).
+    pub fn build(mut self) -> Result<BatchBlockwise<M>> {
+        masked(&mut self.model)?;
         let k = self.block_size;
         if k == 0 {
             return Err(Error::config(
@@ -219,7 +221,7 @@ struct Scored {
     base: i64,
 }
 
-impl<M: MaskedLm> BatchBlockwise<M> {
+impl<M: CausalLm> BatchBlockwise<M> {
     /// Starts assembling a decoder around `model` (which may be a `&mut` borrow).
     pub fn builder(model: M) -> BatchBuilder<M> {
         BatchBuilder {
@@ -302,7 +304,7 @@ impl<M: MaskedLm> BatchBlockwise<M> {
         let longest_seq = (longest + config.max_new_tokens).min(info.max_context);
         let least = longest_seq + self.max_block();
         let slots = self.slots.unwrap_or(2 * longest_seq).max(least);
-        self.model.begin_batch(rows.len(), slots)?;
+        masked(&mut self.model)?.begin_batch(rows.len(), slots)?;
 
         // The prompts, in chunks: each row's part is its slice of the chunk, as a chain.
         let chunk = config.prefill_chunk.unwrap_or(longest).max(1);
@@ -480,10 +482,11 @@ impl<M: MaskedLm> BatchBlockwise<M> {
             .map(|p| p.as_ref().map_or(1, |p| p.tree.len()))
             .max()
             .unwrap_or(1);
-        if self.model.slots_used() + t > self.model.slot_capacity() {
+        let m = masked(&mut self.model)?;
+        if m.slots_used() + t > m.slot_capacity() {
             self.compact(rows)?;
         }
-        let s = self.model.slots_used();
+        let s = masked(&mut self.model)?.slots_used();
         let keys = s + t;
         let b = rows.len();
         let mut tokens = vec![0i64; b * t];
@@ -521,7 +524,7 @@ impl<M: MaskedLm> BatchBlockwise<M> {
         let mask = Tensor::from_slice(&mask)
             .f_view([b as i64, t as i64, keys as i64])?
             .f_to_device(device)?;
-        let out = self.model.forward_masked(&tokens, &positions, &mask)?;
+        let out = masked(&mut self.model)?.forward_masked(&tokens, &positions, &mask)?;
         let vocab = self.model.info().vocab_size;
         let size = out.logits.size();
         if size != [b as i64, t as i64, vocab] {
@@ -579,7 +582,7 @@ impl<M: MaskedLm> BatchBlockwise<M> {
         let index = Tensor::from_slice(&index)
             .f_view([rows.len() as i64, n as i64])?
             .f_to_device(device)?;
-        self.model.compact(&index)?;
+        masked(&mut self.model)?.compact(&index)?;
         for row in rows.iter_mut() {
             row.live = (0..row.live.len() as i64).collect();
         }
@@ -646,7 +649,7 @@ impl<M: MaskedLm> BatchBlockwise<M> {
     }
 }
 
-impl<M: MaskedLm> BlockwiseDecoder for BatchBlockwise<M> {
+impl<M: CausalLm> BlockwiseDecoder for BatchBlockwise<M> {
     /// A batch of one.
     fn decode(&mut self, prompt: &[i64], config: &DecodeConfig) -> Result<DecodeOutput> {
         let mut outs = self.decode_batch(&[prompt.to_vec()], config)?;
@@ -655,4 +658,13 @@ impl<M: MaskedLm> BlockwiseDecoder for BatchBlockwise<M> {
             problem: "no output for the one prompt".into(),
         })
     }
+}
+
+/// The model's masked calling convention, or the error that says it has none.
+fn masked<M: CausalLm>(model: &mut M) -> Result<&mut dyn MaskedLm> {
+    model.as_masked().ok_or(Error::MissingCapability {
+        component: "batched and tree decoding",
+        capability: "explicit positions and attention masks (MaskedLm: the built-in \
+                     Transformer, TorchScript exports with the masked form)",
+    })
 }

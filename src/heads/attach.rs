@@ -62,6 +62,8 @@ pub struct WithHeads<M> {
     shortlist: Option<Tensor>,
     target_map: Option<Tensor>,
     info: ModelInfo,
+    /// Slots used and slots per row of the base's batched cache (see `MaskedLm`).
+    slots: (usize, usize),
 }
 
 impl<M> std::fmt::Debug for WithHeads<M> {
@@ -123,6 +125,7 @@ impl<M: CausalLm> WithHeads<M> {
             shortlist: None,
             target_map: None,
             info,
+            slots: (0, 0),
         })
     }
 
@@ -304,4 +307,53 @@ impl<M: CausalLm> CausalLm for WithHeads<M> {
     fn token_embeddings(&self) -> Option<Tensor> {
         self.base.token_embeddings()
     }
+
+    fn as_masked(&mut self) -> Option<&mut dyn crate::masked::MaskedLm> {
+        if self.base.as_masked().is_some() {
+            Some(self)
+        } else {
+            None
+        }
+    }
+}
+
+/// Batched and tree decoding through the base model's masked calling convention; the heads run
+/// on the hidden states it returns.
+impl<M: CausalLm> crate::masked::MaskedLm for WithHeads<M> {
+    fn begin_batch(&mut self, batch: usize, slots: usize) -> Result<()> {
+        let base = masked_base(&mut self.base)?;
+        base.begin_batch(batch, slots)?;
+        self.slots = (base.slots_used(), base.slot_capacity());
+        Ok(())
+    }
+    fn slots_used(&self) -> usize {
+        self.slots.0
+    }
+    fn slot_capacity(&self) -> usize {
+        self.slots.1
+    }
+    fn forward_masked(
+        &mut self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+    ) -> Result<ModelOutput> {
+        let base = masked_base(&mut self.base)?;
+        let out = base.forward_masked(tokens, positions, mask)?;
+        self.slots.0 = base.slots_used();
+        Ok(out)
+    }
+    fn compact(&mut self, index: &Tensor) -> Result<()> {
+        let base = masked_base(&mut self.base)?;
+        base.compact(index)?;
+        self.slots.0 = base.slots_used();
+        Ok(())
+    }
+}
+
+fn masked_base<M: CausalLm>(base: &mut M) -> Result<&mut dyn crate::masked::MaskedLm> {
+    base.as_masked().ok_or(Error::MissingCapability {
+        component: "batched and tree decoding",
+        capability: "a base model with the masked calling convention",
+    })
 }

@@ -19,6 +19,10 @@ pub struct DtypeFiles {
     /// The uncached calling convention.
     #[serde(default)]
     pub uncached: Option<String>,
+    /// The masked calling convention (batched rows, trees): explicit positions and a
+    /// `[B, T, S + T]` attention mask over a slot cache.
+    #[serde(default)]
+    pub masked: Option<String>,
 }
 
 /// A fixed prompt and transformers' own greedy continuation of it: a test oracle.

@@ -22,6 +22,7 @@
 //! **Uncached form**: `forward(input_ids int64 [B, T]) -> (logits [B, T, V], hidden [B, T, D])`
 //! (or logits alone). Use it with [`RecomputeVerifier`](crate::RecomputeVerifier).
 
+mod masked;
 mod metadata;
 mod module;
 

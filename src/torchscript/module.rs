@@ -4,6 +4,7 @@ use std::path::Path;
 
 use tch::{CModule, Device, IValue, Kind, Tensor};
 
+use super::masked::MaskedModule;
 use super::metadata::ExportMetadata;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -74,6 +75,8 @@ pub struct TorchScriptLm {
     info: ModelInfo,
     caches: Option<(Tensor, Tensor)>,
     len: usize,
+    /// The masked form, when the export has one (see [`MaskedLm`](crate::MaskedLm)).
+    pub(super) masked: Option<MaskedModule>,
 }
 
 impl std::fmt::Debug for TorchScriptLm {
@@ -144,7 +147,11 @@ impl TorchScriptLm {
             dtype: options.dtype,
             device: options.device,
         };
-        Self::from_file(dir.join(file), spec)
+        let mut lm = Self::from_file(dir.join(file), spec.clone())?;
+        if let (ModuleForm::Cached, Some(masked)) = (options.form, files.masked.as_ref()) {
+            lm.masked = Some(MaskedModule::load(&dir.join(masked), &spec)?);
+        }
+        Ok(lm)
     }
 
     /// Loads a module file that follows `spec`.
@@ -195,12 +202,13 @@ impl TorchScriptLm {
             info,
             caches,
             len: 0,
+            masked: None,
         };
         lm.probe()?;
         Ok(lm)
     }
 
-    fn bad(&self, problem: String) -> Error {
+    pub(super) fn bad(&self, problem: String) -> Error {
         Error::BadModule {
             path: self.path.clone(),
             problem,
@@ -230,8 +238,18 @@ impl TorchScriptLm {
             }
             ModuleForm::Uncached => "forward(input_ids)",
         };
-        let out = self
-            .module
+        self.call_module(&self.module, signature, inputs)
+    }
+
+    /// Calls `module` and unpacks `(logits, hidden)` or `logits`, naming the module's file and
+    /// `signature` in errors.
+    pub(super) fn call_module(
+        &self,
+        module: &CModule,
+        signature: &str,
+        inputs: &[IValue],
+    ) -> Result<ModelOutput> {
+        let out = module
             .forward_is(inputs)
             .map_err(|e| self.bad(format!("calling {signature} failed: {e}")))?;
         let tensors: Vec<Tensor> = match out {
@@ -348,6 +366,14 @@ impl CausalLm for TorchScriptLm {
     fn truncate(&mut self, len: usize) -> Result<()> {
         self.len = self.len.min(len);
         Ok(())
+    }
+
+    fn as_masked(&mut self) -> Option<&mut dyn crate::masked::MaskedLm> {
+        if self.masked.is_some() {
+            Some(self)
+        } else {
+            None
+        }
     }
 
     fn token_embeddings(&self) -> Option<Tensor> {

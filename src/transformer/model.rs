@@ -344,6 +344,10 @@ impl CausalLm for Transformer {
         Some(self.tok_emb.shallow_clone())
     }
 
+    fn as_masked(&mut self) -> Option<&mut dyn MaskedLm> {
+        Some(self)
+    }
+
     fn head_logits(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
         self.head_logits_first(hidden, self.config.num_proposal_heads)
     }

@@ -1,0 +1,64 @@
+//! `--batch N` / `--tree SHAPE`: the prompts decoded N at a time by `BatchBlockwise`.
+
+use blockwise::compare::Comparison;
+use blockwise::config::BlockwiseConfig;
+use blockwise::decoder::BatchBlockwise;
+use blockwise::{BlockwiseDecoder, CausalLm, DecodeConfig, DecodeOutput, GreedyDecoder, Result};
+
+use crate::args::Args;
+
+/// One output per prompt, in order, each with its comparison when `--compare-greedy` asks.
+/// Every prompt of a batch reports the batch's wall time; its speedup is the greedy time of the
+/// batch's prompts, decoded one after another, over the batch's.
+pub fn run_batched(
+    model: &mut dyn CausalLm,
+    config: &BlockwiseConfig,
+    args: &Args,
+    prompts: &[Vec<i64>],
+    decode: &DecodeConfig,
+) -> Result<Vec<(DecodeOutput, Option<Comparison>)>> {
+    let info = model.info().clone();
+    let needs_heads = config.proposer.build(&info)?.needs_heads();
+    let embeddings = model.token_embeddings();
+    let mut results = Vec::with_capacity(prompts.len());
+    for group in prompts.chunks(args.batch.unwrap_or(1)) {
+        let greedy = if args.compare_greedy {
+            let mut g = GreedyDecoder::new(&mut *model);
+            Some(
+                group
+                    .iter()
+                    .map(|p| g.decode(p, decode))
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        } else {
+            None
+        };
+        let proposer = config.proposer.clone();
+        let info = info.clone();
+        let mut builder = BatchBlockwise::builder(&mut *model)
+            .block_size(config.block_size)
+            .proposer_factory(needs_heads, move || proposer.build(&info));
+        if let Some(shape) = &args.tree {
+            builder = builder.tree(shape.clone());
+        } else {
+            builder = builder.criterion(
+                config
+                    .acceptance
+                    .build(config.min_block, embeddings.as_ref())?,
+            );
+        }
+        let outs = builder.build()?.decode_batch(group, decode)?;
+        match greedy {
+            Some(greedy) => {
+                let greedy_s: f64 = greedy.iter().map(|g| g.stats.wall_s).sum();
+                for (out, g) in outs.into_iter().zip(greedy) {
+                    let mut cmp = Comparison::new(out.clone(), g);
+                    cmp.speedup = greedy_s / out.stats.wall_s.max(1e-12);
+                    results.push((out, Some(cmp)));
+                }
+            }
+            None => results.extend(outs.into_iter().map(|o| (o, None))),
+        }
+    }
+    Ok(results)
+}
