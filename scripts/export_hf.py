@@ -181,18 +181,25 @@ class CachedLlama(nn.Module):
         inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
         self.register_buffer("inv_freq", inv, persistent=False)
 
+    def rotary(self, position_ids, dtype: torch.dtype):
+        """RoPE's cos and sin for the given positions, [B, 1, T, Dh]."""
+        freqs = position_ids.to(torch.float32)[:, :, None] * self.inv_freq.float()[None, None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
     def forward(self, input_ids, position_ids, attention_mask, k_cache, v_cache):
         t = input_ids.size(1)
         end = attention_mask.size(1)
         start = end - t
         x = self.embed(input_ids)
-        freqs = position_ids.to(torch.float32)[:, :, None] * self.inv_freq.float()[None, None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = emb.cos().to(x.dtype)[:, None]
-        sin = emb.sin().to(x.dtype)[:, None]
+        cos, sin = self.rotary(position_ids, x.dtype)
         key_pos = torch.ones_like(attention_mask).cumsum(-1) - 1  # [B, end]
         causal = key_pos[:, None, :] <= position_ids[:, :, None]  # [B, T, end]
         mask = (causal & (attention_mask[:, None, :] > 0))[:, None]  # [B, 1, T, end]
+        return self.run(x, cos, sin, mask, k_cache, v_cache, start, end)
+
+    def run(self, x, cos, sin, mask, k_cache, v_cache, start: int, end: int):
+        """The layers, the final norm and the vocabulary projection: (logits, hidden)."""
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, k_cache[i], v_cache[i], start, end)
         hidden = self.norm(x)
@@ -207,15 +214,9 @@ class MaskedLlama(CachedLlama):
         end = attention_mask.size(2)
         start = end - t
         x = self.embed(input_ids)
-        freqs = position_ids.to(torch.float32)[:, :, None] * self.inv_freq.float()[None, None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = emb.cos().to(x.dtype)[:, None]
-        sin = emb.sin().to(x.dtype)[:, None]
+        cos, sin = self.rotary(position_ids, x.dtype)
         mask = attention_mask.to(torch.bool)[:, None]  # [B, 1, T, end]
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, k_cache[i], v_cache[i], start, end)
-        hidden = self.norm(x)
-        return self.lm_head(hidden), hidden
+        return self.run(x, cos, sin, mask, k_cache, v_cache, start, end)
 
 
 def run_masked_batch(module, rows, cfg, dtype):

@@ -88,6 +88,17 @@ impl<M: MaskedLm + ?Sized> MaskedLm for Box<M> {
     }
 }
 
+/// Checks the arguments of [`MaskedLm::begin_batch`]: at least one row and one slot.
+pub fn check_batch(batch: usize, slots: usize) -> Result<()> {
+    if batch == 0 || slots == 0 {
+        return Err(Error::config(
+            "batch",
+            format!("a batch needs at least one row and one slot, got {batch} x {slots}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the inputs of [`MaskedLm::forward_masked`] against the calling convention and returns
 /// `(B, T)`: shapes and kinds, token ids in the vocabulary, positions in `0..max_context`
 /// (one host transfer of ids and positions).

@@ -321,6 +321,10 @@ impl<M: CausalLm> BatchBlockwise<M> {
                     })
                 })
                 .collect();
+            if parts.iter().all(Option::is_none) {
+                start += chunk;
+                continue;
+            }
             let tm = Instant::now();
             let scored = self.call(&mut rows, &parts, 1)?;
             let model_s = seconds_since(tm);

@@ -6,7 +6,7 @@ use tch::{CModule, IValue, Tensor};
 
 use super::module::{ModuleSpec, TorchScriptLm};
 use crate::error::{Error, Result};
-use crate::masked::{check_masked_input, MaskedLm};
+use crate::masked::{check_batch, check_masked_input, MaskedLm};
 use crate::model::{CausalLm, ModelOutput};
 
 const SIGNATURE: &str =
@@ -59,12 +59,7 @@ impl TorchScriptLm {
 
 impl MaskedLm for TorchScriptLm {
     fn begin_batch(&mut self, batch: usize, slots: usize) -> Result<()> {
-        if batch == 0 || slots == 0 {
-            return Err(Error::config(
-                "batch",
-                format!("a batch needs at least one row and one slot, got {batch} x {slots}"),
-            ));
-        }
+        check_batch(batch, slots)?;
         let (kind, device) = (self.info().kind, self.info().device);
         let m = self.masked_mut()?;
         let (layers, heads, dim) = m.dims;

@@ -10,7 +10,7 @@ use super::layers::{causal_mask, Block, BlockShape, LayerNorm};
 use crate::cache::{CacheShape, KvCache};
 use crate::error::{Error, Result};
 use crate::heads::ProposalHeads;
-use crate::masked::{check_masked_input, MaskedLm};
+use crate::masked::{check_batch, check_masked_input, MaskedLm};
 use crate::model::{check_input, CausalLm, ModelInfo, ModelOutput};
 use crate::rng::SeededRng;
 
@@ -366,12 +366,7 @@ impl CausalLm for Transformer {
 
 impl MaskedLm for Transformer {
     fn begin_batch(&mut self, batch: usize, slots: usize) -> Result<()> {
-        if batch == 0 || slots == 0 {
-            return Err(Error::config(
-                "batch",
-                format!("a batch needs at least one row and one slot, got {batch} x {slots}"),
-            ));
-        }
+        check_batch(batch, slots)?;
         self.batch_cache = Some(KvCache::new(
             CacheShape {
                 layers: self.config.n_layers,
