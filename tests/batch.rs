@@ -9,8 +9,8 @@ use blockwise::decoder::{BatchBlockwise, TreeShape};
 use blockwise::testing::strategies::{model_case, prompt, ModelCase};
 use blockwise::testing::{check_loop_invariants, OracleProposer};
 use blockwise::{
-    BlockwiseDecoder, DecodeConfig, DecodeOutput, Error, GreedyDecoder, HeadsProposer, MaskedLm,
-    NGram, Proposer, SamplingConfig, StopReason, Transformer, TransformerConfig,
+    Blockwise, BlockwiseDecoder, DecodeConfig, DecodeOutput, Error, GreedyDecoder, HeadsProposer,
+    MaskedLm, NGram, Proposer, SamplingConfig, StopReason, TopK, Transformer, TransformerConfig,
 };
 use proptest::prelude::*;
 
@@ -124,6 +124,34 @@ proptest! {
         }
         let outs = b.build().expect("build").decode_batch(&prompts, &decode).expect("batch");
         assert_rows_equal(&reference, &outs, &decode, k)?;
+    }
+
+    /// Under an approximate criterion (top-2) the output is no longer greedy's, but every row
+    /// still equals that prompt decoded alone by `Blockwise` with the same proposer and
+    /// criterion.
+    #[test]
+    fn batch_rows_equal_blockwise_alone_under_top_k(
+        (case, prompts) in batch_case(),
+        heads in any::<bool>(),
+        tight_slots in any::<bool>(),
+    ) {
+        let mut model = case.model().expect("model");
+        let k = case.block_size;
+        let mut reference = Vec::new();
+        for p in &prompts {
+            let b = Blockwise::builder(&mut model).block_size(k).criterion(TopK::new(2).expect("top-2"));
+            let b = if heads { b.proposer(HeadsProposer) } else { b.proposer(NGram::new(1, 3).expect("ngram")) };
+            reference.push(b.build().expect("build").decode(p, &case.decode).expect("alone"));
+        }
+        let mut b = BatchBlockwise::builder(&mut model)
+            .block_size(k)
+            .criterion(TopK::new(2).expect("top-2"));
+        b = if heads { b.proposer(HeadsProposer) } else { b.proposer(NGram::new(1, 3).expect("ngram")) };
+        if tight_slots {
+            b = b.slots(1);
+        }
+        let outs = b.build().expect("build").decode_batch(&prompts, &case.decode).expect("batch");
+        assert_rows_equal(&reference, &outs, &case.decode, k)?;
     }
 
     /// A tree of the heads' top candidates keeps exactly greedy's tokens, in batches too; and it
