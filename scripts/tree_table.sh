@@ -4,14 +4,14 @@
 #
 #   bash scripts/tree_table.sh [DTYPE] [PROMPTS] [SHAPES]
 #
-# DTYPE defaults to f32, PROMPTS to 24 (examples/prompts/chat24.txt, chat template, 64 new tokens
-# each), SHAPES to "1,1,1,1 2,1,1,1 2,2,1,1 3,2,2,1 4,3,2,1 5,4,3,2". Each shape decodes the
+# DTYPE defaults to f32, PROMPTS to 12 (the first of examples/prompts/chat24.txt, chat template,
+# 64 new tokens each), SHAPES to "1,1,1,1 2,1,1,1 3,1,1,1 2,2,1,1 3,2,2,1 4,3,2,1 5,4,3,2". Each shape decodes the
 # prompts one at a time (batch 1), side by side with greedy decoding in the same process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dtype=${1:-f32}
-n=${2:-24}
-shapes=${3:-1,1,1,1 2,1,1,1 2,2,1,1 3,2,2,1 4,3,2,1 5,4,3,2}
+n=${2:-12}
+shapes=${3:-1,1,1,1 2,1,1,1 3,1,1,1 2,2,1,1 3,2,2,1 4,3,2,1 5,4,3,2}
 bin=target/release/examples/decode
 py=.venv/bin/python
 work=$(mktemp -d)
