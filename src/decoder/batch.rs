@@ -14,6 +14,7 @@ use crate::masked::MaskedLm;
 use crate::model::{check_tokens, CausalLm};
 use crate::proposer::{NoProposer, ProposalContext, Proposer};
 use crate::stats::{DecodeStats, StopReason};
+use crate::verifier::ranked_candidates;
 
 /// Makes one proposer per row (proposers such as n-gram lookup or a draft model keep per-sequence
 /// state).
@@ -539,13 +540,7 @@ impl<M: CausalLm> BatchBlockwise<M> {
             });
         }
         let width = width.min(vocab as usize);
-        let argmax = out.logits.f_argmax(-1, true)?; // [B, T, 1]
-        let ranked = if width == 1 {
-            argmax
-        } else {
-            let (_, idx) = out.logits.f_topk(width as i64, -1, true, true)?;
-            Tensor::f_cat(&[argmax, idx.f_narrow(2, 1, width as i64 - 1)?], 2)?
-        };
+        let ranked = ranked_candidates(&out.logits, width)?; // [B, T, width]
         let finite = out
             .logits
             .f_isfinite()?
@@ -637,13 +632,7 @@ impl<M: CausalLm> BatchBlockwise<M> {
             .as_ref()
             .map_or(1, |t| t.widths().iter().copied().max().unwrap_or(1));
         let heads = logits.size()[1] as usize;
-        let argmax = logits.f_argmax(-1, true)?;
-        let ranked = if width == 1 {
-            argmax
-        } else {
-            let (_, idx) = logits.f_topk(width as i64, -1, true, true)?;
-            Tensor::f_cat(&[argmax, idx.f_narrow(2, 1, width as i64 - 1)?], 2)?
-        };
+        let ranked = ranked_candidates(&logits, width)?; // [P, H, width]
         let flat: Vec<i64> =
             Vec::try_from(&ranked.f_flatten(0, -1)?.f_to_device(tch::Device::Cpu)?)?;
         for ((b, _), chunk) in picks.iter().zip(flat.chunks(heads * width)) {

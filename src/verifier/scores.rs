@@ -173,6 +173,19 @@ pub struct Step {
     pub logits: Option<LogitRows>,
 }
 
+/// The top `width` ids along the last dimension of `logits`, the argmax first (greedy
+/// decoding's tie-breaking), then the rest of the top `width` in order: `[.., width]` int64.
+pub(crate) fn ranked_candidates(logits: &Tensor, width: usize) -> Result<Tensor> {
+    let argmax = logits.f_argmax(-1, true)?;
+    if width <= 1 {
+        return Ok(argmax);
+    }
+    let (_, idx) = logits.f_topk(width as i64, -1, true, true)?;
+    let last = idx.dim() as i64 - 1;
+    let rest = idx.f_narrow(last, 1, width as i64 - 1)?;
+    Ok(Tensor::f_cat(&[argmax, rest], last)?)
+}
+
 /// Ranked candidates for the last `rows` positions of `logits` (`[1, T, V]`): column 0 is the
 /// argmax (the same tie-breaking as greedy decoding), further columns the rest of the top-`width`.
 /// Fails on non-finite logits. One device-to-host transfer. A building block for verifiers of
@@ -187,14 +200,7 @@ pub fn rank_rows(logits: &Tensor, rows: usize, width: usize) -> Result<BlockScor
         .f_isfinite()?
         .f_all_dim(-1, false)?
         .f_to_kind(Kind::Int64)?; // [rows]
-    let argmax = tail.f_argmax(-1, true)?; // [rows, 1]
-    let ranked = if width == 1 {
-        argmax
-    } else {
-        let (_, idx) = tail.f_topk(width as i64, -1, true, true)?;
-        let rest = idx.f_narrow(1, 1, width as i64 - 1)?;
-        Tensor::f_cat(&[argmax, rest], 1)?
-    };
+    let ranked = ranked_candidates(&tail, width)?; // [rows, width]
     let packed = Tensor::f_cat(&[finite.f_unsqueeze(1)?, ranked], 1)?.f_to_device(Device::Cpu)?;
     let flat: Vec<i64> = Vec::try_from(&packed.f_flatten(0, -1)?)?;
     let mut out = Vec::with_capacity(rows * width);
