@@ -37,6 +37,7 @@ pub mod cache;
 pub mod compare;
 pub mod config;
 pub mod decoder;
+pub mod feature;
 mod dtype;
 mod error;
 pub mod heads;

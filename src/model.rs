@@ -231,6 +231,17 @@ pub fn prefill(
     prompt: &[i64],
     chunk: Option<usize>,
 ) -> Result<ModelOutput> {
+    prefill_each(model, prompt, chunk, |_| {})
+}
+
+/// [`prefill`], handing every block's output to `each` before the next block runs (for example
+/// to keep the hidden states of the whole prompt).
+pub fn prefill_each(
+    model: &mut dyn CausalLm,
+    prompt: &[i64],
+    chunk: Option<usize>,
+    mut each: impl FnMut(&ModelOutput),
+) -> Result<ModelOutput> {
     let info = model.info().clone();
     let step = match chunk {
         Some(0) => return Err(Error::config("prefill_chunk", "must be at least 1")),
@@ -243,6 +254,7 @@ pub fn prefill(
         let block = &prompt[start..end];
         let out = model.forward(&token_tensor(block, info.device), start)?;
         check_output(&out, block.len(), info.vocab_size)?;
+        each(&out);
         if end == prompt.len() {
             return Ok(out);
         }

@@ -285,6 +285,13 @@ impl<M: CausalLm> BatchBlockwise<M> {
         let mut rows = Vec::with_capacity(prompts.len());
         for p in prompts {
             let mut proposer = (self.proposers)()?;
+            if proposer.needs_hidden() {
+                return Err(Error::MissingCapability {
+                    component: "batched decoding",
+                    capability: "proposers that read hidden states (decode feature-level drafts \
+                                 with Blockwise, one prompt at a time)",
+                });
+            }
             proposer.begin(p)?;
             let stop = match budget.remaining(0, p.len()) {
                 0 => Some(budget.exhausted(0, config.on_context_full)?),

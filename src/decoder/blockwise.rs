@@ -190,7 +190,7 @@ impl<M: CausalLm> Blockwise<M> {
         if let Some(m) = config.tie_guard {
             builder = builder.tie_guard(m);
         }
-        let proposer = config.proposer.build(builder.model.info())?;
+        let proposer = config.proposer.build_for(&builder.model)?;
         let builder = builder.proposer(proposer);
         let builder = match config.verifier {
             VerifierConfig::Cached => builder.verifier(CachedVerifier::new()),
@@ -229,7 +229,24 @@ impl<M: CausalLm> Blockwise<M> {
             margins: self.tie_guard.is_some() && !sampling,
             head_count: Some(self.block_size.saturating_sub(1)),
             logits: sampling,
+            hidden: self.proposer.needs_hidden(),
         }
+    }
+
+    /// Hands the hidden states of what the verifier just committed to a proposer that reads
+    /// them.
+    fn hand_hidden(&mut self, req: ScoreRequest) -> Result<()> {
+        if !req.hidden {
+            return Ok(());
+        }
+        let hidden = self
+            .verifier
+            .committed_hidden()
+            .ok_or(Error::MissingCapability {
+                component: "a feature-level draft",
+                capability: "a model that returns final hidden states (and a verifier that keeps them)",
+            })?;
+        self.proposer.observe_hidden(&hidden)
     }
 
     /// The proposer's guesses, checked and cut to what the block may hold: at most `room`
@@ -302,6 +319,9 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
         let step = self.verifier.start(&mut self.model, prompt, req)?;
         stats.model_s += seconds_since(tm);
         stats.model_calls += 1;
+        let tp = Instant::now();
+        self.hand_hidden(req)?;
+        stats.proposer_s += seconds_since(tp);
 
         let mut seq = prompt.to_vec();
         let mut next = pick_first(&step, config.sampling.as_ref(), &mut self.rng)?;
@@ -403,6 +423,7 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
             on_tokens(kept);
             stats.record_iteration(keep);
             let tp = Instant::now();
+            self.hand_hidden(req)?;
             self.proposer.observe(kept)?;
             stats.proposer_s += seconds_since(tp);
             if kept.iter().any(|&t| config.is_eos(t)) {

@@ -5,7 +5,8 @@ use crate::error::Result;
 use crate::sampling::Sampler;
 
 /// Asks each proposer in turn and uses the first non-empty proposal (for example n-gram lookup
-/// first, the model's heads when nothing matches). Every member sees `begin` and `observe`.
+/// first, the model's heads when nothing matches). Every member sees `begin` and `observe`
+/// (and, when it reads them, the hidden states of every committed token).
 pub struct Chain {
     members: Vec<Box<dyn Proposer>>,
     /// The member whose proposal was used last.
@@ -71,5 +72,17 @@ impl Proposer for Chain {
         self.members
             .iter_mut()
             .try_for_each(|p| p.observe(accepted))
+    }
+
+    fn needs_hidden(&self) -> bool {
+        self.members.iter().any(|p| p.needs_hidden())
+    }
+
+    /// Every member that reads hidden states gets them, whichever member proposes.
+    fn observe_hidden(&mut self, hidden: &tch::Tensor) -> Result<()> {
+        self.members
+            .iter_mut()
+            .filter(|p| p.needs_hidden())
+            .try_for_each(|p| p.observe_hidden(hidden))
     }
 }

@@ -5,11 +5,13 @@
 //! it. A closure `FnMut(&ProposalContext) -> Vec<i64>` becomes a proposer through [`from_fn`].
 
 mod chain;
+mod config;
 mod draft;
 mod heads;
 mod ngram;
 
 pub use chain::Chain;
+pub use config::ProposerConfig;
 pub use draft::DraftModel;
 pub use heads::HeadsProposer;
 pub use ngram::NGram;
@@ -153,6 +155,23 @@ pub trait Proposer {
         let _ = accepted;
         Ok(())
     }
+
+    /// Whether the decoder should hand over the base model's final hidden states of every
+    /// committed token ([`Proposer::observe_hidden`]): what feature-level drafts read.
+    fn needs_hidden(&self) -> bool {
+        false
+    }
+
+    /// When [`Proposer::needs_hidden`]: the base model's final hidden states `[n, D]` of the `n`
+    /// tokens just committed — the prompt's after the prompt pass, then each iteration's
+    /// accepted tokens — in order, so that over a decode every committed position is handed
+    /// over exactly once. Row `i` is the state after the `i`-th of those tokens (the one the
+    /// vocabulary projection reads to score the token after it). Called before
+    /// [`Proposer::observe`] and before the next proposal.
+    fn observe_hidden(&mut self, hidden: &tch::Tensor) -> Result<()> {
+        let _ = hidden;
+        Ok(())
+    }
 }
 
 /// A proposer made from a closure (see [`from_fn`]).
@@ -205,6 +224,12 @@ impl<P: Proposer + ?Sized> Proposer for Box<P> {
     }
     fn observe(&mut self, accepted: &[i64]) -> Result<()> {
         (**self).observe(accepted)
+    }
+    fn needs_hidden(&self) -> bool {
+        (**self).needs_hidden()
+    }
+    fn observe_hidden(&mut self, hidden: &tch::Tensor) -> Result<()> {
+        (**self).observe_hidden(hidden)
     }
 }
 

@@ -42,6 +42,8 @@
 mod adamw;
 pub mod checkpoint;
 mod distill;
+mod draft_data;
+mod feature_draft;
 mod heads;
 mod lm;
 mod progress;
@@ -50,6 +52,10 @@ mod trainee;
 
 pub use adamw::{AdamW, OptimConfig};
 pub use distill::distill;
+pub use draft_data::DraftData;
+pub use feature_draft::{
+    evaluate_feature_draft, train_feature_draft, DraftLog, DraftReport, DraftTrainConfig,
+};
 pub use heads::{
     mean_accepted_with_heads, train_heads, HeadLoss, HeadsLog, HeadsReport, HeadsTrainConfig,
     Regime, Validation,

@@ -1,7 +1,7 @@
 //! The built-in transformer (`tch::nn`): configuration, layers, proposal heads and I/O.
 
 mod config;
-mod layers;
+pub(crate) mod layers;
 mod model;
 
 pub use config::TransformerConfig;

@@ -8,7 +8,7 @@ use super::scores::{
 };
 use super::Verifier;
 use crate::error::{Error, Result};
-use crate::model::{check_output, prefill, token_tensor, CausalLm};
+use crate::model::{check_output, prefill_each, token_tensor, CausalLm};
 
 /// Verifies blocks against the model's KV cache: each call runs only the block's tokens.
 #[derive(Debug, Default)]
@@ -18,6 +18,8 @@ pub struct CachedVerifier {
     hidden: Option<Tensor>,
     block: Vec<i64>,
     last_token: Option<i64>,
+    /// Hidden states of what the last start or commit committed (when requested).
+    committed_hidden: Option<Tensor>,
 }
 
 impl CachedVerifier {
@@ -55,7 +57,17 @@ impl Verifier for CachedVerifier {
                 capability: "a KV cache (use RecomputeVerifier for models without one)",
             });
         }
-        let out = prefill(model, prompt, req.prefill_chunk)?;
+        let mut rows: Vec<Tensor> = Vec::new();
+        let out = prefill_each(model, prompt, req.prefill_chunk, |o| {
+            if let (true, Some(h)) = (req.hidden, &o.hidden) {
+                rows.push(h.shallow_clone());
+            }
+        })?;
+        self.committed_hidden = match rows.len() {
+            0 => None,
+            1 => Some(rows[0].f_squeeze_dim(0)?),
+            _ => Some(Tensor::f_cat(&rows, 1)?.f_squeeze_dim(0)?),
+        };
         self.last_token = prompt.last().copied();
         self.hidden = out.hidden;
         let logits = out.logits;
@@ -92,7 +104,15 @@ impl Verifier for CachedVerifier {
         self.pending = 0;
         self.last_token = Some(self.block[keep - 1]);
         model.truncate(self.committed)?;
+        self.committed_hidden = match (&self.hidden, req.hidden) {
+            (Some(h), true) => Some(h.f_select(0, 0)?.f_narrow(0, 0, keep as i64)?),
+            _ => None,
+        };
         head_outputs(model, self.hidden.as_ref(), keep - 1, req)
+    }
+
+    fn committed_hidden(&self) -> Option<Tensor> {
+        self.committed_hidden.as_ref().map(|h| h.shallow_clone())
     }
 
     fn rescore_last(&mut self, model: &mut dyn CausalLm, req: ScoreRequest) -> Result<Step> {

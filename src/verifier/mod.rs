@@ -46,6 +46,14 @@ pub trait Verifier {
         req: ScoreRequest,
     ) -> Result<Option<HeadOutputs>>;
 
+    /// The base model's final hidden states `[n, D]` of the tokens the last
+    /// [`Verifier::start`] (the whole prompt) or [`Verifier::commit`] (the kept tokens)
+    /// committed, when [`ScoreRequest::hidden`] asked for them and the model returns hidden
+    /// states. The default has none.
+    fn committed_hidden(&self) -> Option<tch::Tensor> {
+        None
+    }
+
     /// Scores the last committed token again with a one-token call (as greedy decoding would),
     /// and returns the step after it. The tie guard uses it where a block's scores are too close
     /// to call. One base-model call.
@@ -85,5 +93,8 @@ impl<V: Verifier + ?Sized> Verifier for Box<V> {
     }
     fn rescore_last(&mut self, model: &mut dyn CausalLm, req: ScoreRequest) -> Result<Step> {
         (**self).rescore_last(model, req)
+    }
+    fn committed_hidden(&self) -> Option<tch::Tensor> {
+        (**self).committed_hidden()
     }
 }

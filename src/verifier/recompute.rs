@@ -16,6 +16,8 @@ pub struct RecomputeVerifier {
     tokens: Vec<i64>,
     pending: Vec<i64>,
     hidden: Option<Tensor>,
+    /// Hidden states of what the last start or commit committed (when requested).
+    committed_hidden: Option<Tensor>,
 }
 
 impl RecomputeVerifier {
@@ -30,6 +32,16 @@ impl RecomputeVerifier {
         self.hidden = out.hidden;
         Ok(out.logits)
     }
+
+    /// Rows `start..start + n` of the last call's hidden states, when `req` asks for them.
+    fn rows(&self, start: usize, n: usize, req: ScoreRequest) -> Result<Option<Tensor>> {
+        match (&self.hidden, req.hidden) {
+            (Some(h), true) => Ok(Some(
+                h.f_select(0, 0)?.f_narrow(0, start as i64, n as i64)?,
+            )),
+            _ => Ok(None),
+        }
+    }
 }
 
 impl Verifier for RecomputeVerifier {
@@ -42,6 +54,7 @@ impl Verifier for RecomputeVerifier {
         self.tokens = prompt.to_vec();
         self.pending.clear();
         let logits = self.run(model, prompt)?;
+        self.committed_hidden = self.rows(0, prompt.len(), req)?;
         step_at(model, &logits, self.hidden.as_ref(), prompt.len() - 1, req)
     }
 
@@ -71,9 +84,14 @@ impl Verifier for RecomputeVerifier {
             });
         }
         let row = self.tokens.len() + keep - 1;
+        self.committed_hidden = self.rows(self.tokens.len(), keep, req)?;
         self.tokens.extend_from_slice(&self.pending[..keep]);
         self.pending.clear();
         head_outputs(model, self.hidden.as_ref(), row, req)
+    }
+
+    fn committed_hidden(&self) -> Option<Tensor> {
+        self.committed_hidden.as_ref().map(|h| h.shallow_clone())
     }
 
     fn rescore_last(&mut self, model: &mut dyn CausalLm, req: ScoreRequest) -> Result<Step> {

@@ -22,6 +22,10 @@ pub struct ScoreRequest {
     /// Whether to also return the raw logits of every scored row (and of the heads) as host
     /// data: sampling draws from them.
     pub logits: bool,
+    /// Whether to keep the final hidden states of every committed token for
+    /// [`Verifier::committed_hidden`](super::Verifier::committed_hidden) (feature-level drafts
+    /// read them).
+    pub hidden: bool,
 }
 
 impl Default for ScoreRequest {
@@ -33,6 +37,7 @@ impl Default for ScoreRequest {
             margins: false,
             head_count: None,
             logits: false,
+            hidden: false,
         }
     }
 }

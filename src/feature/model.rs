@@ -1,0 +1,378 @@
+//! The feature-level draft's network: one transformer layer that reads the base model's final
+//! hidden state at a position and the embedding of the token after it, and predicts the base
+//! model's hidden state at the next position. The base model's own (tied) vocabulary
+//! projection, restricted to a shortlist of token ids, turns a predicted state into a guess.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::transformer::layers::{LayerNorm, Linear};
+
+/// File name of the draft's settings inside a draft folder.
+pub const DRAFT_CONFIG_FILE: &str = "draft.json";
+/// File name of the draft's weights inside a draft folder.
+pub const DRAFT_WEIGHTS_FILE: &str = "draft.safetensors";
+/// File name of the draft's shortlist inside a draft folder (when it has one).
+pub const DRAFT_SHORTLIST_FILE: &str = "shortlist.safetensors";
+
+/// Shape of a feature-level draft, saved as `draft.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureDraftConfig {
+    /// Width of the base model's final hidden states (and of the draft's layer).
+    pub d_model: i64,
+    /// Attention heads of the draft's layer (`d_model` must be a multiple).
+    pub n_heads: i64,
+    /// Hidden width of the draft layer's feed-forward block.
+    pub d_ff: i64,
+    /// The base model's vocabulary size.
+    pub vocab_size: i64,
+    /// What the draft was trained on top of (for example the export's source file), checked
+    /// when it is attached to an exported model.
+    #[serde(default)]
+    pub base: Option<String>,
+}
+
+impl FeatureDraftConfig {
+    /// A draft for a base of width `d_model` and vocabulary `vocab_size`: `d_model / 64`
+    /// attention heads (at least one) and a feed-forward block of `8/3 · d_model`.
+    pub fn for_base(d_model: i64, vocab_size: i64) -> Self {
+        let n_heads = (d_model / 64).max(1);
+        FeatureDraftConfig {
+            d_model,
+            n_heads,
+            d_ff: (d_model * 8 / 3).max(1),
+            vocab_size,
+            base: None,
+        }
+    }
+
+    /// Checks the sizes.
+    pub fn validate(&self) -> Result<()> {
+        if self.d_model < 1 || self.n_heads < 1 || self.d_ff < 1 || self.vocab_size < 1 {
+            return Err(Error::config(
+                "feature draft",
+                format!(
+                    "d_model, n_heads, d_ff and vocab_size must be at least 1, got {}, {}, {}, {}",
+                    self.d_model, self.n_heads, self.d_ff, self.vocab_size
+                ),
+            ));
+        }
+        if self.d_model % self.n_heads != 0 {
+            return Err(Error::config(
+                "feature draft",
+                format!(
+                    "d_model {} is not a multiple of n_heads {}",
+                    self.d_model, self.n_heads
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The draft's layer: a linear map from `[hidden, embedding]` (`2·D`) to `D`, then one pre-norm
+/// transformer layer (attention without positions — the base's hidden states already carry
+/// them — and a GELU feed-forward block) whose output is the predicted hidden state.
+#[derive(Debug)]
+pub struct FeatureDraft {
+    vs: nn::VarStore,
+    fuse: Linear,
+    ln1: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    ln2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    config: FeatureDraftConfig,
+    shortlist: Option<Vec<i64>>,
+}
+
+/// Queries, keys and values of a layer input, `[B, H, T, Dh]` each.
+pub(crate) struct Qkv {
+    pub(crate) q: Tensor,
+    pub(crate) k: Tensor,
+    pub(crate) v: Tensor,
+}
+
+impl FeatureDraft {
+    /// A fresh draft (float32, on `device`) with weights drawn from `seed`. The output
+    /// projections of the attention and the feed-forward block start at zero, so a fresh draft
+    /// passes its fused input straight through.
+    pub fn new(config: FeatureDraftConfig, seed: u64, device: Device) -> Result<Self> {
+        config.validate()?;
+        tch::manual_seed(seed as i64);
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let d = config.d_model;
+        let draft = FeatureDraft {
+            fuse: Linear::new(&root / "fuse", 2 * d, d),
+            ln1: LayerNorm::new(&root / "ln1", d, 1e-5),
+            qkv: Linear::new(&root / "qkv", d, 3 * d),
+            proj: Linear::new(&root / "proj", d, d),
+            ln2: LayerNorm::new(&root / "ln2", d, 1e-5),
+            fc1: Linear::new(&root / "fc1", d, config.d_ff),
+            fc2: Linear::new(&root / "fc2", config.d_ff, d),
+            vs,
+            config,
+            shortlist: None,
+        };
+        tch::no_grad(|| -> Result<()> {
+            for name in ["proj.weight", "proj.bias", "fc2.weight", "fc2.bias"] {
+                if let Some(mut t) = draft.vs.variables().get(name).map(|t| t.shallow_clone()) {
+                    let _ = t.f_zero_()?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(draft)
+    }
+
+    /// Loads a draft saved by [`FeatureDraft::save`] from `dir`, onto `device`.
+    pub fn load(dir: impl AsRef<Path>, device: Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config: FeatureDraftConfig = Error::read_json(dir.join(DRAFT_CONFIG_FILE))?;
+        let mut draft = FeatureDraft::new(config, 0, device)?;
+        let weights = dir.join(DRAFT_WEIGHTS_FILE);
+        if !weights.is_file() {
+            return Err(Error::io("reading", &weights)(
+                std::io::ErrorKind::NotFound.into(),
+            ));
+        }
+        draft.vs.load(&weights)?;
+        let list = dir.join(DRAFT_SHORTLIST_FILE);
+        if list.is_file() {
+            let ids = Tensor::read_safetensors(&list)?
+                .into_iter()
+                .find(|(n, _)| n == "shortlist")
+                .ok_or_else(|| Error::config("shortlist", "the file has no `shortlist` tensor"))?
+                .1;
+            draft = draft.with_shortlist(Vec::try_from(&ids.f_to_kind(Kind::Int64)?)?)?;
+        }
+        Ok(draft)
+    }
+
+    /// Restricts the draft's guesses to the token ids `ids` (distinct, in the vocabulary): a
+    /// cheaper vocabulary projection per draft step. Verification still scores the whole
+    /// vocabulary, so output is unchanged.
+    pub fn with_shortlist(mut self, ids: Vec<i64>) -> Result<Self> {
+        crate::model::check_tokens("shortlist", &ids, self.config.vocab_size)?;
+        let mut seen = vec![false; self.config.vocab_size as usize];
+        for &id in &ids {
+            if std::mem::replace(&mut seen[id as usize], true) {
+                return Err(Error::config(
+                    "shortlist",
+                    format!("token id {id} appears twice"),
+                ));
+            }
+        }
+        if ids.is_empty() {
+            return Err(Error::config("shortlist", "is empty"));
+        }
+        self.shortlist = Some(ids);
+        Ok(self)
+    }
+
+    /// The shortlist's token ids, when the draft has one.
+    pub fn shortlist(&self) -> Option<&[i64]> {
+        self.shortlist.as_deref()
+    }
+
+    /// The vocabulary projection the draft scores with: the base's token embeddings
+    /// `embeddings` (`[V, D]`, tied to its output projection), restricted to the shortlist.
+    pub fn projection(&self, embeddings: &Tensor) -> Result<VocabProjection> {
+        VocabProjection::new(embeddings, self.shortlist.as_deref(), self.config.vocab_size)
+    }
+
+    /// Writes `draft.json` and `draft.safetensors` into `dir` (created if missing).
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
+        let path = dir.join(DRAFT_CONFIG_FILE);
+        let json = serde_json::to_string_pretty(&self.config).map_err(|source| Error::Json {
+            what: "feature draft config".into(),
+            source,
+        })?;
+        std::fs::write(&path, json + "\n").map_err(Error::io("writing", &path))?;
+        self.vs.save(dir.join(DRAFT_WEIGHTS_FILE))?;
+        if let Some(ids) = &self.shortlist {
+            Tensor::write_safetensors(
+                &[("shortlist", Tensor::from_slice(ids))],
+                dir.join(DRAFT_SHORTLIST_FILE),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The draft's settings.
+    pub fn config(&self) -> &FeatureDraftConfig {
+        &self.config
+    }
+
+    /// Records what the draft was trained on top of (saved with it).
+    pub fn set_base(&mut self, base: Option<String>) {
+        self.config.base = base;
+    }
+
+    /// The draft's variables (what training updates and a checkpoint saves).
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// Moves the draft's weights to `device`.
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        if self.vs.device() != device {
+            self.vs.set_device(device);
+        }
+        Ok(())
+    }
+
+    /// The fused layer input from hidden states `[B, T, D]` and the embeddings of the tokens
+    /// after them `[B, T, D]` (any float kind; computed in float32).
+    pub(crate) fn fuse(&self, hidden: &Tensor, embedded: &Tensor) -> Result<Tensor> {
+        let x = Tensor::f_cat(
+            &[
+                hidden.f_to_kind(Kind::Float)?,
+                embedded.f_to_kind(Kind::Float)?,
+            ],
+            -1,
+        )?;
+        self.fuse.forward(&x)
+    }
+
+    /// Queries, keys and values of a fused input `[B, T, D]`.
+    pub(crate) fn qkv(&self, x: &Tensor) -> Result<Qkv> {
+        let (b, t, _) = x.size3()?;
+        let h = self.config.n_heads;
+        let dh = self.config.d_model / h;
+        let qkv = self
+            .qkv
+            .forward(&self.ln1.forward(x)?)?
+            .f_view([b, t, 3, h, dh])?
+            .f_permute([2, 0, 3, 1, 4])?; // [3, B, H, T, Dh]
+        Ok(Qkv {
+            q: qkv.f_get(0)?,
+            k: qkv.f_get(1)?,
+            v: qkv.f_get(2)?,
+        })
+    }
+
+    /// The scale of attention scores.
+    pub(crate) fn scale(&self) -> f64 {
+        1.0 / ((self.config.d_model / self.config.n_heads) as f64).sqrt()
+    }
+
+    /// The layer's output from its input `x` (`[B, T, D]`) and the attention's result
+    /// (`[B, H, T, Dh]`): the predicted hidden states `[B, T, D]`.
+    pub(crate) fn finish(&self, x: &Tensor, attended: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.size3()?;
+        let y = attended
+            .f_transpose(1, 2)?
+            .f_contiguous()?
+            .f_view([b, t, d])?;
+        let x = x.f_add(&self.proj.forward(&y)?)?;
+        let m = self
+            .fc2
+            .forward(&self.fc1.forward(&self.ln2.forward(&x)?)?.f_gelu("none")?)?;
+        Ok(x.f_add(&m)?)
+    }
+
+    /// Plain causal attention of `qkv` over `keys`/`values` (`[B, H, S, Dh]`, the block's own
+    /// last), with `mask` (`[T, S]` or broadcastable, true where a query may attend).
+    pub(crate) fn attend(
+        &self,
+        q: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let scores = q
+            .f_matmul(&keys.f_transpose(-2, -1)?)?
+            .f_mul_scalar(self.scale())?
+            .f_masked_fill(&mask.f_logical_not()?, f64::NEG_INFINITY)?;
+        Ok(scores.f_softmax(-1, Kind::Float)?.f_matmul(values)?)
+    }
+}
+
+/// The base model's vocabulary projection as the draft uses it: float32 rows of the token
+/// embeddings (all of them, or the shortlist's), and the map between columns and token ids.
+#[derive(Debug)]
+pub struct VocabProjection {
+    weight: Tensor,
+    ids: Option<Tensor>,
+    ids_host: Option<Vec<i64>>,
+    target_map: Option<Tensor>,
+}
+
+impl VocabProjection {
+    /// From the base's token embeddings `[V, D]` and an optional shortlist of ids.
+    pub fn new(embeddings: &Tensor, shortlist: Option<&[i64]>, vocab_size: i64) -> Result<Self> {
+        let size = embeddings.size();
+        if size.len() != 2 || size[0] != vocab_size {
+            return Err(Error::BadOutputShape {
+                output: "token embeddings",
+                expected: format!("[{vocab_size}, D]"),
+                actual: size,
+            });
+        }
+        let device = embeddings.device();
+        let weight = embeddings.f_detach()?.f_to_kind(Kind::Float)?;
+        Ok(match shortlist {
+            None => VocabProjection {
+                weight,
+                ids: None,
+                ids_host: None,
+                target_map: None,
+            },
+            Some(list) => {
+                let ids = Tensor::from_slice(list).f_to_device(device)?;
+                let mut map = vec![-100i64; vocab_size as usize];
+                for (i, &id) in list.iter().enumerate() {
+                    map[id as usize] = i as i64;
+                }
+                VocabProjection {
+                    weight: weight.f_index_select(0, &ids)?.f_contiguous()?,
+                    ids: Some(ids),
+                    ids_host: Some(list.to_vec()),
+                    target_map: Some(Tensor::from_slice(&map).f_to_device(device)?),
+                }
+            }
+        })
+    }
+
+    /// Logits over the projection's columns for states `[.., D]`.
+    pub fn logits(&self, states: &Tensor) -> Result<Tensor> {
+        Ok(states
+            .f_to_kind(Kind::Float)?
+            .f_matmul(&self.weight.f_transpose(0, 1)?)?)
+    }
+
+    /// The token id of column `c`.
+    pub fn token(&self, c: i64) -> i64 {
+        match &self.ids_host {
+            Some(ids) => ids.get(c as usize).copied().unwrap_or(0),
+            None => c,
+        }
+    }
+
+    /// Token ids of columns `[..]` (a tensor of column indices).
+    pub fn tokens(&self, columns: &Tensor) -> Result<Tensor> {
+        match &self.ids {
+            Some(ids) => Ok(ids.f_index_select(0, &columns.f_flatten(0, -1)?)?.f_reshape(columns.size())?),
+            None => Ok(columns.shallow_clone()),
+        }
+    }
+
+    /// Columns of token ids `[..]` (`-100` for ids outside the shortlist: not scored).
+    pub fn columns(&self, tokens: &Tensor) -> Result<Tensor> {
+        match &self.target_map {
+            Some(map) => Ok(map
+                .f_index_select(0, &tokens.f_flatten(0, -1)?)?
+                .f_reshape(tokens.size())?),
+            None => Ok(tokens.shallow_clone()),
+        }
+    }
+}

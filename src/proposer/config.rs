@@ -1,0 +1,193 @@
+//! Proposers as configuration: the serde form and the command-line form, and how each is
+//! built for a verified model.
+
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Chain, DraftModel, HeadsProposer, NGram, NoProposer, Proposer};
+use crate::bundle::{BundleOptions, ModelBundle};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::feature::{FeatureDraft, FeatureDraftProposer};
+use crate::model::{CausalLm, ModelInfo};
+
+/// Where the block's guesses come from, as configuration. In JSON: `"heads"`, `"none"`,
+/// `{"ngram": {"min": 1, "max": 3}}`, `{"draft": {"model": "models/smollm2-draft"}}` or
+/// `{"eagle": {"draft": "assets/drafts/smollm2"}}` or
+/// `{"chain": [{"ngram": {"min": 1, "max": 3}}, "heads"]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ProposerConfig {
+    /// The model's own proposal heads (combined scoring and proposal).
+    #[default]
+    Heads,
+    /// Prompt lookup over n-grams of `min..=max` tokens.
+    Ngram {
+        /// Shortest n-gram to match.
+        min: usize,
+        /// Longest n-gram to match (tried first).
+        max: usize,
+    },
+    /// A draft model of the same vocabulary ([`DraftModel`]), loaded from a model folder (see
+    /// [`ModelBundle::load`]) on the verified model's device and in its floating-point kind.
+    Draft {
+        /// `embedded`, an exported folder or a built-in transformer folder.
+        model: String,
+    },
+    /// A feature-level draft ([`FeatureDraftProposer`], EAGLE's idea) loaded from a draft
+    /// folder written by [`FeatureDraft::save`]; it reads the verified model's hidden states
+    /// and token embeddings.
+    Eagle {
+        /// The draft folder (`draft.json`, `draft.safetensors`, optional shortlist).
+        draft: String,
+    },
+    /// A fallback chain ([`Chain`]): the first member with a proposal wins.
+    Chain(Vec<ProposerConfig>),
+    /// No proposals: greedy decoding through the blockwise loop.
+    None,
+}
+
+impl ProposerConfig {
+    /// Builds the proposer for the verified model `target` (a draft model is loaded here, and
+    /// refused when its vocabulary differs; a feature-level draft reads the model's token
+    /// embeddings).
+    pub fn build_for(&self, target: &dyn CausalLm) -> Result<Box<dyn Proposer>> {
+        Ok(match self {
+            ProposerConfig::Eagle { draft } => {
+                let draft = FeatureDraft::load(draft, target.info().device)?;
+                Box::new(FeatureDraftProposer::new(draft, target)?)
+            }
+            ProposerConfig::Chain(members) if !members.is_empty() => Box::new(Chain::new(
+                members
+                    .iter()
+                    .map(|m| m.build_for(target))
+                    .collect::<Result<_>>()?,
+            )),
+            other => other.build(target.info())?,
+        })
+    }
+
+    /// Builds the proposer for a verified model described by `target` (a draft model is loaded
+    /// here, and refused when its vocabulary differs). A feature-level draft needs the model
+    /// itself: [`ProposerConfig::build_for`].
+    pub fn build(&self, target: &ModelInfo) -> Result<Box<dyn Proposer>> {
+        Ok(match self {
+            ProposerConfig::Eagle { .. } => {
+                return Err(Error::MissingCapability {
+                    component: "ProposerConfig::build",
+                    capability: "the verified model's embeddings for a feature-level draft \
+                                 (use ProposerConfig::build_for)",
+                })
+            }
+            ProposerConfig::Heads => Box::new(HeadsProposer),
+            ProposerConfig::Ngram { min, max } => Box::new(NGram::new(*min, *max)?),
+            ProposerConfig::None => Box::new(NoProposer),
+            ProposerConfig::Draft { model } => {
+                let dtype = DType::from_kind(target.kind).ok_or_else(|| {
+                    Error::config(
+                        "proposer",
+                        format!("a draft model cannot compute in {:?}", target.kind),
+                    )
+                })?;
+                let options = BundleOptions {
+                    dtype,
+                    device: target.device,
+                    max_context: Some(target.max_context),
+                    heads: crate::bundle::HeadsChoice::None,
+                };
+                let draft = ModelBundle::load(model, &options)?.model;
+                Box::new(DraftModel::new(draft, target.vocab_size)?)
+            }
+            ProposerConfig::Chain(members) => {
+                if members.is_empty() {
+                    return Err(Error::config(
+                        "proposer",
+                        "a chain needs at least one member",
+                    ));
+                }
+                Box::new(Chain::new(
+                    members
+                        .iter()
+                        .map(|m| m.build(target))
+                        .collect::<Result<_>>()?,
+                ))
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for ProposerConfig {
+    /// The command-line form [`ProposerConfig::from_str`] reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProposerConfig::Heads => f.write_str("heads"),
+            ProposerConfig::None => f.write_str("none"),
+            ProposerConfig::Ngram { min, max } => write!(f, "ngram:{min}:{max}"),
+            ProposerConfig::Draft { model } => write!(f, "draft:{model}"),
+            ProposerConfig::Eagle { draft } => write!(f, "eagle:{draft}"),
+            ProposerConfig::Chain(members) => {
+                f.write_str("chain:")?;
+                for (i, m) in members.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{m}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl FromStr for ProposerConfig {
+    type Err = Error;
+
+    /// `heads`, `none`, `ngram` (1 to 3 tokens), `ngram:MIN:MAX`, `draft:DIR`, `eagle:DIR` or
+    /// `chain:A,B,...` whose members are any of the others.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::config(
+                "proposer",
+                format!(
+                    "`{s}` is not one of heads, none, ngram, ngram:MIN:MAX, draft:DIR, eagle:DIR, \
+                     chain:A,B"
+                ),
+            )
+        };
+        if let Some(members) = s.strip_prefix("chain:") {
+            let members = members
+                .split(',')
+                .map(|m| match m.parse()? {
+                    ProposerConfig::Chain(_) => Err(bad()),
+                    p => Ok(p),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(ProposerConfig::Chain(members));
+        }
+        if let Some(dir) = s.strip_prefix("draft:") {
+            if dir.is_empty() {
+                return Err(bad());
+            }
+            return Ok(ProposerConfig::Draft { model: dir.into() });
+        }
+        if let Some(dir) = s.strip_prefix("eagle:") {
+            if dir.is_empty() {
+                return Err(bad());
+            }
+            return Ok(ProposerConfig::Eagle { draft: dir.into() });
+        }
+        let parts: Vec<&str> = s.split(':').collect();
+        match parts.as_slice() {
+            ["heads"] => Ok(ProposerConfig::Heads),
+            ["none"] => Ok(ProposerConfig::None),
+            ["ngram"] => Ok(ProposerConfig::Ngram { min: 1, max: 3 }),
+            ["ngram", min, max] => Ok(ProposerConfig::Ngram {
+                min: min.parse().map_err(|_| bad())?,
+                max: max.parse().map_err(|_| bad())?,
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+

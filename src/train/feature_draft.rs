@@ -1,0 +1,488 @@
+//! Training a feature-level draft: the draft learns to predict the base model's next hidden
+//! state (and the base's greedy token from it) from the current state and the next token's
+//! embedding, unrolled over several draft steps on its own predictions, so that later draft
+//! positions are trained on the inputs they will see when drafting.
+//!
+//! Unrolling (EAGLE-3's "training-time test"): pass 1 feeds the true states. Pass `d` feeds,
+//! at every position, the state pass `d - 1` predicted for it, and its attention sees what the
+//! draft's cache would hold `d - 1` steps into a block — the true states up to `d - 1`
+//! positions back and the draft's own inputs of passes `2..d` after them.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use super::adamw::{AdamW, OptimConfig};
+use super::checkpoint::{has_checkpoint, load_checkpoint, save_checkpoint, CheckpointState};
+use super::draft_data::DraftData;
+use super::schedule::LrSchedule;
+use crate::error::{Error, Result};
+use crate::feature::{FeatureDraft, VocabProjection};
+use crate::rng::SeededRng;
+
+/// Settings of [`train_feature_draft`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DraftTrainConfig {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Windows per step.
+    pub batch_size: usize,
+    /// Positions per window (windows may span several sequences; attention and targets never
+    /// cross a sequence boundary).
+    pub seq_len: usize,
+    /// Draft steps trained per window (1: the true states only).
+    pub unroll: usize,
+    /// Weight of the hidden-state regression (smooth L1) next to the token cross-entropy.
+    pub reg_weight: f64,
+    /// Learning rate over the run.
+    pub lr: LrSchedule,
+    /// AdamW, gradient clipping, weight decay.
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// Seed of the batches.
+    #[serde(default)]
+    pub seed: u64,
+    /// Report every this many steps (0: only at the end).
+    #[serde(default)]
+    pub log_every: usize,
+    /// Write a checkpoint every this many steps (0: only at the end, when a checkpoint folder
+    /// is given).
+    #[serde(default)]
+    pub checkpoint_every: usize,
+}
+
+impl Default for DraftTrainConfig {
+    fn default() -> Self {
+        DraftTrainConfig {
+            steps: 300,
+            batch_size: 8,
+            seq_len: 256,
+            unroll: 3,
+            reg_weight: 1.0,
+            lr: LrSchedule {
+                peak: 1e-3,
+                warmup_steps: 30,
+                decay: Default::default(),
+                min_ratio: 0.1,
+            },
+            optim: OptimConfig::default(),
+            seed: 0,
+            log_every: 20,
+            checkpoint_every: 0,
+        }
+    }
+}
+
+impl DraftTrainConfig {
+    /// Checks the numbers.
+    pub fn validate(&self) -> Result<()> {
+        self.lr.validate()?;
+        self.optim.validate()?;
+        if self.steps == 0 || self.batch_size == 0 || self.seq_len < 2 || self.unroll == 0 {
+            return Err(Error::config(
+                "draft training",
+                "steps, batch_size and unroll must be at least 1 and seq_len at least 2",
+            ));
+        }
+        if !(self.reg_weight >= 0.0 && self.reg_weight.is_finite()) {
+            return Err(Error::config(
+                "reg_weight",
+                format!("must be a finite weight >= 0, got {}", self.reg_weight),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One progress report of [`train_feature_draft`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DraftLog {
+    /// Steps done.
+    pub step: usize,
+    /// Of this many.
+    pub steps: usize,
+    /// Mean loss since the last report.
+    pub loss: f64,
+    /// Mean top-1 agreement with the base's greedy token since the last report, per unrolled
+    /// step.
+    pub accuracy: Vec<f64>,
+    /// Learning rate of the last step.
+    pub lr: f64,
+    /// Seconds of training so far (resumed runs included).
+    pub elapsed_s: f64,
+    /// Estimated seconds left.
+    pub eta_s: f64,
+}
+
+/// What [`train_feature_draft`] returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DraftReport {
+    /// Every progress report (those before a resumption included).
+    pub logs: Vec<DraftLog>,
+    /// Mean loss over the last report's steps.
+    pub final_loss: f64,
+    /// The step a checkpoint was resumed from.
+    pub resumed_from: Option<usize>,
+    /// Seconds this call took.
+    pub wall_s: f64,
+}
+
+/// A batch of windows, gathered from the data.
+struct Windows {
+    /// Hidden states at each window position `[B, T, D]` (float32).
+    hidden: Tensor,
+    /// Hidden states one position later (the regression target) `[B, T, D]`.
+    target_hidden: Tensor,
+    /// Embeddings of the token after each position `[B, T, D]`.
+    next_embedded: Tensor,
+    /// The base's argmax one position later (the token target), `[B, T]`.
+    target_token: Tensor,
+    /// Sequence id of each position `[B, T]`, and of the position after it.
+    seg: Tensor,
+    seg_next: Tensor,
+}
+
+fn gather(
+    data: &DraftData,
+    seg: &Tensor,
+    embeddings: &Tensor,
+    starts: &[i64],
+    t: i64,
+    device: Device,
+) -> Result<Windows> {
+    let b = starts.len() as i64;
+    let base = Tensor::from_slice(starts).f_view([b, 1])?;
+    let idx = base.f_add(&Tensor::f_arange(t, (Kind::Int64, Device::Cpu))?.f_view([1, t])?)?;
+    let next = idx.f_add_scalar(1)?;
+    let d = data.width();
+    let rows = |index: &Tensor| -> Result<Tensor> {
+        Ok(data
+            .hidden
+            .f_index_select(0, &index.f_flatten(0, -1)?)?
+            .f_to_kind(Kind::Float)?
+            .f_view([b, t, d])?
+            .f_to_device(device)?)
+    };
+    let flat_next = next.f_flatten(0, -1)?;
+    let next_tokens = data.tokens.f_index_select(0, &flat_next)?.f_to_device(device)?;
+    Ok(Windows {
+        hidden: rows(&idx)?,
+        target_hidden: rows(&next)?,
+        next_embedded: embeddings
+            .f_index_select(0, &next_tokens)?
+            .f_to_kind(Kind::Float)?
+            .f_view([b, t, d])?,
+        target_token: data
+            .argmax
+            .f_index_select(0, &flat_next)?
+            .f_view([b, t])?
+            .f_to_device(device)?,
+        seg: seg.f_index_select(0, &idx.f_flatten(0, -1)?)?.f_view([b, t])?.f_to_device(device)?,
+        seg_next: seg.f_index_select(0, &flat_next)?.f_view([b, t])?.f_to_device(device)?,
+    })
+}
+
+/// Shifts `x` by `n` places to later positions along `dim`, filling with `fill`.
+fn shift(x: &Tensor, dim: i64, n: i64, fill: f64) -> Result<Tensor> {
+    if n == 0 {
+        return Ok(x.shallow_clone());
+    }
+    let t = x.size()[dim as usize];
+    let n = n.min(t);
+    let mut pad_size = x.size();
+    pad_size[dim as usize] = n;
+    let pad = Tensor::f_full(pad_size.as_slice(), fill, (x.kind(), x.device()))?;
+    Ok(Tensor::f_cat(&[pad, x.f_narrow(dim, 0, t - n)?], dim)?)
+}
+
+/// The draft's outputs `[B, T, D]` for every unrolled pass, and per pass the positions whose
+/// loss counts `[B, T]`.
+fn unrolled(draft: &FeatureDraft, w: &Windows, unroll: usize) -> Result<Vec<(Tensor, Tensor)>> {
+    let (_, t, _) = w.hidden.size3()?;
+    let device = w.hidden.device();
+    let pos = Tensor::f_arange(t, (Kind::Int64, device))?;
+    let same_seq = w.seg.f_unsqueeze(2)?.f_eq_tensor(&w.seg.f_unsqueeze(1)?)?; // [B, T, T]
+    let target_ok = w.seg_next.f_eq_tensor(&w.seg)?;
+    let starts = shift(&w.seg, 1, 1, -1.0)?.f_ne_tensor(&w.seg)?.f_unsqueeze(2)?; // [B,T,1]
+    let mut passes: Vec<(Tensor, Tensor)> = Vec::with_capacity(unroll);
+    let mut keys: Vec<(Tensor, Tensor)> = Vec::with_capacity(unroll); // (k, v) of each pass
+    let scale = draft.scale();
+    for d in 1..=unroll as i64 {
+        let input = match passes.last() {
+            None => w.hidden.shallow_clone(),
+            // The state the previous pass predicted for each position (the true one at a
+            // sequence's first position, which nothing predicts).
+            Some((prev, _)) => {
+                let shifted = shift(prev, 1, 1, 0.0)?;
+                w.hidden.f_where_self(&starts, &shifted)?
+            }
+        };
+        let x = draft.fuse(&input, &w.next_embedded)?;
+        let qkv = draft.qkv(&x)?;
+        keys.push((qkv.k.shallow_clone(), qkv.v.shallow_clone()));
+        // Pass-1 keys: true states at positions j <= t - (d - 1) of the same sequence.
+        let reach = pos.f_unsqueeze(0)?.f_le_tensor(&pos.f_sub_scalar(d - 1)?.f_unsqueeze(1)?)?;
+        let mask1 = same_seq.f_logical_and(&reach.f_unsqueeze(0)?)?.f_unsqueeze(1)?; // [B,1,T,T]
+        let (k1, v1) = &keys[0];
+        let mut scores = vec![qkv
+            .q
+            .f_matmul(&k1.f_transpose(-2, -1)?)?
+            .f_mul_scalar(scale)?
+            .f_masked_fill(&mask1.f_logical_not()?, f64::NEG_INFINITY)?];
+        let mut shifted_values = Vec::new();
+        // Passes 2..=d: one key each, the draft's own input `d - i` positions back.
+        for (i, (ki, vi)) in keys.iter().enumerate().skip(1) {
+            let back = d - 1 - i as i64;
+            let ks = shift(ki, 2, back, 0.0)?;
+            let vs = shift(vi, 2, back, 0.0)?;
+            let ok = shift(&w.seg, 1, back, -1.0)?
+                .f_eq_tensor(&w.seg)?
+                .f_unsqueeze(1)?
+                .f_unsqueeze(3)?; // [B,1,T,1]
+            let s = qkv
+                .q
+                .f_mul(&ks)?
+                .f_sum_dim_intlist(-1, true, Kind::Float)?
+                .f_mul_scalar(scale)?
+                .f_masked_fill(&ok.f_logical_not()?, f64::NEG_INFINITY)?;
+            scores.push(s);
+            shifted_values.push(vs);
+        }
+        let weights = Tensor::f_cat(&scores, -1)?.f_softmax(-1, Kind::Float)?;
+        let mut attended = weights.f_narrow(-1, 0, t)?.f_matmul(v1)?;
+        for (j, vs) in shifted_values.iter().enumerate() {
+            let wj = weights.f_narrow(-1, t + j as i64, 1)?;
+            attended = attended.f_add(&wj.f_mul(vs)?)?;
+        }
+        let out = draft.finish(&x, &attended)?;
+        // A pass-d output counts where its unrolled chain stays inside one sequence.
+        let chain_ok = shift(&w.seg, 1, d - 1, -1.0)?.f_eq_tensor(&w.seg)?;
+        passes.push((out, target_ok.f_logical_and(&chain_ok)?));
+    }
+    Ok(passes)
+}
+
+/// Loss and per-pass (correct, counted) of a batch.
+fn batch_loss(
+    draft: &FeatureDraft,
+    projection: &VocabProjection,
+    w: &Windows,
+    config: &DraftTrainConfig,
+) -> Result<(Tensor, Vec<(i64, i64)>)> {
+    let passes = unrolled(draft, w, config.unroll)?;
+    let targets = projection.columns(&w.target_token)?;
+    let mut total = Tensor::f_zeros([], (Kind::Float, w.hidden.device()))?;
+    let mut hits = Vec::with_capacity(passes.len());
+    for (out, ok) in &passes {
+        let scored = ok.f_logical_and(&targets.f_ne(-100)?)?;
+        let tgt = targets.f_where_scalarother(&scored, -100)?.f_flatten(0, -1)?;
+        let logits = projection.logits(out)?;
+        let v = logits.size()[2];
+        let flat = logits.f_view([-1, v])?;
+        let count = i64::try_from(scored.f_sum(Kind::Int64)?)?;
+        if count == 0 {
+            hits.push((0, 0));
+            continue;
+        }
+        let ce = flat.f_cross_entropy_loss::<Tensor>(&tgt, None, Reduction::Mean, -100, 0.0)?;
+        let okf = ok.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?;
+        let reg = out
+            .f_smooth_l1_loss(&w.target_hidden, Reduction::None, 1.0)?
+            .f_mul(&okf)?
+            .f_sum(Kind::Float)?
+            .f_div_scalar((i64::try_from(ok.f_sum(Kind::Int64)?)?.max(1) * out.size()[2]) as f64)?;
+        total = total.f_add(&ce.f_add(&reg.f_mul_scalar(config.reg_weight)?)?)?;
+        let correct = flat
+            .f_argmax(-1, false)?
+            .f_eq_tensor(&tgt)?
+            .f_sum(Kind::Int64)?;
+        hits.push((i64::try_from(correct)?, count));
+    }
+    Ok((total.f_div_scalar(passes.len() as f64)?, hits))
+}
+
+/// Sequence id of every position of `data` `[N]`.
+fn segments(data: &DraftData) -> Tensor {
+    let mut seg = vec![0i64; data.len()];
+    for (i, w) in data.offsets.windows(2).enumerate() {
+        seg[w[0]..w[1]].iter_mut().for_each(|s| *s = i as i64);
+    }
+    Tensor::from_slice(&seg)
+}
+
+fn check_data(data: &DraftData, draft: &FeatureDraft, embeddings: &Tensor, t: usize) -> Result<()> {
+    let config = draft.config();
+    if data.width() != config.d_model {
+        return Err(Error::config(
+            "draft data",
+            format!(
+                "holds hidden states of width {}; the draft's is {}",
+                data.width(),
+                config.d_model
+            ),
+        ));
+    }
+    if embeddings.size() != [config.vocab_size, config.d_model] {
+        return Err(Error::BadOutputShape {
+            output: "token embeddings",
+            expected: format!("[{}, {}]", config.vocab_size, config.d_model),
+            actual: embeddings.size(),
+        });
+    }
+    if data.len() < t + 1 {
+        return Err(Error::config(
+            "draft data",
+            format!("holds {} tokens; a window needs {}", data.len(), t + 1),
+        ));
+    }
+    Ok(())
+}
+
+/// Trains `draft` on `data` against the base whose token embeddings are `embeddings`
+/// (`[V, D]`, frozen), calling `progress` at every report. With `checkpoint`, writes a
+/// checkpoint there every `checkpoint_every` steps and at the end, and resumes from one that is
+/// already there (the settings must be the same).
+pub fn train_feature_draft(
+    draft: &mut FeatureDraft,
+    embeddings: &Tensor,
+    data: &DraftData,
+    config: &DraftTrainConfig,
+    checkpoint: Option<&Path>,
+    mut progress: impl FnMut(&DraftLog),
+) -> Result<DraftReport> {
+    config.validate()?;
+    let t = config.seq_len.min(data.len().saturating_sub(1)).max(1);
+    check_data(data, draft, embeddings, t)?;
+    let device = draft.var_store().device();
+    let embeddings = embeddings.f_detach()?.f_to_device(device)?;
+    let projection = draft.projection(&embeddings)?;
+    let seg = segments(data);
+    let mut opt = AdamW::new(draft.var_store(), config.optim, |_| true)?;
+    let mut rng = SeededRng::new(config.seed);
+    let mut logs: Vec<DraftLog> = Vec::new();
+    let mut start = 0;
+    let mut resumed_from = None;
+    if let Some(dir) = checkpoint.filter(|d| has_checkpoint(d)) {
+        let state: CheckpointState<DraftTrainConfig, DraftLog> =
+            load_checkpoint(dir, draft.var_store(), &mut opt)?;
+        if state.config != *config {
+            return Err(Error::config(
+                "checkpoint",
+                format!(
+                    "{} was written with other settings; remove it or use the same settings",
+                    dir.display()
+                ),
+            ));
+        }
+        start = state.step;
+        rng = SeededRng::from_state(state.rng_state);
+        logs = state.logs;
+        resumed_from = Some(start);
+    }
+    let t0 = Instant::now();
+    let elapsed_before = logs.last().map_or(0.0, |l| l.elapsed_s);
+    let (mut sum, mut count) = (0.0, 0usize);
+    let mut hits = vec![(0i64, 0i64); config.unroll];
+    let last_start = (data.len() - t - 1) as u64;
+    for step in start..config.steps {
+        let starts: Vec<i64> = (0..config.batch_size)
+            .map(|_| rng.below(last_start + 1) as i64)
+            .collect();
+        let w = gather(data, &seg, &embeddings, &starts, t as i64, device)?;
+        let (loss, h) = batch_loss(draft, &projection, &w, config)?;
+        opt.zero_grad()?;
+        loss.f_backward()?;
+        opt.clip()?;
+        let lr = config.lr.at(step, config.steps);
+        opt.step(lr)?;
+        sum += f64::try_from(&loss)?;
+        count += 1;
+        for (acc, (c, n)) in hits.iter_mut().zip(h) {
+            acc.0 += c;
+            acc.1 += n;
+        }
+        let done = step + 1;
+        let last = done == config.steps;
+        let report = last || (config.log_every > 0 && done % config.log_every == 0);
+        let save = checkpoint.is_some()
+            && (last || (config.checkpoint_every > 0 && done % config.checkpoint_every == 0));
+        if report {
+            let rate = (done - start) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            logs.push(DraftLog {
+                step: done,
+                steps: config.steps,
+                loss: sum / count.max(1) as f64,
+                accuracy: hits
+                    .iter()
+                    .map(|&(c, n)| c as f64 / n.max(1) as f64)
+                    .collect(),
+                lr,
+                elapsed_s: elapsed_before + t0.elapsed().as_secs_f64(),
+                eta_s: (config.steps - done) as f64 / rate,
+            });
+            (sum, count) = (0.0, 0);
+            hits.iter_mut().for_each(|h| *h = (0, 0));
+        }
+        if save {
+            let state = CheckpointState {
+                config: config.clone(),
+                step: done,
+                optimizer_steps: opt.steps(),
+                rng_state: rng.state(),
+                logs: logs.clone(),
+            };
+            save_checkpoint(
+                checkpoint.expect("checked"),
+                draft.var_store(),
+                &opt,
+                &state,
+            )?;
+        }
+        if report {
+            progress(logs.last().expect("just pushed"));
+        }
+    }
+    Ok(DraftReport {
+        final_loss: logs.last().map_or(f64::NAN, |l| l.loss),
+        logs,
+        resumed_from,
+        wall_s: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Top-1 agreement of the draft with the base's greedy token on `data` (for example held-out
+/// data), per unrolled draft step, over consecutive windows of `seq_len` positions (at most
+/// `max_windows` of them). Positions whose target lies outside the shortlist count as misses.
+pub fn evaluate_feature_draft(
+    draft: &FeatureDraft,
+    embeddings: &Tensor,
+    data: &DraftData,
+    seq_len: usize,
+    unroll: usize,
+    max_windows: usize,
+) -> Result<Vec<f64>> {
+    let _guard = tch::no_grad_guard();
+    let t = seq_len.min(data.len().saturating_sub(1)).max(1);
+    check_data(data, draft, embeddings, t)?;
+    let device = draft.var_store().device();
+    let embeddings = embeddings.f_detach()?.f_to_device(device)?;
+    let projection = draft.projection(&embeddings)?;
+    let seg = segments(data);
+    let mut hits = vec![(0i64, 0i64); unroll.max(1)];
+    let windows = ((data.len() - 1) / t).min(max_windows);
+    for i in 0..windows {
+        let w = gather(data, &seg, &embeddings, &[(i * t) as i64], t as i64, device)?;
+        let passes = unrolled(draft, &w, unroll.max(1))?;
+        let targets = projection.columns(&w.target_token)?;
+        for ((out, ok), acc) in passes.iter().zip(hits.iter_mut()) {
+            let guess = projection.logits(out)?.f_argmax(-1, false)?;
+            let right = guess.f_eq_tensor(&targets)?.f_logical_and(ok)?;
+            acc.0 += i64::try_from(right.f_sum(Kind::Int64)?)?;
+            acc.1 += i64::try_from(ok.f_sum(Kind::Int64)?)?;
+        }
+    }
+    Ok(hits.iter().map(|&(c, n)| c as f64 / n.max(1) as f64).collect())
+}

@@ -1,0 +1,318 @@
+//! The feature-level draft: exact acceptance equals greedy decoding whatever it guesses (random
+//! float64 models, prompts, block sizes, shortlists, verifiers, chains), its training targets
+//! are aligned with what the decoder hands it, training makes it guess better, and the
+//! conformance suite passes.
+
+use blockwise::feature::{FeatureDraft, FeatureDraftConfig, FeatureDraftProposer};
+use blockwise::proposer::Chain;
+use blockwise::testing::strategies::{model_case, ModelCase};
+use blockwise::testing::{check_loop_invariants, check_same_output, Conformance};
+use blockwise::train::{
+    evaluate_feature_draft, train_feature_draft, DraftData, DraftTrainConfig,
+};
+use blockwise::{
+    BatchBlockwise, Blockwise, BlockwiseDecoder, CachedVerifier, CausalLm, DecodeConfig,
+    DecodeOutput, Error, GreedyDecoder, NGram, Proposer, RecomputeVerifier, Transformer,
+    TransformerConfig,
+};
+use proptest::prelude::*;
+use std::cell::RefCell;
+use std::rc::Rc;
+use tch::{Device, Kind, Tensor};
+
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256u32)
+        .max(256);
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+fn draft_for(model: &Transformer, seed: u64, shortlist: Option<usize>) -> FeatureDraftProposer {
+    let c = model.config();
+    let mut draft =
+        FeatureDraft::new(FeatureDraftConfig::for_base(c.d_model, c.vocab_size), seed, Device::Cpu)
+            .unwrap();
+    if let Some(n) = shortlist {
+        // Every other id, starting from a seeded offset: guesses outside it are never made.
+        let ids: Vec<i64> = (0..c.vocab_size)
+            .filter(|i| (i + seed as i64) % 2 == 0)
+            .take(n.max(1))
+            .collect();
+        draft = draft.with_shortlist(ids).unwrap();
+    }
+    FeatureDraftProposer::new(draft, model).unwrap()
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Setup {
+    Plain,
+    Shortlist,
+    Recompute,
+    DraftThenNgram,
+    NgramThenDraft,
+}
+
+fn run(case: &ModelCase, setup: Setup) -> (DecodeOutput, DecodeOutput) {
+    let mut model = case.model().unwrap();
+    let reference = GreedyDecoder::new(&mut model)
+        .decode(&case.prompt, &case.decode)
+        .unwrap();
+    let seed = case.proposer_seed;
+    let proposer: Box<dyn Proposer> = match setup {
+        Setup::Plain | Setup::Recompute => Box::new(draft_for(&model, seed, None)),
+        Setup::Shortlist => Box::new(draft_for(&model, seed, Some(3))),
+        Setup::DraftThenNgram => Box::new(Chain::new(vec![
+            Box::new(draft_for(&model, seed, None)),
+            Box::new(NGram::new(1, 3).unwrap()),
+        ])),
+        Setup::NgramThenDraft => Box::new(Chain::new(vec![
+            Box::new(NGram::new(1, 3).unwrap()),
+            Box::new(draft_for(&model, seed, None)),
+        ])),
+    };
+    let builder = Blockwise::builder(&mut model)
+        .block_size(case.block_size)
+        .proposer(proposer);
+    let builder = match setup {
+        Setup::Recompute => builder.verifier(RecomputeVerifier::new()),
+        _ => builder.verifier(CachedVerifier::new()),
+    };
+    let out = builder
+        .build()
+        .unwrap()
+        .decode(&case.prompt, &case.decode)
+        .unwrap();
+    (out, reference)
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn feature_draft_equals_greedy(case in model_case(), pick in 0usize..5) {
+        let setup = [Setup::Plain, Setup::Shortlist, Setup::Recompute, Setup::DraftThenNgram,
+                     Setup::NgramThenDraft][pick];
+        let (out, reference) = run(&case, setup);
+        check_same_output(&out, &reference).map_err(|e| TestCaseError::fail(format!("{setup:?}: {e}")))?;
+        check_loop_invariants(&out, &case.decode, case.block_size)
+            .map_err(|e| TestCaseError::fail(format!("{setup:?}: {e}")))?;
+    }
+}
+
+fn fixed_model(seed: u64) -> Transformer {
+    let mut c = TransformerConfig::tiny(24, 0);
+    c.d_model = 32;
+    c.n_heads = 4;
+    c.d_ff = 64;
+    c.n_layers = 2;
+    c.max_context = 128;
+    c.dtype = blockwise::DType::F64;
+    Transformer::new_seeded(c, seed, Device::Cpu).unwrap()
+}
+
+/// Prompts and their greedy continuations: what the decoder will see.
+fn greedy_sequences(model: &mut Transformer, n: usize, new_tokens: usize) -> Vec<Vec<i64>> {
+    (0..n)
+        .map(|i| {
+            let prompt: Vec<i64> = (0..4).map(|j| ((i * 7 + j * 5 + i * j) % 24) as i64).collect();
+            let out = GreedyDecoder::new(&mut *model)
+                .decode(&prompt, &DecodeConfig::new(new_tokens))
+                .unwrap();
+            [prompt, out.tokens].concat()
+        })
+        .collect()
+}
+
+/// Records every hidden state the decoder hands over.
+struct Recorder {
+    rows: Rc<RefCell<Vec<Tensor>>>,
+}
+
+impl Proposer for Recorder {
+    fn propose(&mut self, ctx: &blockwise::ProposalContext<'_>) -> blockwise::Result<Vec<i64>> {
+        Ok(vec![(ctx.next + 1) % 24; ctx.max_tokens])
+    }
+    fn needs_hidden(&self) -> bool {
+        true
+    }
+    fn observe_hidden(&mut self, hidden: &Tensor) -> blockwise::Result<()> {
+        self.rows.borrow_mut().push(hidden.copy());
+        Ok(())
+    }
+}
+
+#[test]
+fn training_targets_are_what_the_decoder_hands_the_draft() {
+    let mut model = fixed_model(5);
+    let prompt = vec![1, 2, 3, 4, 5];
+    let config = DecodeConfig::new(40);
+    for (chunk, k) in [(None, 4), (Some(2), 3), (None, 1)] {
+        let rows = Rc::new(RefCell::new(Vec::new()));
+        let out = Blockwise::builder(&mut model)
+            .block_size(k)
+            .proposer(Recorder { rows: rows.clone() })
+            .build()
+            .unwrap()
+            .decode(&prompt, &match chunk {
+                Some(c) => config.clone().with_prefill_chunk(c),
+                None => config.clone(),
+            })
+            .unwrap();
+        let seq = [prompt.clone(), out.tokens.clone()].concat();
+        let data = DraftData::teacher_forced(&mut model, &[seq.clone()], Kind::Double).unwrap();
+        let handed = Tensor::cat(&rows.borrow(), 0);
+        // Every committed position was handed over exactly once, in order, and equals the
+        // teacher-forced state of the final sequence at that position.
+        assert_eq!(handed.size()[0] as usize, seq.len(), "k {k}, chunk {chunk:?}");
+        let diff = f64::try_from((handed - &data.hidden).abs().max()).unwrap();
+        assert!(diff < 1e-9, "decoder and teacher-forced hidden states differ by {diff}");
+        // On a greedy sequence the teacher-forced argmax after each position from the prompt's
+        // last on is the next token: the draft's token targets are the base's greedy tokens.
+        let argmax: Vec<i64> = Vec::try_from(&data.argmax).unwrap();
+        for t in prompt.len() - 1..seq.len() - 1 {
+            assert_eq!(argmax[t], seq[t + 1], "argmax target at position {t}");
+        }
+    }
+}
+
+fn mean_accepted(model: &mut Transformer, draft: FeatureDraft, prompts: &[Vec<i64>]) -> f64 {
+    let (mut calls, mut tokens) = (0usize, 0usize);
+    let proposer = FeatureDraftProposer::new(draft, &*model).unwrap();
+    let mut decoder = Blockwise::builder(&mut *model)
+        .block_size(5)
+        .proposer(proposer)
+        .build()
+        .unwrap();
+    let config = DecodeConfig::new(48);
+    let mut outs = Vec::new();
+    for p in prompts {
+        let out = decoder.decode(p, &config).unwrap();
+        calls += out.stats.iterations;
+        tokens += out.tokens.len();
+        outs.push(out);
+    }
+    drop(decoder);
+    for (p, out) in prompts.iter().zip(&outs) {
+        let reference = GreedyDecoder::new(&mut *model).decode(p, &config).unwrap();
+        assert_eq!(out.tokens, reference.tokens, "prompt {p:?}");
+    }
+    tokens as f64 / calls as f64
+}
+
+#[test]
+fn training_makes_the_draft_guess_better_and_checkpoints_resume() {
+    let mut model = fixed_model(11);
+    let seqs = greedy_sequences(&mut model, 48, 60);
+    let (train, held) = seqs.split_at(40);
+    let data = DraftData::teacher_forced(&mut model, train, Kind::Float).unwrap();
+    let held_data = DraftData::teacher_forced(&mut model, held, Kind::Float).unwrap();
+    let emb = model.token_embeddings().unwrap();
+    let c = model.config().clone();
+    let fresh = || {
+        FeatureDraft::new(FeatureDraftConfig::for_base(c.d_model, c.vocab_size), 3, Device::Cpu)
+            .unwrap()
+    };
+    let settings = DraftTrainConfig {
+        steps: 120,
+        batch_size: 8,
+        seq_len: 48,
+        unroll: 3,
+        log_every: 40,
+        ..DraftTrainConfig::default()
+    };
+    let mut draft = fresh();
+    let before = evaluate_feature_draft(&draft, &emb, &held_data, 48, 3, 64).unwrap();
+    let report = train_feature_draft(&mut draft, &emb, &data, &settings, None, |_| {}).unwrap();
+    let after = evaluate_feature_draft(&draft, &emb, &held_data, 48, 3, 64).unwrap();
+    assert!(report.logs.first().unwrap().loss > report.final_loss, "{:?}", report.logs);
+    assert!(after[0] > before[0] + 0.2, "held-out agreement {before:?} -> {after:?}");
+    assert!(after[2] > before[2], "third draft step {before:?} -> {after:?}");
+
+    // Decoding held-out prompts: identical to greedy, and more tokens per call than the fresh
+    // draft.
+    let prompts: Vec<Vec<i64>> = held.iter().map(|s| s[..4].to_vec()).collect();
+    let trained = mean_accepted(&mut model, draft, &prompts);
+    let untrained = mean_accepted(&mut model, fresh(), &prompts);
+    assert!(trained > untrained + 0.3, "mean accepted {untrained:.2} -> {trained:.2}");
+
+    // Interrupted after the step-60 checkpoint and resumed by a fresh draft: the same weights
+    // as the run without interruption.
+    let ckpt = std::env::temp_dir().join(format!("bw-draft-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&ckpt);
+    let settings = DraftTrainConfig {
+        checkpoint_every: 60,
+        ..settings
+    };
+    let mut whole = fresh();
+    train_feature_draft(&mut whole, &emb, &data, &settings, None, |_| {}).unwrap();
+    let interrupted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut a = fresh();
+        let _ = train_feature_draft(&mut a, &emb, &data, &settings, Some(&ckpt), |l| {
+            if l.step == 80 {
+                panic!("interrupted");
+            }
+        });
+    }));
+    assert!(interrupted.is_err());
+    let mut resumed = fresh();
+    let r = train_feature_draft(&mut resumed, &emb, &data, &settings, Some(&ckpt), |_| {}).unwrap();
+    assert_eq!(r.resumed_from, Some(60));
+    for (name, w) in whole.var_store().variables() {
+        let other = &resumed.var_store().variables()[&name];
+        assert!(w.equal(other), "{name} differs after resuming");
+    }
+    let _ = std::fs::remove_dir_all(&ckpt);
+}
+
+#[test]
+fn feature_draft_passes_the_conformance_suite() {
+    Conformance::new()
+        .cases(64)
+        .block_sizes(1..=8)
+        .max_new_tokens(0..=24)
+        .run(&mut fixed_model(2), |seed| {
+            let model = fixed_model(2);
+            Box::new(draft_for(&model, seed, None))
+        })
+        .unwrap();
+}
+
+#[test]
+fn mismatched_drafts_and_batches_are_refused() {
+    let model = fixed_model(1);
+    let wrong = FeatureDraft::new(FeatureDraftConfig::for_base(16, 24), 0, Device::Cpu).unwrap();
+    let err = FeatureDraftProposer::new(wrong, &model).unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+    assert!(err.to_string().contains("width 16"), "{err}");
+    let other_vocab =
+        FeatureDraft::new(FeatureDraftConfig::for_base(32, 30), 0, Device::Cpu).unwrap();
+    let err = FeatureDraftProposer::new(other_vocab, &model).unwrap_err();
+    assert!(matches!(err, Error::VocabularyMismatch { .. }), "{err}");
+    let bad = FeatureDraftConfig {
+        n_heads: 5,
+        ..FeatureDraftConfig::for_base(32, 24)
+    };
+    assert!(matches!(
+        FeatureDraft::new(bad, 0, Device::Cpu),
+        Err(Error::InvalidConfig { .. })
+    ));
+    let mut model = fixed_model(1);
+    let mut batch = BatchBlockwise::builder(&mut model)
+        .block_size(4)
+        .proposer_factory(false, || {
+            let m = fixed_model(1);
+            Ok(Box::new(draft_for(&m, 0, None)) as Box<dyn Proposer>)
+        })
+        .build()
+        .unwrap();
+    let err = batch
+        .decode_batch(&[vec![1, 2]], &DecodeConfig::new(4))
+        .unwrap_err();
+    assert!(matches!(err, Error::MissingCapability { .. }), "{err}");
+}
