@@ -8,6 +8,7 @@ use tch::Device;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::feature::{FeatureDraftConfig, DRAFT_CONFIG_FILE};
 use crate::heads::{HeadsConfig, WithHeads, HEADS_CONFIG_FILE};
 use crate::model::CausalLm;
 use crate::tokenizer::{ByteTokenizer, ChatTemplate, HfTokenizer, TextTokenizer, END_OF_TEXT};
@@ -49,6 +50,35 @@ pub enum HeadsChoice {
 /// The folder of the heads shipped with the crate (one sub-folder per base model).
 pub fn shipped_heads_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/heads"))
+}
+
+/// The folder of the feature-level drafts shipped with the crate (one sub-folder per base model).
+pub fn shipped_drafts_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/drafts"))
+}
+
+/// The feature-level draft for an export in `dir` whose source is `source`: `dir/draft` when
+/// there is one, else the shipped draft trained for that source.
+fn find_draft(dir: &Path, source: Option<&str>) -> Result<Option<PathBuf>> {
+    let local = dir.join("draft");
+    if local.join(DRAFT_CONFIG_FILE).is_file() {
+        return Ok(Some(local));
+    }
+    let (Some(source), Ok(entries)) = (source, std::fs::read_dir(shipped_drafts_dir())) else {
+        return Ok(None);
+    };
+    let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    dirs.sort();
+    for d in dirs {
+        let file = d.join(DRAFT_CONFIG_FILE);
+        if file.is_file() {
+            let config: FeatureDraftConfig = Error::read_json(&file)?;
+            if config.base.as_deref() == Some(source) {
+                return Ok(Some(d));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The heads folder `choice` names for an export whose source is `source` (`None`: no heads).
@@ -107,6 +137,9 @@ pub struct ModelBundle {
     pub chat: Option<ChatTemplate>,
     /// The export's metadata (oracles included), for exported models.
     pub metadata: Option<ExportMetadata>,
+    /// The feature-level draft trained for this model (`DIR/draft`, or one shipped in
+    /// `assets/drafts` for the export's source), when there is one.
+    pub draft: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ModelBundle {
@@ -180,6 +213,7 @@ impl ModelBundle {
             tokenizer,
             chat: None,
             metadata: None,
+            draft: find_draft(dir, None)?,
         })
     }
 
@@ -200,6 +234,7 @@ impl ModelBundle {
             true => None,
             false => meta.source.get("gguf").and_then(|v| v.as_str()),
         };
+        let draft = find_draft(dir, source)?;
         let model: Box<dyn CausalLm> = match find_heads(dir, source, &options.heads)? {
             Some(heads) => Box::new(WithHeads::load(model, heads)?),
             None => Box::new(model),
@@ -231,6 +266,7 @@ impl ModelBundle {
             eos: meta.eos_token_ids.clone(),
             chat,
             metadata: Some(meta),
+            draft,
         })
     }
 

@@ -105,6 +105,56 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config())]
+
+    /// Batched rows drafting chains or dynamic trees (EAGLE-2) with the feature draft: every row
+    /// equals greedy decoding of its prompt alone, with and without cache compaction and
+    /// chunked prefill.
+    #[test]
+    fn batched_chains_and_dynamic_trees_equal_greedy(
+        case in model_case(),
+        more in proptest::collection::vec(proptest::collection::vec(0i64..4, 1..8), 0..3),
+        nodes in prop_oneof![Just(None), Just(Some(1usize)), Just(Some(5)), Just(Some(16))],
+        width in 1usize..5,
+        tight_slots in any::<bool>(),
+        chunk in prop_oneof![Just(None), Just(Some(1usize)), Just(Some(3))],
+    ) {
+        let mut model = case.model().unwrap();
+        let mut prompts = vec![case.prompt.clone()];
+        prompts.extend(more.into_iter().filter(|p| p.len() < case.config.max_context));
+        let mut decode = case.decode.clone();
+        decode.prefill_chunk = chunk;
+        let reference: Vec<DecodeOutput> = prompts
+            .iter()
+            .map(|p| GreedyDecoder::new(&mut model).decode(p, &decode).unwrap())
+            .collect();
+        let emb = model.token_embeddings().unwrap().copy();
+        let (d, vocab, ctx) = (case.config.d_model, case.config.vocab_size, case.config.max_context);
+        let mut seed = case.proposer_seed;
+        let mut b = BatchBlockwise::builder(&mut model)
+            .block_size(case.block_size)
+            .proposer_factory(false, move || {
+                seed = seed.wrapping_add(1);
+                let draft = FeatureDraft::new(FeatureDraftConfig::for_base(d, vocab), seed, Device::Cpu)?;
+                Ok(Box::new(FeatureDraftProposer::with_embeddings(draft, &emb, ctx)?.with_tree_width(width))
+                    as Box<dyn Proposer>)
+            });
+        if let Some(n) = nodes {
+            b = b.dynamic_tree(n);
+        }
+        if tight_slots {
+            b = b.slots(1);
+        }
+        let outs = b.build().unwrap().decode_batch(&prompts, &decode).unwrap();
+        for (i, (o, r)) in outs.iter().zip(&reference).enumerate() {
+            prop_assert_eq!(&o.tokens, &r.tokens, "row {}", i);
+            check_loop_invariants(o, &decode, nodes.map_or(case.block_size, |n| n + 1).max(case.block_size))
+                .map_err(|e| TestCaseError::fail(format!("row {i}: {e}")))?;
+        }
+    }
+}
+
 fn fixed_model(seed: u64) -> Transformer {
     let mut c = TransformerConfig::tiny(24, 0);
     c.d_model = 32;
@@ -237,9 +287,39 @@ fn training_makes_the_draft_guess_better_and_checkpoints_resume() {
     // Decoding held-out prompts: identical to greedy, and more tokens per call than the fresh
     // draft.
     let prompts: Vec<Vec<i64>> = held.iter().map(|s| s[..4].to_vec()).collect();
+    // The same trained draft growing dynamic trees of 12 nodes: at least as many tokens per
+    // call as its chain, identical to greedy.
+    let tree_accepted = {
+        let emb = emb.copy();
+        let saved = std::env::temp_dir().join(format!("bw-draft-tree-{}", std::process::id()));
+        draft.save(&saved).unwrap();
+        let dir = saved.clone();
+        let mut b = BatchBlockwise::builder(&mut model)
+            .block_size(5)
+            .proposer_factory(false, move || {
+                let d = FeatureDraft::load(&dir, Device::Cpu)?;
+                Ok(Box::new(FeatureDraftProposer::with_embeddings(d, &emb, 128)?) as Box<dyn Proposer>)
+            })
+            .dynamic_tree(12)
+            .build()
+            .unwrap();
+        let config = DecodeConfig::new(48);
+        let outs = b.decode_batch(&prompts, &config).unwrap();
+        drop(b);
+        let _ = std::fs::remove_dir_all(&saved);
+        for (p, o) in prompts.iter().zip(&outs) {
+            let r = GreedyDecoder::new(&mut model).decode(p, &config).unwrap();
+            assert_eq!(o.tokens, r.tokens, "tree decode of {p:?}");
+        }
+        let tokens: usize = outs.iter().map(|o| o.tokens.len()).sum();
+        let iters: usize = outs.iter().map(|o| o.stats.iterations).sum();
+        tokens as f64 / iters as f64
+    };
     let trained = mean_accepted(&mut model, draft, &prompts);
     let untrained = mean_accepted(&mut model, fresh(), &prompts);
     assert!(trained > untrained + 0.3, "mean accepted {untrained:.2} -> {trained:.2}");
+    assert!(tree_accepted >= trained, "tree {tree_accepted:.2} < chain {trained:.2}");
+    eprintln!("mean accepted: untrained {untrained:.2}, chain {trained:.2}, tree {tree_accepted:.2}");
 
     // Interrupted after the step-60 checkpoint and resumed by a fresh draft: the same weights
     // as the run without interruption.
@@ -302,17 +382,19 @@ fn mismatched_drafts_and_batches_are_refused() {
         FeatureDraft::new(bad, 0, Device::Cpu),
         Err(Error::InvalidConfig { .. })
     ));
+    // A dynamic tree together with a fixed shape, or with another criterion, is refused.
     let mut model = fixed_model(1);
-    let mut batch = BatchBlockwise::builder(&mut model)
+    let err = BatchBlockwise::builder(&mut model)
         .block_size(4)
-        .proposer_factory(false, || {
-            let m = fixed_model(1);
-            Ok(Box::new(draft_for(&m, 0, None)) as Box<dyn Proposer>)
-        })
+        .tree("2,1".parse().unwrap())
+        .dynamic_tree(8)
         .build()
-        .unwrap();
-    let err = batch
-        .decode_batch(&[vec![1, 2]], &DecodeConfig::new(4))
         .unwrap_err();
-    assert!(matches!(err, Error::MissingCapability { .. }), "{err}");
+    assert!(err.to_string().contains("choose one"), "{err}");
+    let err = BatchBlockwise::builder(&mut model)
+        .block_size(4)
+        .dynamic_tree(0)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
 }

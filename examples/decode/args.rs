@@ -10,7 +10,7 @@ use tch::Device;
 
 pub const USAGE: &str = "\
 usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--chat]
-              [--proposer heads|none|ngram[:MIN:MAX]|draft:DIR|chain:A,B] [--heads DIR|none]
+              [--proposer heads|none|ngram[:MIN:MAX]|draft:DIR|eagle[:DIR]|chain:A,B] [--heads DIR|none]
               [--k N]
               [--adaptive | --policy fixed|adaptive|cost[:PER_TOKEN]]
               [--accept exact|lossless|typical[:EPS:DELTA]|top-k:N|distance:EPS[:cosine|l2]]
@@ -28,7 +28,9 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --chat            wrap each prompt as one user message in the model's chat template
   --proposer        where proposals come from (default heads): ngram = prompt lookup of 1..3
                     tokens; draft:DIR = a draft model of the same tokenizer (e.g.
-                    models/smollm2-draft); chain:A,B = A, or B where A has no proposal
+                    models/smollm2-draft); eagle = the feature-level draft shipped for the
+                    model (assets/drafts, e.g. SmolLM2's), eagle:DIR = one saved in DIR;
+                    chain:A,B = A, or B where A has no proposal
   --heads           proposal heads for an exported model (default: its heads/ folder, or the
                     heads shipped in assets/heads for its source model, e.g. SmolLM2's)
   --k               block size (default 4): at most k - 1 proposals per block

@@ -109,7 +109,10 @@ fn run(args: Args) -> Result<()> {
         block_size: args.k,
         acceptance: args.accept.clone(),
         min_block: args.min_block,
-        proposer: args.proposer.clone(),
+        proposer: args
+            .proposer
+            .clone()
+            .with_shipped_draft(bundle.draft.as_deref()),
         verifier: args.verifier,
         policy: args.policy,
         tie_guard: args.tie_guard,

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tch::{Kind, Tensor};
 
-use super::tree::{TokenTree, TreeShape};
+use super::tree::{TokenTree, TreeShape, MAX_TREE_NODES};
 use super::{seconds_since, BlockwiseDecoder, Budget, DecodeOutput};
 use crate::acceptance::{AcceptanceCriterion, BlockView, Exact};
 use crate::config::DecodeConfig;
@@ -59,6 +59,7 @@ pub struct BatchBlockwise<M> {
     criterion: Box<dyn AcceptanceCriterion>,
     block_size: usize,
     tree: Option<TreeShape>,
+    dynamic: Option<usize>,
     slots: Option<usize>,
 }
 
@@ -79,6 +80,7 @@ pub struct BatchBuilder<M> {
     criterion: Option<Box<dyn AcceptanceCriterion>>,
     block_size: usize,
     tree: Option<TreeShape>,
+    dynamic: Option<usize>,
     slots: Option<usize>,
 }
 
@@ -131,6 +133,14 @@ impl<M: CausalLm> BatchBuilder<M> {
         self
     }
 
+    /// Verify trees the proposer builds ([`Proposer::propose_tree`], for example a
+    /// feature-level draft's, grown by its own confidence) of at most `nodes` nodes, instead of
+    /// chains; a proposer that builds no trees has its chains verified.
+    pub fn dynamic_tree(mut self, nodes: usize) -> Self {
+        self.dynamic = Some(nodes);
+        self
+    }
+
     /// Checks the block size, the tree and the heads against the model, and that the model
     /// takes explicit positions and attention masks ([`CausalLm::as_masked`]).
     pub fn build(mut self) -> Result<BatchBlockwise<M>> {
@@ -143,6 +153,26 @@ impl<M: CausalLm> BatchBuilder<M> {
             ));
         }
         let heads = self.model.info().num_heads;
+        if let Some(nodes) = self.dynamic {
+            if self.tree.is_some() {
+                return Err(Error::config(
+                    "tree",
+                    "a fixed tree shape and a dynamic tree were both asked for; choose one",
+                ));
+            }
+            if nodes == 0 || nodes > MAX_TREE_NODES {
+                return Err(Error::config(
+                    "tree",
+                    format!("a dynamic tree needs 1 to {MAX_TREE_NODES} nodes, got {nodes}"),
+                ));
+            }
+            if self.criterion.is_some() {
+                return Err(Error::config(
+                    "acceptance",
+                    "tree blocks are verified exactly; leave the criterion at its default",
+                ));
+            }
+        }
         if let Some(shape) = &self.tree {
             if shape.depth() > k - 1 {
                 return Err(Error::config(
@@ -186,6 +216,7 @@ impl<M: CausalLm> BatchBuilder<M> {
             criterion: self.criterion.unwrap_or_else(|| Box::new(Exact)),
             block_size: k,
             tree: self.tree,
+            dynamic: self.dynamic,
             slots: self.slots,
         })
     }
@@ -232,6 +263,7 @@ impl<M: CausalLm> BatchBlockwise<M> {
             criterion: None,
             block_size: 4,
             tree: None,
+            dynamic: None,
             slots: None,
         }
     }
@@ -253,9 +285,11 @@ impl<M: CausalLm> BatchBlockwise<M> {
 
     /// Widest block a row may send: the tree's nodes plus the root, or `k`.
     fn max_block(&self) -> usize {
-        self.tree
-            .as_ref()
-            .map_or(self.block_size, |t| t.nodes() + 1)
+        match (&self.tree, self.dynamic) {
+            (Some(t), _) => t.nodes() + 1,
+            (None, Some(nodes)) => nodes + 1,
+            (None, None) => self.block_size,
+        }
     }
 
     /// Decodes every prompt; output `i` belongs to `prompts[i]`. Greedy decoding only
@@ -285,13 +319,6 @@ impl<M: CausalLm> BatchBlockwise<M> {
         let mut rows = Vec::with_capacity(prompts.len());
         for p in prompts {
             let mut proposer = (self.proposers)()?;
-            if proposer.needs_hidden() {
-                return Err(Error::MissingCapability {
-                    component: "batched decoding",
-                    capability: "proposers that read hidden states (decode feature-level drafts \
-                                 with Blockwise, one prompt at a time)",
-                });
-            }
             proposer.begin(p)?;
             let stop = match budget.remaining(0, p.len()) {
                 0 => Some(budget.exhausted(0, config.on_context_full)?),
@@ -340,6 +367,7 @@ impl<M: CausalLm> BatchBlockwise<M> {
             for (b, (row, part)) in rows.iter_mut().zip(&parts).enumerate() {
                 let Some(part) = part else { continue };
                 let n = part.tree.len();
+                hand_hidden(row, &scored, b, &(0..n).collect::<Vec<_>>())?;
                 row.live.extend((0..n as i64).map(|i| scored.base + i));
                 row.stats.model_s += model_s;
                 if start + n == row.prompt_len {
@@ -377,6 +405,7 @@ impl<M: CausalLm> BatchBlockwise<M> {
                 row.seq.extend_from_slice(&kept);
                 row.stats.record_iteration(kept.len());
                 row.stats.proposed += part.tree.len() - 1;
+                hand_hidden(row, &scored, b, &path)?;
                 let tp = Instant::now();
                 row.proposer.observe(&kept)?;
                 row.stats.proposer_s += seconds_since(tp);
@@ -425,18 +454,38 @@ impl<M: CausalLm> BatchBlockwise<M> {
         } else {
             (self.block_size - 1).min(room - 1)
         };
-        let tree = match &self.tree {
-            Some(shape) => {
+        let argmax: Vec<i64> = row
+            .heads
+            .iter()
+            .filter_map(|c| c.first().copied())
+            .collect();
+        let grown = match self.dynamic {
+            Some(nodes) if max_tokens > 0 => {
+                let ctx = ProposalContext::new(&row.seq, row.next, max_tokens)
+                    .with_heads(self.needs_heads.then_some(argmax.as_slice()));
+                let tp = Instant::now();
+                let tree = row.proposer.propose_tree(&ctx, nodes)?;
+                row.stats.proposer_s += seconds_since(tp);
+                match tree {
+                    Some(t) => {
+                        check_tokens("proposal", &t.tokens, self.model.info().vocab_size)?;
+                        Some(TokenTree::from_draft(row.next, &t, max_tokens, nodes, |t| {
+                            config.is_eos(t)
+                        })?)
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        let tree = match (&self.tree, grown) {
+            (_, Some(tree)) => tree,
+            (Some(shape), None) => {
                 TokenTree::product(row.next, &row.heads, shape.widths(), max_tokens, |t| {
                     config.is_eos(t)
                 })
             }
-            None => {
-                let argmax: Vec<i64> = row
-                    .heads
-                    .iter()
-                    .filter_map(|c| c.first().copied())
-                    .collect();
+            (None, None) => {
                 let ctx = ProposalContext::new(&row.seq, row.next, max_tokens)
                     .with_heads(self.needs_heads.then_some(argmax.as_slice()));
                 let tp = Instant::now();
@@ -463,7 +512,7 @@ impl<M: CausalLm> BatchBlockwise<M> {
     /// The kept path of one row's block: the whole chain prefix the criterion accepts, or the
     /// tree's longest branch the model agrees with.
     fn accept(&self, tree: &TokenTree, ranked: &[i64], width: usize) -> Result<Vec<usize>> {
-        if self.tree.is_some() {
+        if self.tree.is_some() || self.dynamic.is_some() {
             let argmax: Vec<i64> = ranked.chunks(width).map(|c| c[0]).collect();
             return Ok(tree.walk(&argmax));
         }
@@ -658,6 +707,26 @@ impl<M: CausalLm> BlockwiseDecoder for BatchBlockwise<M> {
             problem: "no output for the one prompt".into(),
         })
     }
+}
+
+/// Hands a row's proposer the hidden states of the call's nodes `nodes` (just committed), when
+/// it reads them.
+fn hand_hidden(row: &mut Row, scored: &Scored, b: usize, nodes: &[usize]) -> Result<()> {
+    if !row.proposer.needs_hidden() {
+        return Ok(());
+    }
+    let hidden = scored.hidden.as_ref().ok_or(Error::MissingCapability {
+        component: "a feature-level draft",
+        capability: "final hidden states in the model output",
+    })?;
+    let idx: Vec<i64> = nodes.iter().map(|&n| n as i64).collect();
+    let rows = hidden
+        .f_select(0, b as i64)?
+        .f_index_select(0, &Tensor::from_slice(&idx).f_to_device(hidden.device())?)?;
+    let tp = Instant::now();
+    row.proposer.observe_hidden(&rows)?;
+    row.stats.proposer_s += seconds_since(tp);
+    Ok(())
 }
 
 /// The model's masked calling convention, or the error that says it has none.

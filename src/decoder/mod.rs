@@ -9,7 +9,7 @@ mod tree;
 pub use batch::{BatchBlockwise, BatchBuilder, ProposerFactory};
 pub use blockwise::{Blockwise, BlockwiseBuilder};
 pub use greedy::GreedyDecoder;
-pub use tree::{TreeShape, MAX_TREE_NODES};
+pub use tree::{DraftTree, TreeShape, MAX_TREE_NODES};
 
 use serde::{Deserialize, Serialize};
 

@@ -112,6 +112,38 @@ impl std::str::FromStr for TreeShape {
     }
 }
 
+/// A tree of guesses a proposer builds under the base model's next token (the root, which is
+/// not part of it): `tokens[i]` hangs under `parents[i]`, where `0` is the root and `j + 1` is
+/// node `j`; every node's parent comes before it. Verified in one call with a tree attention
+/// mask, and the longest branch the model agrees with is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DraftTree {
+    /// The nodes' tokens.
+    pub tokens: Vec<i64>,
+    /// Each node's parent: `0` for the root, `j + 1` for node `j < i`.
+    pub parents: Vec<usize>,
+}
+
+impl DraftTree {
+    /// A chain: each token under the one before.
+    pub fn chain(tokens: &[i64]) -> Self {
+        DraftTree {
+            tokens: tokens.to_vec(),
+            parents: (0..tokens.len()).collect(),
+        }
+    }
+
+    /// Nodes (the root excluded).
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether the tree holds no node.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
 /// A block laid out as a tree, nodes in breadth-first order: node 0 is the root, every other
 /// node's parent comes before it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +194,50 @@ impl TokenTree {
             level = next_level;
         }
         tree
+    }
+
+    /// `root` with the proposer's `tree` under it, checked: parents before children; nodes
+    /// deeper than `max_depth`, beyond `max_nodes`, or under a node for which `stop` holds
+    /// (an end-of-sequence token) are dropped with everything under them.
+    pub(crate) fn from_draft(
+        root: i64,
+        tree: &DraftTree,
+        max_depth: usize,
+        max_nodes: usize,
+        stop: impl Fn(i64) -> bool,
+    ) -> Result<Self> {
+        if tree.parents.len() != tree.tokens.len() {
+            return Err(Error::Contract {
+                component: "proposer",
+                problem: format!(
+                    "a draft tree of {} tokens with {} parents",
+                    tree.tokens.len(),
+                    tree.parents.len()
+                ),
+            });
+        }
+        let mut out = TokenTree::chain(root, &[]);
+        // Where each draft node landed (0 for the root), or None when dropped.
+        let mut placed: Vec<Option<usize>> = Vec::with_capacity(tree.len() + 1);
+        placed.push(Some(0));
+        for (i, (&token, &parent)) in tree.tokens.iter().zip(&tree.parents).enumerate() {
+            if parent > i {
+                return Err(Error::Contract {
+                    component: "proposer",
+                    problem: format!("draft tree node {i} hangs under node {parent}, not before it"),
+                });
+            }
+            let at = placed[parent].filter(|&p| {
+                out.depths[p] < max_depth && out.len() <= max_nodes && !stop(out.tokens[p])
+            });
+            placed.push(at.map(|p| {
+                out.tokens.push(token);
+                out.parents.push(p);
+                out.depths.push(out.depths[p] + 1);
+                out.tokens.len() - 1
+            }));
+        }
+        Ok(out)
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -5,6 +5,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::model::{FeatureDraft, VocabProjection};
 use crate::cache::{CacheShape, KvCache};
+use crate::decoder::DraftTree;
 use crate::error::{Error, Result};
 use crate::model::CausalLm;
 use crate::proposer::{ProposalContext, Proposer};
@@ -29,6 +30,8 @@ pub struct FeatureDraftProposer {
     /// Hidden states handed over since the last proposal, not yet fed.
     pending: Vec<Tensor>,
     device: Device,
+    /// Children per node, and nodes expanded per level, of a dynamic tree.
+    tree_width: usize,
 }
 
 impl std::fmt::Debug for FeatureDraftProposer {
@@ -102,7 +105,15 @@ impl FeatureDraftProposer {
             fed: 0,
             pending: Vec::new(),
             device,
+            tree_width: 4,
         })
+    }
+
+    /// Children per node, and nodes expanded per level, of the dynamic trees it grows
+    /// (default 4, at least 1).
+    pub fn with_tree_width(mut self, width: usize) -> Self {
+        self.tree_width = width.max(1);
+        self
     }
 
     /// The draft back.
@@ -120,6 +131,74 @@ impl FeatureDraftProposer {
         let mask = crate::transformer::layers::causal_mask(start, t, self.device)?;
         let attended = self.draft.attend(&qkv.q, &keys, &values, &mask)?;
         self.draft.finish(x, &attended)
+    }
+
+    /// Like [`FeatureDraftProposer::run`] with an explicit attention mask `[T, start + T]`.
+    fn run_masked(&mut self, x: &Tensor, start: usize, mask: &Tensor) -> Result<Tensor> {
+        let t = x.size()[1] as usize;
+        let qkv = self.draft.qkv(x)?;
+        let (keys, values) = self.cache.write(0, start, &qkv.k, &qkv.v)?;
+        self.cache.set_len(start + t);
+        let attended = self.draft.attend(&qkv.q, &keys, &values, mask)?;
+        self.draft.finish(x, &attended)
+    }
+
+    /// Feeds the committed states handed over since the last proposal (each with the token
+    /// after it) and returns the predicted state of `ctx.next`'s position (`[1, 1, D]`) and
+    /// how many tokens may be proposed, or `None` when there is nothing to propose.
+    fn feed(&mut self, ctx: &ProposalContext<'_>) -> Result<Option<(Tensor, usize)>> {
+        let len = ctx.tokens.len();
+        let fresh = self.pending.iter().map(|h| h.size()[0]).sum::<i64>() as usize;
+        if fresh > len {
+            return Err(Error::Contract {
+                component: "FeatureDraftProposer",
+                problem: format!("handed {fresh} hidden states for a sequence of {len} tokens"),
+            });
+        }
+        // The draft's attention has no positions of its own, so when it was not handed every
+        // committed state (a chain member that missed some) it starts over from what it has.
+        if self.fed + fresh != len {
+            self.fed = 0;
+        }
+        // Forget the drafted positions of the last proposal.
+        self.cache.truncate(self.fed);
+        let room = self.cache.capacity().saturating_sub(self.fed + fresh);
+        let n = ctx.max_tokens.min(room);
+        if fresh == 0 || n == 0 {
+            return Ok(None);
+        }
+        let hidden = Tensor::f_cat(&self.pending, 0)?.f_unsqueeze(0)?;
+        self.pending.clear();
+        let mut after: Vec<i64> = ctx.tokens[len - fresh + 1..].to_vec();
+        after.push(ctx.next);
+        let x = self.draft.fuse(&hidden, &self.embed(&after)?)?;
+        let states = self.run(&x, self.fed)?;
+        self.fed += fresh;
+        Ok(Some((states.f_narrow(1, fresh as i64 - 1, 1)?, n)))
+    }
+
+    /// The `width` most likely guesses after each predicted state of `states` (`[1, T, D]`),
+    /// with the draft's log-probabilities: one host transfer.
+    fn top(&self, states: &Tensor, width: usize) -> Result<Vec<Vec<(i64, f64)>>> {
+        let logp = self
+            .projection
+            .logits(states)?
+            .f_log_softmax(-1, Kind::Float)?
+            .f_squeeze_dim(0)?; // [T, S]
+        let w = (width as i64).min(logp.size()[1]);
+        let (vals, cols) = logp.f_topk(w, -1, true, true)?;
+        let vals: Vec<f32> = Vec::try_from(&vals.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
+        let cols: Vec<i64> = Vec::try_from(&cols.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
+        Ok(cols
+            .chunks(w as usize)
+            .zip(vals.chunks(w as usize))
+            .map(|(c, v)| {
+                c.iter()
+                    .zip(v)
+                    .map(|(&c, &v)| (self.projection.token(c), v as f64))
+                    .collect()
+            })
+            .collect())
     }
 
     /// The embeddings of `tokens` as `[1, T, D]`.
@@ -163,37 +242,10 @@ impl Proposer for FeatureDraftProposer {
 
     fn propose(&mut self, ctx: &ProposalContext<'_>) -> Result<Vec<i64>> {
         let _guard = tch::no_grad_guard();
-        let len = ctx.tokens.len();
-        let fresh: i64 = self.pending.iter().map(|h| h.size()[0]).sum();
-        let fresh = fresh as usize;
-        if fresh > len {
-            return Err(Error::Contract {
-                component: "FeatureDraftProposer",
-                problem: format!("handed {fresh} hidden states for a sequence of {len} tokens"),
-            });
-        }
-        // The draft's attention has no positions of its own, so when it was not handed every
-        // committed state (a chain member that missed some) it starts over from what it has.
-        if self.fed + fresh != len {
-            self.fed = 0;
-        }
-        // Forget the drafted positions of the last proposal.
-        self.cache.truncate(self.fed);
         let mut proposal = Vec::with_capacity(ctx.max_tokens);
-        let room = self.cache.capacity().saturating_sub(self.fed + fresh);
-        let n = ctx.max_tokens.min(room);
-        if fresh == 0 || n == 0 {
+        let Some((mut state, n)) = self.feed(ctx)? else {
             return Ok(proposal);
-        }
-        // Feed the committed states, each with the token that followed it.
-        let hidden = Tensor::f_cat(&self.pending, 0)?.f_unsqueeze(0)?;
-        self.pending.clear();
-        let mut after: Vec<i64> = ctx.tokens[len - fresh + 1..].to_vec();
-        after.push(ctx.next);
-        let x = self.draft.fuse(&hidden, &self.embed(&after)?)?;
-        let states = self.run(&x, self.fed)?;
-        self.fed += fresh;
-        let mut state = states.f_narrow(1, fresh as i64 - 1, 1)?;
+        };
         loop {
             let token = self.guess(&state)?;
             proposal.push(token);
@@ -204,5 +256,137 @@ impl Proposer for FeatureDraftProposer {
             let pos = self.fed + proposal.len() - 1;
             state = self.run(&x, pos)?;
         }
+    }
+
+    /// EAGLE-2's dynamic tree: from the root, the draft's top `width` guesses become children;
+    /// at every further level the `width` nodes of the last level with the highest cumulative
+    /// confidence (the product of the draft's probabilities along the path) are expanded in
+    /// one draft call; finally the `nodes` most confident nodes of all are kept (every node's
+    /// ancestors are at least as confident, so the kept set is a tree).
+    fn propose_tree(
+        &mut self,
+        ctx: &ProposalContext<'_>,
+        nodes: usize,
+    ) -> Result<Option<DraftTree>> {
+        let _guard = tch::no_grad_guard();
+        let Some((root, depth)) = self.feed(ctx)? else {
+            return Ok(Some(DraftTree::default()));
+        };
+        let width = self.tree_width.min(nodes.max(1));
+        // Every node made: token, parent (0 root, j + 1 node j), depth, cumulative log-prob,
+        // and the cache slot of its draft input once expanded.
+        let mut tree = GrownTree::default();
+        let children = self.top(&root, width)?;
+        let mut level: Vec<usize> = Vec::new();
+        for (token, lp) in children.into_iter().next().unwrap_or_default() {
+            level.push(tree.push(token, 0, 1, lp));
+        }
+        let base = self.fed;
+        let mut written = 0usize;
+        for _ in 1..depth {
+            // The level's most confident nodes, expanded together.
+            let mut frontier = level.clone();
+            frontier.sort_by(|&a, &b| tree.score[b].total_cmp(&tree.score[a]).then(a.cmp(&b)));
+            frontier.truncate(width);
+            if frontier.is_empty() || base + written + frontier.len() > self.cache.capacity() {
+                break;
+            }
+            // Each node's draft input: its parent's predicted state and its own token.
+            let parents: Vec<Tensor> = frontier
+                .iter()
+                .map(|&n| match tree.parent[n] {
+                    0 => root.shallow_clone(),
+                    p => tree.state[p - 1].as_ref().expect("parents are expanded").shallow_clone(),
+                })
+                .collect();
+            let tokens: Vec<i64> = frontier.iter().map(|&n| tree.token[n]).collect();
+            let x = self
+                .draft
+                .fuse(&Tensor::f_cat(&parents, 1)?, &self.embed(&tokens)?)?;
+            let start = base + written;
+            let f = frontier.len();
+            // Each sees the committed prefix, its ancestors' slots and its own.
+            let mut mask = vec![false; f * (start + f)];
+            for (q, &n) in frontier.iter().enumerate() {
+                let row = &mut mask[q * (start + f)..(q + 1) * (start + f)];
+                row[..base].iter_mut().for_each(|m| *m = true);
+                row[start + q] = true;
+                let mut a = tree.parent[n];
+                while a != 0 {
+                    row[tree.slot[a - 1].expect("ancestors are expanded")] = true;
+                    a = tree.parent[a - 1];
+                }
+            }
+            let mask = Tensor::from_slice(&mask)
+                .f_view([f as i64, (start + f) as i64])?
+                .f_to_device(self.device)?;
+            let states = self.run_masked(&x, start, &mask)?;
+            written += f;
+            let tops = self.top(&states, width)?;
+            let mut next_level = Vec::new();
+            for (q, (&n, top)) in frontier.iter().zip(tops).enumerate() {
+                tree.slot[n] = Some(start + q);
+                tree.state[n] = Some(states.f_narrow(1, q as i64, 1)?);
+                for (token, lp) in top {
+                    let s = tree.score[n] + lp;
+                    next_level.push(tree.push(token, n + 1, tree.depth[n] + 1, s));
+                }
+            }
+            level = next_level;
+        }
+        Ok(Some(tree.best(nodes)))
+    }
+}
+
+/// The nodes a dynamic tree grows, before the most confident are kept.
+#[derive(Default)]
+struct GrownTree {
+    token: Vec<i64>,
+    parent: Vec<usize>,
+    depth: Vec<usize>,
+    score: Vec<f64>,
+    slot: Vec<Option<usize>>,
+    state: Vec<Option<Tensor>>,
+}
+
+impl GrownTree {
+    fn push(&mut self, token: i64, parent: usize, depth: usize, score: f64) -> usize {
+        self.token.push(token);
+        self.parent.push(parent);
+        self.depth.push(depth);
+        self.score.push(score);
+        self.slot.push(None);
+        self.state.push(None);
+        self.token.len() - 1
+    }
+
+    /// The `nodes` most confident nodes whose parents are kept, level by level.
+    fn best(&self, nodes: usize) -> DraftTree {
+        let mut order: Vec<usize> = (0..self.token.len()).collect();
+        order.sort_by(|&a, &b| self.score[b].total_cmp(&self.score[a]).then(a.cmp(&b)));
+        let mut kept = vec![false; self.token.len()];
+        let mut count = 0;
+        for &n in &order {
+            if count == nodes {
+                break;
+            }
+            if self.parent[n] == 0 || kept[self.parent[n] - 1] {
+                kept[n] = true;
+                count += 1;
+            }
+        }
+        let mut chosen: Vec<usize> = (0..self.token.len()).filter(|&n| kept[n]).collect();
+        chosen.sort_by_key(|&n| (self.depth[n], n));
+        let mut place = vec![0usize; self.token.len()];
+        let mut out = DraftTree::default();
+        for (i, &n) in chosen.iter().enumerate() {
+            place[n] = i + 1;
+            out.tokens.push(self.token[n]);
+            out.parents.push(match self.parent[n] {
+                0 => 0,
+                p => place[p - 1],
+            });
+        }
+        out
     }
 }

@@ -78,6 +78,23 @@ impl Proposer for Chain {
         self.members.iter().any(|p| p.needs_hidden())
     }
 
+    /// The first member's tree that holds a node.
+    fn propose_tree(
+        &mut self,
+        ctx: &ProposalContext<'_>,
+        nodes: usize,
+    ) -> Result<Option<crate::decoder::DraftTree>> {
+        for (i, p) in self.members.iter_mut().enumerate() {
+            if let Some(tree) = p.propose_tree(ctx, nodes)? {
+                if !tree.is_empty() {
+                    self.last = i;
+                    return Ok(Some(tree));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Every member that reads hidden states gets them, whichever member proposes.
     fn observe_hidden(&mut self, hidden: &tch::Tensor) -> Result<()> {
         self.members

@@ -39,8 +39,11 @@ pub enum ProposerConfig {
     /// folder written by [`FeatureDraft::save`]; it reads the verified model's hidden states
     /// and token embeddings.
     Eagle {
-        /// The draft folder (`draft.json`, `draft.safetensors`, optional shortlist).
-        draft: String,
+        /// The draft folder (`draft.json`, `draft.safetensors`, optional shortlist). `None`:
+        /// the draft shipped for the model, which [`ProposerConfig::with_shipped_draft`] fills
+        /// in (from [`ModelBundle::draft`]).
+        #[serde(default)]
+        draft: Option<String>,
     },
     /// A fallback chain ([`Chain`]): the first member with a proposal wins.
     Chain(Vec<ProposerConfig>),
@@ -49,13 +52,37 @@ pub enum ProposerConfig {
 }
 
 impl ProposerConfig {
+    /// The same configuration with every `eagle` that names no draft folder given `shipped`
+    /// (the draft shipped for the model, [`ModelBundle::draft`]).
+    pub fn with_shipped_draft(self, shipped: Option<&std::path::Path>) -> Self {
+        match self {
+            ProposerConfig::Eagle { draft: None } => ProposerConfig::Eagle {
+                draft: shipped.map(|p| p.display().to_string()),
+            },
+            ProposerConfig::Chain(members) => ProposerConfig::Chain(
+                members
+                    .into_iter()
+                    .map(|m| m.with_shipped_draft(shipped))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
     /// Builds the proposer for the verified model `target` (a draft model is loaded here, and
     /// refused when its vocabulary differs; a feature-level draft reads the model's token
     /// embeddings).
     pub fn build_for(&self, target: &dyn CausalLm) -> Result<Box<dyn Proposer>> {
         Ok(match self {
             ProposerConfig::Eagle { draft } => {
-                let draft = FeatureDraft::load(draft, target.info().device)?;
+                let dir = draft.as_ref().ok_or_else(|| {
+                    Error::config(
+                        "proposer",
+                        "eagle needs a draft folder (eagle:DIR), and no draft is shipped for \
+                         this model",
+                    )
+                })?;
+                let draft = FeatureDraft::load(dir, target.info().device)?;
                 Box::new(FeatureDraftProposer::new(draft, target)?)
             }
             ProposerConfig::Chain(members) if !members.is_empty() => Box::new(Chain::new(
@@ -125,7 +152,8 @@ impl std::fmt::Display for ProposerConfig {
             ProposerConfig::None => f.write_str("none"),
             ProposerConfig::Ngram { min, max } => write!(f, "ngram:{min}:{max}"),
             ProposerConfig::Draft { model } => write!(f, "draft:{model}"),
-            ProposerConfig::Eagle { draft } => write!(f, "eagle:{draft}"),
+            ProposerConfig::Eagle { draft: Some(d) } => write!(f, "eagle:{d}"),
+            ProposerConfig::Eagle { draft: None } => f.write_str("eagle"),
             ProposerConfig::Chain(members) => {
                 f.write_str("chain:")?;
                 for (i, m) in members.iter().enumerate() {
@@ -143,15 +171,16 @@ impl std::fmt::Display for ProposerConfig {
 impl FromStr for ProposerConfig {
     type Err = Error;
 
-    /// `heads`, `none`, `ngram` (1 to 3 tokens), `ngram:MIN:MAX`, `draft:DIR`, `eagle:DIR` or
+    /// `heads`, `none`, `ngram` (1 to 3 tokens), `ngram:MIN:MAX`, `draft:DIR`, `eagle` (the
+    /// draft shipped for the model), `eagle:DIR` or
     /// `chain:A,B,...` whose members are any of the others.
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
             Error::config(
                 "proposer",
                 format!(
-                    "`{s}` is not one of heads, none, ngram, ngram:MIN:MAX, draft:DIR, eagle:DIR, \
-                     chain:A,B"
+                    "`{s}` is not one of heads, none, ngram, ngram:MIN:MAX, draft:DIR, eagle, \
+                     eagle:DIR, chain:A,B"
                 ),
             )
         };
@@ -175,11 +204,14 @@ impl FromStr for ProposerConfig {
             if dir.is_empty() {
                 return Err(bad());
             }
-            return Ok(ProposerConfig::Eagle { draft: dir.into() });
+            return Ok(ProposerConfig::Eagle {
+                draft: Some(dir.into()),
+            });
         }
         let parts: Vec<&str> = s.split(':').collect();
         match parts.as_slice() {
             ["heads"] => Ok(ProposerConfig::Heads),
+            ["eagle"] => Ok(ProposerConfig::Eagle { draft: None }),
             ["none"] => Ok(ProposerConfig::None),
             ["ngram"] => Ok(ProposerConfig::Ngram { min: 1, max: 3 }),
             ["ngram", min, max] => Ok(ProposerConfig::Ngram {

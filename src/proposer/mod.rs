@@ -156,6 +156,19 @@ pub trait Proposer {
         Ok(())
     }
 
+    /// A tree of guesses under `ctx.next` of at most `nodes` nodes and `ctx.max_tokens`
+    /// levels, for decoders that verify trees ([`BatchBlockwise`](crate::BatchBlockwise) with
+    /// a dynamic tree). `Ok(None)` (the default): this proposer builds no trees, and the
+    /// decoder verifies its [`Proposer::propose`] chain instead.
+    fn propose_tree(
+        &mut self,
+        ctx: &ProposalContext<'_>,
+        nodes: usize,
+    ) -> Result<Option<crate::decoder::DraftTree>> {
+        let _ = (ctx, nodes);
+        Ok(None)
+    }
+
     /// Whether the decoder should hand over the base model's final hidden states of every
     /// committed token ([`Proposer::observe_hidden`]): what feature-level drafts read.
     fn needs_hidden(&self) -> bool {
@@ -227,6 +240,13 @@ impl<P: Proposer + ?Sized> Proposer for Box<P> {
     }
     fn needs_hidden(&self) -> bool {
         (**self).needs_hidden()
+    }
+    fn propose_tree(
+        &mut self,
+        ctx: &ProposalContext<'_>,
+        nodes: usize,
+    ) -> Result<Option<crate::decoder::DraftTree>> {
+        (**self).propose_tree(ctx, nodes)
     }
     fn observe_hidden(&mut self, hidden: &tch::Tensor) -> Result<()> {
         (**self).observe_hidden(hidden)
