@@ -18,7 +18,8 @@ SMOLLM2_DIR := models/smollm2
 FIXTURES_DIR := target/fixtures
 
 .PHONY: demo test venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures \
-	corpus train-pair pair-demo train-embedded ablation-embedded smollm2-heads classify generate generate-table
+	corpus train-pair pair-demo train-embedded ablation-embedded smollm2-heads classify generate generate-table \
+	draft-data
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -146,6 +147,15 @@ smollm2-heads: smollm2 corpus
 	  OMP_NUM_THREADS=1 target/release/examples/train_heads $(HEADS_CONFIG) --distill-range 400..800; \
 	  wait
 	target/release/examples/train_heads $(HEADS_CONFIG)
+
+# Teacher-forced training data for a feature-level (EAGLE-style) draft of SmolLM2: its final hidden
+# states and argmax over chat samples built from stdlib docstrings and source, the Jargon File and
+# King James passages, in safetensors shards in target/draft-data (resumable; hours on 2 cores).
+JARGON_DICT := /usr/share/dictd/jargon.dict.dz
+draft-data: hf-venv corpus
+	@test -f $(JARGON_DICT) || { apt-get update -qq && apt-get install -y -qq dict-jargon; } || \
+	  echo "dict-jargon could not be installed: the jargon source is skipped" >&2
+	.venv/bin/python scripts/make_draft_data.py --out target/draft-data --max-train-tokens 1000000
 
 doc:
 	$(CARGO) doc --no-deps --features doc-only,testing

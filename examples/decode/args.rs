@@ -16,7 +16,7 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
               [--accept exact|lossless|typical[:EPS:DELTA]|top-k:N|distance:EPS[:cosine|l2]]
               [--min-block L] [--temperature T [--top-k N] [--top-p P] [--seed S]]
               [--max-new-tokens N] [--verifier cached|recompute] [--prefill-chunk N] [--tie-guard M]
-              [--batch N] [--tree SHAPE]
+              [--batch N] [--tree SHAPE|dynamic:NODES]
               [--dtype f32|bf16|f16] [--device cpu|cuda] [--compare-greedy] [--json]
 
   --model           `embedded` (default: the model shipped in assets/embedded, trained on
@@ -55,7 +55,9 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --batch           decode the prompts N at a time in one batch (each row accepts its own
                     tokens and stops on its own; greedy acceptance, fixed block sizes)
   --tree            verify a tree of the heads' candidates instead of a chain: SHAPE = widths
-                    per depth, e.g. 3,2,1 (top 3 of head 1, under each the top 2 of head 2, ...)
+                    per depth, e.g. 3,2,1 (top 3 of head 1, under each the top 2 of head 2, ...);
+                    dynamic:NODES = a tree the proposer grows by its own confidence (eagle),
+                    at most NODES nodes and k - 1 deep
   --dtype           floating-point kind (default f32; exported models need that dtype exported)
   --device          cpu (default) or cuda (needs a CUDA build of libtorch and a GPU)
   --compare-greedy  also decode greedily (under --temperature: plain sampling, one token per
@@ -84,7 +86,7 @@ pub struct Args {
     pub json: bool,
     pub sampling: Option<SamplingConfig>,
     pub batch: Option<usize>,
-    pub tree: Option<TreeShape>,
+    pub tree: Option<TreeArg>,
 }
 
 fn bad(flag: &'static str, problem: impl Into<String>) -> Error {
@@ -227,7 +229,7 @@ impl Args {
                     }
                     args.batch = Some(n)
                 }
-                "--tree" => args.tree = Some(value("--tree")?.parse()?),
+                "--tree" => args.tree = Some(TreeArg::parse(&value("--tree")?)?),
                 "--chat" => args.chat = true,
                 "--compare-greedy" => args.compare_greedy = true,
                 "--json" => args.json = true,
@@ -284,7 +286,15 @@ impl Args {
                 "verifies against the model's cache; drop --verifier",
             ));
         }
-        if self.tree.is_some()
+        if matches!(self.tree, Some(TreeArg::Dynamic(_)))
+            && (self.accept != AcceptanceConfig::Exact || self.min_block.is_some())
+        {
+            return Err(bad(
+                "--tree",
+                "dynamic trees are verified exactly; drop --accept and --min-block",
+            ));
+        }
+        if matches!(self.tree, Some(TreeArg::Shape(_)))
             && (self.proposer != ProposerConfig::Heads
                 || self.accept != AcceptanceConfig::Exact
                 || self.min_block.is_some())
@@ -296,5 +306,25 @@ impl Args {
             ));
         }
         Ok(())
+    }
+}
+
+/// `--tree`: a fixed shape over the heads' candidates, or a node budget for trees the proposer
+/// grows itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TreeArg {
+    Shape(TreeShape),
+    Dynamic(usize),
+}
+
+impl TreeArg {
+    fn parse(s: &str) -> Result<Self> {
+        match s.strip_prefix("dynamic:") {
+            Some(n) => n
+                .parse()
+                .map(TreeArg::Dynamic)
+                .map_err(|_| bad("--tree", "dynamic:NODES needs a number of nodes, e.g. dynamic:16")),
+            None => Ok(TreeArg::Shape(s.parse()?)),
+        }
     }
 }

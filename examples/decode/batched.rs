@@ -5,7 +5,7 @@ use blockwise::config::BlockwiseConfig;
 use blockwise::decoder::BatchBlockwise;
 use blockwise::{BlockwiseDecoder, CausalLm, DecodeConfig, DecodeOutput, GreedyDecoder, Result};
 
-use crate::args::Args;
+use crate::args::{Args, TreeArg};
 
 /// One output per prompt, in order, each with its comparison when `--compare-greedy` asks.
 /// Every prompt of a batch reports the batch's wall time; its speedup is the greedy time of the
@@ -18,8 +18,11 @@ pub fn run_batched(
     decode: &DecodeConfig,
 ) -> Result<Vec<(DecodeOutput, Option<Comparison>)>> {
     let info = model.info().clone();
-    let needs_heads = config.proposer.build(&info)?.needs_heads();
     let embeddings = model.token_embeddings();
+    let needs_heads = config
+        .proposer
+        .build_with(&info, embeddings.as_ref())?
+        .needs_heads();
     let mut results = Vec::with_capacity(prompts.len());
     for group in prompts.chunks(args.batch.unwrap_or(1)) {
         let greedy = if args.compare_greedy {
@@ -35,11 +38,14 @@ pub fn run_batched(
         };
         let proposer = config.proposer.clone();
         let info = info.clone();
+        let emb = embeddings.as_ref().map(|e| e.shallow_clone());
         let mut builder = BatchBlockwise::builder(&mut *model)
             .block_size(config.block_size)
-            .proposer_factory(needs_heads, move || proposer.build(&info));
-        if let Some(shape) = &args.tree {
+            .proposer_factory(needs_heads, move || proposer.build_with(&info, emb.as_ref()));
+        if let Some(TreeArg::Shape(shape)) = &args.tree {
             builder = builder.tree(shape.clone());
+        } else if let Some(TreeArg::Dynamic(nodes)) = &args.tree {
+            builder = builder.dynamic_tree(*nodes);
         } else {
             builder = builder.criterion(
                 config

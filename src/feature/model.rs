@@ -100,8 +100,9 @@ pub(crate) struct Qkv {
 
 impl FeatureDraft {
     /// A fresh draft (float32, on `device`) with weights drawn from `seed`. The output
-    /// projections of the attention and the feed-forward block start at zero, so a fresh draft
-    /// passes its fused input straight through.
+    /// projections of the attention and the feed-forward block start at zero and the fused
+    /// input at the hidden state, so a fresh draft passes the base's hidden state straight
+    /// through (and guesses the base's own next token again).
     pub fn new(config: FeatureDraftConfig, seed: u64, device: Device) -> Result<Self> {
         config.validate()?;
         tch::manual_seed(seed as i64);
@@ -121,10 +122,18 @@ impl FeatureDraft {
             shortlist: None,
         };
         tch::no_grad(|| -> Result<()> {
-            for name in ["proj.weight", "proj.bias", "fc2.weight", "fc2.bias"] {
-                if let Some(mut t) = draft.vs.variables().get(name).map(|t| t.shallow_clone()) {
+            let vars = draft.vs.variables();
+            for name in ["proj.weight", "proj.bias", "fc2.weight", "fc2.bias", "fuse.bias"] {
+                if let Some(mut t) = vars.get(name).map(|t| t.shallow_clone()) {
                     let _ = t.f_zero_()?;
                 }
+            }
+            // The fused input starts as the hidden state itself (the embedding's half at zero),
+            // so a fresh draft predicts the base's own next token and training moves it on.
+            if let Some(w) = vars.get("fuse.weight") {
+                let eye = Tensor::f_eye(d, (Kind::Float, device))?;
+                let zero = Tensor::f_zeros([d, d], (Kind::Float, device))?;
+                w.shallow_clone().f_copy_(&Tensor::f_cat(&[eye, zero], 1)?)?;
             }
             Ok(())
         })?;

@@ -52,6 +52,16 @@ pub enum ProposerConfig {
 }
 
 impl ProposerConfig {
+    /// Whether building it needs the verified model's token embeddings (a feature-level draft,
+    /// alone or in a chain).
+    pub fn reads_embeddings(&self) -> bool {
+        match self {
+            ProposerConfig::Eagle { .. } => true,
+            ProposerConfig::Chain(members) => members.iter().any(|m| m.reads_embeddings()),
+            _ => false,
+        }
+    }
+
     /// The same configuration with every `eagle` that names no draft folder given `shipped`
     /// (the draft shipped for the model, [`ModelBundle::draft`]).
     pub fn with_shipped_draft(self, shipped: Option<&std::path::Path>) -> Self {
@@ -73,6 +83,17 @@ impl ProposerConfig {
     /// refused when its vocabulary differs; a feature-level draft reads the model's token
     /// embeddings).
     pub fn build_for(&self, target: &dyn CausalLm) -> Result<Box<dyn Proposer>> {
+        self.build_with(target.info(), target.token_embeddings().as_ref())
+    }
+
+    /// Builds the proposer for a verified model described by `target` whose token embeddings
+    /// (`[V, D]`, its tied vocabulary projection) are `embeddings`, which only a feature-level
+    /// draft reads.
+    pub fn build_with(
+        &self,
+        target: &ModelInfo,
+        embeddings: Option<&tch::Tensor>,
+    ) -> Result<Box<dyn Proposer>> {
         Ok(match self {
             ProposerConfig::Eagle { draft } => {
                 let dir = draft.as_ref().ok_or_else(|| {
@@ -82,16 +103,24 @@ impl ProposerConfig {
                          this model",
                     )
                 })?;
-                let draft = FeatureDraft::load(dir, target.info().device)?;
-                Box::new(FeatureDraftProposer::new(draft, target)?)
+                let embeddings = embeddings.ok_or(Error::MissingCapability {
+                    component: "a feature-level draft",
+                    capability: "the verified model's token embeddings (a tied vocabulary projection)",
+                })?;
+                let draft = FeatureDraft::load(dir, target.device)?;
+                Box::new(FeatureDraftProposer::with_embeddings(
+                    draft,
+                    embeddings,
+                    target.max_context,
+                )?)
             }
             ProposerConfig::Chain(members) if !members.is_empty() => Box::new(Chain::new(
                 members
                     .iter()
-                    .map(|m| m.build_for(target))
+                    .map(|m| m.build_with(target, embeddings))
                     .collect::<Result<_>>()?,
             )),
-            other => other.build(target.info())?,
+            other => other.build(target)?,
         })
     }
 
@@ -100,12 +129,10 @@ impl ProposerConfig {
     /// itself: [`ProposerConfig::build_for`].
     pub fn build(&self, target: &ModelInfo) -> Result<Box<dyn Proposer>> {
         Ok(match self {
-            ProposerConfig::Eagle { .. } => {
-                return Err(Error::MissingCapability {
-                    component: "ProposerConfig::build",
-                    capability: "the verified model's embeddings for a feature-level draft \
-                                 (use ProposerConfig::build_for)",
-                })
+            // Refused there, with the reason.
+            ProposerConfig::Eagle { .. } => return self.build_with(target, None),
+            ProposerConfig::Chain(_) if self.reads_embeddings() => {
+                return self.build_with(target, None)
             }
             ProposerConfig::Heads => Box::new(HeadsProposer),
             ProposerConfig::Ngram { min, max } => Box::new(NGram::new(*min, *max)?),
