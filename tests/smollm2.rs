@@ -327,3 +327,66 @@ fn batched_rows_and_trees_equal_transformers_in_float32() {
     eprintln!("mean accepted on the oracle prompts: chain {c:.2}, tree 3,2,2,1 {t:.2}");
     assert!(t > 1.0 && c > 1.0, "chain {c}, tree {t}");
 }
+
+/// The shipped feature-level draft (assets/drafts/smollm2, `make smollm2-eagle`) is found for
+/// the export, drafts chains and dynamic trees that keep transformers' greedy output exactly in
+/// float32, and accepts more per call than a fresh draft of the same shape.
+#[test]
+fn shipped_feature_draft_stays_exact_and_beats_a_fresh_one() {
+    use blockwise::feature::{FeatureDraft, FeatureDraftConfig, FeatureDraftProposer};
+    let mut b = bundle(DType::F32);
+    let shipped = b.draft.clone().expect("assets/drafts/smollm2 was not found for SmolLM2");
+    let mean_accepted = |b: &mut ModelBundle, draft: FeatureDraft| -> f64 {
+        let proposer = FeatureDraftProposer::new(draft, &*b.model).unwrap();
+        let os = oracles(b, "f32");
+        let cfgs: Vec<DecodeConfig> = os.iter().map(|o| config(b, o)).collect();
+        let mut d = Blockwise::builder(&mut b.model)
+            .block_size(6)
+            .proposer(proposer)
+            .build()
+            .unwrap();
+        let (mut tokens, mut iters) = (0, 0);
+        for (o, cfg) in os.iter().zip(&cfgs) {
+            let out = d.decode(&o.input_ids, cfg).unwrap();
+            assert_eq!(out.tokens, o.greedy_ids, "prompt {:?}", o.prompt);
+            tokens += out.tokens.len();
+            iters += out.stats.iterations;
+        }
+        tokens as f64 / iters as f64
+    };
+    let trained = mean_accepted(&mut b, FeatureDraft::load(&shipped, tch::Device::Cpu).unwrap());
+    let c = FeatureDraft::load(&shipped, tch::Device::Cpu).unwrap().config().clone();
+    let fresh = FeatureDraft::new(FeatureDraftConfig { base: None, ..c }, 1, tch::Device::Cpu)
+        .unwrap();
+    let untrained = mean_accepted(&mut b, fresh);
+    eprintln!("mean accepted at k = 6: shipped draft {trained:.3}, fresh draft {untrained:.3}");
+    assert!(
+        trained > untrained + 0.3,
+        "shipped draft {trained:.3} vs fresh draft {untrained:.3}"
+    );
+
+    // Dynamic trees of 12 nodes, two rows at a time.
+    let os = oracles(&b, "f32");
+    let emb = b.model.token_embeddings().unwrap();
+    let max_new = os.iter().map(|o| o.greedy_ids.len()).max().unwrap();
+    let dir = shipped.clone();
+    let mut batch = BatchBlockwise::builder(&mut b.model)
+        .block_size(6)
+        .proposer_factory(false, move || {
+            let d = FeatureDraft::load(&dir, tch::Device::Cpu)?;
+            Ok(Box::new(FeatureDraftProposer::with_embeddings(d, &emb, 512)?)
+                as Box<dyn blockwise::Proposer>)
+        })
+        .dynamic_tree(12)
+        .build()
+        .unwrap();
+    for pair in os.chunks(2) {
+        let prompts: Vec<Vec<i64>> = pair.iter().map(|o| o.input_ids.clone()).collect();
+        let cfg = DecodeConfig::new(max_new).with_eos(vec![]);
+        let outs = batch.decode_batch(&prompts, &cfg).unwrap();
+        for (o, out) in pair.iter().zip(&outs) {
+            let n = o.greedy_ids.len();
+            assert_eq!(&out.tokens[..n.min(out.tokens.len())], &o.greedy_ids[..], "tree, prompt {:?}", o.prompt);
+        }
+    }
+}

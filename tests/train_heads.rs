@@ -353,3 +353,51 @@ fn bad_training_settings_are_errors() {
     let base = Transformer::new_seeded(cfg.clone(), 4, Device::Cpu).unwrap();
     assert!(WithHeads::load(base, "no/such/heads").is_err());
 }
+
+/// The heads trainer's hidden states are the decoder's: at every committed position `t` the
+/// decoder's head outputs (what `HeadsProposer` proposes after the block's first token) are the
+/// heads applied to the trainer's hidden state of the whole sequence at `t`, so the trainer's
+/// target for head `h` at `t` (the token `h + 2` places after `t`, checked in the trainer's unit
+/// tests) is exactly what that head is asked to guess when decoding.
+#[test]
+fn the_trainer_sees_the_hidden_states_the_decoder_reads() {
+    use blockwise::train::HeadsTrainee;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    struct Spy(Rc<RefCell<Vec<(usize, Vec<i64>)>>>);
+    impl blockwise::Proposer for Spy {
+        fn propose(&mut self, ctx: &blockwise::ProposalContext<'_>) -> blockwise::Result<Vec<i64>> {
+            let heads = ctx.heads.expect("heads requested").to_vec();
+            self.0.borrow_mut().push((ctx.tokens.len() - 1, heads.clone()));
+            Ok(heads)
+        }
+        fn needs_heads(&self) -> bool {
+            true
+        }
+    }
+    let mut model = tiny(3, HeadArch::Stern, 7);
+    model.reset_heads(3).unwrap();
+    let prompt = vec![2, 5, 1, 4];
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let out = Blockwise::builder(&mut model)
+        .block_size(4)
+        .proposer(Spy(seen.clone()))
+        .build()
+        .unwrap()
+        .decode(&prompt, &DecodeConfig::new(30))
+        .unwrap();
+    let seq = [prompt.clone(), out.tokens].concat();
+    let tokens = Tensor::from_slice(&seq).view([1, seq.len() as i64]);
+    let hidden = model.hidden_states(&tokens, false).unwrap().squeeze_dim(0);
+    let seen = seen.borrow();
+    assert!(seen.len() > 3);
+    for (t, heads) in seen.iter() {
+        let logits = model
+            .head_logits(&hidden.narrow(0, *t as i64, 1))
+            .unwrap()
+            .unwrap();
+        let argmax: Vec<i64> = Vec::try_from(&logits.argmax(-1, false).flatten(0, -1)).unwrap();
+        assert_eq!(&argmax, heads, "heads at committed position {t}");
+    }
+}

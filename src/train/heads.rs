@@ -587,3 +587,38 @@ fn cached_hidden<T: HeadsTrainee + ?Sized>(
     }
     Ok(Tensor::f_stack(&rows, 0)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Head `h` at window position `p` is trained on the token `h + 2` places after `p`'s
+    /// input token — the token the decoder's head `h` guesses after the block's first token.
+    #[test]
+    fn head_targets_are_the_tokens_h_plus_2_ahead() {
+        let seq: Vec<i64> = (0..20).map(|i| (i * 7 + 3) % 11).collect();
+        let data = vec![seq.clone()];
+        let wins = windows(&data, 8);
+        assert_eq!(wins.len(), 3);
+        let heads = 3;
+        let batch = make_batch(&wins, vec![0, 1, 2], heads, Device::Cpu).unwrap();
+        let targets: Vec<i64> = Vec::try_from(&batch.head_targets.flatten(0, -1)).unwrap();
+        let t = 8;
+        for (i, w) in wins.iter().enumerate() {
+            let offset = seq
+                .windows(w.len())
+                .position(|s| s == *w)
+                .expect("a window is a slice of the sequence");
+            for p in 0..w.len() {
+                for h in 0..heads {
+                    let want = if p + 2 + h < w.len() {
+                        seq[offset + p + 2 + h]
+                    } else {
+                        -100 // past the window's end: not scored
+                    };
+                    assert_eq!(targets[(i * t + p) * heads + h], want, "window {i} p {p} h {h}");
+                }
+            }
+        }
+    }
+}
