@@ -135,17 +135,23 @@ fn run() -> Result<()> {
     let args = parse_args()?;
     let config: Config = Error::read_json(&args.config)?;
     let out = args.out.clone().unwrap_or_else(|| config.out.clone());
-    let checkpoint = args.checkpoint.clone().or_else(|| config.checkpoint.clone());
+    let checkpoint = args
+        .checkpoint
+        .clone()
+        .or_else(|| config.checkpoint.clone());
     let options = BundleOptions {
         dtype: DType::F32,
         heads: HeadsChoice::None,
         ..BundleOptions::default()
     };
     let mut bundle = ModelBundle::load(&config.model, &options)?;
-    let embeddings = bundle.model.token_embeddings().ok_or(Error::MissingCapability {
-        component: "train_draft",
-        capability: "the model's token embeddings",
-    })?;
+    let embeddings = bundle
+        .model
+        .token_embeddings()
+        .ok_or(Error::MissingCapability {
+            component: "train_draft",
+            capability: "the model's token embeddings",
+        })?;
     let info = bundle.model.info().clone();
     let held = DraftData::load(&config.data, "heldout", None)?;
     let mut report_train = (0usize, 0usize, 0.0f64, f64::NAN, None);
@@ -191,12 +197,20 @@ fn run() -> Result<()> {
             checkpoint.as_deref(),
             |l| {
                 let acc: Vec<String> = l.accuracy.iter().map(|a| format!("{a:.2}")).collect();
-                bar.update(l.step, l.steps, l.loss, l.elapsed_s, &format!("agree {}", acc.join("/")))
+                bar.update(
+                    l.step,
+                    l.steps,
+                    l.loss,
+                    l.elapsed_s,
+                    &format!("agree {}", acc.join("/")),
+                )
             },
         )?;
         eprintln!();
         draft.save(&out)?;
         eprintln!("train_draft: saved {}", out.display());
+        // Measured as shipped: read back (bfloat16 weights).
+        let draft = FeatureDraft::load(&out, info.device)?;
         report_train = (
             data.len(),
             data.sequences(),

@@ -335,7 +335,10 @@ fn batched_rows_and_trees_equal_transformers_in_float32() {
 fn shipped_feature_draft_stays_exact_and_beats_a_fresh_one() {
     use blockwise::feature::{FeatureDraft, FeatureDraftConfig, FeatureDraftProposer};
     let mut b = bundle(DType::F32);
-    let shipped = b.draft.clone().expect("assets/drafts/smollm2 was not found for SmolLM2");
+    let shipped = b
+        .draft
+        .clone()
+        .expect("assets/drafts/smollm2 was not found for SmolLM2");
     let mean_accepted = |b: &mut ModelBundle, draft: FeatureDraft| -> f64 {
         let proposer = FeatureDraftProposer::new(draft, &*b.model).unwrap();
         let os = oracles(b, "f32");
@@ -354,10 +357,16 @@ fn shipped_feature_draft_stays_exact_and_beats_a_fresh_one() {
         }
         tokens as f64 / iters as f64
     };
-    let trained = mean_accepted(&mut b, FeatureDraft::load(&shipped, tch::Device::Cpu).unwrap());
-    let c = FeatureDraft::load(&shipped, tch::Device::Cpu).unwrap().config().clone();
-    let fresh = FeatureDraft::new(FeatureDraftConfig { base: None, ..c }, 1, tch::Device::Cpu)
-        .unwrap();
+    let trained = mean_accepted(
+        &mut b,
+        FeatureDraft::load(&shipped, tch::Device::Cpu).unwrap(),
+    );
+    let c = FeatureDraft::load(&shipped, tch::Device::Cpu)
+        .unwrap()
+        .config()
+        .clone();
+    let fresh =
+        FeatureDraft::new(FeatureDraftConfig { base: None, ..c }, 1, tch::Device::Cpu).unwrap();
     let untrained = mean_accepted(&mut b, fresh);
     eprintln!("mean accepted at k = 6: shipped draft {trained:.3}, fresh draft {untrained:.3}");
     assert!(
@@ -374,8 +383,10 @@ fn shipped_feature_draft_stays_exact_and_beats_a_fresh_one() {
         .block_size(6)
         .proposer_factory(false, move || {
             let d = FeatureDraft::load(&dir, tch::Device::Cpu)?;
-            Ok(Box::new(FeatureDraftProposer::with_embeddings(d, &emb, 512)?)
-                as Box<dyn blockwise::Proposer>)
+            Ok(
+                Box::new(FeatureDraftProposer::with_embeddings(d, &emb, 512)?)
+                    as Box<dyn blockwise::Proposer>,
+            )
         })
         .dynamic_tree(12)
         .build()
@@ -386,7 +397,12 @@ fn shipped_feature_draft_stays_exact_and_beats_a_fresh_one() {
         let outs = batch.decode_batch(&prompts, &cfg).unwrap();
         for (o, out) in pair.iter().zip(&outs) {
             let n = o.greedy_ids.len();
-            assert_eq!(&out.tokens[..n.min(out.tokens.len())], &o.greedy_ids[..], "tree, prompt {:?}", o.prompt);
+            assert_eq!(
+                &out.tokens[..n.min(out.tokens.len())],
+                &o.greedy_ids[..],
+                "tree, prompt {:?}",
+                o.prompt
+            );
         }
     }
 }

@@ -369,7 +369,9 @@ fn the_trainer_sees_the_hidden_states_the_decoder_reads() {
     impl blockwise::Proposer for Spy {
         fn propose(&mut self, ctx: &blockwise::ProposalContext<'_>) -> blockwise::Result<Vec<i64>> {
             let heads = ctx.heads.expect("heads requested").to_vec();
-            self.0.borrow_mut().push((ctx.tokens.len() - 1, heads.clone()));
+            self.0
+                .borrow_mut()
+                .push((ctx.tokens.len() - 1, heads.clone()));
             Ok(heads)
         }
         fn needs_heads(&self) -> bool {

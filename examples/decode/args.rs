@@ -320,10 +320,12 @@ pub enum TreeArg {
 impl TreeArg {
     fn parse(s: &str) -> Result<Self> {
         match s.strip_prefix("dynamic:") {
-            Some(n) => n
-                .parse()
-                .map(TreeArg::Dynamic)
-                .map_err(|_| bad("--tree", "dynamic:NODES needs a number of nodes, e.g. dynamic:16")),
+            Some(n) => n.parse().map(TreeArg::Dynamic).map_err(|_| {
+                bad(
+                    "--tree",
+                    "dynamic:NODES needs a number of nodes, e.g. dynamic:16",
+                )
+            }),
             None => Ok(TreeArg::Shape(s.parse()?)),
         }
     }

@@ -41,7 +41,9 @@ pub fn run_batched(
         let emb = embeddings.as_ref().map(|e| e.shallow_clone());
         let mut builder = BatchBlockwise::builder(&mut *model)
             .block_size(config.block_size)
-            .proposer_factory(needs_heads, move || proposer.build_with(&info, emb.as_ref()));
+            .proposer_factory(needs_heads, move || {
+                proposer.build_with(&info, emb.as_ref())
+            });
         if let Some(TreeArg::Shape(shape)) = &args.tree {
             builder = builder.tree(shape.clone());
         } else if let Some(TreeArg::Dynamic(nodes)) = &args.tree {

@@ -469,9 +469,13 @@ impl<M: CausalLm> BatchBlockwise<M> {
                 match tree {
                     Some(t) => {
                         check_tokens("proposal", &t.tokens, self.model.info().vocab_size)?;
-                        Some(TokenTree::from_draft(row.next, &t, max_tokens, nodes, |t| {
-                            config.is_eos(t)
-                        })?)
+                        Some(TokenTree::from_draft(
+                            row.next,
+                            &t,
+                            max_tokens,
+                            nodes,
+                            |t| config.is_eos(t),
+                        )?)
                     }
                     None => None,
                 }

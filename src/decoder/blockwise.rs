@@ -244,7 +244,8 @@ impl<M: CausalLm> Blockwise<M> {
             .committed_hidden()
             .ok_or(Error::MissingCapability {
                 component: "a feature-level draft",
-                capability: "a model that returns final hidden states (and a verifier that keeps them)",
+                capability:
+                    "a model that returns final hidden states (and a verifier that keeps them)",
             })?;
         self.proposer.observe_hidden(&hidden)
     }

@@ -224,7 +224,9 @@ impl TokenTree {
             if parent > i {
                 return Err(Error::Contract {
                     component: "proposer",
-                    problem: format!("draft tree node {i} hangs under node {parent}, not before it"),
+                    problem: format!(
+                        "draft tree node {i} hangs under node {parent}, not before it"
+                    ),
                 });
             }
             let at = placed[parent].filter(|&p| {

@@ -123,7 +123,13 @@ impl FeatureDraft {
         };
         tch::no_grad(|| -> Result<()> {
             let vars = draft.vs.variables();
-            for name in ["proj.weight", "proj.bias", "fc2.weight", "fc2.bias", "fuse.bias"] {
+            for name in [
+                "proj.weight",
+                "proj.bias",
+                "fc2.weight",
+                "fc2.bias",
+                "fuse.bias",
+            ] {
                 if let Some(mut t) = vars.get(name).map(|t| t.shallow_clone()) {
                     let _ = t.f_zero_()?;
                 }
@@ -133,7 +139,8 @@ impl FeatureDraft {
             if let Some(w) = vars.get("fuse.weight") {
                 let eye = Tensor::f_eye(d, (Kind::Float, device))?;
                 let zero = Tensor::f_zeros([d, d], (Kind::Float, device))?;
-                w.shallow_clone().f_copy_(&Tensor::f_cat(&[eye, zero], 1)?)?;
+                w.shallow_clone()
+                    .f_copy_(&Tensor::f_cat(&[eye, zero], 1)?)?;
             }
             Ok(())
         })?;
@@ -151,7 +158,32 @@ impl FeatureDraft {
                 std::io::ErrorKind::NotFound.into(),
             ));
         }
-        draft.vs.load(&weights)?;
+        let saved: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(&weights)?.into_iter().collect();
+        {
+            let _guard = tch::no_grad_guard();
+            for (name, mut var) in draft.vs.variables() {
+                let src = saved.get(&name).ok_or_else(|| {
+                    Error::config(
+                        "feature draft",
+                        format!("{} has no `{name}`", weights.display()),
+                    )
+                })?;
+                if src.size() != var.size() {
+                    return Err(Error::config(
+                        "feature draft",
+                        format!(
+                            "`{name}` is {:?} in {}, {:?} here",
+                            src.size(),
+                            weights.display(),
+                            var.size()
+                        ),
+                    ));
+                }
+                // Stored in bfloat16; computed in float32.
+                var.f_copy_(&src.f_to_kind(Kind::Float)?.f_to_device(device)?)?;
+            }
+        }
         let list = dir.join(DRAFT_SHORTLIST_FILE);
         if list.is_file() {
             let ids = Tensor::read_safetensors(&list)?
@@ -193,10 +225,15 @@ impl FeatureDraft {
     /// The vocabulary projection the draft scores with: the base's token embeddings
     /// `embeddings` (`[V, D]`, tied to its output projection), restricted to the shortlist.
     pub fn projection(&self, embeddings: &Tensor) -> Result<VocabProjection> {
-        VocabProjection::new(embeddings, self.shortlist.as_deref(), self.config.vocab_size)
+        VocabProjection::new(
+            embeddings,
+            self.shortlist.as_deref(),
+            self.config.vocab_size,
+        )
     }
 
-    /// Writes `draft.json` and `draft.safetensors` into `dir` (created if missing).
+    /// Writes `draft.json`, `draft.safetensors` (weights in bfloat16) and, with a shortlist,
+    /// `shortlist.safetensors` into `dir` (created if missing).
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
@@ -206,7 +243,19 @@ impl FeatureDraft {
             source,
         })?;
         std::fs::write(&path, json + "\n").map_err(Error::io("writing", &path))?;
-        self.vs.save(dir.join(DRAFT_WEIGHTS_FILE))?;
+        // Weights are stored in bfloat16 (half the size; loading casts them back to float32).
+        let mut named: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.f_to_kind(Kind::BFloat16)?.f_to_device(Device::Cpu)?)))
+            .collect::<Result<_>>()?;
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let refs: Vec<(&str, Tensor)> = named
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.shallow_clone()))
+            .collect();
+        Tensor::write_safetensors(&refs, dir.join(DRAFT_WEIGHTS_FILE))?;
         if let Some(ids) = &self.shortlist {
             Tensor::write_safetensors(
                 &[("shortlist", Tensor::from_slice(ids))],
@@ -370,7 +419,9 @@ impl VocabProjection {
     /// Token ids of columns `[..]` (a tensor of column indices).
     pub fn tokens(&self, columns: &Tensor) -> Result<Tensor> {
         match &self.ids {
-            Some(ids) => Ok(ids.f_index_select(0, &columns.f_flatten(0, -1)?)?.f_reshape(columns.size())?),
+            Some(ids) => Ok(ids
+                .f_index_select(0, &columns.f_flatten(0, -1)?)?
+                .f_reshape(columns.size())?),
             None => Ok(columns.shallow_clone()),
         }
     }

@@ -296,7 +296,10 @@ impl Proposer for FeatureDraftProposer {
                 .iter()
                 .map(|&n| match tree.parent[n] {
                     0 => root.shallow_clone(),
-                    p => tree.state[p - 1].as_ref().expect("parents are expanded").shallow_clone(),
+                    p => tree.state[p - 1]
+                        .as_ref()
+                        .expect("parents are expanded")
+                        .shallow_clone(),
                 })
                 .collect();
             let tokens: Vec<i64> = frontier.iter().map(|&n| tree.token[n]).collect();

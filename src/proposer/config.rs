@@ -105,7 +105,8 @@ impl ProposerConfig {
                 })?;
                 let embeddings = embeddings.ok_or(Error::MissingCapability {
                     component: "a feature-level draft",
-                    capability: "the verified model's token embeddings (a tied vocabulary projection)",
+                    capability:
+                        "the verified model's token embeddings (a tied vocabulary projection)",
                 })?;
                 let draft = FeatureDraft::load(dir, target.device)?;
                 Box::new(FeatureDraftProposer::with_embeddings(
@@ -249,4 +250,3 @@ impl FromStr for ProposerConfig {
         }
     }
 }
-

@@ -42,7 +42,11 @@ impl DraftData {
                 component: "DraftData::teacher_forced",
                 capability: "a model that returns final hidden states",
             })?;
-            hidden.push(h.f_squeeze_dim(0)?.f_to_kind(kind)?.f_to_device(Device::Cpu)?);
+            hidden.push(
+                h.f_squeeze_dim(0)?
+                    .f_to_kind(kind)?
+                    .f_to_device(Device::Cpu)?,
+            );
             argmax.push(
                 out.logits
                     .f_argmax(-1, false)?
@@ -72,16 +76,17 @@ impl DraftData {
             .map_err(Error::io("reading", dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{split}-")) && n.ends_with(".safetensors"))
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(&format!("{split}-")) && n.ends_with(".safetensors")
+                })
             })
             .collect();
         names.sort();
         if names.is_empty() {
-            return Err(Error::io("reading", dir.join(format!("{split}-*.safetensors")))(
-                std::io::ErrorKind::NotFound.into(),
-            ));
+            return Err(Error::io(
+                "reading",
+                dir.join(format!("{split}-*.safetensors")),
+            )(std::io::ErrorKind::NotFound.into()));
         }
         let (mut tokens, mut hidden, mut argmax) = (Vec::new(), Vec::new(), Vec::new());
         let mut offsets = vec![0usize];
@@ -94,7 +99,12 @@ impl DraftData {
                     Error::config("draft data", format!("{} has no `{name}`", path.display()))
                 })
             };
-            let (t, h, a, o) = (take("tokens")?, take("hidden")?, take("argmax")?, take("offsets")?);
+            let (t, h, a, o) = (
+                take("tokens")?,
+                take("hidden")?,
+                take("argmax")?,
+                take("offsets")?,
+            );
             let o: Vec<i64> = Vec::try_from(&o.f_to_kind(Kind::Int64)?)?;
             let n = t.size()[0];
             let bad = o.first() != Some(&0)
@@ -124,7 +134,10 @@ impl DraftData {
             }
         }
         if tokens.is_empty() {
-            return Err(Error::config("draft data", "holds no whole sequence within the limit"));
+            return Err(Error::config(
+                "draft data",
+                "holds no whole sequence within the limit",
+            ));
         }
         Ok(DraftData {
             tokens: Tensor::f_cat(&tokens, 0)?,
@@ -176,10 +189,7 @@ impl DraftData {
                 .f_bincount::<Tensor>(None, 0)?
                 .f_to_kind(Kind::Int64)?,
         )?;
-        let hit: i64 = ids
-            .iter()
-            .filter_map(|&i| counts.get(i as usize))
-            .sum();
+        let hit: i64 = ids.iter().filter_map(|&i| counts.get(i as usize)).sum();
         Ok(hit as f64 / self.len().max(1) as f64)
     }
 }

@@ -167,7 +167,10 @@ fn gather(
             .f_to_device(device)?)
     };
     let flat_next = next.f_flatten(0, -1)?;
-    let next_tokens = data.tokens.f_index_select(0, &flat_next)?.f_to_device(device)?;
+    let next_tokens = data
+        .tokens
+        .f_index_select(0, &flat_next)?
+        .f_to_device(device)?;
     Ok(Windows {
         hidden: rows(&idx)?,
         target_hidden: rows(&next)?,
@@ -180,8 +183,14 @@ fn gather(
             .f_index_select(0, &flat_next)?
             .f_view([b, t])?
             .f_to_device(device)?,
-        seg: seg.f_index_select(0, &idx.f_flatten(0, -1)?)?.f_view([b, t])?.f_to_device(device)?,
-        seg_next: seg.f_index_select(0, &flat_next)?.f_view([b, t])?.f_to_device(device)?,
+        seg: seg
+            .f_index_select(0, &idx.f_flatten(0, -1)?)?
+            .f_view([b, t])?
+            .f_to_device(device)?,
+        seg_next: seg
+            .f_index_select(0, &flat_next)?
+            .f_view([b, t])?
+            .f_to_device(device)?,
     })
 }
 
@@ -206,7 +215,9 @@ fn unrolled(draft: &FeatureDraft, w: &Windows, unroll: usize) -> Result<Vec<(Ten
     let pos = Tensor::f_arange(t, (Kind::Int64, device))?;
     let same_seq = w.seg.f_unsqueeze(2)?.f_eq_tensor(&w.seg.f_unsqueeze(1)?)?; // [B, T, T]
     let target_ok = w.seg_next.f_eq_tensor(&w.seg)?;
-    let starts = shift(&w.seg, 1, 1, -1.0)?.f_ne_tensor(&w.seg)?.f_unsqueeze(2)?; // [B,T,1]
+    let starts = shift(&w.seg, 1, 1, -1.0)?
+        .f_ne_tensor(&w.seg)?
+        .f_unsqueeze(2)?; // [B,T,1]
     let mut passes: Vec<(Tensor, Tensor)> = Vec::with_capacity(unroll);
     let mut keys: Vec<(Tensor, Tensor)> = Vec::with_capacity(unroll); // (k, v) of each pass
     let scale = draft.scale();
@@ -224,8 +235,12 @@ fn unrolled(draft: &FeatureDraft, w: &Windows, unroll: usize) -> Result<Vec<(Ten
         let qkv = draft.qkv(&x)?;
         keys.push((qkv.k.shallow_clone(), qkv.v.shallow_clone()));
         // Pass-1 keys: true states at positions j <= t - (d - 1) of the same sequence.
-        let reach = pos.f_unsqueeze(0)?.f_le_tensor(&pos.f_sub_scalar(d - 1)?.f_unsqueeze(1)?)?;
-        let mask1 = same_seq.f_logical_and(&reach.f_unsqueeze(0)?)?.f_unsqueeze(1)?; // [B,1,T,T]
+        let reach = pos
+            .f_unsqueeze(0)?
+            .f_le_tensor(&pos.f_sub_scalar(d - 1)?.f_unsqueeze(1)?)?;
+        let mask1 = same_seq
+            .f_logical_and(&reach.f_unsqueeze(0)?)?
+            .f_unsqueeze(1)?; // [B,1,T,T]
         let (k1, v1) = &keys[0];
         let mut scores = vec![qkv
             .q
@@ -278,7 +293,9 @@ fn batch_loss(
     let mut hits = Vec::with_capacity(passes.len());
     for (out, ok) in &passes {
         let scored = ok.f_logical_and(&targets.f_ne(-100)?)?;
-        let tgt = targets.f_where_scalarother(&scored, -100)?.f_flatten(0, -1)?;
+        let tgt = targets
+            .f_where_scalarother(&scored, -100)?
+            .f_flatten(0, -1)?;
         let logits = projection.logits(out)?;
         let v = logits.size()[2];
         let flat = logits.f_view([-1, v])?;
@@ -484,5 +501,8 @@ pub fn evaluate_feature_draft(
             acc.1 += i64::try_from(ok.f_sum(Kind::Int64)?)?;
         }
     }
-    Ok(hits.iter().map(|&(c, n)| c as f64 / n.max(1) as f64).collect())
+    Ok(hits
+        .iter()
+        .map(|&(c, n)| c as f64 / n.max(1) as f64)
+        .collect())
 }

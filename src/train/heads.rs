@@ -616,7 +616,11 @@ mod tests {
                     } else {
                         -100 // past the window's end: not scored
                     };
-                    assert_eq!(targets[(i * t + p) * heads + h], want, "window {i} p {p} h {h}");
+                    assert_eq!(
+                        targets[(i * t + p) * heads + h],
+                        want,
+                        "window {i} p {p} h {h}"
+                    );
                 }
             }
         }

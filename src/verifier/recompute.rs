@@ -36,9 +36,11 @@ impl RecomputeVerifier {
     /// Rows `start..start + n` of the last call's hidden states, when `req` asks for them.
     fn rows(&self, start: usize, n: usize, req: ScoreRequest) -> Result<Option<Tensor>> {
         match (&self.hidden, req.hidden) {
-            (Some(h), true) => Ok(Some(
-                h.f_select(0, 0)?.f_narrow(0, start as i64, n as i64)?,
-            )),
+            (Some(h), true) => Ok(Some(h.f_select(0, 0)?.f_narrow(
+                0,
+                start as i64,
+                n as i64,
+            )?)),
             _ => Ok(None),
         }
     }
