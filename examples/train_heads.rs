@@ -20,7 +20,10 @@ use std::time::Instant;
 
 use blockwise::bundle::{BundleOptions, HeadsChoice, ModelBundle};
 use blockwise::heads::{HeadArch, HeadsConfig, WithHeads};
-use blockwise::train::{distill, train_heads, HeadsTrainConfig, ProgressBar, Validation};
+use blockwise::train::{
+    distill, mean_accepted_with_heads, train_heads, train_heads_on_states, DraftData,
+    HeadsTrainConfig, ProgressBar, Validation,
+};
 use blockwise::{CausalLm, DType, DecodeConfig, Error, GreedyDecoder, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -42,6 +45,13 @@ enum Data {
     },
     /// A plain-text file.
     Corpus { path: PathBuf },
+    /// Stored hidden states and the base's argmax (`make draft-data`, the feature draft's
+    /// data): the heads learn the base's greedy tokens from them without running the base.
+    States {
+        dir: PathBuf,
+        #[serde(default)]
+        max_tokens: Option<usize>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,6 +189,10 @@ fn training_data(
 ) -> Result<Vec<Vec<i64>>> {
     match data {
         Data::Corpus { path } => Ok(vec![bundle.tokenizer.encode(&Error::read_text(path)?)?]),
+        Data::States { .. } => Err(Error::config(
+            "data",
+            "stored states are trained on directly, not as token sequences",
+        )),
         Data::Distill {
             prompts,
             chat,
@@ -298,6 +312,9 @@ fn run(path: &Path, range: Option<(usize, usize)>) -> Result<()> {
         ..BundleOptions::default()
     };
     let mut bundle = ModelBundle::load(&config.model, &options)?;
+    if let Data::States { dir, max_tokens } = &config.data {
+        return run_on_states(&config, bundle, dir, *max_tokens);
+    }
     let data = training_data(&mut bundle, &config.data, range)?;
     if let Some((a, b)) = range {
         println!("train_heads: decoded prompts {a}..{b}; run without --distill-range to train");
@@ -380,6 +397,73 @@ fn run(path: &Path, range: Option<(usize, usize)>) -> Result<()> {
         heads_ms,
         step_ms,
         100.0 * heads_ms / step_ms,
+        config.out.display()
+    );
+    Ok(())
+}
+
+/// Heads trained on stored hidden states (`Data::States`), then measured on the validation
+/// prompts.
+fn run_on_states(
+    config: &Config,
+    bundle: ModelBundle,
+    dir: &Path,
+    max_tokens: Option<usize>,
+) -> Result<()> {
+    let data = DraftData::load(dir, "train", max_tokens)?;
+    eprintln!(
+        "train_heads: {} sequences, {} tokens of stored states",
+        data.sequences(),
+        data.len()
+    );
+    let emb = bundle.model.token_embeddings().ok_or(Error::config(
+        "model",
+        "does not expose its token embeddings",
+    ))?;
+    let (vocab_size, d_model) = emb.size2()?;
+    let source = bundle
+        .metadata
+        .as_ref()
+        .and_then(|m| m.source.get("gguf"))
+        .and_then(|v| v.as_str())
+        .map(String::from);
+    let validation = match &config.validation {
+        Some(v) => Some(Validation {
+            prompts: encode_all(&bundle, &prompt_lines(&v.prompts, v.limit)?, v.chat)?,
+            block_size: v.block_size,
+            max_new_tokens: v.max_new_tokens,
+            eos: bundle.eos.clone(),
+        }),
+        None => None,
+    };
+    let heads_config = HeadsConfig {
+        arch: config.heads.arch,
+        num_heads: config.heads.num_heads,
+        d_model,
+        d_ff: config.heads.d_ff,
+        vocab_size,
+        base: source,
+    };
+    let mut model = WithHeads::new(bundle.model, heads_config, config.seed)?;
+    if let Some(n) = config.heads.shortlist {
+        model = model.with_shortlist(&data.shortlist(n, vocab_size)?)?;
+    }
+    let mut bar = ProgressBar::new("heads");
+    let report = train_heads_on_states(&mut model, &data, &config.train, |l| {
+        bar.update(l.step, l.steps, l.loss, l.elapsed_s, "")
+    })?;
+    model.save(&config.out)?;
+    let accepted = match &validation {
+        Some(v) => format!("{:.2}", mean_accepted_with_heads(&mut model, v)?),
+        None => "-".into(),
+    };
+    let (heads_ms, step_ms) = head_cost(&mut model)?;
+    println!(
+        "train_heads: {} steps in {:.0} s, final loss {:.3}, mean accepted {accepted} | heads \
+         {heads_ms:.2} ms per iteration vs a model step {step_ms:.2} ms | saved to {}",
+        config.train.steps,
+        report.wall_s,
+        report.final_loss,
         config.out.display()
     );
     Ok(())

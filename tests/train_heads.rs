@@ -403,3 +403,40 @@ fn the_trainer_sees_the_hidden_states_the_decoder_reads() {
         assert_eq!(&argmax, heads, "heads at committed position {t}");
     }
 }
+
+/// Heads trained on stored hidden states (the feature draft's teacher-forced data) learn the
+/// base's greedy tokens as well as heads trained through the base, without running it.
+#[test]
+fn heads_learn_from_stored_states() {
+    use blockwise::train::{train_heads_on_states, DraftData};
+    for arch in [HeadArch::Stern, HeadArch::Medusa] {
+        let mut model = cyclic(arch);
+        let data = distilled(&mut model, 40, 1);
+        let states = DraftData::teacher_forced(&mut model, &data, tch::Kind::Float).unwrap();
+        let validation = Validation {
+            prompts: prompts(6, 9),
+            block_size: 4,
+            max_new_tokens: 30,
+            eos: vec![],
+        };
+        let before = mean_accepted_with_heads(&mut model, &validation).unwrap();
+        let mut c = config(80);
+        c.validate_every = 0;
+        c.checkpoint_every = 0;
+        let report = train_heads_on_states(&mut model, &states, &c, |_| {}).unwrap();
+        let after = mean_accepted_with_heads(&mut model, &validation).unwrap();
+        let first = report.logs.first().unwrap().loss;
+        assert!(
+            report.final_loss < first * 0.5,
+            "{arch}: loss {first:.3} -> {:.3}",
+            report.final_loss
+        );
+        assert!(
+            before < 2.0 && after > 3.0,
+            "{arch}: mean accepted {before:.2} -> {after:.2}"
+        );
+        // Fine-tuning is refused here.
+        c.train_base = true;
+        assert!(train_heads_on_states(&mut model, &states, &c, |_| {}).is_err());
+    }
+}

@@ -160,6 +160,11 @@ impl ProposalHeads {
         self.num_heads as usize
     }
 
+    /// Width of the hidden states the heads read.
+    pub fn d_model(&self) -> i64 {
+        self.d_model
+    }
+
     /// Fresh weights: the hidden layer drawn from `rng` (scaled by `1/sqrt(fan_in)`), the
     /// output layer and biases zero, so each head starts as the base's next-token prediction.
     pub fn init(&self, rng: &mut SeededRng) -> Result<()> {

@@ -45,6 +45,7 @@ mod distill;
 mod draft_data;
 mod feature_draft;
 mod heads;
+mod heads_states;
 mod lm;
 mod progress;
 mod schedule;
@@ -60,6 +61,7 @@ pub use heads::{
     mean_accepted_with_heads, train_heads, HeadLoss, HeadsLog, HeadsReport, HeadsTrainConfig,
     Regime, Validation,
 };
+pub use heads_states::train_heads_on_states;
 pub use lm::{evaluate_lm, train_lm, LmTrainConfig, StepLog, TrainReport};
 pub use progress::{clock, render, ProgressBar};
 pub use schedule::{Decay, LrSchedule};
