@@ -142,11 +142,19 @@ identical "embedded, --tree 3,2,2,1,1,1,1 --batch 2" --prompt-file examples/prom
 if [ -f models/smollm2/metadata.json ]; then
   smollm2_identical "heads, --batch 2" --chat --proposer heads --k 5 --batch 2
   smollm2_identical "heads, --tree 3,2,2,1" --chat --k 5 --tree 3,2,2,1
+  # The shipped feature-level draft (assets/drafts/smollm2): chains, a dynamic tree, batched
+  # rows, and behind n-gram lookup in a chain; identical to greedy in f32.
+  smollm2_identical "eagle, k 6" --chat --proposer eagle --k 6
+  smollm2_identical "eagle, --tree dynamic:12" --chat --proposer eagle --k 6 --tree dynamic:12
+  smollm2_identical "eagle, --batch 2" --chat --proposer eagle --k 5 --batch 2
+  smollm2_identical "chain of ngram and eagle, --adaptive" --chat --proposer chain:ngram,eagle --k 6 --adaptive
 fi
 # Bad input must be a clear error (exit 2), not a crash.
 for args in "--batch 0" "--batch 2 --temperature 0.7" "--batch 2 --adaptive" "--tree 2,0" \
             "--tree 2,2 --proposer ngram" "--tree 2,2,2,2 --k 4" "--k 0" "--k 11" "--accept top-k:0" "--accept bogus" "--max-new-tokens x" "--prompt ''" \
-            "--proposer chain:" "--proposer draft:no/such/dir" "--heads no/such/dir" "--policy sometimes" \
+            "--proposer chain:" "--proposer draft:no/such/dir" "--proposer eagle" "--proposer eagle:no/such/dir" \
+            "--proposer eagle:assets/drafts/smollm2" "--tree dynamic:0" "--tree dynamic:x" "--tree dynamic:8 --accept top-k:2" \
+            "--heads no/such/dir" "--policy sometimes" \
             "--top-p 0.9" "--temperature 0.7 --accept top-k:2" "--temperature 1 --top-p 1.5" \
             "--temperature -1" "--temperature 1 --accept typical:0:0.3" "--temperature 1 --seed x"; do
   set +e

@@ -320,4 +320,41 @@ mod tests {
         assert_eq!(c.walk(&[6, 7, 8]), vec![0, 1, 2]);
         assert_eq!(c.walk(&[6, 1, 8]), vec![0, 1]);
     }
+
+    #[test]
+    fn draft_trees_are_checked_and_cut() {
+        // root 9; nodes: 1 and 2 under the root, 3 under node 0 (token 1), 4 under node 2.
+        let d = DraftTree {
+            tokens: vec![1, 2, 3, 4],
+            parents: vec![0, 0, 1, 3],
+        };
+        let t = TokenTree::from_draft(9, &d, 8, 8, |_| false).unwrap();
+        assert_eq!(t.tokens, vec![9, 1, 2, 3, 4]);
+        assert_eq!(t.parents, vec![0, 0, 0, 1, 3]);
+        assert_eq!(t.depths, vec![0, 1, 1, 2, 3]);
+        // Depth 2 at most: node 3 (depth 3) goes.
+        let t = TokenTree::from_draft(9, &d, 2, 8, |_| false).unwrap();
+        assert_eq!(t.tokens, vec![9, 1, 2, 3]);
+        // Two nodes at most.
+        let t = TokenTree::from_draft(9, &d, 8, 2, |_| false).unwrap();
+        assert_eq!(t.tokens, vec![9, 1, 2]);
+        // Nothing under an end-of-sequence token: token 1's subtree goes.
+        let t = TokenTree::from_draft(9, &d, 8, 8, |x| x == 1).unwrap();
+        assert_eq!(t.tokens, vec![9, 1, 2]);
+        // A node under a later node, and parents that do not match the tokens, are errors.
+        let bad = DraftTree {
+            tokens: vec![1, 2],
+            parents: vec![2, 0],
+        };
+        assert!(matches!(
+            TokenTree::from_draft(9, &bad, 8, 8, |_| false),
+            Err(Error::Contract { .. })
+        ));
+        let bad = DraftTree {
+            tokens: vec![1, 2],
+            parents: vec![0],
+        };
+        assert!(TokenTree::from_draft(9, &bad, 8, 8, |_| false).is_err());
+        assert_eq!(DraftTree::chain(&[4, 5]).parents, vec![0, 1]);
+    }
 }
