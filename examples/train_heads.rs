@@ -104,6 +104,31 @@ struct Config {
     seed: u64,
 }
 
+/// The export's source model (what shipped heads are matched against); none for a
+/// layer-truncated export.
+fn source_of(bundle: &ModelBundle) -> Option<String> {
+    bundle
+        .metadata
+        .as_ref()
+        .filter(|m| !m.source.contains_key("truncated"))
+        .and_then(|m| m.source.get("gguf"))
+        .and_then(|v| v.as_str())
+        .map(String::from)
+}
+
+/// The validation prompts and settings of `config`, encoded.
+fn validation_of(config: &Config, bundle: &ModelBundle) -> Result<Option<Validation>> {
+    Ok(match &config.validation {
+        Some(v) => Some(Validation {
+            prompts: encode_all(bundle, &prompt_lines(&v.prompts, v.limit)?, v.chat)?,
+            block_size: v.block_size,
+            max_new_tokens: v.max_new_tokens,
+            eos: bundle.eos.clone(),
+        }),
+        None => None,
+    })
+}
+
 fn prompt_lines(path: &Path, limit: Option<usize>) -> Result<Vec<String>> {
     let text = Error::read_text(path)?;
     Ok(text
@@ -322,30 +347,13 @@ fn run(path: &Path, range: Option<(usize, usize)>) -> Result<()> {
     }
     let tokens: usize = data.iter().map(Vec::len).sum();
     eprintln!("train_heads: {} sequences, {tokens} tokens", data.len());
-    let validation = match &config.validation {
-        Some(v) => Some(Validation {
-            prompts: encode_all(&bundle, &prompt_lines(&v.prompts, v.limit)?, v.chat)?,
-            block_size: v.block_size,
-            max_new_tokens: v.max_new_tokens,
-            eos: bundle.eos.clone(),
-        }),
-        None => None,
-    };
+    let validation = validation_of(&config, &bundle)?;
     let emb = bundle.model.token_embeddings().ok_or(Error::config(
         "model",
         "does not expose its token embeddings",
     ))?;
     let (vocab_size, d_model) = emb.size2()?;
-    let source = bundle
-        .metadata
-        .as_ref()
-        .filter(|m| !m.source.contains_key("truncated"))
-        .and_then(|m| {
-            m.source
-                .get("gguf")
-                .and_then(|v| v.as_str())
-                .map(String::from)
-        });
+    let source = source_of(&bundle);
     let heads_config = HeadsConfig {
         arch: config.heads.arch,
         num_heads: config.heads.num_heads,
@@ -421,21 +429,8 @@ fn run_on_states(
         "does not expose its token embeddings",
     ))?;
     let (vocab_size, d_model) = emb.size2()?;
-    let source = bundle
-        .metadata
-        .as_ref()
-        .and_then(|m| m.source.get("gguf"))
-        .and_then(|v| v.as_str())
-        .map(String::from);
-    let validation = match &config.validation {
-        Some(v) => Some(Validation {
-            prompts: encode_all(&bundle, &prompt_lines(&v.prompts, v.limit)?, v.chat)?,
-            block_size: v.block_size,
-            max_new_tokens: v.max_new_tokens,
-            eos: bundle.eos.clone(),
-        }),
-        None => None,
-    };
+    let source = source_of(&bundle);
+    let validation = validation_of(config, &bundle)?;
     let heads_config = HeadsConfig {
         arch: config.heads.arch,
         num_heads: config.heads.num_heads,

@@ -109,3 +109,31 @@ fn load_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Where a run starts: fresh (`None`), or the state of the checkpoint in `dir` when there is one
+/// there, whose settings must be `config` (else an error that says so).
+pub fn resume<C, L>(
+    dir: Option<&Path>,
+    vs: &nn::VarStore,
+    opt: &mut AdamW,
+    config: &C,
+) -> Result<Option<CheckpointState<C, L>>>
+where
+    C: DeserializeOwned + PartialEq,
+    L: DeserializeOwned,
+{
+    let Some(dir) = dir.filter(|d| has_checkpoint(d)) else {
+        return Ok(None);
+    };
+    let state: CheckpointState<C, L> = load_checkpoint(dir, vs, opt)?;
+    if state.config != *config {
+        return Err(Error::config(
+            "checkpoint",
+            format!(
+                "{} was written with other settings; remove it or use the same settings",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(Some(state))
+}

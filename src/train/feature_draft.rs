@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use super::adamw::{AdamW, OptimConfig};
-use super::checkpoint::{has_checkpoint, load_checkpoint, save_checkpoint, CheckpointState};
+use super::checkpoint::{resume, save_checkpoint, CheckpointState};
 use super::draft_data::DraftData;
 use super::schedule::LrSchedule;
 use crate::error::{Error, Result};
@@ -382,18 +382,9 @@ pub fn train_feature_draft(
     let mut logs: Vec<DraftLog> = Vec::new();
     let mut start = 0;
     let mut resumed_from = None;
-    if let Some(dir) = checkpoint.filter(|d| has_checkpoint(d)) {
-        let state: CheckpointState<DraftTrainConfig, DraftLog> =
-            load_checkpoint(dir, draft.var_store(), &mut opt)?;
-        if state.config != *config {
-            return Err(Error::config(
-                "checkpoint",
-                format!(
-                    "{} was written with other settings; remove it or use the same settings",
-                    dir.display()
-                ),
-            ));
-        }
+    let state: Option<CheckpointState<DraftTrainConfig, DraftLog>> =
+        resume(checkpoint, draft.var_store(), &mut opt, config)?;
+    if let Some(state) = state {
         start = state.step;
         rng = SeededRng::from_state(state.rng_state);
         logs = state.logs;

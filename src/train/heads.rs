@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use super::checkpoint::{has_checkpoint, load_checkpoint, save_checkpoint, CheckpointState};
+use super::checkpoint::{resume, save_checkpoint, CheckpointState};
 use super::trainee::HeadsTrainee;
 use super::{AdamW, LrSchedule, OptimConfig};
 use crate::acceptance::Exact;
@@ -342,6 +342,19 @@ fn make_batch(wins: &[&[i64]], rows: Vec<usize>, heads: usize, device: Device) -
     })
 }
 
+/// Vocabulary ids as columns of a shortlisted projection (`map`: id → column or `-100`);
+/// `-100` (not scored) stays. Without a map the ids are the columns.
+pub(super) fn shortlist_targets(map: Option<&Tensor>, targets: &Tensor) -> Result<Tensor> {
+    let Some(map) = map else {
+        return Ok(targets.shallow_clone());
+    };
+    let valid = targets.f_ne(-100)?;
+    let mapped = map.f_index_select(0, &targets.f_clamp_min(0)?.f_reshape([-1])?)?;
+    Ok(mapped
+        .f_view(targets.size().as_slice())?
+        .f_where_self(&valid, targets)?)
+}
+
 /// Sum of cross-entropies and the number of scored targets.
 fn ce_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, i64)> {
     let v = *logits
@@ -420,18 +433,9 @@ pub fn train_heads<T: HeadsTrainee + ?Sized>(
     let mut logs: Vec<HeadsLog> = Vec::new();
     let mut start = 0;
     let mut resumed_from = None;
-    if let Some(dir) = checkpoint.filter(|d| has_checkpoint(d)) {
-        let state: CheckpointState<HeadsTrainConfig, HeadsLog> =
-            load_checkpoint(dir, model.var_store(), &mut opt)?;
-        if state.config != *config {
-            return Err(Error::config(
-                "checkpoint",
-                format!(
-                    "{} was written with other settings; remove it or use the same settings",
-                    dir.display()
-                ),
-            ));
-        }
+    let state: Option<CheckpointState<HeadsTrainConfig, HeadsLog>> =
+        resume(checkpoint, model.var_store(), &mut opt, config)?;
+    if let Some(state) = state {
         start = state.step;
         rng = SeededRng::from_state(state.rng_state);
         logs = state.logs;
@@ -468,13 +472,7 @@ pub fn train_heads<T: HeadsTrainee + ?Sized>(
                 states.f_narrow(1, h, 1)?
             }
         };
-        if let Some(map) = model.target_map() {
-            let valid = targets.f_ne(-100)?;
-            let mapped = map.f_index_select(0, &targets.f_clamp_min(0)?.f_reshape([-1])?)?;
-            targets = mapped
-                .f_view(targets.size().as_slice())?
-                .f_where_self(&valid, &targets)?;
-        }
+        targets = shortlist_targets(model.target_map(), &targets)?;
         let logits = model.project(&states, train_base)?;
         let (head_sum, head_count) = ce_sum(&logits, &targets)?;
         let head_loss = head_sum.f_div_scalar(head_count.max(1) as f64)?;

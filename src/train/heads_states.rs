@@ -8,7 +8,7 @@ use tch::{Kind, Reduction, Tensor};
 
 use super::adamw::AdamW;
 use super::draft_data::DraftData;
-use super::heads::{HeadsLog, HeadsReport, HeadsTrainConfig};
+use super::heads::{shortlist_targets, HeadsLog, HeadsReport, HeadsTrainConfig};
 use super::trainee::HeadsTrainee;
 use crate::error::{Error, Result};
 use crate::heads::Dropout;
@@ -90,16 +90,10 @@ pub fn train_heads_on_states<T: HeadsTrainee + ?Sized>(
             .f_index_select(0, &Tensor::from_slice(&rows))?
             .f_to_kind(Kind::Float)?
             .f_to_device(device)?;
-        let mut targets = Tensor::from_slice(&targets)
+        let targets = Tensor::from_slice(&targets)
             .f_view([n as i64, heads as i64])?
             .f_to_device(device)?;
-        if let Some(map) = model.target_map() {
-            let valid = targets.f_ne(-100)?;
-            let mapped = map.f_index_select(0, &targets.f_clamp_min(0)?.f_reshape([-1])?)?;
-            targets = mapped
-                .f_view(targets.size().as_slice())?
-                .f_where_self(&valid, &targets)?;
-        }
+        let targets = shortlist_targets(model.target_map(), &targets)?;
         let mut dropout = Dropout {
             p: config.dropout,
             rng: &mut rng,
