@@ -61,3 +61,15 @@ impl std::str::FromStr for DType {
         }
     }
 }
+
+impl std::fmt::Display for DType {
+    /// The short name [`DType::from_str`](std::str::FromStr) reads: `f32`, `f64`, `bf16`, `f16`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::Bf16 => "bf16",
+            DType::F16 => "f16",
+        })
+    }
+}

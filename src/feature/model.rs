@@ -338,19 +338,22 @@ impl FeatureDraft {
         Ok(x.f_add(&m)?)
     }
 
-    /// Plain causal attention of `qkv` over `keys`/`values` (`[B, H, S, Dh]`, the block's own
-    /// last), with `mask` (`[T, S]` or broadcastable, true where a query may attend).
+    /// Attention of the queries `q` over `keys`/`values` (`[B, H, S, Dh]`, the block's own
+    /// last), with `mask` (`[T, S]` or broadcastable, true where a query may attend; `None`: every
+    /// key).
     pub(crate) fn attend(
         &self,
         q: &Tensor,
         keys: &Tensor,
         values: &Tensor,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let scores = q
+        let mut scores = q
             .f_matmul(&keys.f_transpose(-2, -1)?)?
-            .f_mul_scalar(self.scale())?
-            .f_masked_fill(&mask.f_logical_not()?, f64::NEG_INFINITY)?;
+            .f_mul_scalar(self.scale())?;
+        if let Some(mask) = mask {
+            scores = scores.f_masked_fill(&mask.f_logical_not()?, f64::NEG_INFINITY)?;
+        }
         Ok(scores.f_softmax(-1, Kind::Float)?.f_matmul(values)?)
     }
 }

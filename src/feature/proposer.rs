@@ -128,8 +128,16 @@ impl FeatureDraftProposer {
         let qkv = self.draft.qkv(x)?;
         let (keys, values) = self.cache.write(0, start, &qkv.k, &qkv.v)?;
         self.cache.set_len(start + t);
-        let mask = crate::transformer::layers::causal_mask(start, t, self.device)?;
-        let attended = self.draft.attend(&qkv.q, &keys, &values, &mask)?;
+        // One query at the end attends every key: no mask needed.
+        let mask = match t {
+            1 => None,
+            _ => Some(crate::transformer::layers::causal_mask(
+                start,
+                t,
+                self.device,
+            )?),
+        };
+        let attended = self.draft.attend(&qkv.q, &keys, &values, mask.as_ref())?;
         self.draft.finish(x, &attended)
     }
 
@@ -139,7 +147,7 @@ impl FeatureDraftProposer {
         let qkv = self.draft.qkv(x)?;
         let (keys, values) = self.cache.write(0, start, &qkv.k, &qkv.v)?;
         self.cache.set_len(start + t);
-        let attended = self.draft.attend(&qkv.q, &keys, &values, mask)?;
+        let attended = self.draft.attend(&qkv.q, &keys, &values, Some(mask))?;
         self.draft.finish(x, &attended)
     }
 

@@ -1,0 +1,308 @@
+//! One table of proposers on an exported model, every row against greedy decoding of the same
+//! prompts in the same process (greedy runs once per dtype; each row decodes every prompt): the
+//! shipped heads, heads from other folders, n-gram lookup, the feature-level draft as chains and
+//! as dynamic trees. Exact acceptance; output compared token for token with greedy's.
+//!
+//! ```text
+//! cargo run --release --example proposer_table -- [--model models/smollm2] [--prompts FILE]
+//!     [--count N] [--max-new-tokens N] [--dtypes f32,bf16] [--heads NAME=DIR ...] [--json FILE]
+//! ```
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use blockwise::bundle::{BundleOptions, HeadsChoice, ModelBundle};
+use blockwise::config::{BlockwiseConfig, ProposerConfig};
+use blockwise::decoder::BatchBlockwise;
+use blockwise::policy::PolicyConfig;
+use blockwise::{
+    Blockwise, BlockwiseDecoder, DType, DecodeConfig, DecodeOutput, Error, GreedyDecoder, Result,
+};
+
+/// One row: which heads are attached, the proposer, `k`, a dynamic tree's node budget, the
+/// policy.
+#[derive(Clone)]
+struct Row {
+    name: String,
+    heads: HeadsChoice,
+    proposer: ProposerConfig,
+    k: usize,
+    tree: Option<usize>,
+    adaptive: bool,
+}
+
+struct Args {
+    model: String,
+    prompts: PathBuf,
+    count: usize,
+    max_new_tokens: usize,
+    dtypes: Vec<DType>,
+    heads: Vec<(String, PathBuf)>,
+    json: Option<PathBuf>,
+}
+
+fn parse() -> Result<Args> {
+    let mut a = Args {
+        model: "models/smollm2".into(),
+        prompts: "examples/prompts/chat24.txt".into(),
+        count: 12,
+        max_new_tokens: 64,
+        dtypes: vec![DType::F32, DType::Bf16],
+        heads: Vec::new(),
+        json: None,
+    };
+    let bad = |what: &str| Error::config("arguments", format!("{what}; see the file's header"));
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| bad(&format!("{flag} needs a value")))
+        };
+        match flag.as_str() {
+            "--model" => a.model = value()?,
+            "--prompts" => a.prompts = value()?.into(),
+            "--count" => a.count = value()?.parse().map_err(|_| bad("--count N"))?,
+            "--max-new-tokens" => {
+                a.max_new_tokens = value()?.parse().map_err(|_| bad("--max-new-tokens N"))?
+            }
+            "--dtypes" => {
+                a.dtypes = value()?
+                    .split(',')
+                    .map(|d| d.parse())
+                    .collect::<Result<_>>()?
+            }
+            "--heads" => {
+                let v = value()?;
+                let (name, dir) = v.split_once('=').ok_or_else(|| bad("--heads NAME=DIR"))?;
+                a.heads.push((name.into(), dir.into()));
+            }
+            "--json" => a.json = Some(value()?.into()),
+            other => return Err(bad(&format!("unknown flag {other}"))),
+        }
+    }
+    Ok(a)
+}
+
+fn rows(args: &Args) -> Vec<Row> {
+    let eagle = || ProposerConfig::Eagle { draft: None };
+    let row = |name: &str, heads: HeadsChoice, proposer, k, tree, adaptive| Row {
+        name: name.into(),
+        heads,
+        proposer,
+        k,
+        tree,
+        adaptive,
+    };
+    let mut out = vec![row(
+        "heads (shipped)",
+        HeadsChoice::Auto,
+        ProposerConfig::Heads,
+        5,
+        None,
+        false,
+    )];
+    for (name, dir) in &args.heads {
+        out.push(row(
+            &format!("heads ({name})"),
+            HeadsChoice::Dir(dir.clone()),
+            ProposerConfig::Heads,
+            5,
+            None,
+            false,
+        ));
+    }
+    out.push(row(
+        "n-gram",
+        HeadsChoice::None,
+        ProposerConfig::Ngram { min: 1, max: 3 },
+        5,
+        None,
+        false,
+    ));
+    for k in [4, 6, 8] {
+        out.push(row(
+            "eagle chain",
+            HeadsChoice::None,
+            eagle(),
+            k,
+            None,
+            false,
+        ));
+    }
+    out.push(row(
+        "eagle chain --adaptive",
+        HeadsChoice::None,
+        eagle(),
+        6,
+        None,
+        true,
+    ));
+    for nodes in [8, 24] {
+        out.push(row(
+            "eagle tree",
+            HeadsChoice::None,
+            eagle(),
+            6,
+            Some(nodes),
+            false,
+        ));
+    }
+    out
+}
+
+struct Measured {
+    outs: Vec<DecodeOutput>,
+    wall_s: f64,
+}
+
+fn run_row(
+    bundle: &mut ModelBundle,
+    row: &Row,
+    dtype: DType,
+    prompts: &[Vec<i64>],
+    decode: &DecodeConfig,
+) -> Result<Measured> {
+    let proposer = row
+        .proposer
+        .clone()
+        .with_shipped_draft(bundle.draft.as_deref());
+    let t0 = Instant::now();
+    let outs = match row.tree {
+        Some(nodes) => {
+            let info = bundle.model.info().clone();
+            let emb = bundle.model.token_embeddings();
+            let mut d = BatchBlockwise::builder(&mut bundle.model)
+                .block_size(row.k)
+                .proposer_factory(false, move || proposer.build_with(&info, emb.as_ref()))
+                .dynamic_tree(nodes)
+                .build()?;
+            prompts
+                .iter()
+                .map(|p| d.decode(p, decode))
+                .collect::<Result<Vec<_>>>()?
+        }
+        None => {
+            let config = BlockwiseConfig {
+                block_size: row.k,
+                proposer,
+                policy: if row.adaptive {
+                    PolicyConfig::CostAware { per_token: None }
+                } else {
+                    PolicyConfig::Fixed
+                },
+                // Blocks round differently from one-token steps in low precision.
+                tie_guard: (dtype != DType::F32).then_some(0.5),
+                ..BlockwiseConfig::heads(row.k)
+            };
+            let mut d = Blockwise::from_config(&mut bundle.model, &config, None)?;
+            prompts
+                .iter()
+                .map(|p| d.decode(p, decode))
+                .collect::<Result<Vec<_>>>()?
+        }
+    };
+    Ok(Measured {
+        outs,
+        wall_s: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("proposer_table: {e}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> Result<()> {
+    let args = parse()?;
+    let text = Error::read_text(&args.prompts)?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(args.count)
+        .collect();
+    let mut json_rows = Vec::new();
+    println!(
+        "| dtype | proposer | k | tree nodes | prompts | mean accepted | model calls / greedy | \
+         ms per token (blockwise / greedy) | speedup | identical | proposer ms / iteration \
+         (share of a greedy step) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for &dtype in &args.dtypes {
+        let load = |heads: HeadsChoice| {
+            ModelBundle::load(
+                &args.model,
+                &BundleOptions {
+                    dtype,
+                    heads,
+                    ..BundleOptions::default()
+                },
+            )
+        };
+        let mut bundle = load(HeadsChoice::None)?;
+        let prompts: Vec<Vec<i64>> = lines
+            .iter()
+            .map(|l| bundle.encode_prompt(l, true))
+            .collect::<Result<_>>()?;
+        let decode = DecodeConfig::new(args.max_new_tokens).with_eos(bundle.eos.clone());
+        // Warm-up, then greedy once for every row of this dtype.
+        GreedyDecoder::new(&mut bundle.model).decode(&prompts[0], &DecodeConfig::new(8))?;
+        let t0 = Instant::now();
+        let greedy: Vec<DecodeOutput> = prompts
+            .iter()
+            .map(|p| GreedyDecoder::new(&mut bundle.model).decode(p, &decode))
+            .collect::<Result<_>>()?;
+        let greedy_s = t0.elapsed().as_secs_f64();
+        let greedy_tokens: usize = greedy.iter().map(|g| g.tokens.len()).sum();
+        let greedy_calls: usize = greedy.iter().map(|g| g.stats.model_calls).sum();
+        let step_ms = 1e3 * greedy_s / greedy_tokens.max(1) as f64;
+        let mut current = HeadsChoice::None;
+        for row in rows(&args) {
+            if row.heads != current {
+                bundle = load(row.heads.clone())?;
+                current = row.heads.clone();
+            }
+            let m = run_row(&mut bundle, &row, dtype, &prompts, &decode)?;
+            let tokens: usize = m.outs.iter().map(|o| o.tokens.len()).sum();
+            let iters: usize = m.outs.iter().map(|o| o.stats.iterations).sum();
+            let calls: usize = m.outs.iter().map(|o| o.stats.model_calls).sum();
+            let proposer_s: f64 = m.outs.iter().map(|o| o.stats.proposer_s).sum();
+            let identical = m
+                .outs
+                .iter()
+                .zip(&greedy)
+                .filter(|(o, g)| o.tokens == g.tokens)
+                .count();
+            let prop_ms = 1e3 * proposer_s / iters.max(1) as f64;
+            let r = serde_json::json!({
+                "dtype": dtype.to_string(), "proposer": row.name, "k": row.k, "tree": row.tree,
+                "prompts": prompts.len(), "mean_accepted": tokens as f64 / iters.max(1) as f64,
+                "model_calls": calls, "greedy_calls": greedy_calls,
+                "ms_per_token": 1e3 * m.wall_s / tokens.max(1) as f64, "greedy_ms_per_token": step_ms,
+                "speedup": greedy_s / m.wall_s, "identical": identical,
+                "proposer_ms_per_iteration": prop_ms,
+            });
+            println!(
+                "| {dtype} | {} | {} | {} | {} | {:.2} | {calls} / {greedy_calls} | {:.1} / {step_ms:.1} \
+                 | {:.2}x | {identical}/{} | {prop_ms:.1} ({:.0}%) |",
+                row.name,
+                row.k,
+                row.tree.map_or("-".into(), |n| n.to_string()),
+                prompts.len(),
+                r["mean_accepted"].as_f64().unwrap_or(0.0),
+                r["ms_per_token"].as_f64().unwrap_or(0.0),
+                r["speedup"].as_f64().unwrap_or(0.0),
+                prompts.len(),
+                100.0 * prop_ms / step_ms,
+            );
+            json_rows.push(r);
+        }
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&json_rows).expect("rows serialise");
+        std::fs::write(path, text + "\n").map_err(Error::io("writing", path))?;
+    }
+    Ok(())
+}
