@@ -19,7 +19,7 @@ FIXTURES_DIR := target/fixtures
 
 .PHONY: demo test venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures \
 	corpus train-pair pair-demo train-embedded ablation-embedded smollm2-heads classify generate generate-table \
-	draft-data smollm2-eagle draft-curve
+	draft-data smollm2-eagle draft-curve smollm2-heads-states eagle-table
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -170,6 +170,19 @@ smollm2-eagle: smollm2 draft-data
 draft-curve: smollm2 draft-data
 	$(CARGO) build $(PROFILE) $(FEATURES) --example train_draft
 	bash scripts/draft_curve.sh
+
+# Medusa and Stern heads retrained on the same teacher-forced data (stored states; a few minutes
+# each), into target/heads-states, for the comparison table.
+smollm2-heads-states: smollm2 draft-data
+	$(CARGO) build $(PROFILE) $(FEATURES) --example train_heads
+	target/release/examples/train_heads examples/configs/smollm2-medusa-states.json
+	target/release/examples/train_heads examples/configs/smollm2-stern-states.json
+
+# The comparison table of docs/feature-draft.md: every proposer against greedy in one process.
+eagle-table: smollm2 smollm2-heads-states
+	$(CARGO) build $(PROFILE) $(FEATURES) --example proposer_table
+	target/release/examples/proposer_table --count 10 --heads medusa=target/heads-states/medusa \
+	  --heads stern=target/heads-states/stern --json target/eagle-table.json
 
 doc:
 	$(CARGO) doc --no-deps --features doc-only,testing
