@@ -516,6 +516,8 @@ def main():
     ap.add_argument("--max-batch-tokens", type=int, default=4096,
                     help="at most this many padded tokens per forward pass")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reverse", action="store_true",
+                    help="write the missing shards last first (a second process can then share the work)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -553,7 +555,12 @@ def main():
         total = sum(len(ids) for _, _, s in todo for _, ids in s)
         log(f"{len(jobs) - len(todo)} of {len(jobs)} shards already written; {total} tokens to go")
         done, t_run, seconds = 0, time.time(), old.get("model_seconds", 0.0)
+        if args.reverse:
+            todo.reverse()
         for split, i, shard in todo:
+            path = os.path.join(args.out, f"{split}-{i:05d}.safetensors")
+            if os.path.exists(path) and shard_done(path, shard):
+                continue  # written by another process meanwhile
             t = time.time()
             results = run_seqs(model, [ids for _, ids in shard], batch_size, args.max_batch_tokens)
             write_shard(os.path.join(args.out, f"{split}-{i:05d}.safetensors"), split, i, shard, results)

@@ -446,3 +446,36 @@ fn mismatched_drafts_and_batches_are_refused() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
 }
+
+#[test]
+fn draft_data_saves_loads_repeats_and_stops_at_whole_sequences() {
+    let mut model = fixed_model(4);
+    let seqs = greedy_sequences(&mut model, 6, 10);
+    let data = DraftData::teacher_forced(&mut model, &seqs, Kind::Half).unwrap();
+    assert_eq!(data.sequences(), 6);
+    assert_eq!(data.len(), 6 * 14);
+    let twice = data.repeated(2).unwrap();
+    assert_eq!(twice.sequences(), 12);
+    assert_eq!(twice.offsets[7], 14 + data.len());
+    let dir = std::env::temp_dir().join(format!("bw-draft-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    data.save(&dir.join("train-00000.safetensors")).unwrap();
+    twice.save(&dir.join("train-00001.safetensors")).unwrap();
+    let all = DraftData::load(&dir, "train", None).unwrap();
+    assert_eq!(all.len(), 3 * data.len());
+    assert!(all
+        .hidden
+        .narrow(0, 0, data.len() as i64)
+        .equal(&data.hidden));
+    // A limit keeps whole sequences only.
+    let some = DraftData::load(&dir, "train", Some(30)).unwrap();
+    assert_eq!((some.sequences(), some.len()), (2, 28));
+    assert!(DraftData::load(&dir, "heldout", None).is_err());
+    let ids = data.shortlist(5, 24).unwrap();
+    assert_eq!(ids.len(), 5);
+    assert!(
+        data.coverage(&ids).unwrap() > 0.0
+            && data.coverage(&(0..24).collect::<Vec<_>>()).unwrap() == 1.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

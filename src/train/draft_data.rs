@@ -147,6 +147,43 @@ impl DraftData {
         })
     }
 
+    /// Writes the data as one shard (`tokens`, `hidden`, `argmax`, `offsets`) that
+    /// [`DraftData::load`] reads, for example `DIR/train-chat-00000.safetensors`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let offsets: Vec<i64> = self.offsets.iter().map(|&o| o as i64).collect();
+        Tensor::write_safetensors(
+            &[
+                ("tokens", self.tokens.shallow_clone()),
+                ("hidden", self.hidden.shallow_clone()),
+                ("argmax", self.argmax.shallow_clone()),
+                ("offsets", Tensor::from_slice(&offsets)),
+            ],
+            path,
+        )?;
+        Ok(())
+    }
+
+    /// The same sequences `r` times over (to weight them next to other data).
+    pub fn repeated(&self, r: usize) -> Result<Self> {
+        let r = r.max(1);
+        let n = self.len();
+        let mut offsets = Vec::with_capacity(self.sequences() * r + 1);
+        offsets.push(0);
+        for k in 0..r {
+            offsets.extend(self.offsets[1..].iter().map(|&o| k * n + o));
+        }
+        let rep = |t: &Tensor| -> Result<Tensor> {
+            let parts: Vec<Tensor> = (0..r).map(|_| t.shallow_clone()).collect();
+            Ok(Tensor::f_cat(&parts, 0)?)
+        };
+        Ok(DraftData {
+            tokens: rep(&self.tokens)?,
+            hidden: rep(&self.hidden)?,
+            argmax: rep(&self.argmax)?,
+            offsets,
+        })
+    }
+
     /// Tokens held.
     pub fn len(&self) -> usize {
         *self.offsets.last().unwrap_or(&0)
