@@ -19,7 +19,7 @@ FIXTURES_DIR := target/fixtures
 
 .PHONY: demo test venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures \
 	corpus train-pair pair-demo train-embedded ablation-embedded smollm2-heads classify generate generate-table \
-	draft-data smollm2-eagle draft-curve smollm2-heads-states eagle-table
+	draft-data draft-answers smollm2-eagle draft-curve smollm2-heads-states eagle-table
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -151,17 +151,36 @@ smollm2-heads: smollm2 corpus
 # Teacher-forced training data for a feature-level (EAGLE-style) draft of SmolLM2: its final hidden
 # states and argmax over chat samples built from stdlib docstrings and source, the Jargon File and
 # King James passages, in safetensors shards in target/draft-data (resumable; hours on 2 cores).
+# Marked done once complete, so that later targets do not rerun it.
 JARGON_DICT := /usr/share/dictd/jargon.dict.dz
-draft-data: hf-venv corpus
+DRAFT_DATA_DONE := target/draft-data/.complete
+draft-data: hf-venv corpus $(DRAFT_DATA_DONE)
+
+$(DRAFT_DATA_DONE): scripts/make_draft_data.py
 	@test -f $(JARGON_DICT) || { apt-get update -qq && apt-get install -y -qq dict-jargon; } || \
 	  echo "dict-jargon could not be installed: the jargon source is skipped" >&2
 	.venv/bin/python scripts/make_draft_data.py --out target/draft-data --max-train-tokens 1000000
+	touch $@
+
+# SmolLM2's own greedy answers (64 new tokens) to the 800 training requests of
+# scripts/make_head_prompts.py, decoded 16 at a time by the batched decoder and teacher-forced
+# into one more shard of target/draft-data (about half an hour on 2 cores).
+DRAFT_ANSWERS := target/draft-data/train-chat-00000.safetensors
+draft-answers: smollm2 corpus $(DRAFT_ANSWERS)
+
+$(DRAFT_ANSWERS):
+	@.venv/bin/python -c "import faker" 2>/dev/null || \
+	  .venv/bin/python -m pip install --quiet --disable-pip-version-check faker==37.1.0
+	.venv/bin/python scripts/make_head_prompts.py target/heads/smollm2-prompts.txt 400 400
+	$(CARGO) build $(PROFILE) $(FEATURES) --example draft_answers
+	target/release/examples/draft_answers --prompts target/heads/smollm2-prompts.txt \
+	  --out $(DRAFT_ANSWERS) --new-tokens 64 --batch 16
 
 # SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), trained on
-# the teacher-forced data above and shipped in assets/drafts/smollm2, where `decode --proposer
-# eagle` finds it; measured on held-out chat prompts against greedy (report.json beside it).
+# the teacher-forced text and answers above and shipped in assets/drafts/smollm2, where `decode
+# --proposer eagle` finds it; measured on held-out chat prompts against greedy (report.json).
 DRAFT_CONFIG := examples/configs/smollm2-draft.json
-smollm2-eagle: smollm2 draft-data
+smollm2-eagle: smollm2 draft-data draft-answers
 	$(CARGO) build $(PROFILE) $(FEATURES) --example train_draft
 	target/release/examples/train_draft $(DRAFT_CONFIG) --report assets/drafts/smollm2/report.json
 
@@ -173,7 +192,7 @@ draft-curve: smollm2 draft-data
 
 # Medusa and Stern heads retrained on the same teacher-forced data (stored states; a few minutes
 # each), into target/heads-states, for the comparison table.
-smollm2-heads-states: smollm2 draft-data
+smollm2-heads-states: smollm2 draft-data draft-answers
 	$(CARGO) build $(PROFILE) $(FEATURES) --example train_heads
 	target/release/examples/train_heads examples/configs/smollm2-medusa-states.json
 	target/release/examples/train_heads examples/configs/smollm2-stern-states.json
