@@ -174,7 +174,7 @@ $(DRAFT_ANSWERS):
 	.venv/bin/python scripts/make_head_prompts.py target/heads/smollm2-prompts.txt 400 400
 	$(CARGO) build $(PROFILE) $(FEATURES) --example draft_answers
 	target/release/examples/draft_answers --prompts target/heads/smollm2-prompts.txt \
-	  --out $(DRAFT_ANSWERS) --new-tokens 64 --batch 16
+	  --out $(DRAFT_ANSWERS) --new-tokens 64 --batch 16 --repeat 3
 
 # SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), trained on
 # the teacher-forced text and answers above and shipped in assets/drafts/smollm2, where `decode
