@@ -162,18 +162,18 @@ $(DRAFT_DATA_DONE): scripts/make_draft_data.py
 	.venv/bin/python scripts/make_draft_data.py --out target/draft-data --max-train-tokens 1000000
 	touch $@
 
-# SmolLM2's own greedy answers (64 new tokens) to the 800 training requests of
-# scripts/make_head_prompts.py, decoded 16 at a time by the batched decoder and teacher-forced
-# into one more shard of target/draft-data (about half an hour on 2 cores).
+# SmolLM2's own greedy answers (64 new tokens) to the 400 everyday requests of
+# scripts/make_head_prompts.py (faker's word lists), decoded 16 at a time by the batched decoder
+# and teacher-forced into one more shard of target/draft-data, written three times over.
 DRAFT_ANSWERS := target/draft-data/train-chat-00000.safetensors
 draft-answers: smollm2 corpus $(DRAFT_ANSWERS)
 
 $(DRAFT_ANSWERS):
 	@.venv/bin/python -c "import faker" 2>/dev/null || \
 	  .venv/bin/python -m pip install --quiet --disable-pip-version-check faker==37.1.0
-	.venv/bin/python scripts/make_head_prompts.py target/heads/smollm2-prompts.txt 400 400
+	.venv/bin/python scripts/make_head_prompts.py target/heads/smollm2-everyday.txt 0 400
 	$(CARGO) build $(PROFILE) $(FEATURES) --example draft_answers
-	target/release/examples/draft_answers --prompts target/heads/smollm2-prompts.txt \
+	target/release/examples/draft_answers --prompts target/heads/smollm2-everyday.txt \
 	  --out $(DRAFT_ANSWERS) --new-tokens 64 --batch 16 --repeat 3
 
 # SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), trained on

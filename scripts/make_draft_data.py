@@ -516,6 +516,8 @@ def main():
     ap.add_argument("--max-batch-tokens", type=int, default=4096,
                     help="at most this many padded tokens per forward pass")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default=None,
+                    help="write only this shard (for example train-00006), whatever is there")
     ap.add_argument("--reverse", action="store_true",
                     help="write the missing shards last first (a second process can then share the work)")
     args = ap.parse_args()
@@ -557,6 +559,8 @@ def main():
         done, t_run, seconds = 0, time.time(), old.get("model_seconds", 0.0)
         if args.reverse:
             todo.reverse()
+        if args.only:
+            todo = [j for j in jobs if f"{j[0]}-{j[1]:05d}" == args.only]
         for split, i, shard in todo:
             path = os.path.join(args.out, f"{split}-{i:05d}.safetensors")
             if os.path.exists(path) and shard_done(path, shard):
