@@ -1,24 +1,32 @@
 //! The model's own greedy answers as feature-draft training data: decodes chat prompts with the
-//! batched decoder (greedy, rows of different lengths in one call), then runs the model once
-//! over each prompt-and-answer sequence (teacher forcing) for its hidden states and argmaxes,
-//! and writes one shard that `DraftData::load` reads with the teacher-forced text.
+//! batched decoder (greedy, rows of different lengths in one call) and keeps, for every row, the
+//! final hidden states the decoder computed anyway (handed over through
+//! `Proposer::observe_hidden`, the path a feature draft reads at inference), so no second pass
+//! over the answers is needed. The argmax after each position is the next token on the answer (a
+//! greedy sequence) and, on the prompt, the tied vocabulary projection of its hidden state.
+//! Writes resumable shards that `DraftData::load` reads with the teacher-forced text.
 //!
 //! ```text
-//! cargo run --release --example draft_answers -- --prompts target/heads/smollm2-prompts.txt \
-//!     --out target/draft-data/train-chat-00000.safetensors [--model models/smollm2] \
-//!     [--limit N] [--new-tokens 64] [--batch 16] [--repeat 1]
+//! cargo run --release --example draft_answers -- --prompts target/heads/smollm2-chat.txt \
+//!     --out target/draft-data/train-answers [--model models/smollm2] [--limit N] \
+//!     [--new-tokens 64] [--batch 64] [--shard 512] [--repeat 1]
 //! ```
 //!
-//! `--repeat R` writes every sequence R times (weighting the answers in training).
+//! Writes `OUT-00000.safetensors`, `OUT-00001.safetensors`, ... of `--shard` prompts each and
+//! skips shards already written (so an interrupted run resumes). `--repeat R` writes every
+//! sequence R times (weighting the answers in training).
 
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Instant;
 
 use blockwise::bundle::{BundleOptions, HeadsChoice, ModelBundle};
 use blockwise::decoder::BatchBlockwise;
+use blockwise::proposer::{ProposalContext, Proposer};
 use blockwise::train::DraftData;
-use blockwise::{DType, DecodeConfig, Error, Result};
-use tch::Kind;
+use blockwise::{CausalLm, DType, DecodeConfig, Error, Result};
+use tch::{Kind, Tensor};
 
 fn main() {
     if let Err(e) = run() {
@@ -27,9 +35,44 @@ fn main() {
     }
 }
 
-fn run() -> Result<()> {
-    let (mut model, mut prompts_file, mut out) = ("models/smollm2".to_string(), None, None);
-    let (mut limit, mut new_tokens, mut batch, mut repeat) = (usize::MAX, 64usize, 16usize, 1usize);
+/// Hidden states of one row, in the order the decoder commits its tokens.
+type Sink = Rc<RefCell<Vec<Vec<Tensor>>>>;
+
+/// Proposes nothing (every step is a greedy step) and keeps the hidden states it is handed.
+struct Recorder {
+    sink: Sink,
+    row: usize,
+}
+
+impl Proposer for Recorder {
+    fn propose(&mut self, _ctx: &ProposalContext<'_>) -> Result<Vec<i64>> {
+        Ok(Vec::new())
+    }
+    fn needs_hidden(&self) -> bool {
+        true
+    }
+    fn observe_hidden(&mut self, hidden: &Tensor) -> Result<()> {
+        let h = hidden.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?;
+        self.sink.borrow_mut()[self.row].push(h);
+        Ok(())
+    }
+}
+
+struct Args {
+    model: String,
+    prompts: PathBuf,
+    out: String,
+    limit: usize,
+    new_tokens: usize,
+    batch: usize,
+    shard: usize,
+    repeat: usize,
+}
+
+fn args() -> Result<Args> {
+    let (mut model, mut prompts, mut out) = ("models/smollm2".to_string(), None, None);
+    let (mut limit, mut new_tokens, mut batch) = (usize::MAX, 64usize, 64usize);
+    let (mut shard, mut repeat) = (512usize, 1usize);
     let bad = |m: &str| Error::config("arguments", m.to_string());
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -37,72 +80,155 @@ fn run() -> Result<()> {
             it.next()
                 .ok_or_else(|| bad(&format!("{flag} needs a value")))
         };
-        let number = |v: String| v.parse::<usize>().map_err(|_| bad("expected a number"));
+        let number = |v: String| match v.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(bad(&format!("{flag} expects a positive number, not {v:?}"))),
+        };
         match flag.as_str() {
             "--model" => model = value()?,
-            "--prompts" => prompts_file = Some(PathBuf::from(value()?)),
-            "--out" => out = Some(PathBuf::from(value()?)),
+            "--prompts" => prompts = Some(PathBuf::from(value()?)),
+            "--out" => out = Some(value()?),
             "--limit" => limit = number(value()?)?,
             "--new-tokens" => new_tokens = number(value()?)?,
-            "--batch" => batch = number(value()?)?.max(1),
-            "--repeat" => repeat = number(value()?)?.max(1),
+            "--batch" => batch = number(value()?)?,
+            "--shard" => shard = number(value()?)?,
+            "--repeat" => repeat = number(value()?)?,
             other => return Err(bad(&format!("unknown flag {other}; see the file's header"))),
         }
     }
-    let prompts_file = prompts_file.ok_or_else(|| bad("--prompts FILE is needed"))?;
-    let out = out.ok_or_else(|| bad("--out FILE is needed"))?;
+    Ok(Args {
+        model,
+        prompts: prompts.ok_or_else(|| bad("--prompts FILE is needed"))?,
+        out: out.ok_or_else(|| bad("--out PREFIX is needed"))?,
+        limit,
+        new_tokens,
+        batch,
+        shard,
+        repeat,
+    })
+}
+
+fn run() -> Result<()> {
+    let a = args()?;
     let options = BundleOptions {
         dtype: DType::F32,
         heads: HeadsChoice::None,
         ..BundleOptions::default()
     };
-    let mut bundle = ModelBundle::load(&model, &options)?;
-    let text = Error::read_text(&prompts_file)?;
+    let mut bundle = ModelBundle::load(&a.model, &options)?;
+    let embeddings = bundle
+        .model
+        .token_embeddings()
+        .ok_or(Error::MissingCapability {
+            component: "draft_answers",
+            capability: "tied token embeddings (the prompt's argmaxes are read from them)",
+        })?
+        .f_to_kind(Kind::Float)?;
+    let text = Error::read_text(&a.prompts)?;
     let prompts: Vec<Vec<i64>> = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .take(limit)
+        .take(a.limit)
         .map(|l| bundle.encode_prompt(&l.replace("\\n", "\n"), true))
         .collect::<Result<_>>()?;
-    let config = DecodeConfig::new(new_tokens).with_eos(bundle.eos.clone());
-    let t0 = Instant::now();
-    let mut seqs = Vec::with_capacity(prompts.len());
+    let config = DecodeConfig::new(a.new_tokens).with_eos(bundle.eos.clone());
+    let sink: Sink = Rc::new(RefCell::new(Vec::new()));
+    let factory_sink = sink.clone();
     let mut decoder = BatchBlockwise::builder(&mut bundle.model)
         .block_size(1)
+        .proposer_factory(false, move || {
+            let mut rows = factory_sink.borrow_mut();
+            rows.push(Vec::new());
+            Ok(Box::new(Recorder {
+                sink: factory_sink.clone(),
+                row: rows.len() - 1,
+            }) as Box<dyn Proposer>)
+        })
         .build()?;
-    let mut answer_tokens = 0;
-    for group in prompts.chunks(batch) {
-        for (p, o) in group.iter().zip(decoder.decode_batch(group, &config)?) {
-            answer_tokens += o.tokens.len();
-            seqs.push([p.as_slice(), &o.tokens].concat());
+    let (t0, mut answer_tokens, mut disagreements) = (Instant::now(), 0usize, 0usize);
+    let (mut written, mut skipped) = (0usize, 0usize);
+    for (s, shard) in prompts.chunks(a.shard).enumerate() {
+        let path = PathBuf::from(format!("{}-{s:05}.safetensors", a.out));
+        if path.exists() {
+            skipped += 1;
+            continue;
         }
-        eprint!(
-            "\rdraft_answers: {} of {} prompts, {:.1} answer tokens/s",
-            seqs.len(),
-            prompts.len(),
-            answer_tokens as f64 / t0.elapsed().as_secs_f64()
-        );
+        let mut parts = Vec::new();
+        for group in shard.chunks(a.batch) {
+            sink.borrow_mut().clear();
+            let outs = decoder.decode_batch(group, &config)?;
+            let rows = std::mem::take(&mut *sink.borrow_mut());
+            for ((prompt, out), hidden) in group.iter().zip(outs).zip(rows) {
+                answer_tokens += out.tokens.len();
+                let (part, off) = row_data(prompt, &out.tokens, &hidden, &embeddings)?;
+                disagreements += off;
+                parts.push(part);
+            }
+            eprint!(
+                "\rdraft_answers: shard {s}, {} of {} prompts, {:.1} answer tokens/s",
+                s * a.shard + parts.len(),
+                prompts.len(),
+                answer_tokens as f64 / t0.elapsed().as_secs_f64()
+            );
+        }
+        let data = DraftData::concat(&parts)?.repeated(a.repeat)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
+        }
+        data.save(&path)?;
+        written += 1;
     }
-    let decode_s = t0.elapsed().as_secs_f64();
-    drop(decoder);
-    let t1 = Instant::now();
-    let data = DraftData::teacher_forced(&mut bundle.model, &seqs, Kind::Half)?.repeated(repeat)?;
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
-    }
-    data.save(&out)?;
     eprintln!();
+    let s = t0.elapsed().as_secs_f64();
     println!(
-        "draft_answers: {} prompts, {answer_tokens} answer tokens decoded in {decode_s:.0} s \
-         ({:.1} tokens/s at batch {batch}); {} tokens teacher-forced in {:.0} s; wrote {} \
-         ({} sequences, repeated {repeat}x)",
-        seqs.len(),
-        answer_tokens as f64 / decode_s,
-        data.len(),
-        t1.elapsed().as_secs_f64(),
-        out.display(),
-        data.sequences()
+        "draft_answers: {} prompts in {} shards ({skipped} already written); {answer_tokens} answer \
+         tokens decoded in {s:.0} s ({:.1} tokens/s at batch {}); {disagreements} answer positions \
+         where the embeddings' argmax is not the decoded token (ties)",
+        prompts.len(),
+        written + skipped,
+        answer_tokens as f64 / s.max(1e-9),
+        a.batch,
     );
     Ok(())
+}
+
+/// One row's sequence as far as it was fed to the model (a last token never fed has no hidden
+/// state), its hidden states and argmaxes (after the last token fed: the projection's); and how many answer positions' embedding argmax differs from
+/// the decoded next token.
+fn row_data(
+    prompt: &[i64],
+    answer: &[i64],
+    hidden: &[Tensor],
+    embeddings: &Tensor,
+) -> Result<(DraftData, usize)> {
+    let seq = [prompt, answer].concat();
+    let h = Tensor::f_cat(hidden, 0)?;
+    let n = h.size()[0] as usize;
+    if n > seq.len() || n + 1 < seq.len() {
+        return Err(Error::Contract {
+            component: "draft_answers",
+            problem: format!(
+                "{n} hidden states were handed over for a sequence of {} tokens (expected one per \
+                 token fed: all, or all but the last)",
+                seq.len()
+            ),
+        });
+    }
+    let projected: Vec<i64> = Vec::try_from(h.f_matmul(&embeddings.f_tr()?)?.f_argmax(-1, false)?)?;
+    let mut argmax = projected.clone();
+    let mut off = 0;
+    for t in prompt.len() - 1..n.min(seq.len() - 1) {
+        off += usize::from(projected[t] != seq[t + 1]);
+        argmax[t] = seq[t + 1];
+    }
+    Ok((
+        DraftData {
+            tokens: Tensor::from_slice(&seq[..n]),
+            hidden: h.f_to_kind(Kind::Half)?,
+            argmax: Tensor::from_slice(&argmax),
+            offsets: vec![0, n],
+        },
+        off,
+    ))
 }

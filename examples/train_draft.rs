@@ -10,6 +10,7 @@
 //! `--max-train-tokens` trains on the first N tokens of the data only (the learning curve of
 //! `scripts/draft_curve.sh`); `--eval-only` measures the draft already in `out`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -42,6 +43,10 @@ struct Config {
     model: String,
     /// The folder of `train-*.safetensors` and `heldout-*.safetensors` shards.
     data: PathBuf,
+    /// Training shards whose file name starts with a key are repeated that many times
+    /// (`{"train-answers": 4}`: the model's own answers weigh four times their share).
+    #[serde(default)]
+    weights: BTreeMap<String, usize>,
     /// Score only this many of the base's most frequent greedy tokens of the training data.
     #[serde(default)]
     shortlist: Option<usize>,
@@ -158,7 +163,12 @@ fn run() -> Result<()> {
     let draft = if args.eval_only {
         FeatureDraft::load(&out, info.device)?
     } else {
-        let data = DraftData::load(&config.data, "train", args.max_train_tokens)?;
+        let data = DraftData::load_weighted(
+            &config.data,
+            "train",
+            args.max_train_tokens,
+            &config.weights,
+        )?;
         eprintln!(
             "train_draft: {} training tokens in {} sequences, {} held-out tokens",
             data.len(),

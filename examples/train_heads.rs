@@ -14,7 +14,7 @@
 //! `train_heads CONFIG --distill-range A..B` decodes prompts `A..B` only (into
 //! `<cache>.A-B.json`), and a plain run merges range files that cover every prompt.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -51,6 +51,10 @@ enum Data {
         dir: PathBuf,
         #[serde(default)]
         max_tokens: Option<usize>,
+        /// Shards whose file name starts with a key are repeated that many times
+        /// (`DraftData::load_weighted`).
+        #[serde(default)]
+        weights: BTreeMap<String, usize>,
     },
 }
 
@@ -337,8 +341,13 @@ fn run(path: &Path, range: Option<(usize, usize)>) -> Result<()> {
         ..BundleOptions::default()
     };
     let mut bundle = ModelBundle::load(&config.model, &options)?;
-    if let Data::States { dir, max_tokens } = &config.data {
-        return run_on_states(&config, bundle, dir, *max_tokens);
+    if let Data::States {
+        dir,
+        max_tokens,
+        weights,
+    } = &config.data
+    {
+        return run_on_states(&config, bundle, dir, *max_tokens, weights);
     }
     let data = training_data(&mut bundle, &config.data, range)?;
     if let Some((a, b)) = range {
@@ -417,8 +426,9 @@ fn run_on_states(
     bundle: ModelBundle,
     dir: &Path,
     max_tokens: Option<usize>,
+    weights: &BTreeMap<String, usize>,
 ) -> Result<()> {
-    let data = DraftData::load(dir, "train", max_tokens)?;
+    let data = DraftData::load_weighted(dir, "train", max_tokens, weights)?;
     eprintln!(
         "train_heads: {} sequences, {} tokens of stored states",
         data.sequences(),

@@ -471,6 +471,24 @@ fn draft_data_saves_loads_repeats_and_stops_at_whole_sequences() {
     let some = DraftData::load(&dir, "train", Some(30)).unwrap();
     assert_eq!((some.sequences(), some.len()), (2, 28));
     assert!(DraftData::load(&dir, "heldout", None).is_err());
+    // Weights repeat the shards their prefix names; the limit counts tokens read.
+    let weights = [("train-00001".to_string(), 3)].into_iter().collect();
+    let weighted = DraftData::load_weighted(&dir, "train", None, &weights).unwrap();
+    assert_eq!(weighted.len(), data.len() + 3 * twice.len());
+    assert_eq!(weighted.sequences(), 6 + 3 * 12);
+    let tail = (weighted.len() - twice.len()) as i64;
+    assert!(weighted
+        .hidden
+        .narrow(0, tail, twice.len() as i64)
+        .equal(&twice.hidden));
+    let limited = DraftData::load_weighted(&dir, "train", Some(data.len() + 28), &weights).unwrap();
+    assert_eq!(limited.len(), data.len() + 3 * 28);
+    let zero = [("train-00001".to_string(), 0)].into_iter().collect();
+    assert!(DraftData::load_weighted(&dir, "train", None, &zero).is_err());
+    let joined = DraftData::concat(&[data.repeated(1).unwrap(), twice.repeated(1).unwrap()]).unwrap();
+    assert_eq!(joined.offsets, all.offsets);
+    assert!(joined.hidden.equal(&all.hidden) && joined.argmax.equal(&all.argmax));
+    assert!(DraftData::concat(&[]).is_err());
     let ids = data.shortlist(5, 24).unwrap();
     assert_eq!(ids.len(), 5);
     assert!(

@@ -2,6 +2,7 @@
 //! state and greedy (argmax) next token at every position, computed by teacher forcing — one
 //! base-model pass per sequence.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
@@ -72,6 +73,24 @@ impl DraftData {
     /// `scripts/make_draft_data.py`: `tokens`, `hidden`, `argmax`, `offsets`), in name order,
     /// stopping once `max_tokens` tokens are read (whole sequences only).
     pub fn load(dir: &Path, split: &str, max_tokens: Option<usize>) -> Result<Self> {
+        Self::load_weighted(dir, split, max_tokens, &BTreeMap::new())
+    }
+
+    /// [`DraftData::load`], with the sequences of every shard whose file name starts with a key
+    /// of `weights` repeated that many times (`{"train-answers": 4}`: the model's own answers
+    /// weigh four times their share). `max_tokens` counts the tokens read, before repeating.
+    pub fn load_weighted(
+        dir: &Path,
+        split: &str,
+        max_tokens: Option<usize>,
+        weights: &BTreeMap<String, usize>,
+    ) -> Result<Self> {
+        if let Some((prefix, _)) = weights.iter().find(|(_, &w)| w == 0) {
+            return Err(Error::config(
+                "draft data",
+                format!("weight 0 for `{prefix}`: leave its shards out of the folder instead"),
+            ));
+        }
         let mut names: Vec<_> = std::fs::read_dir(dir)
             .map_err(Error::io("reading", dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -91,7 +110,13 @@ impl DraftData {
         let (mut tokens, mut hidden, mut argmax) = (Vec::new(), Vec::new(), Vec::new());
         let mut offsets = vec![0usize];
         let limit = max_tokens.unwrap_or(usize::MAX);
+        let mut read = 0usize;
         'shards: for path in names {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let weight = weights
+                .iter()
+                .find(|(prefix, _)| name.starts_with(prefix.as_str()))
+                .map_or(1, |(_, &w)| w);
             let mut parts: std::collections::HashMap<String, Tensor> =
                 Tensor::read_safetensors(&path)?.into_iter().collect();
             let mut take = |name: &str| {
@@ -118,16 +143,24 @@ impl DraftData {
                     format!("{} has inconsistent shapes or offsets", path.display()),
                 ));
             }
-            let base = *offsets.last().expect("starts with 0");
-            let room = limit.saturating_sub(base);
+            let room = limit.saturating_sub(read);
             // Whole sequences only, up to the limit.
             let keep = o.iter().take_while(|&&x| x as usize <= room).count();
             let end = o[keep - 1];
             if end > 0 {
-                tokens.push(t.f_narrow(0, 0, end)?.f_to_kind(Kind::Int64)?);
-                hidden.push(h.f_narrow(0, 0, end)?);
-                argmax.push(a.f_narrow(0, 0, end)?.f_to_kind(Kind::Int64)?);
-                offsets.extend(o[1..keep].iter().map(|&x| base + x as usize));
+                read += end as usize;
+                let (t, h, a) = (
+                    t.f_narrow(0, 0, end)?.f_to_kind(Kind::Int64)?,
+                    h.f_narrow(0, 0, end)?,
+                    a.f_narrow(0, 0, end)?.f_to_kind(Kind::Int64)?,
+                );
+                for _ in 0..weight {
+                    let base = *offsets.last().expect("starts with 0");
+                    tokens.push(t.shallow_clone());
+                    hidden.push(h.shallow_clone());
+                    argmax.push(a.shallow_clone());
+                    offsets.extend(o[1..keep].iter().map(|&x| base + x as usize));
+                }
             }
             if keep < o.len() {
                 break 'shards;
@@ -143,6 +176,33 @@ impl DraftData {
             tokens: Tensor::f_cat(&tokens, 0)?,
             hidden: Tensor::f_cat(&hidden, 0)?,
             argmax: Tensor::f_cat(&argmax, 0)?,
+            offsets,
+        })
+    }
+
+    /// The sequences of `parts`, one after another.
+    pub fn concat(parts: &[DraftData]) -> Result<Self> {
+        if parts.is_empty() {
+            return Err(Error::config("data", "has no part to concatenate"));
+        }
+        if parts.iter().any(|p| p.width() != parts[0].width()) {
+            return Err(Error::config(
+                "data",
+                "parts of different hidden widths cannot be concatenated",
+            ));
+        }
+        let mut offsets = vec![0usize];
+        for p in parts {
+            let base = *offsets.last().expect("starts with 0");
+            offsets.extend(p.offsets[1..].iter().map(|&o| base + o));
+        }
+        let cat = |f: fn(&DraftData) -> &Tensor| -> Result<Tensor> {
+            Ok(Tensor::f_cat(&parts.iter().map(f).collect::<Vec<_>>(), 0)?)
+        };
+        Ok(DraftData {
+            tokens: cat(|p| &p.tokens)?,
+            hidden: cat(|p| &p.hidden)?,
+            argmax: cat(|p| &p.argmax)?,
             offsets,
         })
     }
