@@ -162,19 +162,25 @@ $(DRAFT_DATA_DONE): scripts/make_draft_data.py
 	.venv/bin/python scripts/make_draft_data.py --out target/draft-data --max-train-tokens 1000000
 	touch $@
 
-# SmolLM2's own greedy answers (64 new tokens) to the 400 everyday requests of
-# scripts/make_head_prompts.py (faker's word lists), decoded 16 at a time by the batched decoder
-# and teacher-forced into one more shard of target/draft-data, written three times over.
-DRAFT_ANSWERS := target/draft-data/train-chat-00000.safetensors
-draft-answers: smollm2 corpus $(DRAFT_ANSWERS)
+# SmolLM2's own greedy answers (up to 128 new tokens) to 3,072 everyday requests
+# (scripts/make_chat_prompts.py: request shapes filled from faker's word lists and everyday
+# topics), decoded 64 at a time by the batched decoder, which hands over the hidden states it
+# computes anyway: shards train-answers-*.safetensors of target/draft-data (resumable; about 45
+# minutes on 2 cores), and answers to 128 further requests, chat-heldout-*, for measuring.
+DRAFT_ANSWERS_DONE := target/draft-data/.answers-complete
+draft-answers: smollm2 corpus $(DRAFT_ANSWERS_DONE)
 
-$(DRAFT_ANSWERS):
+$(DRAFT_ANSWERS_DONE): scripts/make_chat_prompts.py examples/draft_answers.rs
 	@.venv/bin/python -c "import faker" 2>/dev/null || \
 	  .venv/bin/python -m pip install --quiet --disable-pip-version-check faker==37.1.0
-	.venv/bin/python scripts/make_head_prompts.py target/heads/smollm2-everyday.txt 0 400
+	.venv/bin/python scripts/make_chat_prompts.py target/heads/smollm2-chat.txt 3072 \
+	  target/heads/smollm2-chat-heldout.txt 128
 	$(CARGO) build $(PROFILE) $(FEATURES) --example draft_answers
-	target/release/examples/draft_answers --prompts target/heads/smollm2-everyday.txt \
-	  --out $(DRAFT_ANSWERS) --new-tokens 64 --batch 16 --repeat 3
+	target/release/examples/draft_answers --prompts target/heads/smollm2-chat.txt \
+	  --out target/draft-data/train-answers --new-tokens 128 --batch 64 --shard 256
+	target/release/examples/draft_answers --prompts target/heads/smollm2-chat-heldout.txt \
+	  --out target/draft-data/chat-heldout --new-tokens 128 --batch 64 --shard 128
+	touch $@
 
 # SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), trained on
 # the teacher-forced text and answers above and shipped in assets/drafts/smollm2, where `decode

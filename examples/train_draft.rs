@@ -71,6 +71,10 @@ struct Report {
     train_s: f64,
     final_loss: f64,
     heldout_agreement: Vec<f64>,
+    /// The same on SmolLM2's own answers to held-out requests (`chat-heldout-*` shards), when
+    /// the data has them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heldout_chat_agreement: Option<Vec<f64>>,
     prompts: usize,
     block_size: usize,
     mean_accepted: f64,
@@ -239,6 +243,20 @@ fn run() -> Result<()> {
         64,
     )?;
     eprintln!("train_draft: held-out agreement per draft step {agreement:?}");
+    let chat_agreement = match DraftData::load(&config.data, "chat-heldout", None) {
+        Ok(chat) => Some(evaluate_feature_draft(
+            &draft,
+            &embeddings,
+            &chat,
+            256,
+            config.train.unroll.max(4),
+            64,
+        )?),
+        Err(_) => None,
+    };
+    if let Some(a) = &chat_agreement {
+        eprintln!("train_draft: held-out chat agreement per draft step {a:?}");
+    }
     let shortlist = draft.shortlist().map(|s| s.len());
     let coverage = match draft.shortlist() {
         Some(ids) => Some(held.coverage(ids)?),
@@ -286,6 +304,7 @@ fn run() -> Result<()> {
         train_s: report_train.2,
         final_loss: report_train.3,
         heldout_agreement: agreement,
+        heldout_chat_agreement: chat_agreement,
         prompts: prompts.len(),
         block_size: ev.block_size,
         mean_accepted: tokens as f64 / iters.max(1) as f64,

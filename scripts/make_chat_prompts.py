@@ -7,7 +7,10 @@ lists below, and from the Python standard library's functions. Deterministic for
 No line equals one of the held-out evaluation prompts (examples/prompts/chat24.txt); the script
 skips any that would.
 
-    .venv/bin/python scripts/make_chat_prompts.py OUT_FILE [N]
+    .venv/bin/python scripts/make_chat_prompts.py OUT_FILE [N [HELDOUT_FILE M]]
+
+With HELDOUT_FILE, the M requests drawn after the first N go there: held-out requests that share
+no line with the training ones (their answers measure the draft on chat it never saw).
 """
 
 import importlib
@@ -175,6 +178,8 @@ def stdlib_calls():
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "target/heads/smollm2-chat.txt"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
+    held_path = sys.argv[3] if len(sys.argv) > 4 else None
+    m = int(sys.argv[4]) if held_path else 0
     import faker
 
     fake = faker.Faker("en_US")
@@ -185,7 +190,7 @@ def main():
     with open(os.path.join(here, "..", "examples", "prompts", "chat24.txt"), encoding="utf-8") as f:
         held_out = {line.strip().lower() for line in f if line.strip()}
     prompts, seen = [], set()
-    while len(prompts) < n:
+    while len(prompts) < n + m:
         two = lambda xs: rng.sample(xs, 2)
         tech, tech2 = two(TECH)
         hobby, hobby2 = two(HOBBIES)
@@ -208,10 +213,13 @@ def main():
         seen.add(key)
         prompts.append(p)
     assert not held_out & {p.lower() for p in prompts}
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-        f.write("\n".join(p.replace("\n", " ") for p in prompts) + "\n")
-    print(f"make_chat_prompts: {len(prompts)} requests from {len(TEMPLATES)} shapes -> {out}")
+    for path, part in [(out, prompts[:n]), (held_path, prompts[n:])]:
+        if path is None:
+            continue
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(p.replace("\n", " ") for p in part) + "\n")
+        print(f"make_chat_prompts: {len(part)} requests from {len(TEMPLATES)} shapes -> {path}")
 
 
 if __name__ == "__main__":
