@@ -162,10 +162,10 @@ $(DRAFT_DATA_DONE): scripts/make_draft_data.py
 	.venv/bin/python scripts/make_draft_data.py --out target/draft-data --max-train-tokens 1000000
 	touch $@
 
-# SmolLM2's own greedy answers (up to 128 new tokens) to 3,072 everyday requests
+# SmolLM2's own greedy answers (up to 128 new tokens) to 2,560 everyday requests
 # (scripts/make_chat_prompts.py: request shapes filled from faker's word lists and everyday
 # topics), decoded 64 at a time by the batched decoder, which hands over the hidden states it
-# computes anyway: shards train-answers-*.safetensors of target/draft-data (resumable; about 45
+# computes anyway: shards train-answers-*.safetensors of target/draft-data (resumable; 37
 # minutes on 2 cores), and answers to 128 further requests, chat-heldout-*, for measuring.
 DRAFT_ANSWERS_DONE := target/draft-data/.answers-complete
 draft-answers: smollm2 corpus $(DRAFT_ANSWERS_DONE)
@@ -173,7 +173,7 @@ draft-answers: smollm2 corpus $(DRAFT_ANSWERS_DONE)
 $(DRAFT_ANSWERS_DONE): scripts/make_chat_prompts.py examples/draft_answers.rs
 	@.venv/bin/python -c "import faker" 2>/dev/null || \
 	  .venv/bin/python -m pip install --quiet --disable-pip-version-check faker==37.1.0
-	.venv/bin/python scripts/make_chat_prompts.py target/heads/smollm2-chat.txt 3072 \
+	.venv/bin/python scripts/make_chat_prompts.py target/heads/smollm2-chat.txt 2560 \
 	  target/heads/smollm2-chat-heldout.txt 128
 	$(CARGO) build $(PROFILE) $(FEATURES) --example draft_answers
 	target/release/examples/draft_answers --prompts target/heads/smollm2-chat.txt \

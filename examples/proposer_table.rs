@@ -119,7 +119,7 @@ fn rows(args: &Args) -> Vec<Row> {
         None,
         false,
     ));
-    for k in [4, 6, 8] {
+    for k in [4, 5, 6, 8] {
         out.push(row(
             "eagle chain",
             HeadsChoice::None,
