@@ -4,11 +4,14 @@
 //!
 //! ```text
 //! cargo run --release --example train_draft -- examples/configs/smollm2-draft.json
-//!     [--max-train-tokens N] [--out DIR] [--checkpoint DIR] [--report FILE] [--eval-only]
+//!     [--max-train-tokens N] [--split NAME] [--out DIR] [--checkpoint DIR] [--report FILE]
+//!     [--eval-only]
 //! ```
 //!
 //! `--max-train-tokens` trains on the first N tokens of the data only (the learning curve of
-//! `scripts/draft_curve.sh`); `--eval-only` measures the draft already in `out`.
+//! `scripts/draft_curve.sh`); `--split NAME` on the shards `NAME-*.safetensors` only (default
+//! `train`; `train-answers`: SmolLM2's own answers alone); `--eval-only` measures the draft
+//! already in `out`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -64,6 +67,9 @@ struct Config {
 
 #[derive(Debug, Serialize)]
 struct Report {
+    /// The shards trained on (`SPLIT-*.safetensors`) and the weights they were repeated with.
+    split: String,
+    weights: BTreeMap<String, usize>,
     train_tokens: usize,
     train_sequences: usize,
     shortlist: Option<usize>,
@@ -90,6 +96,7 @@ struct Report {
 struct Args {
     config: PathBuf,
     max_train_tokens: Option<usize>,
+    split: String,
     out: Option<PathBuf>,
     checkpoint: Option<PathBuf>,
     report: Option<PathBuf>,
@@ -101,6 +108,7 @@ fn parse_args() -> Result<Args> {
     let mut args = Args {
         config: PathBuf::new(),
         max_train_tokens: None,
+        split: "train".into(),
         out: None,
         checkpoint: None,
         report: None,
@@ -109,8 +117,8 @@ fn parse_args() -> Result<Args> {
     let usage = || {
         Error::config(
             "arguments",
-            "usage: train_draft CONFIG [--max-train-tokens N] [--out DIR] [--checkpoint DIR] \
-             [--report FILE] [--eval-only]",
+            "usage: train_draft CONFIG [--max-train-tokens N] [--split NAME] [--out DIR] \
+             [--checkpoint DIR] [--report FILE] [--eval-only]",
         )
     };
     while let Some(a) = it.next() {
@@ -119,6 +127,7 @@ fn parse_args() -> Result<Args> {
                 let v = it.next().ok_or_else(usage)?;
                 args.max_train_tokens = Some(v.replace('_', "").parse().map_err(|_| usage())?);
             }
+            "--split" => args.split = it.next().ok_or_else(usage)?,
             "--out" => args.out = Some(it.next().ok_or_else(usage)?.into()),
             "--checkpoint" => args.checkpoint = Some(it.next().ok_or_else(usage)?.into()),
             "--report" => args.report = Some(it.next().ok_or_else(usage)?.into()),
@@ -169,7 +178,7 @@ fn run() -> Result<()> {
     } else {
         let data = DraftData::load_weighted(
             &config.data,
-            "train",
+            &args.split,
             args.max_train_tokens,
             &config.weights,
         )?;
@@ -297,6 +306,8 @@ fn run() -> Result<()> {
     let blockwise_s = t.elapsed().as_secs_f64();
     let greedy_tokens: usize = greedy.iter().map(|g| g.tokens.len()).sum();
     let report = Report {
+        split: args.split.clone(),
+        weights: config.weights.clone(),
         train_tokens: report_train.0,
         train_sequences: report_train.1,
         shortlist,
