@@ -52,7 +52,9 @@ impl Proposer for Recorder {
         true
     }
     fn observe_hidden(&mut self, hidden: &Tensor) -> Result<()> {
-        let h = hidden.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?;
+        let h = hidden
+            .f_to_kind(Kind::Float)?
+            .f_to_device(tch::Device::Cpu)?;
         self.sink.borrow_mut()[self.row].push(h);
         Ok(())
     }

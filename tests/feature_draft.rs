@@ -485,7 +485,8 @@ fn draft_data_saves_loads_repeats_and_stops_at_whole_sequences() {
     assert_eq!(limited.len(), data.len() + 3 * 28);
     let zero = [("train-00001".to_string(), 0)].into_iter().collect();
     assert!(DraftData::load_weighted(&dir, "train", None, &zero).is_err());
-    let joined = DraftData::concat(&[data.repeated(1).unwrap(), twice.repeated(1).unwrap()]).unwrap();
+    let joined =
+        DraftData::concat(&[data.repeated(1).unwrap(), twice.repeated(1).unwrap()]).unwrap();
     assert_eq!(joined.offsets, all.offsets);
     assert!(joined.hidden.equal(&all.hidden) && joined.argmax.equal(&all.argmax));
     assert!(DraftData::concat(&[]).is_err());

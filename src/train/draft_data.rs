@@ -112,7 +112,10 @@ impl DraftData {
         let limit = max_tokens.unwrap_or(usize::MAX);
         let mut read = 0usize;
         'shards: for path in names {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             let weight = weights
                 .iter()
                 .find(|(prefix, _)| name.starts_with(prefix.as_str()))
