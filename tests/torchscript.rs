@@ -23,6 +23,7 @@ fn fixtures() -> PathBuf {
 
 fn spec(form: ModuleForm, vocab: i64) -> ModuleSpec {
     ModuleSpec {
+        prepack: false,
         form,
         vocab_size: vocab,
         num_layers: 1,

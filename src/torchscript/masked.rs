@@ -23,12 +23,8 @@ pub(super) struct MaskedModule {
 
 impl MaskedModule {
     pub(super) fn load(path: &Path, spec: &ModuleSpec) -> Result<Self> {
-        let mut module =
-            CModule::load_on_device(path, spec.device).map_err(|e| Error::BadModule {
-                path: path.display().to_string(),
-                problem: format!("libtorch could not load it as TorchScript: {e}"),
-            })?;
-        module.set_eval();
+        let mut module = super::module::load_module(path, spec)?;
+        super::module::prepare_module(&mut module, &path.display().to_string(), spec)?;
         Ok(MaskedModule {
             module,
             dims: (

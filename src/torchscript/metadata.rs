@@ -23,6 +23,12 @@ pub struct DtypeFiles {
     /// `[B, T, S + T]` attention mask over a slot cache.
     #[serde(default)]
     pub masked: Option<String>,
+    /// Whether the modules have a `prepack()` method to call once after loading.
+    #[serde(default)]
+    pub prepack: bool,
+    /// The dtype a weight form computes in, when it differs from its name (`int8`: `bf16`).
+    #[serde(default)]
+    pub compute: Option<String>,
 }
 
 /// A fixed prompt and transformers' own greedy continuation of it: a test oracle.

@@ -39,6 +39,9 @@ pub struct ModuleSpec {
     pub dtype: DType,
     /// Where it runs.
     pub device: Device,
+    /// Whether to call the module's `prepack()` method once after loading (exports whose
+    /// `metadata.json` says `"prepack": true`: it reorders weights for the CPU matrix library).
+    pub prepack: bool,
 }
 
 /// Options for [`TorchScriptLm::load`].
@@ -95,6 +98,7 @@ fn dtype_key(dtype: DType) -> &'static str {
         DType::F64 => "f64",
         DType::Bf16 => "bf16",
         DType::F16 => "f16",
+        DType::Int8 => "int8",
     }
 }
 
@@ -146,6 +150,7 @@ impl TorchScriptLm {
             max_context,
             dtype: options.dtype,
             device: options.device,
+            prepack: files.prepack,
         };
         let mut lm = Self::from_file(dir.join(file), spec.clone())?;
         if let (ModuleForm::Cached, Some(masked)) = (options.form, files.masked.as_ref()) {
@@ -164,16 +169,14 @@ impl TorchScriptLm {
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             });
         }
-        let module = CModule::load_on_device(path, spec.device).map_err(|e| Error::BadModule {
-            path: path.display().to_string(),
-            problem: format!("libtorch could not load it as TorchScript: {e}"),
-        })?;
+        let module = load_module(path, &spec)?;
         Self::from_module(module, path.display().to_string(), spec)
     }
 
-    /// Wraps a loaded module; `name` appears in errors.
+    /// Wraps a loaded module (calling its `prepack()` first when `spec.prepack`); `name`
+    /// appears in errors.
     pub fn from_module(mut module: CModule, name: String, spec: ModuleSpec) -> Result<Self> {
-        module.set_eval();
+        prepare_module(&mut module, &name, &spec)?;
         let kind = spec.dtype.kind();
         let caches = match spec.form {
             ModuleForm::Cached => {
@@ -286,6 +289,29 @@ impl TorchScriptLm {
     }
 }
 
+/// Loads a TorchScript file onto `spec`'s device.
+pub(super) fn load_module(path: &Path, spec: &ModuleSpec) -> Result<CModule> {
+    CModule::load_on_device(path, spec.device).map_err(|e| Error::BadModule {
+        path: path.display().to_string(),
+        problem: format!("libtorch could not load it as TorchScript: {e}"),
+    })
+}
+
+/// Eval mode, and the module's `prepack()` once when `spec` says so.
+pub(super) fn prepare_module(module: &mut CModule, name: &str, spec: &ModuleSpec) -> Result<()> {
+    module.set_eval();
+    if spec.prepack {
+        let _guard = tch::no_grad_guard();
+        module
+            .method_is::<IValue>("prepack", &[])
+            .map_err(|e| Error::BadModule {
+                path: name.to_string(),
+                problem: format!("calling its prepack() method failed: {e}"),
+            })?;
+    }
+    Ok(())
+}
+
 fn ivalue_kind(v: &IValue) -> &'static str {
     match v {
         IValue::None => "None",
@@ -378,12 +404,18 @@ impl CausalLm for TorchScriptLm {
 
     fn token_embeddings(&self) -> Option<Tensor> {
         let params = self.module.named_parameters().ok()?;
-        params
-            .into_iter()
-            .find(|(name, t)| {
-                (name.ends_with("embed.weight") || name.ends_with("embed_tokens.weight"))
-                    && t.size().first() == Some(&self.info.vocab_size)
-            })
-            .map(|(_, t)| t)
+        let vocab = Some(&self.info.vocab_size);
+        params.into_iter().find_map(|(name, t)| {
+            if (name.ends_with("embed.weight") || name.ends_with("embed_tokens.weight"))
+                && t.size().first() == vocab
+            {
+                Some(t)
+            } else if name.ends_with("embed.wt") && t.size().get(1) == vocab {
+                // An export that stores the tied table once, transposed for its LM head.
+                Some(t.tr())
+            } else {
+                None
+            }
+        })
     }
 }

@@ -100,6 +100,13 @@ impl TransformerConfig {
         if self.num_proposal_heads > 0 {
             positive("head_d_ff", self.head_d_ff)?;
         }
+        if self.dtype == DType::Int8 {
+            return Err(Error::config(
+                "dtype",
+                "int8 is a weight form of TorchScript exports; the built-in transformer computes \
+                 in f32, f64, bf16 or f16",
+            ));
+        }
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
             return Err(Error::config("layer_norm_eps", "must be a positive number"));
         }

@@ -247,6 +247,9 @@ impl Transformer {
 
     /// Converts the weights (and the cache) to another floating-point kind.
     pub fn set_dtype(&mut self, dtype: crate::DType) -> Result<()> {
+        let mut config = self.config.clone();
+        config.dtype = dtype;
+        config.validate()?;
         self.config.dtype = dtype;
         let rebuilt = Self::build(self.config.clone(), self.info.device)?;
         // Re-create the layers so that attention uses the right softmax precision, then copy

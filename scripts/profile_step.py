@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Where one decode step of an exported module spends its time.
+
+Loads a cached TorchScript export (scripts/export_hf.py), fills the cache with PAST positions,
+then times one-token calls and profiles them with libtorch's profiler (per operator, self CPU
+time), and sets the weight bytes one step must read against the time and against the memory
+bandwidth a plain copy reaches on this machine.
+
+Usage: .venv/bin/python scripts/profile_step.py DIR [--dtype f32|bf16|int8] [--past 128]
+       [--steps 20] [--threads 2] [--top 15] [--json OUT]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+
+def copy_bandwidth(threads, mb=256, reps=10):
+    """GB/s of a plain tensor copy (bytes read + bytes written), best of `reps`."""
+    torch.set_num_threads(threads)
+    a = torch.empty(mb * 2**20 // 4, dtype=torch.float32).fill_(1.0)
+    b = torch.empty_like(a)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        b.copy_(a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * a.numel() * 4 / best / 1e9
+
+
+def read_bandwidth(threads, mb=256, reps=10):
+    """GB/s of a sum over a large tensor (bytes read), best of `reps`."""
+    torch.set_num_threads(threads)
+    a = torch.ones(mb * 2**20 // 4, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a.sum()
+        best = min(best, time.perf_counter() - t0)
+    return a.numel() * 4 / best / 1e9
+
+
+def weight_bytes(module):
+    """Bytes of parameters, buffers and packed weights a step reads (the embedding table is read
+    one row per token, so it counts only when it is also the LM head)."""
+    seen, total = set(), 0
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dir")
+    ap.add_argument("--dtype", default="f32")
+    ap.add_argument("--past", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    meta = json.load(open(os.path.join(args.dir, "metadata.json")))
+    files = meta["dtypes"].get(args.dtype)
+    if files is None:
+        sys.exit(f"profile_step: {args.dtype} was not exported to {args.dir}; have {', '.join(meta['dtypes'])}")
+    path = os.path.join(args.dir, files["cached"])
+    m = torch.jit.load(path).eval()
+    kind = {"f32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype, torch.float32)
+    cache_kind = getattr(torch, files.get("cache_dtype", ""), None) or kind
+    L, KVH, Dh = meta["num_layers"], meta["num_kv_heads"], meta["head_dim"]
+    ctx = args.past + args.steps + 8
+    k = torch.zeros(L, 1, KVH, ctx, Dh, dtype=cache_kind)
+    v = torch.zeros_like(k)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        ids = torch.randint(0, meta["vocab_size"], (1, args.past), generator=gen)
+        m(ids, torch.arange(args.past)[None], torch.ones(1, args.past, dtype=torch.int64), k, v)
+
+        def step(p):
+            tok = torch.randint(0, meta["vocab_size"], (1, 1), generator=gen)
+            m(tok, torch.tensor([[p]]), torch.ones(1, p + 1, dtype=torch.int64), k, v)
+
+        for i in range(3):  # warm-up (the profiling executor specialises on the first calls)
+            step(args.past)
+        times = []
+        for i in range(args.steps):
+            t0 = time.perf_counter()
+            step(args.past)
+            times.append(time.perf_counter() - t0)
+        ms = statistics.median(times) * 1e3
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for i in range(args.steps):
+                step(args.past)
+    events = prof.key_averages()
+    total_self = sum(e.self_cpu_time_total for e in events)
+    rows = sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.top]
+    wb = weight_bytes(m)
+    embed = next((t for n, t in m.named_parameters() if n.endswith("embed.weight")), None)
+    lm = next((t for n, t in m.named_parameters() if n.endswith("lm_head.weight")), None)
+    if embed is not None and lm is not None and embed.data_ptr() != lm.data_ptr():
+        wb -= embed.numel() * embed.element_size()  # an untied embedding is read one row a token
+    bw_copy = copy_bandwidth(args.threads)
+    bw_read = read_bandwidth(args.threads)
+    torch.set_num_threads(args.threads)
+    flags = open("/proc/cpuinfo").read()
+    cpu = " ".join(f for f in ("avx512_bf16", "avx512f", "avx2") if f in flags.split())
+    print(f"{path}: {args.dtype}, past {args.past}, {args.threads} threads, CPU flags: {cpu}")
+    print(f"one-token step: {ms:.2f} ms (median of {args.steps})")
+    print(f"weights read per step: {wb / 1e6:.1f} MB -> {wb / (ms / 1e3) / 1e9:.1f} GB/s")
+    print(f"machine: copy {bw_copy:.1f} GB/s (read+write), sum {bw_read:.1f} GB/s (read), {args.threads} threads")
+    print(f"\n{'operator':<36} {'self ms/step':>12} {'share':>7} {'calls/step':>10}")
+    table = []
+    for e in rows:
+        per = e.self_cpu_time_total / 1e3 / args.steps
+        share = e.self_cpu_time_total / total_self
+        calls = e.count / args.steps
+        table.append({"op": e.key, "self_ms_per_step": per, "share": share, "calls_per_step": calls})
+        print(f"{e.key:<36} {per:>12.2f} {share:>7.1%} {calls:>10.0f}")
+    ops_per_step = sum(e.count for e in events) / args.steps
+    print(f"\noperators per step: {ops_per_step:.0f}; profiled self time per step {total_self / 1e3 / args.steps:.2f} ms")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"path": path, "dtype": args.dtype, "past": args.past, "threads": args.threads,
+                       "cpu": cpu, "step_ms": ms, "weight_bytes": wb, "copy_gbs": bw_copy,
+                       "read_gbs": bw_read, "ops": table, "ops_per_step": ops_per_step}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
