@@ -164,7 +164,7 @@ def main():
                 ltext, lms, (a, dr) = llama_lookup(g, t, n, args.k, args.threads)
                 gl.append(ms)
                 ll.append(lms)
-                same += ltext.endswith(text[-200:]) if text else 0
+                same += bool(text) and ltext.replace("<|im_end|>", "").strip().endswith(text)
                 acc[0] += a
                 acc[1] += dr
             r["lc_greedy"].append(statistics.mean(gl))

@@ -24,6 +24,7 @@ fn fixtures() -> PathBuf {
 fn spec(form: ModuleForm, vocab: i64) -> ModuleSpec {
     ModuleSpec {
         prepack: false,
+        graph_optimizer: false,
         form,
         vocab_size: vocab,
         num_layers: 1,

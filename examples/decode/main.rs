@@ -27,6 +27,7 @@ fn stats_json(out: &DecodeOutput) -> serde_json::Value {
         "mean_accepted": out.stats.mean_accepted,
         "accepted_hist": out.stats.accepted_hist,
         "wall_s": out.stats.wall_s,
+        "model_s": out.stats.model_s,
         "proposer_s": out.stats.proposer_s,
     })
 }

@@ -42,6 +42,9 @@ pub struct ModuleSpec {
     /// Whether to call the module's `prepack()` method once after loading (exports whose
     /// `metadata.json` says `"prepack": true`: it reorders weights for the CPU matrix library).
     pub prepack: bool,
+    /// Whether libtorch's graph executor may profile and re-optimise the module (see
+    /// [`LoadOptions::graph_optimizer`]).
+    pub graph_optimizer: bool,
 }
 
 /// Options for [`TorchScriptLm::load`].
@@ -55,6 +58,13 @@ pub struct LoadOptions {
     pub max_context: Option<usize>,
     /// Which form to load (default cached).
     pub form: ModuleForm,
+    /// Let libtorch's graph executor profile and re-optimise the module (default off). It
+    /// specialises a module on the shapes of its inputs, and a decode changes them on every call
+    /// (the cache grows): on SmolLM2 it made the first two calls take about 0.5 s each and
+    /// later one-token steps about 10% slower (docs/benchmarks.md). The adapter sets the
+    /// calling thread's switch (`torch::jit::setGraphExecutorOptimize`) to this value for each of
+    /// its calls and back to libtorch's default (on) after it.
+    pub graph_optimizer: bool,
 }
 
 impl Default for LoadOptions {
@@ -64,6 +74,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             max_context: None,
             form: ModuleForm::Cached,
+            graph_optimizer: false,
         }
     }
 }
@@ -78,6 +89,7 @@ pub struct TorchScriptLm {
     info: ModelInfo,
     caches: Option<(Tensor, Tensor)>,
     len: usize,
+    graph_optimizer: bool,
     /// The masked form, when the export has one (see [`MaskedLm`](crate::MaskedLm)).
     pub(super) masked: Option<MaskedModule>,
 }
@@ -151,6 +163,7 @@ impl TorchScriptLm {
             dtype: options.dtype,
             device: options.device,
             prepack: files.prepack,
+            graph_optimizer: options.graph_optimizer,
         };
         let mut lm = Self::from_file(dir.join(file), spec.clone())?;
         if let (ModuleForm::Cached, Some(masked)) = (options.form, files.masked.as_ref()) {
@@ -205,6 +218,7 @@ impl TorchScriptLm {
             info,
             caches,
             len: 0,
+            graph_optimizer: spec.graph_optimizer,
             masked: None,
         };
         lm.probe()?;
@@ -252,9 +266,14 @@ impl TorchScriptLm {
         signature: &str,
         inputs: &[IValue],
     ) -> Result<ModelOutput> {
-        let out = module
-            .forward_is(inputs)
-            .map_err(|e| self.bad(format!("calling {signature} failed: {e}")))?;
+        let switch = |on: bool| {
+            tch::jit::f_set_graph_executor_optimize(on)
+                .map_err(|e| self.bad(format!("setting the graph executor's optimiser: {e}")))
+        };
+        switch(self.graph_optimizer)?;
+        let out = module.forward_is(inputs);
+        switch(true)?;
+        let out = out.map_err(|e| self.bad(format!("calling {signature} failed: {e}")))?;
         let tensors: Vec<Tensor> = match out {
             IValue::Tensor(t) => vec![t],
             IValue::Tuple(items) | IValue::GenericList(items) => items
