@@ -62,12 +62,14 @@ class PackedLinear(nn.Module):
         self.packed = False
 
     def forward(self, x):
+        if x.is_cuda:  # oneDNN is the CPU's library; on a GPU, the plain product
+            return F.linear(x, self.w, self.bias)
         return torch.ops.mkldnn._linear_pointwise(
             x, self.w, self.bias, "none", torch.jit.annotate(List[Optional[Union[int, float, complex]]], []), "")
 
     @torch.jit.export
     def prepack(self):
-        if not self.packed:
+        if not self.packed and not self.w.is_cuda:
             self.w = torch.ops.mkldnn._reorder_linear_weight(self.w, 1)
             self.packed = True
 
@@ -98,7 +100,10 @@ class Int8Linear(nn.Module):
 
     def forward(self, x):
         shape = x.shape
-        y = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.q, self.scale)
+        if x.is_cuda:  # the CPU kernel's equivalent: dequantize, then the plain product
+            y = F.linear(x.reshape(-1, shape[-1]), self.q.to(x.dtype) * self.scale[:, None].to(x.dtype))
+        else:
+            y = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.q, self.scale)
         b = self.bias
         if b is not None:
             y = y + b

@@ -60,6 +60,27 @@ class OneInput(Good):
         return self.out(h), h
 
 
+class Prepacked(Good):
+    """Logits are NaN until `prepack()` has run: proves the adapter calls it once on load."""
+
+    packed: bool
+
+    def __init__(self):
+        super().__init__()
+        self.packed = False
+
+    def forward(self, input_ids, position_ids, attention_mask, k_cache, v_cache):
+        h = self.emb(input_ids)
+        out = self.out(h)
+        if not self.packed:
+            out = out * float("nan")
+        return out, h
+
+    @torch.jit.export
+    def prepack(self):
+        self.packed = True
+
+
 def save(module, path):
     torch.jit.script(module.eval()).save(path)
 
@@ -98,6 +119,7 @@ def main():
     save(ReturnsDict(), os.path.join(out, "returns_dict.pt"))
     save(NanLogits(), os.path.join(out, "nan_logits.pt"))
     save(OneInput(), os.path.join(out, "one_input.pt"))
+    save(Prepacked(), os.path.join(out, "prepacked.pt"))
     with open(os.path.join(out, "not_torchscript.pt"), "wb") as f:
         f.write(b"this is not a TorchScript archive")
     tiny_llama(out)

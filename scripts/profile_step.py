@@ -49,14 +49,18 @@ def read_bandwidth(threads, mb=256, reps=10):
 
 
 def weight_bytes(module):
-    """Bytes of parameters, buffers and packed weights a step reads (the embedding table is read
-    one row per token, so it counts only when it is also the LM head)."""
+    """Bytes of the weights one step reads: every tensor attribute of every submodule (parameters,
+    and the plain tensors scripted modules keep), each storage once, except the token embedding
+    table, which a step reads one row of (unless it is also the LM head)."""
     seen, total = set(), 0
-    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        if t.data_ptr() in seen:
+    for name, sub in module.named_modules():
+        if name.split(".")[-1] == "embed":
             continue
-        seen.add(t.data_ptr())
-        total += t.numel() * t.element_size()
+        for attr in ("weight", "wt", "w", "q", "scale", "bias"):
+            t = getattr(sub, attr, None)
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided and t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
     return total
 
 
@@ -68,17 +72,24 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--graph-optimizer", action="store_true",
+                    help="leave libtorch's graph-executor optimiser on (the crate turns it off)")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    # As the crate's adapter runs modules (LoadOptions::graph_optimizer, default off).
+    torch._C._set_graph_executor_optimize(args.graph_optimizer)
     meta = json.load(open(os.path.join(args.dir, "metadata.json")))
     files = meta["dtypes"].get(args.dtype)
     if files is None:
         sys.exit(f"profile_step: {args.dtype} was not exported to {args.dir}; have {', '.join(meta['dtypes'])}")
     path = os.path.join(args.dir, files["cached"])
     m = torch.jit.load(path).eval()
-    kind = {"f32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype, torch.float32)
-    cache_kind = getattr(torch, files.get("cache_dtype", ""), None) or kind
+    wb = weight_bytes(m)  # before prepack(): packed weights are opaque
+    if files.get("prepack"):
+        m.prepack()  # as the crate does after loading
+    kinds = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+    cache_kind = kinds[files.get("compute", args.dtype)]
     L, KVH, Dh = meta["num_layers"], meta["num_kv_heads"], meta["head_dim"]
     ctx = args.past + args.steps + 8
     k = torch.zeros(L, 1, KVH, ctx, Dh, dtype=cache_kind)
@@ -86,14 +97,18 @@ def main():
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         ids = torch.randint(0, meta["vocab_size"], (1, args.past), generator=gen)
+        t0 = time.perf_counter()
         m(ids, torch.arange(args.past)[None], torch.ones(1, args.past, dtype=torch.int64), k, v)
+        first = [time.perf_counter() - t0]
 
         def step(p):
             tok = torch.randint(0, meta["vocab_size"], (1, 1), generator=gen)
             m(tok, torch.tensor([[p]]), torch.ones(1, p + 1, dtype=torch.int64), k, v)
 
-        for i in range(3):  # warm-up (the profiling executor specialises on the first calls)
+        for i in range(3):  # warm-up
+            t0 = time.perf_counter()
             step(args.past)
+            first.append(time.perf_counter() - t0)
         times = []
         for i in range(args.steps):
             t0 = time.perf_counter()
@@ -106,18 +121,15 @@ def main():
     events = prof.key_averages()
     total_self = sum(e.self_cpu_time_total for e in events)
     rows = sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.top]
-    wb = weight_bytes(m)
-    embed = next((t for n, t in m.named_parameters() if n.endswith("embed.weight")), None)
-    lm = next((t for n, t in m.named_parameters() if n.endswith("lm_head.weight")), None)
-    if embed is not None and lm is not None and embed.data_ptr() != lm.data_ptr():
-        wb -= embed.numel() * embed.element_size()  # an untied embedding is read one row a token
     bw_copy = copy_bandwidth(args.threads)
     bw_read = read_bandwidth(args.threads)
     torch.set_num_threads(args.threads)
     flags = open("/proc/cpuinfo").read()
     cpu = " ".join(f for f in ("avx512_bf16", "avx512f", "avx2") if f in flags.split())
     print(f"{path}: {args.dtype}, past {args.past}, {args.threads} threads, CPU flags: {cpu}")
-    print(f"one-token step: {ms:.2f} ms (median of {args.steps})")
+    print(f"one-token step: {ms:.2f} ms (median of {args.steps}); graph optimiser "
+          f"{'on' if args.graph_optimizer else 'off'}; first calls after loading (prompt of {args.past}, "
+          f"then 3 steps): {', '.join(f'{t * 1e3:.0f}' for t in first)} ms")
     print(f"weights read per step: {wb / 1e6:.1f} MB -> {wb / (ms / 1e3) / 1e9:.1f} GB/s")
     print(f"machine: copy {bw_copy:.1f} GB/s (read+write), sum {bw_read:.1f} GB/s (read), {args.threads} threads")
     print(f"\n{'operator':<36} {'self ms/step':>12} {'share':>7} {'calls/step':>10}")
@@ -134,7 +146,8 @@ def main():
         with open(args.json, "w") as f:
             json.dump({"path": path, "dtype": args.dtype, "past": args.past, "threads": args.threads,
                        "cpu": cpu, "step_ms": ms, "weight_bytes": wb, "copy_gbs": bw_copy,
-                       "read_gbs": bw_read, "ops": table, "ops_per_step": ops_per_step}, f, indent=1)
+                       "read_gbs": bw_read, "first_calls_ms": [t * 1e3 for t in first],
+                       "graph_optimizer": args.graph_optimizer, "ops": table, "ops_per_step": ops_per_step}, f, indent=1)
 
 
 if __name__ == "__main__":

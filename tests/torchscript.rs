@@ -94,6 +94,48 @@ fn modules_that_break_the_convention_are_refused_on_load() {
 }
 
 #[test]
+fn prepack_runs_once_on_load_when_the_spec_says_so() {
+    let mut with = spec(ModuleForm::Cached, 64);
+    with.prepack = true;
+    // Its logits are NaN until prepack() has run (scripts/make_fixtures.py).
+    let mut m = TorchScriptLm::from_file(fixtures().join("prepacked.pt"), with.clone()).unwrap();
+    let out = GreedyDecoder::new(&mut m)
+        .decode(&[1, 2, 3], &DecodeConfig::new(4))
+        .unwrap();
+    assert_eq!(out.tokens.len(), 4);
+    let mut m = open("prepacked.pt", ModuleForm::Cached).unwrap();
+    let e = GreedyDecoder::new(&mut m)
+        .decode(&[1, 2], &DecodeConfig::new(3))
+        .unwrap_err();
+    assert!(matches!(e, Error::NonFiniteLogits { .. }), "{e}");
+    // A module without the method, asked to prepack, is refused by name.
+    let e = TorchScriptLm::from_file(fixtures().join("good.pt"), with).unwrap_err();
+    assert!(
+        matches!(e, Error::BadModule { .. }) && e.to_string().contains("prepack() method failed"),
+        "{e}"
+    );
+}
+
+#[test]
+fn int8_is_a_weight_form_the_built_in_transformer_refuses() {
+    assert_eq!("int8".parse::<DType>().unwrap(), DType::Int8);
+    assert_eq!(DType::Int8.to_string(), "int8");
+    assert_eq!(DType::Int8.kind(), tch::Kind::BFloat16);
+    let mut cfg = blockwise::TransformerConfig::tiny(64, 0);
+    cfg.dtype = DType::Int8;
+    let e = cfg.validate().unwrap_err();
+    assert!(e.to_string().contains("int8 is a weight form"), "{e}");
+    let mut t = blockwise::Transformer::new_seeded(
+        blockwise::TransformerConfig::tiny(64, 0),
+        1,
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    assert!(t.set_dtype(DType::Int8).is_err());
+    assert_eq!(t.info().kind, tch::Kind::Double);
+}
+
+#[test]
 fn nan_logits_are_an_error_not_a_token() {
     let mut m = open("nan_logits.pt", ModuleForm::Cached).unwrap();
     let e = GreedyDecoder::new(&mut m)

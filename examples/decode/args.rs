@@ -17,7 +17,7 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
               [--min-block L] [--temperature T [--top-k N] [--top-p P] [--seed S]]
               [--max-new-tokens N] [--verifier cached|recompute] [--prefill-chunk N] [--tie-guard M]
               [--batch N] [--tree SHAPE|dynamic:NODES]
-              [--dtype f32|bf16|f16] [--device cpu|cuda] [--compare-greedy] [--json]
+              [--dtype f32|bf16|f16|int8] [--device cpu|cuda] [--compare-greedy] [--json]
 
   --model           `embedded` (default: the model shipped in assets/embedded, trained on
                     the King James Bible, with trained heads), a folder
@@ -58,7 +58,8 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
                     per depth, e.g. 3,2,1 (top 3 of head 1, under each the top 2 of head 2, ...);
                     dynamic:NODES = a tree the proposer grows by its own confidence (eagle),
                     at most NODES nodes and k - 1 deep
-  --dtype           floating-point kind (default f32; exported models need that dtype exported)
+  --dtype           f32 (default), bf16, f16, or int8 (an export's int8 weight form);
+                    the export must have it
   --device          cpu (default) or cuda (needs a CUDA build of libtorch and a GPU)
   --compare-greedy  also decode greedily (under --temperature: plain sampling, one token per
                     model call), report identical and speedup

@@ -60,8 +60,8 @@ pub struct LoadOptions {
     pub form: ModuleForm,
     /// Let libtorch's graph executor profile and re-optimise the module (default off). It
     /// specialises a module on the shapes of its inputs, and a decode changes them on every call
-    /// (the cache grows): on SmolLM2 it made the first two calls take about 0.5 s each and
-    /// later one-token steps about 10% slower (docs/benchmarks.md). The adapter sets the
+    /// (the cache grows): on SmolLM2 it made the first two calls take 0.4-0.7 s each, against
+    /// 0.05 s without it (docs/benchmarks.md). The adapter sets the
     /// calling thread's switch (`torch::jit::setGraphExecutorOptimize`) to this value for each of
     /// its calls and back to libtorch's default (on) after it.
     pub graph_optimizer: bool,
@@ -162,7 +162,8 @@ impl TorchScriptLm {
             max_context,
             dtype: options.dtype,
             device: options.device,
-            prepack: files.prepack,
+            // The uncached form is transformers' own module, traced: nothing to prepack.
+            prepack: files.prepack && options.form == ModuleForm::Cached,
             graph_optimizer: options.graph_optimizer,
         };
         let mut lm = Self::from_file(dir.join(file), spec.clone())?;
@@ -325,7 +326,10 @@ pub(super) fn prepare_module(module: &mut CModule, name: &str, spec: &ModuleSpec
             .method_is::<IValue>("prepack", &[])
             .map_err(|e| Error::BadModule {
                 path: name.to_string(),
-                problem: format!("calling its prepack() method failed: {e}"),
+                problem: format!(
+                    "calling its prepack() method failed: {}",
+                    e.to_string().lines().next().unwrap_or_default()
+                ),
             })?;
     }
     Ok(())
