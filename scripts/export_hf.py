@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Export a Hugging Face causal LM to blockwise's TorchScript calling convention.
 
-Cached form (`model.<dtype>.pt`, Llama-family architectures: Llama, SmolLM, Mistral without sliding
-window):
+Cached form (`model.<dtype>.pt`, the architecture families of scripts/families/: Llama and
+SmolLM, Mistral, Qwen 2 and 3, Gemma 1, 2 and 3, Phi 3):
 
     forward(input_ids      int64 [B, T],
             position_ids   int64 [B, T],      absolute positions of the block
@@ -14,8 +14,8 @@ window):
 The module writes the block's keys and values into the caches at positions P..P+T in place, and
 attends over cache positions 0..P+T: nothing is copied per call, whatever the past length.
 
-Masked form (`model.<dtype>.masked.pt`, the same architectures), for batched rows of different
-lengths and tree verification:
+Masked form (`model.<dtype>.masked.pt`, the same families), for batched rows of different lengths
+and tree verification:
 
     forward(input_ids      int64 [B, T],
             position_ids   int64 [B, T],      each token's position in its own sequence
@@ -26,9 +26,12 @@ lengths and tree verification:
 
 It writes the block at cache slots S..S+T (S = mask width - T) and attends exactly what the mask
 allows: slots are storage, positions are explicit, so rows can keep different tokens and a
-tree's branches can share one call.
+tree's branches can share one call. In models with sliding-window layers, a key's position is its
+rank among the slots its query may attend, so the mask must allow each query its whole history,
+one slot per earlier position, in slot order (what the crate's decoders do).
 
-Both are TorchScript `script` modules (scripts/export_llama.py) with a second method, `prepack()`,
+Both are TorchScript `script` modules (scripts/export_decoder.py, described per family by
+scripts/families/) with a second method, `prepack()`,
 which the crate calls once after loading: it reorders weights for the CPU matrix library where the
 form needs it (bf16), and does nothing otherwise. `metadata.json` says `"prepack": true` for them.
 
@@ -38,7 +41,8 @@ checked against, and its oracles come from, transformers' eager model holding ex
 dequantized weights it computes with, so "identical to greedy" is checked against the quantised
 model itself.
 
-Uncached form (`model.<dtype>.uncached.pt`, any causal LM, with --uncached):
+Uncached form (`model.<dtype>.uncached.pt`, any causal LM, with --uncached; the only form of an
+architecture outside scripts/families/):
 
     forward(input_ids int64 [B, T]) -> (logits [B, T, V], hidden [B, T, D])
 
@@ -65,7 +69,8 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import export_llama  # noqa: E402
+import export_decoder  # noqa: E402
+import families  # noqa: E402
 
 FORMAT = "blockwise-torchscript/1"
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16, "int8": torch.bfloat16}
@@ -205,11 +210,66 @@ def int8_reference(hf_model, dtype):
     ref = copy.deepcopy(hf_model).to(torch.float32)
     for mod in ref.modules():
         if isinstance(mod, nn.Linear):
-            mod.weight = nn.Parameter(export_llama.dequantized(mod.weight), requires_grad=False)
+            mod.weight = nn.Parameter(export_decoder.dequantized(mod.weight), requires_grad=False)
     return ref.to(dtype).eval()
 
 
-def export_dtype(hf_model, cfg, dtype_name, out, max_context, uncached, check_ids, ref32):
+def run_masked_with_rejected(module, ids, cfg, dtype, split, junk=3):
+    """Feeds `ids` [1, N] through a masked module as the crate's decoders do after a rejection:
+    the first `split` tokens, then `junk` tokens that are never attended again (a rejected block),
+    then the rest in blocks of 2, each query attending its whole history and only that. Returns
+    the logits of the real tokens [1, N, V]."""
+    n = ids.size(1)
+    slots = n + junk
+    k = torch.zeros(cache_shape(cfg, slots), dtype=dtype)
+    v = torch.zeros_like(k)
+    live = []  # slots holding the real sequence, in order
+    used = 0
+    outs = []
+
+    def call(block, positions, real):
+        nonlocal used
+        t = block.size(1)
+        mask = torch.zeros(1, t, used + t, dtype=torch.bool)
+        for i in range(t):
+            mask[0, i, live] = True  # the history
+            mask[0, i, used:used + i + 1] = True  # this block up to itself
+        logits, _ = module(block, positions.unsqueeze(0), mask, k, v)
+        if real:
+            live.extend(range(used, used + t))
+            outs.append(logits)
+        used += t
+
+    call(ids[:, :split], torch.arange(split), True)
+    call(torch.flip(ids[:, split:split + junk], [1]), torch.arange(split, split + junk), False)
+    p = split
+    while p < n:
+        c = min(2, n - p)
+        call(ids[:, p:p + c], torch.arange(p, p + c), True)
+        p += c
+    return torch.cat(outs, dim=1)
+
+
+def longer_than(ids, n):
+    """`ids` repeated to at least `n` tokens."""
+    reps = -(-n // ids.size(1))
+    return ids.repeat(1, reps)[:, :n]
+
+
+def trace_uncached(model, check_ids):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.trace(Uncached(model).eval(), (check_ids[:, :4],), check_trace=False, strict=False)
+    except Exception as e:  # noqa: BLE001 - tracing fails in many ways; the user needs the first line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        sys.exit(f"export_hf: tracing the uncached form of {model.config.model_type!r} failed: "
+                 f"{type(e).__name__}: {first}")
+
+
+def export_dtype(hf_model, cfg, dtype_name, out, max_context, uncached, check_ids, ref32, cached=True):
+    """Exports and checks one weight form; `cached=False` exports the uncached form only (an
+    architecture outside scripts/families/)."""
     dtype = DTYPES[dtype_name]
     model = hf_model.to(dtype)
     oracle_model = int8_reference(hf_model, dtype) if dtype_name == "int8" else model
@@ -217,53 +277,90 @@ def export_dtype(hf_model, cfg, dtype_name, out, max_context, uncached, check_id
         with torch.no_grad():
             ref32 = int8_reference(hf_model, torch.float32)(input_ids=check_ids, use_cache=False).logits.float()
 
-    def verify(name, got, eager):
+    def verify(name, got, eager, ref=None):
         if dtype_name == "f32":
             check(name, got, eager, 2e-3)
         else:
-            check_low_precision(name, got, eager, ref32)
+            check_low_precision(name, got, eager, ref32 if ref is None else ref)
 
     def load(path):
         m = torch.jit.load(path)
         m.prepack()  # what the crate does after loading
         return m
 
-    form = dtype_name if dtype_name in export_llama.LINEARS else "f32"
+    form = dtype_name if dtype_name in export_decoder.LINEARS else "f32"
+    files = {}
     with torch.no_grad():
         eager = oracle_model(input_ids=check_ids, use_cache=False).logits
-        path = os.path.join(out, f"model.{dtype_name}.pt")
-        export_llama.build(model, form).save(path)
-        reloaded = load(path)
         n = check_ids.size(1)
-        # One pass, blocks of 5/2/1, one token at a time.
-        verify(f"{dtype_name} cached, one pass", run_cached(reloaded, check_ids, [n], cfg, dtype, max_context), eager)
-        chunks = [5, 2, 1] + [1] * (n - 8)
-        verify(f"{dtype_name} cached, blocks of 5, 2, 1, 1, ...", run_cached(reloaded, check_ids, chunks, cfg, dtype, max_context), eager)
-        files = {"cached": os.path.basename(path), "prepack": True}
-        if dtype_name == "int8":
-            files["compute"] = "bf16"
-        # The masked form: two rows of different lengths in one call.
-        mpath = os.path.join(out, f"model.{dtype_name}.masked.pt")
-        export_llama.build(model, form, masked=True).save(mpath)
-        mreloaded = load(mpath)
-        short = min(n, 9)
-        got_long, got_short = run_masked_batch(mreloaded, [check_ids, check_ids[:, :short]], cfg, dtype)
-        verify(f"{dtype_name} masked, row 1 of a batch", got_long, eager)
-        verify(f"{dtype_name} masked, row 2 (shorter, padded)", got_short, eager[:, :short])
-        files["masked"] = os.path.basename(mpath)
+        if cached:
+            spec = families.describe(model)
+            path = os.path.join(out, f"model.{dtype_name}.pt")
+            export_decoder.build(spec, form).save(path)
+            reloaded = load(path)
+            # One pass, blocks of 5/2/1, one token at a time.
+            verify(f"{dtype_name} cached, one pass", run_cached(reloaded, check_ids, [n], cfg, dtype, max_context), eager)
+            chunks = [5, 2, 1] + [1] * (n - 8)
+            verify(f"{dtype_name} cached, blocks of 5, 2, 1, 1, ...", run_cached(reloaded, check_ids, chunks, cfg, dtype, max_context), eager)
+            files = {"cached": os.path.basename(path), "prepack": True}
+            if dtype_name == "int8":
+                files["compute"] = "bf16"
+            # The masked form: two rows of different lengths in one call, and a row with a
+            # rejected block in its slots.
+            mpath = os.path.join(out, f"model.{dtype_name}.masked.pt")
+            export_decoder.build(spec, form, masked=True).save(mpath)
+            mreloaded = load(mpath)
+            short = min(n, 9)
+            got_long, got_short = run_masked_batch(mreloaded, [check_ids, check_ids[:, :short]], cfg, dtype)
+            verify(f"{dtype_name} masked, row 1 of a batch", got_long, eager)
+            verify(f"{dtype_name} masked, row 2 (shorter, padded)", got_short, eager[:, :short])
+            verify(f"{dtype_name} masked, after a rejected block",
+                   run_masked_with_rejected(mreloaded, check_ids, cfg, dtype, short), eager)
+            files["masked"] = os.path.basename(mpath)
+            window = max((l.window or 0) for l in spec.layers)
+            if window and window + 16 <= max_context:
+                # Past the sliding window: the eager model's logits over the last positions of a
+                # sequence longer than the window, fed in one block and then token by token.
+                long_ids = longer_than(check_ids, window + 16)
+                m = long_ids.size(1)
+                keep = slice(window - 8, m)
+                want = oracle_model(input_ids=long_ids, use_cache=False).logits[:, keep]
+                ref_long = None
+                if dtype_name != "f32":
+                    ref_model = int8_reference(hf_model, torch.float32) if dtype_name == "int8" else hf_model.to(torch.float32)
+                    ref_long = ref_model(input_ids=long_ids, use_cache=False).logits[:, keep].float()
+                    del ref_model
+                    model = hf_model.to(dtype)
+                chunks = fit_chunks([window - 8, 5, 2, 1], m)
+                got = run_cached(reloaded, long_ids, chunks, cfg, dtype, max(max_context, m))[:, keep]
+                verify(f"{dtype_name} cached, past the sliding window ({window})", got, want, ref_long)
+                got = run_masked_with_rejected(mreloaded, long_ids, cfg, dtype, window - 4)[:, keep]
+                verify(f"{dtype_name} masked, past the sliding window ({window})", got, want, ref_long)
+            log(f"wrote {path} ({os.path.getsize(path) / 2**20:.0f} MiB)")
         if uncached and dtype_name != "int8":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                tu = torch.jit.trace(Uncached(model).eval(), (check_ids[:, :4],), check_trace=False, strict=False)
+            tu = trace_uncached(model, check_ids)
             upath = os.path.join(out, f"model.{dtype_name}.uncached.pt")
             tu.save(upath)
             verify(f"{dtype_name} uncached", torch.jit.load(upath)(check_ids)[0], eager)
             files["uncached"] = os.path.basename(upath)
-        log(f"wrote {path} ({os.path.getsize(path) / 2**20:.0f} MiB)")
+            log(f"wrote {upath} ({os.path.getsize(upath) / 2**20:.0f} MiB)")
     return files, oracle_model
 
 
-def oracles(model, tok, max_new_tokens):
+def fit_chunks(chunks, n):
+    """`chunks` cut or extended with ones so that they sum to exactly `n`."""
+    out, total = [], 0
+    for c in chunks:
+        c = min(c, n - total)
+        if c <= 0:
+            break
+        out.append(c)
+        total += c
+    return out + [1] * (n - total)
+
+
+def oracle_inputs(tok):
+    """The oracle prompts as token ids: [(prompt, chat, ids [1, n])]."""
     out = []
     for p in ORACLE_PROMPTS:
         if p["chat"] and not tok.chat_template:
@@ -273,13 +370,96 @@ def oracles(model, tok, max_new_tokens):
                                            add_generation_prompt=True)
         else:
             text = p["text"]
-        ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
+        out.append((p["text"], p["chat"], tok(text, return_tensors="pt", add_special_tokens=False).input_ids))
+    return out
+
+
+def oracles(model, prompts, max_new_tokens, eos_ids):
+    """transformers' own greedy continuations of `prompts` (from `oracle_inputs`)."""
+    out = []
+    for text, chat, ids in prompts:
         with torch.no_grad():
             gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, num_beams=1, pad_token_id=tok.eos_token_id)
-        out.append({"prompt": p["text"], "chat": p["chat"], "input_ids": ids[0].tolist(),
+                                 do_sample=False, num_beams=1, eos_token_id=eos_ids or None,
+                                 pad_token_id=eos_ids[0] if eos_ids else 0)
+        out.append({"prompt": text, "chat": chat, "input_ids": ids[0].tolist(),
                     "greedy_ids": gen[0, ids.size(1):].tolist()})
     return out
+
+
+# Tokens that end an assistant turn in common chat templates: an EOS id when the model's template
+# uses them, so that decoding a chat answer stops where transformers' chat pipelines stop.
+END_OF_TURN = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>")
+
+
+def eos_ids(model, tok):
+    cfg = model.config
+    ids = [tok.eos_token_id if tok is not None else None]
+    for src in (cfg.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        ids += [src] if isinstance(src, int) else list(src or [])
+    template = tok.chat_template if tok is not None else None
+    if template:
+        vocab = tok.get_vocab()
+        ids += [vocab[t] for t in END_OF_TURN if t in template and t in vocab]
+    return sorted({int(i) for i in ids if i is not None})
+
+
+def export_model(model, tok, source, out, dtypes, max_context=2048, uncached=False, oracle_tokens=32,
+                 check_ids=None, prompts=None):
+    """Exports `model` (float32, eval) in each of `dtypes` into `out`, checking every form against
+    the eager model, and writes metadata.json (and tokenizer.json when `tok` is given). `prompts`
+    (from `oracle_inputs`) become the oracles; `check_ids` [1, n] is the checks' sequence."""
+    t0 = time.time()
+    cfg = model.config
+    try:
+        families.describe(model)
+        cached = True
+    except families.Unsupported as e:
+        if not uncached:
+            sys.exit(f"export_hf: {e}; only the uncached form can be exported (pass --uncached)")
+        log(f"{e}: exporting the uncached form only")
+        cached = False
+    os.makedirs(out, exist_ok=True)
+    eos = eos_ids(model, tok)
+    windows = sorted({w for w in families.common.windows(cfg) if w}) if cached else []
+    meta = {
+        "format": FORMAT,
+        "source": source,
+        "architecture": cfg.model_type,
+        "num_layers": cfg.num_hidden_layers,
+        "num_heads": cfg.num_attention_heads,
+        "num_kv_heads": getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+        "head_dim": families.common.head_dim(cfg),
+        "hidden_size": cfg.hidden_size,
+        "vocab_size": cfg.vocab_size,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "sliding_window": windows[0] if windows else None,
+        "eos_token_ids": eos,
+        "bos_token_id": tok.bos_token_id if tok is not None else None,
+        "chat_template": tok.chat_template if tok is not None else None,
+        "special_tokens": {"bos_token": tok.bos_token, "eos_token": tok.eos_token} if tok is not None else {},
+        "dtypes": {},
+        "oracles": {},
+    }
+    with torch.no_grad():
+        ref32 = model(input_ids=check_ids, use_cache=False).logits.float()
+    for name in dtypes:
+        if name not in DTYPES:
+            sys.exit(f"export_hf: unknown dtype {name!r} (use f32, bf16, f16, int8)")
+        if name == "int8" and not cached:
+            sys.exit("export_hf: the int8 weight form needs the cached form, which this architecture lacks")
+        meta["dtypes"][name], oracle_model = export_dtype(model, cfg, name, out, max_context,
+                                                          uncached, check_ids, ref32, cached)
+        meta["oracles"][name] = oracles(oracle_model, prompts or [], oracle_tokens, eos)
+        del oracle_model
+    model.to(torch.float32)
+    if tok is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            tok.save_pretrained(tmp)
+            shutil.copy(os.path.join(tmp, "tokenizer.json"), os.path.join(out, "tokenizer.json"))
+    with open(os.path.join(out, "metadata.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    log(f"done in {time.time() - t0:.0f} s: {out}")
 
 
 def main():
@@ -297,7 +477,6 @@ def main():
     ap.add_argument("--layers", type=int, help="keep only the first N decoder layers (plus the final "
                     "norm and the LM head): a layer-truncated copy, for use as a self-speculative draft")
     args = ap.parse_args()
-    t0 = time.time()
     torch.manual_seed(0)
     tok, model, source = load(args)
     cfg = model.config
@@ -311,47 +490,11 @@ def main():
             cfg.layer_types = cfg.layer_types[: args.layers]
         source["truncated"] = {"layers": args.layers, "of": total}
         log(f"truncated to the first {args.layers} of {total} layers")
-    if cfg.model_type not in ("llama", "mistral") or getattr(cfg, "attention_bias", False):
-        sys.exit(f"export_hf: the cached export supports Llama-family models without attention "
-                 f"bias; got {cfg.model_type!r}")
-    os.makedirs(args.out, exist_ok=True)
     check_ids = tok("In the beginning God created the heaven and the earth. And the earth was "
                     "without form, and void; and darkness was upon the face of the deep.",
                     return_tensors="pt", add_special_tokens=False).input_ids
-    meta = {
-        "format": FORMAT,
-        "source": source,
-        "architecture": cfg.model_type,
-        "num_layers": cfg.num_hidden_layers,
-        "num_heads": cfg.num_attention_heads,
-        "num_kv_heads": cfg.num_key_value_heads,
-        "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
-        "hidden_size": cfg.hidden_size,
-        "vocab_size": cfg.vocab_size,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "eos_token_ids": sorted({i for i in ([tok.eos_token_id] + ([cfg.eos_token_id] if isinstance(cfg.eos_token_id, int) else list(cfg.eos_token_id or []))) if i is not None}),
-        "bos_token_id": tok.bos_token_id,
-        "chat_template": tok.chat_template,
-        "special_tokens": {"bos_token": tok.bos_token, "eos_token": tok.eos_token},
-        "dtypes": {},
-        "oracles": {},
-    }
-    with torch.no_grad():
-        ref32 = model(input_ids=check_ids, use_cache=False).logits.float()
-    for name in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
-        if name not in DTYPES:
-            sys.exit(f"export_hf: unknown dtype {name!r} (use f32, bf16, f16, int8)")
-        meta["dtypes"][name], oracle_model = export_dtype(model, cfg, name, args.out, args.max_context,
-                                                          args.uncached, check_ids, ref32)
-        meta["oracles"][name] = oracles(oracle_model, tok, args.oracle_tokens)
-        del oracle_model
-    model.to(torch.float32)
-    with tempfile.TemporaryDirectory() as tmp:
-        tok.save_pretrained(tmp)
-        shutil.copy(os.path.join(tmp, "tokenizer.json"), os.path.join(args.out, "tokenizer.json"))
-    with open(os.path.join(args.out, "metadata.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-    log(f"done in {time.time() - t0:.0f} s: {args.out}")
+    export_model(model, tok, source, args.out, [d.strip() for d in args.dtypes.split(",") if d.strip()],
+                 args.max_context, args.uncached, args.oracle_tokens, check_ids, oracle_inputs(tok))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,10 @@ pub struct ExportMetadata {
     pub vocab_size: i64,
     /// The model's trained context length.
     pub max_position_embeddings: usize,
+    /// The sliding window of the model's local-attention layers, when it has any (their queries
+    /// attend only the last `sliding_window` positions; the exported modules apply it).
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
     /// Ids that end a sequence.
     pub eos_token_ids: Vec<i64>,
     /// Beginning-of-sequence id, if the model has one.
