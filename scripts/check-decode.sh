@@ -57,6 +57,15 @@ smollm2_identical() {
   identical "models/smollm2, $label" --model models/smollm2 "$@" --max-new-tokens 24 \
     --prompt "Repeat after me: one two three four five." --prompt "The capital of France is"
 }
+# The second real model (make gemma3): sliding-window layers, query/key norms, its own chat
+# turn format; chat answers end at <end_of_turn>.
+if [ -f models/gemma3/metadata.json ]; then
+  identical "models/gemma3, ngram, chat" --model models/gemma3 --chat --proposer ngram --k 5 \
+    --max-new-tokens 24 --prompt "Repeat after me: one two three four five." \
+    --prompt "What is the capital of France?"
+  identical "models/gemma3, ngram" --model models/gemma3 --proposer ngram --k 3 \
+    --max-new-tokens 24 --prompt "The capital of France is"
+fi
 # Two trained built-in models sharing the byte tokenizer (make train-pair): the small one drafts
 # for the large one.
 if [ -f assets/pair/target/config.json ]; then

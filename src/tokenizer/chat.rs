@@ -28,6 +28,16 @@ impl ChatTemplate {
     /// `eos_token`, ...).
     pub fn new(source: &str, special: BTreeMap<String, String>) -> Result<Self> {
         let mut env = minijinja::Environment::new();
+        // Hugging Face templates refuse bad conversations (roles out of turn) with it.
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| Error::Tokenizer(format!("the chat template does not compile: {e}")))?;
         Ok(ChatTemplate { env, special })

@@ -37,13 +37,23 @@ impl HfTokenizer {
     }
 }
 
-impl TextTokenizer for HfTokenizer {
-    fn encode(&self, text: &str) -> Result<Vec<i64>> {
+impl HfTokenizer {
+    fn encode_ids(&self, text: &str, special: bool) -> Result<Vec<i64>> {
         let enc = self
             .inner
-            .encode(text, false)
+            .encode(text, special)
             .map_err(|e| Error::Tokenizer(format!("encoding: {e}")))?;
         Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
+    }
+}
+
+impl TextTokenizer for HfTokenizer {
+    fn encode(&self, text: &str) -> Result<Vec<i64>> {
+        self.encode_ids(text, false)
+    }
+
+    fn encode_prompt(&self, text: &str) -> Result<Vec<i64>> {
+        self.encode_ids(text, true)
     }
 
     fn decode(&self, ids: &[i64]) -> Result<String> {

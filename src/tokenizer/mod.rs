@@ -17,6 +17,12 @@ use crate::error::{Error, Result};
 pub trait TextTokenizer {
     /// Token ids of `text`.
     fn encode(&self, text: &str) -> Result<Vec<i64>>;
+    /// Token ids of `text` as the start of a prompt: with the special tokens the tokenizer adds
+    /// to a whole input (Gemma's and Llama 2's beginning-of-sequence token), as transformers'
+    /// tokenizers do by default. The default: [`TextTokenizer::encode`].
+    fn encode_prompt(&self, text: &str) -> Result<Vec<i64>> {
+        self.encode(text)
+    }
     /// Text of `ids` (special tokens dropped).
     fn decode(&self, ids: &[i64]) -> Result<String>;
     /// Ids the tokenizer knows.

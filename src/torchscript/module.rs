@@ -136,9 +136,27 @@ impl TorchScriptLm {
             ModuleForm::Uncached => files.uncached.as_ref(),
         }
         .ok_or_else(|| {
+            let have: Vec<&str> = [
+                (files.cached.is_some(), "Cached"),
+                (files.uncached.is_some(), "Uncached"),
+            ]
+            .into_iter()
+            .filter_map(|(has, name)| has.then_some(name))
+            .collect();
             Error::config(
                 "form",
-                format!("the {:?} form of `{key}` was not exported", options.form),
+                format!(
+                    "the {:?} form of `{key}` was not exported (`{}` has: {}; the `{}` \
+                     architecture's cached form may not exist: docs/bring-your-own-model.md)",
+                    options.form,
+                    dir.display(),
+                    if have.is_empty() {
+                        "none".to_string()
+                    } else {
+                        have.join(", ")
+                    },
+                    meta.architecture
+                ),
             )
         })?;
         let max_context = options
