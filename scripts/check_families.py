@@ -87,6 +87,17 @@ def random_model(cls, extra, seed):
     return model
 
 
+def word_tokenizer(out, vocab_size):
+    """A word-level `tokenizer.json` (`t0 t1 ...`, one word per id) so that an export of random
+    weights loads like a real one (ModelBundle, the decode example)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.save(os.path.join(out, "tokenizer.json"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -111,6 +122,7 @@ def main():
         dtypes = [d for d in args.dtypes.split(",") if d]
         export_hf.export_model(model, None, {"random": name, "seed": 100 + i}, out, dtypes, max_context=64,
                                uncached=True, oracle_tokens=16, check_ids=check_ids, prompts=prompts)
+        word_tokenizer(out, model.config.vocab_size)
         export_hf.log(f"=== {name} passed in {time.time() - t0:.1f} s")
 
 

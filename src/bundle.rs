@@ -12,7 +12,7 @@ use crate::feature::{FeatureDraftConfig, DRAFT_CONFIG_FILE};
 use crate::heads::{HeadsConfig, WithHeads, HEADS_CONFIG_FILE};
 use crate::model::CausalLm;
 use crate::tokenizer::{ByteTokenizer, ChatTemplate, HfTokenizer, TextTokenizer, END_OF_TEXT};
-use crate::torchscript::{ExportMetadata, LoadOptions, TorchScriptLm};
+use crate::torchscript::{ExportMetadata, LoadOptions, ModuleForm, TorchScriptLm};
 use crate::transformer::{Transformer, CONFIG_FILE};
 
 /// The folder of the embedded default model, shipped with the crate.
@@ -219,12 +219,23 @@ impl ModelBundle {
 
     fn load_export(dir: &Path, options: &BundleOptions) -> Result<Self> {
         let meta = ExportMetadata::read(dir)?;
+        // An architecture without the cached form (docs/bring-your-own-model.md) is exported in
+        // the uncached form only: load that (decode it with `RecomputeVerifier`).
+        let uncached_only = meta
+            .dtypes
+            .get(&options.dtype.to_string())
+            .is_some_and(|f| f.cached.is_none() && f.uncached.is_some());
         let model = TorchScriptLm::load(
             dir,
             &LoadOptions {
                 dtype: options.dtype,
                 device: options.device,
                 max_context: options.max_context,
+                form: if uncached_only {
+                    ModuleForm::Uncached
+                } else {
+                    ModuleForm::Cached
+                },
                 ..LoadOptions::default()
             },
         )?;

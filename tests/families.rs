@@ -8,11 +8,13 @@
 
 use std::path::PathBuf;
 
+use blockwise::bundle::{BundleOptions, ModelBundle};
 use blockwise::heads::{HeadArch, HeadsConfig, WithHeads};
 use blockwise::testing::{Conformance, RandomProposer};
 use blockwise::torchscript::{ExportMetadata, LoadOptions, ModuleForm, Oracle, TorchScriptLm};
 use blockwise::{
     BatchBlockwise, Blockwise, BlockwiseDecoder, CausalLm, DecodeConfig, GreedyDecoder, NGram,
+    RecomputeVerifier,
 };
 
 /// The families with cached and masked forms (and the uncached one).
@@ -117,6 +119,36 @@ fn an_architecture_without_the_cached_form_says_so_at_load() {
         text.contains("Cached") && text.contains("not exported") && text.contains("has: Uncached"),
         "{text}"
     );
+}
+
+/// An export with the uncached form only loads as a bundle like any other (the bundle takes the
+/// form that exists) and decodes with `RecomputeVerifier`; the default cached verifier says
+/// what to use instead.
+#[test]
+fn a_bundle_of_an_uncached_only_architecture_decodes_with_recompute() {
+    let mut b =
+        ModelBundle::load(dir("gpt2").to_str().unwrap(), &BundleOptions::default()).unwrap();
+    assert!(!b.model.info().has_cache);
+    for o in oracles("gpt2") {
+        let cfg = config("gpt2", &o);
+        let out = Blockwise::builder(&mut b.model)
+            .block_size(3)
+            .proposer(NGram::new(1, 3).unwrap())
+            .verifier(RecomputeVerifier::new())
+            .build()
+            .unwrap()
+            .decode(&o.input_ids, &cfg)
+            .unwrap();
+        assert_eq!(out.tokens, o.greedy_ids);
+    }
+    let o = &oracles("gpt2")[0];
+    let e = Blockwise::builder(&mut b.model)
+        .block_size(3)
+        .proposer(NGram::new(1, 3).unwrap())
+        .build()
+        .and_then(|mut d| d.decode(&o.input_ids, &config("gpt2", o)))
+        .unwrap_err();
+    assert!(e.to_string().contains("RecomputeVerifier"), "{e}");
 }
 
 #[test]

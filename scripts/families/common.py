@@ -8,17 +8,21 @@ DYNAMIC_ROPE = ("dynamic", "longrope")
 
 
 def rope(rotary_emb, layer_type=None):
-    """The rotary table transformers computed for (a layer type of) the model."""
+    """The rotary table transformers computes for (a layer type of) the model, recomputed in
+    float32 from the config: the module's own buffer is cast with the model (`.to(bfloat16)`
+    rounds every frequency), which the export does not copy."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
     kind = rotary_emb.rope_type
     if isinstance(kind, dict):
         kind = kind.get(layer_type)
     if kind in DYNAMIC_ROPE:
         raise ValueError(f"rotary embedding type {kind!r} changes with the sequence length; the "
                          "cached forms have fixed tables")
-    if layer_type is not None and hasattr(rotary_emb, f"{layer_type}_inv_freq"):
-        return RopeSpec(getattr(rotary_emb, f"{layer_type}_inv_freq").detach().float().clone(),
-                        float(getattr(rotary_emb, f"{layer_type}_attention_scaling")))
-    return RopeSpec(rotary_emb.inv_freq.detach().float().clone(), float(rotary_emb.attention_scaling))
+    init = rotary_emb.compute_default_rope_parameters if kind == "default" else ROPE_INIT_FUNCTIONS[kind]
+    kwargs = {"layer_type": layer_type} if layer_type is not None and isinstance(rotary_emb.rope_type, dict) else {}
+    inv_freq, scaling = init(rotary_emb.config, **kwargs)
+    return RopeSpec(inv_freq.detach().float().clone(), float(scaling))
 
 
 def windows(cfg):
