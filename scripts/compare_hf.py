@@ -31,6 +31,8 @@ DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", default="models/smollm2")
+    ap.add_argument("--plain", action="store_true", help="plain prompts (for pretrained models), "
+                    "not wrapped in the chat template")
     ap.add_argument("--prompts", default="examples/prompts/chat24.txt")
     ap.add_argument("--count", type=int, default=5, help="first N prompts")
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -47,8 +49,8 @@ def main():
         model = base.to(DTYPES[d])
         hf_tokens, hf_time, hf_out = 0, 0.0, []
         for p in prompts:
-            text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
+            text = p if args.plain else tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            ids = tok(text, return_tensors="pt", add_special_tokens=args.plain).input_ids
             with torch.no_grad():
                 model.generate(ids[:, :4], max_new_tokens=2, do_sample=False, pad_token_id=eos)  # warm-up
                 t0 = time.perf_counter()
@@ -58,7 +60,7 @@ def main():
             new = out[0, ids.size(1):].tolist()
             hf_tokens += len(new)
             hf_out.append(new)
-        cmd = ["target/release/examples/decode", "--model", args.model_dir, "--dtype", d, "--chat",
+        cmd = ["target/release/examples/decode", "--model", args.model_dir, "--dtype", d] + ([] if args.plain else ["--chat"]) + [
                "--proposer", "none", "--k", "1", "--max-new-tokens", str(args.max_new_tokens),
                "--compare-greedy", "--json", "--prompt-file"]
         with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:

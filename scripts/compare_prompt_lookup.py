@@ -36,8 +36,8 @@ def hf_runs(model, tok, prompts, args):
     eos = tok.eos_token_id
     rows = []
     for p in prompts:
-        text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
+        text = p if args.plain else tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        ids = tok(text, return_tensors="pt", add_special_tokens=args.plain).input_ids
         common = dict(attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
                       do_sample=False, num_beams=1, pad_token_id=eos, eos_token_id=args.eos_ids)
         result = {}
@@ -59,7 +59,7 @@ def crate_runs(dtype, prompts, args, extra):
         # The first prompt once more, first, as a warm-up whose row is dropped.
         f.write("\n".join(x.replace("\n", "\\n") for x in [prompts[0]] + prompts * args.repeats) + "\n")
         f.flush()
-        cmd = [DECODE, "--model", args.model_dir, "--dtype", dtype, "--chat", "--json",
+        cmd = [DECODE, "--model", args.model_dir, "--dtype", dtype] + ([] if args.plain else ["--chat"]) + ["--json",
                "--compare-greedy", "--max-new-tokens", str(args.max_new_tokens), "--prompt-file", f.name] + extra
         lines = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()
     rows = [json.loads(l) for l in lines][1:]
@@ -76,6 +76,8 @@ def crate_runs(dtype, prompts, args, extra):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", default="models/smollm2")
+    ap.add_argument("--plain", action="store_true", help="plain prompts (for pretrained models), "
+                    "not wrapped in the chat template")
     ap.add_argument("--prompts", default="examples/prompts/lookup.txt")
     ap.add_argument("--dtypes", default="bf16,f32")
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -87,7 +89,7 @@ def main():
     prompts = [l.strip().replace("\\n", "\n") for l in open(args.prompts) if l.strip()]
     tok, base, meta = load_reference(args.model_dir)
     args.eos_ids = meta["eos_token_ids"]
-    print(f"{args.max_new_tokens} new tokens, chat template, median of {args.repeats} runs; "
+    print(f"{args.max_new_tokens} new tokens, {'plain prompts' if args.plain else 'chat template'}, median of {args.repeats} runs; "
           f"transformers prompt_lookup_num_tokens={args.lookup_tokens}; crate ngram:1:3 at k={args.k}; "
           f"{torch.get_num_threads()} threads\n")
     print("| dtype | prompt | transformers greedy ms/token | transformers lookup: speedup | same | crate greedy ms/token | crate ngram: speedup | mean accepted | same | crate ngram --adaptive: speedup | mean accepted | same |")
