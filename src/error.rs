@@ -131,8 +131,11 @@ pub enum Error {
     BadModule {
         /// The module file (or a description when it was built in memory).
         path: String,
-        /// What does not fit.
+        /// What does not fit (with libtorch's message summarised to one line).
         problem: String,
+        /// libtorch's whole error, C++ stack trace included, when libtorch reported one.
+        #[source]
+        source: Option<tch::TchError>,
     },
 
     /// A file could not be read or written.
@@ -161,9 +164,43 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
-    /// An error reported by libtorch.
-    #[error("libtorch: {0}")]
+    /// An error reported by libtorch. The message is one line ([`torch_summary`]); the whole
+    /// text, C++ stack trace included, is the error's [`source`](std::error::Error::source).
+    #[error("libtorch: {}", torch_summary(.0))]
     Torch(#[from] tch::TchError),
+}
+
+/// One line of a libtorch error: the exception the TorchScript interpreter re-raised (its last
+/// `...Error: ...` line) when there is one, otherwise the first line, without the C++ stack
+/// trace (`Exception raised from ...`, `frame #N: ...`) that follows it.
+pub fn torch_summary(e: &tch::TchError) -> String {
+    let text = match e {
+        tch::TchError::Torch(msg) => msg.clone(),
+        other => other.to_string(),
+    };
+    summarise_torch_text(&text)
+}
+
+fn summarise_torch_text(text: &str) -> String {
+    let is_trace = |l: &str| {
+        let l = l.trim_start();
+        l.starts_with("Exception raised from") || l.starts_with("frame #")
+    };
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !is_trace(l))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let raised = lines.iter().rev().find(|l| {
+        l.split_once(": ").is_some_and(|(name, _)| {
+            name.ends_with("Error") && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
+        })
+    });
+    raised
+        .or(lines.first())
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "(no message)".to_string())
 }
 
 /// Shorthand for `std::result::Result<T, blockwise::Error>`.
@@ -206,5 +243,37 @@ impl Error {
     pub fn read_text(path: impl AsRef<std::path::Path>) -> Result<String> {
         let path = path.as_ref();
         std::fs::read_to_string(path).map_err(Error::io("reading", path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtorch_errors_are_summarised_to_one_line() {
+        let load = "PytorchStreamReader failed reading zip archive: failed finding central directory\n\
+                    Exception raised from valid at ../caffe2/serialize/inline_container.cc:232 (most recent call first):\n\
+                    frame #0: c10::Error::Error(c10::SourceLocation, std::string) + 0x9c (0x7f in libc10.so)\n\
+                    frame #1: <unknown function> + 0x5c2 (0x7f in libtorch_cpu.so)";
+        assert_eq!(
+            summarise_torch_text(load),
+            "PytorchStreamReader failed reading zip archive: failed finding central directory"
+        );
+        let script = "The following operation failed in the TorchScript interpreter.\n\
+                      Traceback of TorchScript, serialized code (most recent call last):\n\
+                      File \"code/__torch__.py\", line 8, in forward\n\
+                      _0 = torch.matmul(x, self.w)\n\
+                      ~~~~~~~~~~~~ <--- HERE\n\
+                      RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)\n";
+        assert_eq!(
+            summarise_torch_text(script),
+            "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"
+        );
+        assert_eq!(summarise_torch_text(""), "(no message)");
+        let e = Error::from(tch::TchError::Torch(load.to_string()));
+        assert_eq!(e.to_string().lines().count(), 1, "{e}");
+        let source = std::error::Error::source(&e).unwrap().to_string();
+        assert!(source.contains("frame #1"), "{source}");
     }
 }

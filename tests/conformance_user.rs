@@ -2,7 +2,7 @@
 //! blockwise decoding of it equals greedy decoding (docs/testing-your-model.md shows this).
 
 use blockwise::proposer::{from_fn, ProposalContext};
-use blockwise::testing::{Conformance, OracleProposer, RandomProposer};
+use blockwise::testing::{invariants, Conformance, OracleProposer, RandomProposer};
 use blockwise::{
     CausalLm, HeadsProposer, ModelInfo, ModelOutput, Result, Transformer, TransformerConfig,
 };
@@ -88,6 +88,21 @@ fn a_block_that_scores_differently_from_single_steps_is_caught() {
         failure.detail.contains("smallest failing case"),
         "{failure}"
     );
+    // The failure names the invariant that broke, to match on, and carries its smallest case,
+    // which fails again when checked alone (and passes on the fixed model).
+    assert!(
+        [invariants::SAME_OUTPUT, invariants::CACHE].contains(&failure.invariant),
+        "{failure}"
+    );
+    let case = failure.case.clone().expect("the smallest failing case");
+    let suite = Conformance::new();
+    let proposer =
+        |seed| -> Box<dyn blockwise::Proposer> { Box::new(RandomProposer::new(24, seed)) };
+    let again = suite.check_case(&mut model, &case, proposer).unwrap_err();
+    assert_eq!(again.invariant, failure.invariant, "{again}");
+    suite
+        .check_case(&mut Bigram::new(24, 1, false), &case, proposer)
+        .unwrap();
 }
 
 #[test]

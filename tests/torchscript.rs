@@ -303,3 +303,22 @@ fn an_export_of_another_convention_version_is_refused() {
         "{text}"
     );
 }
+
+/// A truncated TorchScript file: the error is libtorch's first line, without its C++ stack
+/// trace, and the whole text stays reachable as the error's source.
+#[test]
+fn libtorch_errors_keep_one_line_and_their_source() {
+    let bytes = std::fs::read(fixtures().join("good.pt")).unwrap();
+    let path = std::env::temp_dir().join(format!("bw-truncated-{}.pt", std::process::id()));
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let e = TorchScriptLm::from_file(&path, spec(ModuleForm::Cached, 64)).unwrap_err();
+    std::fs::remove_file(&path).ok();
+    let text = e.to_string();
+    assert!(matches!(e, Error::BadModule { .. }), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(!text.contains("frame #"), "{text}");
+    let source = std::error::Error::source(&e)
+        .expect("libtorch's error as the source")
+        .to_string();
+    assert!(source.len() > text.len(), "{source}");
+}

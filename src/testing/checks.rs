@@ -15,6 +15,12 @@ pub struct ConformanceFailure {
     pub invariant: &'static str,
     /// What was seen.
     pub detail: String,
+    /// The smallest failing case, when the failure comes from [`Conformance::run`]
+    /// (re-run it with [`Conformance::check_case`]).
+    ///
+    /// [`Conformance::run`]: super::Conformance::run
+    /// [`Conformance::check_case`]: super::Conformance::check_case
+    pub case: Option<super::ConformanceCase>,
 }
 
 impl std::fmt::Display for ConformanceFailure {
@@ -25,8 +31,28 @@ impl std::fmt::Display for ConformanceFailure {
 
 impl std::error::Error for ConformanceFailure {}
 
+/// The names a [`ConformanceFailure`] carries in `invariant`, to match on.
+pub mod invariants {
+    /// Blockwise output (tokens and stop reason) equals greedy decoding's (invariant 1).
+    pub const SAME_OUTPUT: &str = "output equals the reference";
+    /// Accepted lengths, token counts, `max_new_tokens` and EOS are consistent (invariant 2).
+    pub const LOOP: &str = "loop invariants";
+    /// On the heads path, model calls == iterations + 1 (invariant 3).
+    pub const COMBINED_CALLS: &str = "combined path: model calls == iterations + 1";
+    /// Block-by-block logits against the cache equal one uncached pass (invariant 4).
+    pub const CACHE: &str = "cache: cached logits == uncached logits";
+    /// After `truncate(n)`, the model's cache holds `n` tokens (part of invariant 4).
+    pub const TRUNCATE: &str = "cache: truncate(n) then re-append == never appended";
+    /// A decoder or the model returned an error where the case is valid input.
+    pub const DECODE: &str = "decoding a valid case returns no error";
+}
+
 fn fail(invariant: &'static str, detail: String) -> std::result::Result<(), ConformanceFailure> {
-    Err(ConformanceFailure { invariant, detail })
+    Err(ConformanceFailure {
+        invariant,
+        detail,
+        case: None,
+    })
 }
 
 /// Invariant 1 (and 5): `candidate` emitted exactly the tokens of `reference`, and stopped for
@@ -43,7 +69,7 @@ pub fn check_same_output(
             .position(|(a, b)| a != b)
             .unwrap_or(reference.tokens.len().min(candidate.tokens.len()));
         return fail(
-            "output equals the reference",
+            invariants::SAME_OUTPUT,
             format!(
                 "first difference at new token {at}: reference {:?}, candidate {:?}",
                 reference.tokens, candidate.tokens
@@ -52,7 +78,7 @@ pub fn check_same_output(
     }
     if reference.stop != candidate.stop {
         return fail(
-            "output equals the reference",
+            invariants::SAME_OUTPUT,
             format!(
                 "same tokens, but stopped for {:?} instead of {:?}",
                 candidate.stop, reference.stop
@@ -70,7 +96,7 @@ pub fn check_loop_invariants(
     config: &DecodeConfig,
     block_size: usize,
 ) -> std::result::Result<(), ConformanceFailure> {
-    let inv = "loop invariants";
+    let inv = invariants::LOOP;
     let s = &out.stats;
     if s.accepted_hist.first().copied().unwrap_or(0) != 0 {
         return fail(
@@ -152,7 +178,7 @@ pub fn check_combined_calls(out: &DecodeOutput) -> std::result::Result<(), Confo
     };
     if s.model_calls != expected {
         return fail(
-            "combined path: model calls == iterations + 1",
+            invariants::COMBINED_CALLS,
             format!(
                 "{} model calls for {} iterations",
                 s.model_calls, s.iterations
@@ -182,7 +208,7 @@ pub fn check_cache_consistency(
     tol: f64,
 ) -> Result<std::result::Result<(), ConformanceFailure>> {
     let _guard = tch::no_grad_guard();
-    let inv = "cache: cached logits == uncached logits";
+    let inv = invariants::CACHE;
     let device = model.info().device;
     let full = model.forward(&token_tensor(tokens, device), 0)?.logits;
     if !model.info().has_cache {
@@ -206,7 +232,7 @@ pub fn check_cache_consistency(
             model.truncate(w[0])?;
             if model.cached_len() != w[0] {
                 return Ok(fail(
-                    "cache: truncate(n) then re-append == never appended",
+                    invariants::TRUNCATE,
                     format!("cached_len {} after truncate({})", model.cached_len(), w[0]),
                 ));
             }

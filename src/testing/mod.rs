@@ -24,7 +24,7 @@ mod suite;
 
 pub use checks::{
     check_cache_consistency, check_combined_calls, check_loop_invariants, check_same_output,
-    ConformanceFailure,
+    invariants, ConformanceFailure,
 };
 pub use proposers::{OracleProposer, RandomProposer};
 pub use sampling::{check_sampling, chi_square, sequence_distribution, ChiSquare, MAX_SEQUENCES};

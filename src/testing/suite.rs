@@ -9,7 +9,7 @@ use tch::Kind;
 
 use super::checks::{
     check_cache_consistency, check_combined_calls, check_loop_invariants, check_same_output,
-    ConformanceFailure,
+    invariants, ConformanceFailure,
 };
 use crate::config::DecodeConfig;
 use crate::decoder::{Blockwise, BlockwiseDecoder, GreedyDecoder};
@@ -18,7 +18,7 @@ use crate::proposer::Proposer;
 use crate::verifier::{CachedVerifier, RecomputeVerifier};
 
 /// One generated case of the suite.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConformanceCase {
     /// The prompt.
     pub prompt: Vec<i64>,
@@ -160,11 +160,7 @@ impl Conformance {
         F: Fn(u64) -> Box<dyn Proposer>,
     {
         let info = model.info().clone();
-        let tol = self.cache_tolerance.unwrap_or(match info.kind {
-            Kind::Double => 1e-9,
-            Kind::Float => 1e-3,
-            _ => 5e-2,
-        });
+        let tol = self.tolerance(info.kind);
         let strategy = self.strategy(info.vocab_size, info.max_context);
         let mut config = Config::with_cases(self.cases);
         config.failure_persistence = None;
@@ -176,21 +172,60 @@ impl Conformance {
             ),
         );
         let model = RefCell::new(model);
+        // The invariant and detail of the latest failure: proptest reports the smallest failing
+        // case last, and keeps only its message.
+        let last: RefCell<Option<ConformanceFailure>> = RefCell::new(None);
         let result = runner.run(&strategy, |case| {
             let mut m = model.borrow_mut();
-            run_case(&mut **m, &case, &make_proposer, tol)
+            run_case(&mut **m, &case, &make_proposer, tol).map_err(|f| {
+                let text = f.to_string();
+                *last.borrow_mut() = Some(f);
+                TestCaseError::fail(text)
+            })
         });
         match result {
             Ok(()) => Ok(()),
-            Err(TestError::Fail(reason, case)) => Err(ConformanceFailure {
-                invariant: "conformance",
-                detail: format!("{reason}; smallest failing case: {case:?}"),
-            }),
+            Err(TestError::Fail(reason, case)) => {
+                let (invariant, detail) = match last.into_inner() {
+                    Some(f) => (f.invariant, f.detail),
+                    None => (invariants::DECODE, reason.to_string()),
+                };
+                Err(ConformanceFailure {
+                    invariant,
+                    detail: format!("{detail}; smallest failing case: {case:?}"),
+                    case: Some(case),
+                })
+            }
             Err(TestError::Abort(reason)) => Err(ConformanceFailure {
-                invariant: "conformance",
+                invariant: invariants::DECODE,
                 detail: format!("aborted: {reason}"),
+                case: None,
             }),
         }
+    }
+
+    /// Checks one case (for example the smallest failing case a [`Conformance::run`] reported,
+    /// rebuilt from its printout) on `model`, with the tolerance `run` would use.
+    pub fn check_case<M, F>(
+        &self,
+        model: &mut M,
+        case: &ConformanceCase,
+        make_proposer: F,
+    ) -> Result<(), ConformanceFailure>
+    where
+        M: CausalLm,
+        F: Fn(u64) -> Box<dyn Proposer>,
+    {
+        let tol = self.tolerance(model.info().kind);
+        run_case(model, case, &make_proposer, tol)
+    }
+
+    fn tolerance(&self, kind: Kind) -> f64 {
+        self.cache_tolerance.unwrap_or(match kind {
+            Kind::Double => 1e-9,
+            Kind::Float => 1e-3,
+            _ => 5e-2,
+        })
     }
 }
 
@@ -207,11 +242,15 @@ fn run_case<M: CausalLm, F: Fn(u64) -> Box<dyn Proposer>>(
     case: &ConformanceCase,
     make_proposer: &F,
     tol: f64,
-) -> Result<(), TestCaseError> {
-    let as_case_error = |e: ConformanceFailure| TestCaseError::fail(e.to_string());
+) -> Result<(), ConformanceFailure> {
+    let decode_error = |what: &str, e: crate::Error| ConformanceFailure {
+        invariant: invariants::DECODE,
+        detail: format!("{what} failed: {e}"),
+        case: None,
+    };
     let greedy = GreedyDecoder::new(&mut *model)
         .decode(&case.prompt, &case.decode)
-        .map_err(|e| TestCaseError::fail(format!("greedy decode failed: {e}")))?;
+        .map_err(|e| decode_error("greedy decode", e))?;
     let proposer = make_proposer(case.seed);
     let has_cache = model.info().has_cache;
     let heads = proposer.needs_heads();
@@ -226,17 +265,21 @@ fn run_case<M: CausalLm, F: Fn(u64) -> Box<dyn Proposer>>(
     let blockwise = builder
         .build()
         .and_then(|mut d| d.decode(&case.prompt, &case.decode))
-        .map_err(|e| TestCaseError::fail(format!("blockwise decode failed: {e}")))?;
-    check_same_output(&greedy, &blockwise).map_err(as_case_error)?;
-    check_loop_invariants(&blockwise, &case.decode, case.block_size).map_err(as_case_error)?;
+        .map_err(|e| decode_error("blockwise decode", e))?;
+    check_same_output(&greedy, &blockwise)?;
+    check_loop_invariants(&blockwise, &case.decode, case.block_size)?;
     if heads {
-        check_combined_calls(&blockwise).map_err(as_case_error)?;
+        check_combined_calls(&blockwise)?;
     }
     let mut seq = case.prompt.clone();
     seq.extend_from_slice(&greedy.tokens);
     let junk: Vec<i64> = seq.iter().rev().take(3).copied().collect();
-    check_cache_consistency(&mut *model, &seq, &case.splits, &junk, tol)
-        .map_err(|e| TestCaseError::fail(format!("cache check failed: {e}")))?
-        .map_err(as_case_error)?;
+    check_cache_consistency(&mut *model, &seq, &case.splits, &junk, tol).map_err(|e| {
+        ConformanceFailure {
+            invariant: invariants::CACHE,
+            detail: format!("the cache check's model calls failed: {e}"),
+            case: None,
+        }
+    })??;
     Ok(())
 }

@@ -7,7 +7,7 @@ use tch::{CModule, Device, IValue, Kind, Tensor};
 use super::masked::MaskedModule;
 use super::metadata::ExportMetadata;
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::{torch_summary, Error, Result};
 use crate::model::{check_input, CausalLm, ModelInfo, ModelOutput};
 
 /// Which calling convention a module follows (see the [module docs](super)).
@@ -248,6 +248,16 @@ impl TorchScriptLm {
         Error::BadModule {
             path: self.path.clone(),
             problem,
+            source: None,
+        }
+    }
+
+    /// A libtorch failure of this module: one line in the message, the whole text as the source.
+    pub(super) fn bad_torch(&self, what: &str, e: tch::TchError) -> Error {
+        Error::BadModule {
+            path: self.path.clone(),
+            problem: format!("{what} failed: {}", torch_summary(&e)),
+            source: Some(e),
         }
     }
 
@@ -292,7 +302,7 @@ impl TorchScriptLm {
         switch(self.graph_optimizer)?;
         let out = module.forward_is(inputs);
         switch(true)?;
-        let out = out.map_err(|e| self.bad(format!("calling {signature} failed: {e}")))?;
+        let out = out.map_err(|e| self.bad_torch(&format!("calling {signature}"), e))?;
         let tensors: Vec<Tensor> = match out {
             IValue::Tensor(t) => vec![t],
             IValue::Tuple(items) | IValue::GenericList(items) => items
@@ -331,7 +341,11 @@ impl TorchScriptLm {
 pub(super) fn load_module(path: &Path, spec: &ModuleSpec) -> Result<CModule> {
     CModule::load_on_device(path, spec.device).map_err(|e| Error::BadModule {
         path: path.display().to_string(),
-        problem: format!("libtorch could not load it as TorchScript: {e}"),
+        problem: format!(
+            "libtorch could not load it as TorchScript: {}",
+            torch_summary(&e)
+        ),
+        source: Some(e),
     })
 }
 
@@ -344,10 +358,8 @@ pub(super) fn prepare_module(module: &mut CModule, name: &str, spec: &ModuleSpec
             .method_is::<IValue>("prepack", &[])
             .map_err(|e| Error::BadModule {
                 path: name.to_string(),
-                problem: format!(
-                    "calling its prepack() method failed: {}",
-                    e.to_string().lines().next().unwrap_or_default()
-                ),
+                problem: format!("calling its prepack() method failed: {}", torch_summary(&e)),
+                source: Some(e),
             })?;
     }
     Ok(())
