@@ -6,7 +6,7 @@ use blockwise::testing::{invariants, Conformance, OracleProposer, RandomProposer
 use blockwise::{
     CausalLm, HeadsProposer, ModelInfo, ModelOutput, Result, Transformer, TransformerConfig,
 };
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// A user's model: a bigram table in plain tch. Each row scores the token after a token.
 struct Bigram {
@@ -15,6 +15,8 @@ struct Bigram {
     len: usize,
     /// A deliberate bug for the failing twin: blocks of more than one token see a shifted table.
     bug: bool,
+    /// Another: the cache length ignores `start` (appends instead of replacing).
+    ignore_start: bool,
 }
 
 impl Bigram {
@@ -22,11 +24,14 @@ impl Bigram {
         let mut rng = blockwise::rng::SeededRng::new(seed);
         let values: Vec<f64> = (0..vocab * vocab).map(|_| rng.normal()).collect();
         let table = Tensor::from_slice(&values).view([vocab, vocab]);
+        let mut info = ModelInfo::new(vocab, 64);
+        info.kind = Kind::Double; // the table is float64: the suite's tolerance follows
         Bigram {
             table,
-            info: ModelInfo::new(vocab, 64),
+            info,
             len: 0,
             bug,
+            ignore_start: false,
         }
     }
 }
@@ -44,7 +49,11 @@ impl CausalLm for Bigram {
         if self.bug && t > 1 {
             logits = logits.f_roll([1], [2])?;
         }
-        self.len = start + t;
+        self.len = if self.ignore_start {
+            (self.len + t).min(self.info.max_context)
+        } else {
+            start + t
+        };
         Ok(ModelOutput::logits(logits))
     }
     fn cached_len(&self) -> usize {
@@ -103,6 +112,30 @@ fn a_block_that_scores_differently_from_single_steps_is_caught() {
     suite
         .check_case(&mut Bigram::new(24, 1, false), &case, proposer)
         .unwrap();
+}
+
+/// Broken promises the outputs alone would hide or misreport are named as such: logits of
+/// another kind than `info().kind` (a float64 model left at `ModelInfo::new`'s float32 would get
+/// the float32 tolerance), and a cache length that ignores `start`.
+#[test]
+fn contract_breaches_are_named_as_such() {
+    let random = |seed| -> Box<dyn blockwise::Proposer> { Box::new(RandomProposer::new(24, seed)) };
+    let mut wrong_kind = Bigram::new(24, 1, false);
+    wrong_kind.info.kind = Kind::Float;
+    let f = Conformance::new()
+        .cases(16)
+        .run(&mut wrong_kind, random)
+        .unwrap_err();
+    assert_eq!(f.invariant, invariants::CONTRACT, "{f}");
+    assert!(f.detail.contains("info().kind"), "{f}");
+    let mut appends = Bigram::new(24, 1, false);
+    appends.ignore_start = true;
+    let f = Conformance::new()
+        .cases(16)
+        .run(&mut appends, random)
+        .unwrap_err();
+    assert_eq!(f.invariant, invariants::CONTRACT, "{f}");
+    assert!(f.detail.contains("cached_len()"), "{f}");
 }
 
 #[test]

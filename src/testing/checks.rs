@@ -43,6 +43,12 @@ pub mod invariants {
     pub const CACHE: &str = "cache: cached logits == uncached logits";
     /// After `truncate(n)`, the model's cache holds `n` tokens (part of invariant 4).
     pub const TRUNCATE: &str = "cache: truncate(n) then re-append == never appended";
+    /// Every `forward(tokens, start)` leaves `cached_len() == start + T` (cached models), and
+    /// logits are of `info().kind`.
+    pub const CONTRACT: &str = "the CausalLm contract: cached_len and logits kind";
+    /// A second decode of the same case on the same model equals the first (no state leaks
+    /// from one decode into the next).
+    pub const REPEATABLE: &str = "a second decode on the same model equals the first";
     /// A decoder or the model returned an error where the case is valid input.
     pub const DECODE: &str = "decoding a valid case returns no error";
 }

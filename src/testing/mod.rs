@@ -17,6 +17,7 @@
 //! ```
 
 mod checks;
+mod contract;
 mod proposers;
 mod sampling;
 pub mod strategies;

@@ -11,6 +11,7 @@ use super::checks::{
     check_cache_consistency, check_combined_calls, check_loop_invariants, check_same_output,
     invariants, ConformanceFailure,
 };
+use super::contract::ContractChecked;
 use crate::config::DecodeConfig;
 use crate::decoder::{Blockwise, BlockwiseDecoder, GreedyDecoder};
 use crate::model::CausalLm;
@@ -237,7 +238,22 @@ fn seed_bytes(seed: u64) -> [u8; 32] {
     bytes
 }
 
-fn run_case<M: CausalLm, F: Fn(u64) -> Box<dyn Proposer>>(
+fn run_case<M: CausalLm + ?Sized, F: Fn(u64) -> Box<dyn Proposer>>(
+    model: &mut M,
+    case: &ConformanceCase,
+    make_proposer: &F,
+    tol: f64,
+) -> Result<(), ConformanceFailure> {
+    let mut checked = ContractChecked::new(model);
+    let result = run_checked(&mut checked, case, make_proposer, tol);
+    // A broken promise explains the symptoms that follow from it: report it first.
+    match checked.take() {
+        Some(broken) => Err(broken),
+        None => result,
+    }
+}
+
+fn run_checked<M: CausalLm, F: Fn(u64) -> Box<dyn Proposer>>(
     model: &mut M,
     case: &ConformanceCase,
     make_proposer: &F,
@@ -270,6 +286,20 @@ fn run_case<M: CausalLm, F: Fn(u64) -> Box<dyn Proposer>>(
     check_loop_invariants(&blockwise, &case.decode, case.block_size)?;
     if heads {
         check_combined_calls(&blockwise)?;
+    }
+    // The same greedy decode again, after a blockwise decode used the model.
+    let again = GreedyDecoder::new(&mut *model)
+        .decode(&case.prompt, &case.decode)
+        .map_err(|e| decode_error("the second greedy decode", e))?;
+    if again.tokens != greedy.tokens || again.stop != greedy.stop {
+        return Err(ConformanceFailure {
+            invariant: invariants::REPEATABLE,
+            detail: format!(
+                "greedy gave {:?} ({:?}) the first time and {:?} ({:?}) the second",
+                greedy.tokens, greedy.stop, again.tokens, again.stop
+            ),
+            case: None,
+        });
     }
     let mut seq = case.prompt.clone();
     seq.extend_from_slice(&greedy.tokens);
