@@ -1,4 +1,4 @@
-//! The invariants of DESIGN.md as property tests over random float64 models, prompts, block
+//! The invariants (docs/invariants.md) as property tests over random float64 models, prompts, block
 //! sizes, lengths, EOS ids and proposers. At least 256 cases each (`PROPTEST_CASES` raises it).
 
 use blockwise::acceptance::{Distance, DistanceMetric, EmbeddingDistance, EmbeddingNorm};

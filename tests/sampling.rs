@@ -1,4 +1,4 @@
-//! Lossless sampling (DESIGN.md invariant 6): blockwise sampling generates sequences with the
+//! Lossless sampling (invariant 6 of docs/invariants.md): blockwise sampling generates sequences with the
 //! base model's own distribution, checked by a chi-square test against the exact distribution
 //! of every continuation, enumerated from a small float64 model. Seeds are fixed, so every run
 //! draws the same samples; each test states its significance level. The broken-rule twins show

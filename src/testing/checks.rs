@@ -1,4 +1,4 @@
-//! The invariants of DESIGN.md as plain functions returning a described failure.
+//! The invariants (docs/invariants.md) as plain functions returning a described failure.
 
 use tch::{Kind, Tensor};
 
