@@ -67,10 +67,19 @@ pub enum Error {
     },
 
     /// The model produced NaN or infinite logits.
-    #[error("the model produced non-finite logits (NaN or infinity) at block position {position}")]
+    #[error(
+        "the model produced non-finite logits (NaN or infinity) at block position {position}{}",
+        match sequence_position {
+            Some(p) => format!(" (the logits after the token at sequence position {p}, prompt included)"),
+            None => String::new(),
+        }
+    )]
     NonFiniteLogits {
         /// Block position of the first non-finite row.
         position: usize,
+        /// The position in the whole sequence (prompt included) of the token that row follows,
+        /// when the decoder knows where the block stands.
+        sequence_position: Option<usize>,
     },
 
     /// A block was placed at a position the model's cache cannot serve.
@@ -168,6 +177,23 @@ pub enum Error {
     /// text, C++ stack trace included, is the error's [`source`](std::error::Error::source).
     #[error("libtorch: {}", torch_summary(.0))]
     Torch(#[from] tch::TchError),
+}
+
+impl Error {
+    /// `NonFiniteLogits` from a block whose first row follows the token at sequence position
+    /// `first`, with the sequence position filled in; other errors unchanged.
+    pub(crate) fn in_sequence_at(self, first: usize) -> Self {
+        match self {
+            Error::NonFiniteLogits {
+                position,
+                sequence_position: None,
+            } => Error::NonFiniteLogits {
+                position,
+                sequence_position: Some(first + position),
+            },
+            other => other,
+        }
+    }
 }
 
 /// One line of a libtorch error: the exception the TorchScript interpreter re-raised (its last

@@ -235,12 +235,32 @@ fn nan_logits() {
         .unwrap()
         .decode(&[1, 2], &DecodeConfig::new(30))
         .unwrap_err();
-    assert!(matches!(e, Error::NonFiniteLogits { position: 0 }), "{e}");
+    // The block position, and where that block stands in the sequence: the third call follows
+    // the 2-token prompt and at least one token accepted by the second.
+    match e {
+        Error::NonFiniteLogits {
+            position: 0,
+            sequence_position: Some(p),
+        } => assert!(p >= 3, "{p}"),
+        _ => panic!("{e}"),
+    }
+    assert!(e.to_string().contains("sequence position"), "{e}");
     let mut m = Faulty::new(tiny(20, 3, 1), Fault::NanFromCall(1));
     let e = GreedyDecoder::new(&mut m)
         .decode(&[1, 2], &DecodeConfig::new(30))
         .unwrap_err();
-    assert!(matches!(e, Error::NonFiniteLogits { .. }), "{e}");
+    // The first call (the prompt's) is the bad one: its last row follows the prompt's last
+    // token, at sequence position 1.
+    assert!(
+        matches!(
+            e,
+            Error::NonFiniteLogits {
+                position: 0,
+                sequence_position: Some(1)
+            }
+        ),
+        "{e}"
+    );
     // Under sampling too, for both decoders.
     let sampled = DecodeConfig::new(30).with_sampling(blockwise::SamplingConfig::new(0.8));
     let mut m = Faulty::new(tiny(20, 3, 1), Fault::NanFromCall(3));

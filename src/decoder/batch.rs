@@ -614,7 +614,10 @@ impl<M: CausalLm> BatchBlockwise<M> {
             let mut ranked = Vec::with_capacity(t * width);
             for (i, node) in row_flat.chunks(width + 1).enumerate() {
                 if i < used && node[0] == 0 {
-                    return Err(Error::NonFiniteLogits { position: i });
+                    return Err(Error::NonFiniteLogits {
+                        position: i,
+                        sequence_position: None,
+                    });
                 }
                 ranked.extend_from_slice(&node[1..]);
             }

@@ -317,7 +317,10 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
         stats.proposer_s += seconds_since(tp);
 
         let tm = Instant::now();
-        let step = self.verifier.start(&mut self.model, prompt, req)?;
+        let step = self
+            .verifier
+            .start(&mut self.model, prompt, req)
+            .map_err(|e| e.in_sequence_at(prompt.len().saturating_sub(1)))?;
         stats.model_s += seconds_since(tm);
         stats.model_calls += 1;
         let tp = Instant::now();
@@ -356,7 +359,10 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
 
             // Verify: one base-model call over the whole block.
             let tm = Instant::now();
-            let scores = self.verifier.verify(&mut self.model, &block, req)?;
+            let scores = self
+                .verifier
+                .verify(&mut self.model, &block, req)
+                .map_err(|e| e.in_sequence_at(seq.len()))?;
             let mut verify_s = seconds_since(tm);
             stats.model_calls += 1;
 

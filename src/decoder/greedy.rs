@@ -67,6 +67,7 @@ impl<M: CausalLm> GreedyDecoder<M> {
             .forward(&token_tensor(input, info.device), start)?;
         check_output(&out, input.len(), info.vocab_size)?;
         self.pick(&out.logits, sampling)
+            .map_err(|e| e.in_sequence_at(seq.len() - 1))
     }
 
     /// The argmax of the last row of `logits`, or a draw from its warped distribution.
@@ -113,7 +114,9 @@ impl<M: CausalLm> BlockwiseDecoder for GreedyDecoder<M> {
         let mut out = Vec::new();
         let tm = Instant::now();
         let first = prefill(&mut self.model, &seq, config.prefill_chunk)?;
-        let mut next = self.pick(&first.logits, sampling)?;
+        let mut next = self
+            .pick(&first.logits, sampling)
+            .map_err(|e| e.in_sequence_at(prompt.len() - 1))?;
         stats.model_s += seconds_since(tm);
         stats.model_calls += 1;
         let stop = loop {

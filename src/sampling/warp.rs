@@ -9,7 +9,10 @@ use crate::error::{Error, Result};
 /// `-inf` logits get probability 0; NaN, `+inf` or a row without a finite logit is
 /// [`Error::NonFiniteLogits`] at `position`.
 pub fn probabilities(logits: &[f32], config: &SamplingConfig, position: usize) -> Result<Vec<f64>> {
-    let bad = Error::NonFiniteLogits { position };
+    let bad = Error::NonFiniteLogits {
+        position,
+        sequence_position: None,
+    };
     let mut max = f64::NEG_INFINITY;
     for &l in logits {
         if l.is_nan() || l == f32::INFINITY {
@@ -208,7 +211,10 @@ mod tests {
         ] {
             assert!(matches!(
                 probabilities(&bad, &c, 3),
-                Err(Error::NonFiniteLogits { position: 3 })
+                Err(Error::NonFiniteLogits {
+                    position: 3,
+                    sequence_position: None
+                })
             ));
         }
         let p = probabilities(&[f32::NEG_INFINITY, 0.0], &c, 0).unwrap();

@@ -211,7 +211,10 @@ pub fn rank_rows(logits: &Tensor, rows: usize, width: usize) -> Result<BlockScor
     let mut out = Vec::with_capacity(rows * width);
     for (r, row) in flat.chunks(width + 1).enumerate() {
         if row[0] == 0 {
-            return Err(Error::NonFiniteLogits { position: r });
+            return Err(Error::NonFiniteLogits {
+                position: r,
+                sequence_position: None,
+            });
         }
         out.extend_from_slice(&row[1..]);
     }
@@ -355,7 +358,10 @@ fn head_argmax(logits: &Tensor, row: usize) -> Result<Vec<i64>> {
     let packed: Vec<i64> =
         Vec::try_from(&Tensor::f_cat(&[finite, argmax], 0)?.f_to_device(Device::Cpu)?)?;
     if packed[0] == 0 {
-        return Err(Error::NonFiniteLogits { position: row });
+        return Err(Error::NonFiniteLogits {
+            position: row,
+            sequence_position: None,
+        });
     }
     Ok(packed[1..].to_vec())
 }
