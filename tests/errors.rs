@@ -8,7 +8,7 @@ use blockwise::config::{AcceptanceConfig, BlockwiseConfig};
 use blockwise::proposer::{self, ProposalContext};
 use blockwise::{
     Blockwise, BlockwiseDecoder, CachedVerifier, CausalLm, ContextPolicy, DecodeConfig, Distance,
-    DistanceMetric, Error, Exact, GreedyDecoder, HeadsProposer, MinBlock, TopK, Transformer,
+    DistanceMetric, Error, Exact, GreedyDecoder, HeadsProposer, MinBlock, NGram, TopK, Transformer,
     TransformerConfig,
 };
 use common::{tiny, Fault, Faulty};
@@ -89,6 +89,22 @@ fn block_size_zero_and_too_large() {
                 ..
             }
         ),
+        "{e}"
+    );
+    // A block longer than the context (it once sized the stats for it and aborted on a huge k).
+    let e = Blockwise::builder(&mut m)
+        .block_size(usize::MAX / 2)
+        .proposer(NGram::new(1, 2).unwrap())
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "block_size",
+                ..
+            }
+        ) && e.to_string().contains("context"),
         "{e}"
     );
     // 3 heads serve k <= 4.

@@ -152,6 +152,13 @@ impl<M: CausalLm> BatchBuilder<M> {
                 "must be at least 1 (1 is plain greedy decoding)",
             ));
         }
+        let context = self.model.info().max_context;
+        if k > context {
+            return Err(Error::config(
+                "block_size",
+                format!("is {k}, more than the model's context of {context} tokens"),
+            ));
+        }
         let heads = self.model.info().num_heads;
         if let Some(nodes) = self.dynamic {
             if self.tree.is_some() {

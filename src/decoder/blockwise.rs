@@ -137,6 +137,15 @@ impl<M: CausalLm> BlockwiseBuilder<M> {
             }
         }
         let info = self.model.info();
+        if k > info.max_context {
+            return Err(Error::config(
+                "block_size",
+                format!(
+                    "is {k}, more than the model's context of {} tokens",
+                    info.max_context
+                ),
+            ));
+        }
         if self.proposer.needs_heads() && k > 1 && info.num_heads < k - 1 {
             return Err(Error::config(
                 "block_size",

@@ -14,7 +14,7 @@ pub use chain::Chain;
 pub use config::ProposerConfig;
 pub use draft::DraftModel;
 pub use heads::HeadsProposer;
-pub use ngram::NGram;
+pub use ngram::{NGram, MAX_NGRAM};
 
 use crate::error::Result;
 use crate::sampling::Sampler;

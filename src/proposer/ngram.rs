@@ -5,6 +5,9 @@ use std::collections::HashMap;
 use super::{ProposalContext, Proposer};
 use crate::error::{Error, Result};
 
+/// The longest n-gram an [`NGram`] proposer matches (it keeps one index per length).
+pub const MAX_NGRAM: usize = 64;
+
 /// N-gram (prompt lookup) proposer. For `n` from `max_n` down to `min_n`, it looks up the most
 /// recent earlier occurrence of the context's last `n` tokens (the base model's next token
 /// included) in prompt plus generated text, and proposes the tokens that followed it.
@@ -38,10 +41,10 @@ fn hash(ngram: &[i64]) -> u64 {
 impl NGram {
     /// Matches of `min_n..=max_n` tokens; `1 <= min_n <= max_n`.
     pub fn new(min_n: usize, max_n: usize) -> Result<Self> {
-        if min_n == 0 || min_n > max_n {
+        if min_n == 0 || min_n > max_n || max_n > MAX_NGRAM {
             return Err(Error::config(
                 "ngram",
-                format!("needs 1 <= min <= max, got min {min_n}, max {max_n}"),
+                format!("needs 1 <= min <= max <= {MAX_NGRAM}, got min {min_n}, max {max_n}"),
             ));
         }
         Ok(NGram {
@@ -129,6 +132,15 @@ impl Proposer for NGram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_absurd_n_gram_length_is_an_error_not_an_abort() {
+        // It once allocated one index per length up to max: `ngram:1:99999999999` aborted.
+        let e = NGram::new(1, usize::MAX).unwrap_err();
+        assert!(e.to_string().contains("max <= 64"), "{e}");
+        assert!(NGram::new(1, MAX_NGRAM).is_ok());
+        assert!(NGram::new(1, MAX_NGRAM + 1).is_err());
+    }
 
     #[test]
     fn proposes_what_followed_the_latest_match() {
