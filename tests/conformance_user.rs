@@ -17,6 +17,10 @@ struct Bigram {
     bug: bool,
     /// Another: the cache length ignores `start` (appends instead of replacing).
     ignore_start: bool,
+    /// Another: after this many calls in its lifetime the model returns NaN (state that
+    /// outlives a decode).
+    wear_out_after: Option<usize>,
+    calls: usize,
 }
 
 impl Bigram {
@@ -32,6 +36,8 @@ impl Bigram {
             len: 0,
             bug,
             ignore_start: false,
+            wear_out_after: None,
+            calls: 0,
         }
     }
 }
@@ -48,6 +54,10 @@ impl CausalLm for Bigram {
             .f_unsqueeze(0)?;
         if self.bug && t > 1 {
             logits = logits.f_roll([1], [2])?;
+        }
+        self.calls += 1;
+        if self.wear_out_after.is_some_and(|n| self.calls > n) {
+            logits = logits.f_full_like(f64::NAN)?;
         }
         self.len = if self.ignore_start {
             (self.len + t).min(self.info.max_context)
@@ -136,6 +146,33 @@ fn contract_breaches_are_named_as_such() {
         .unwrap_err();
     assert_eq!(f.invariant, invariants::CONTRACT, "{f}");
     assert!(f.detail.contains("cached_len()"), "{f}");
+}
+
+/// A model that carries state from one decode into the next fails late cases on one shared
+/// model, with a symptom of that state; with a fresh model per case (`run_fresh`) each case
+/// stands alone.
+#[test]
+fn run_fresh_gives_every_case_a_model_of_its_own() {
+    let random = |seed| -> Box<dyn blockwise::Proposer> { Box::new(RandomProposer::new(24, seed)) };
+    let worn = || {
+        let mut m = Bigram::new(24, 1, false);
+        m.wear_out_after = Some(150);
+        m
+    };
+    let shared = Conformance::new().cases(64).run(&mut worn(), random);
+    assert!(shared.is_err(), "one model for 64 cases should wear out");
+    let made = std::cell::Cell::new(0usize);
+    Conformance::new()
+        .cases(64)
+        .run_fresh(
+            || {
+                made.set(made.get() + 1);
+                worn()
+            },
+            random,
+        )
+        .unwrap();
+    assert!(made.get() > 64, "{} models for 64 cases", made.get());
 }
 
 #[test]

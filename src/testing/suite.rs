@@ -14,7 +14,7 @@ use super::checks::{
 use super::contract::ContractChecked;
 use crate::config::DecodeConfig;
 use crate::decoder::{Blockwise, BlockwiseDecoder, GreedyDecoder};
-use crate::model::CausalLm;
+use crate::model::{CausalLm, ModelInfo};
 use crate::proposer::Proposer;
 use crate::verifier::{CachedVerifier, RecomputeVerifier};
 
@@ -154,13 +154,53 @@ impl Conformance {
             })
     }
 
-    /// Runs the suite. `make_proposer(seed)` builds a fresh proposer for each case.
+    /// Runs the suite. `make_proposer(seed)` builds a fresh proposer for each case. Every case
+    /// (and every shrinking step) runs on this one model, one after another, as a long-lived
+    /// model in an application is used; a model that carries state from one decode into the
+    /// next can make a later case fail with the wrong symptom. [`Conformance::run_fresh`] gives
+    /// each case a model of its own.
     pub fn run<M, F>(&self, model: &mut M, make_proposer: F) -> Result<(), ConformanceFailure>
     where
         M: CausalLm,
         F: Fn(u64) -> Box<dyn Proposer>,
     {
         let info = model.info().clone();
+        let model = RefCell::new(model);
+        self.run_cases(&info, make_proposer, |case, make, tol| {
+            let mut m = model.borrow_mut();
+            run_case(&mut **m, case, make, tol)
+        })
+    }
+
+    /// Runs the suite with a fresh model for every case and every shrinking step
+    /// (`make_model()`), so that nothing one case does to a model reaches the next, and
+    /// shrinking finds the smallest case that fails on its own.
+    pub fn run_fresh<M, G, F>(
+        &self,
+        make_model: G,
+        make_proposer: F,
+    ) -> Result<(), ConformanceFailure>
+    where
+        M: CausalLm,
+        G: Fn() -> M,
+        F: Fn(u64) -> Box<dyn Proposer>,
+    {
+        let info = make_model().info().clone();
+        self.run_cases(&info, make_proposer, |case, make, tol| {
+            run_case(&mut make_model(), case, make, tol)
+        })
+    }
+
+    fn run_cases<F, R>(
+        &self,
+        info: &ModelInfo,
+        make_proposer: F,
+        run: R,
+    ) -> Result<(), ConformanceFailure>
+    where
+        F: Fn(u64) -> Box<dyn Proposer>,
+        R: Fn(&ConformanceCase, &F, f64) -> Result<(), ConformanceFailure>,
+    {
         let tol = self.tolerance(info.kind);
         let strategy = self.strategy(info.vocab_size, info.max_context);
         let mut config = Config::with_cases(self.cases);
@@ -172,13 +212,11 @@ impl Conformance {
                 &seed_bytes(self.seed),
             ),
         );
-        let model = RefCell::new(model);
         // The invariant and detail of the latest failure: proptest reports the smallest failing
         // case last, and keeps only its message.
         let last: RefCell<Option<ConformanceFailure>> = RefCell::new(None);
         let result = runner.run(&strategy, |case| {
-            let mut m = model.borrow_mut();
-            run_case(&mut **m, &case, &make_proposer, tol).map_err(|f| {
+            run(&case, &make_proposer, tol).map_err(|f| {
                 let text = f.to_string();
                 *last.borrow_mut() = Some(f);
                 TestCaseError::fail(text)
