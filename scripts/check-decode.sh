@@ -165,7 +165,9 @@ for args in "--batch 0" "--batch 2 --temperature 0.7" "--batch 2 --adaptive" "--
             "--proposer eagle:assets/drafts/smollm2" "--tree dynamic:0" "--tree dynamic:x" "--tree dynamic:8 --accept top-k:2" \
             "--heads no/such/dir" "--policy sometimes" \
             "--top-p 0.9" "--temperature 0.7 --accept top-k:2" "--temperature 1 --top-p 1.5" \
-            "--temperature -1" "--temperature 1 --accept typical:0:0.3" "--temperature 1 --seed x"; do
+            "--temperature -1" "--temperature 1 --accept typical:0:0.3" "--temperature 1 --seed x" \
+            "--accept typical" "--adaptive --policy fixed" "--bogus" "--k x" \
+            "--verifier sometimes" "--device tpu"; do
   set +e
   eval "$bin $args --max-new-tokens 4" >/dev/null 2>&1
   rc=$?
@@ -175,6 +177,8 @@ for args in "--batch 0" "--batch 2 --temperature 0.7" "--batch 2 --adaptive" "--
     fail=1
   fi
 done
+# Help is not an error.
+"$bin" --help >/dev/null || { echo "check-decode: decode --help exited $?, expected 0" >&2; fail=1; }
 if [ "$fail" = 0 ]; then
   echo "check-decode: 1 passed, 0 failed"
 else

@@ -6,6 +6,7 @@ use blockwise::bundle::HeadsChoice;
 use blockwise::config::{AcceptanceConfig, ProposerConfig, VerifierConfig};
 use blockwise::policy::PolicyConfig;
 use blockwise::{DType, Error, Result, SamplingConfig, TreeShape};
+use clap::Parser;
 use tch::Device;
 
 pub const USAGE: &str = "\
@@ -65,6 +66,64 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
                     model call), report identical and speedup
   --json            one JSON object per prompt on stdout";
 
+/// The command line as clap reads it: every flag of [`USAGE`], with the conflicts that cannot
+/// apply together refused by clap before anything runs.
+#[derive(Debug, Parser)]
+#[command(name = "decode", override_help = USAGE, disable_version_flag = true)]
+struct Cli {
+    #[arg(long, default_value = "embedded")]
+    model: String,
+    #[arg(long)]
+    prompt: Vec<String>,
+    #[arg(long)]
+    prompt_file: Vec<PathBuf>,
+    #[arg(long)]
+    chat: bool,
+    #[arg(long)]
+    proposer: Option<String>,
+    #[arg(long)]
+    heads: Option<String>,
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    #[arg(long, conflicts_with = "policy")]
+    adaptive: bool,
+    #[arg(long)]
+    policy: Option<String>,
+    #[arg(long)]
+    accept: Option<String>,
+    #[arg(long)]
+    min_block: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    temperature: Option<f64>,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    #[arg(long, value_parser = ["cached", "recompute"])]
+    verifier: Option<String>,
+    #[arg(long)]
+    prefill_chunk: Option<usize>,
+    #[arg(long)]
+    tie_guard: Option<f64>,
+    /// With `--tree` too: trees verified `batch` rows at a time (both apply).
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long)]
+    tree: Option<String>,
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    #[arg(long, value_parser = ["cpu", "cuda"], default_value = "cpu")]
+    device: String,
+    #[arg(long)]
+    compare_greedy: bool,
+    #[arg(long)]
+    json: bool,
+}
+
 /// Parsed arguments.
 #[derive(Debug)]
 pub struct Args {
@@ -97,11 +156,6 @@ fn bad(flag: &'static str, problem: impl Into<String>) -> Error {
     }
 }
 
-fn number(flag: &'static str, v: &str) -> Result<usize> {
-    v.parse()
-        .map_err(|_| bad(flag, format!("expects a whole number, got `{v}`")))
-}
-
 /// Reads a prompt file: one prompt per line, `\n` inside a line meaning a newline.
 pub fn read_prompt_file(path: &PathBuf) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
@@ -116,146 +170,108 @@ pub fn read_prompt_file(path: &PathBuf) -> Result<Vec<String>> {
         .collect())
 }
 
+/// What parsing the command line gave: arguments to run with, or clap's own message (help, or
+/// a flag it refused) to print as it is.
+pub enum Parsed {
+    Run(Box<Args>),
+    Clap(clap::Error),
+}
+
 impl Args {
-    pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args> {
-        let mut args = Args {
-            model: "embedded".into(),
-            heads: HeadsChoice::Auto,
-            prompts: Vec::new(),
-            proposer: ProposerConfig::Heads,
-            k: 4,
-            accept: AcceptanceConfig::Exact,
-            min_block: None,
-            max_new_tokens: 64,
-            verifier: VerifierConfig::Cached,
-            policy: PolicyConfig::Fixed,
-            prefill_chunk: None,
-            tie_guard: None,
-            dtype: DType::F32,
-            device: Device::Cpu,
-            chat: false,
-            compare_greedy: false,
-            json: false,
-            sampling: None,
-            batch: None,
-            tree: None,
-        };
-        let mut temperature = 0.0;
-        let (mut top_k, mut top_p, mut seed) = (None, None, None);
-        let real = |flag: &'static str, v: String| -> Result<f64> {
-            v.parse()
-                .map_err(|_| bad(flag, format!("expects a number, got `{v}`")))
-        };
-        let mut it = argv.into_iter();
-        while let Some(flag) = it.next() {
-            let mut value =
-                |name: &'static str| it.next().ok_or_else(|| bad(name, "needs a value"));
-            match flag.as_str() {
-                "--model" => args.model = value("--model")?,
-                "--prompt" => args.prompts.push(value("--prompt")?),
-                "--prompt-file" => args
-                    .prompts
-                    .extend(read_prompt_file(&PathBuf::from(value("--prompt-file")?))?),
-                "--proposer" => args.proposer = value("--proposer")?.parse()?,
-                "--heads" => {
-                    args.heads = match value("--heads")?.as_str() {
-                        "none" => HeadsChoice::None,
-                        dir => HeadsChoice::Dir(PathBuf::from(dir)),
-                    }
+    /// Reads the command line (without the program name).
+    pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Parsed> {
+        let argv = std::iter::once("decode".to_string()).chain(argv);
+        match Cli::try_parse_from(argv) {
+            Ok(cli) => Ok(Parsed::Run(Box::new(Args::from_cli(cli)?))),
+            Err(e) => Ok(Parsed::Clap(e)),
+        }
+    }
+
+    fn from_cli(cli: Cli) -> Result<Args> {
+        let mut prompts = cli.prompt;
+        for f in &cli.prompt_file {
+            prompts.extend(read_prompt_file(f)?);
+        }
+        if prompts.is_empty() {
+            prompts.push("The quick brown fox".into());
+        }
+        let device = match cli.device.as_str() {
+            "cuda" => {
+                if !tch::Cuda::is_available() {
+                    return Err(bad("--device", "is cuda, but libtorch sees no CUDA device"));
                 }
-                "--adaptive" => args.policy = PolicyConfig::CostAware { per_token: None },
-                "--policy" => args.policy = value("--policy")?.parse()?,
-                "--k" => args.k = number("--k", &value("--k")?)?,
-                "--accept" => args.accept = value("--accept")?.parse()?,
-                "--min-block" => {
-                    args.min_block = Some(number("--min-block", &value("--min-block")?)?)
-                }
-                "--max-new-tokens" => {
-                    args.max_new_tokens = number("--max-new-tokens", &value("--max-new-tokens")?)?
-                }
-                "--verifier" => {
-                    args.verifier = match value("--verifier")?.as_str() {
-                        "cached" => VerifierConfig::Cached,
-                        "recompute" => VerifierConfig::Recompute,
-                        other => {
-                            return Err(bad(
-                                "--verifier",
-                                format!("`{other}` is not cached or recompute"),
-                            ))
-                        }
-                    }
-                }
-                "--prefill-chunk" => {
-                    args.prefill_chunk =
-                        Some(number("--prefill-chunk", &value("--prefill-chunk")?)?)
-                }
-                "--tie-guard" => {
-                    let v = value("--tie-guard")?;
-                    args.tie_guard = Some(v.parse().map_err(|_| {
-                        bad("--tie-guard", format!("expects a logit margin, got `{v}`"))
-                    })?)
-                }
-                "--dtype" => args.dtype = value("--dtype")?.parse()?,
-                "--device" => {
-                    args.device = match value("--device")?.as_str() {
-                        "cpu" => Device::Cpu,
-                        "cuda" => {
-                            if !tch::Cuda::is_available() {
-                                return Err(bad(
-                                    "--device",
-                                    "is cuda, but libtorch sees no CUDA device",
-                                ));
-                            }
-                            Device::Cuda(0)
-                        }
-                        other => {
-                            return Err(bad("--device", format!("`{other}` is not cpu or cuda")))
-                        }
-                    }
-                }
-                "--temperature" => temperature = real("--temperature", value("--temperature")?)?,
-                "--top-k" => top_k = Some(number("--top-k", &value("--top-k")?)?),
-                "--top-p" => top_p = Some(real("--top-p", value("--top-p")?)?),
-                "--seed" => {
-                    let v = value("--seed")?;
-                    seed =
-                        Some(v.parse().map_err(|_| {
-                            bad("--seed", format!("expects a whole number, got `{v}`"))
-                        })?)
-                }
-                "--batch" => {
-                    let n = number("--batch", &value("--batch")?)?;
-                    if n == 0 {
-                        return Err(bad("--batch", "must be at least 1"));
-                    }
-                    args.batch = Some(n)
-                }
-                "--tree" => args.tree = Some(TreeArg::parse(&value("--tree")?)?),
-                "--chat" => args.chat = true,
-                "--compare-greedy" => args.compare_greedy = true,
-                "--json" => args.json = true,
-                "-h" | "--help" => return Err(bad("--help", "")),
-                other => return Err(bad("arguments", format!("unknown flag `{other}`"))),
+                Device::Cuda(0)
             }
+            _ => Device::Cpu,
+        };
+        if cli.batch == Some(0) {
+            return Err(bad("--batch", "must be at least 1"));
         }
-        if args.prompts.is_empty() {
-            args.prompts.push("The quick brown fox".into());
-        }
-        if temperature != 0.0 {
+        let accept: AcceptanceConfig = match &cli.accept {
+            Some(a) => a.parse()?,
+            None => AcceptanceConfig::Exact,
+        };
+        let temperature = cli.temperature.unwrap_or(0.0);
+        let sampling = if temperature != 0.0 {
             let sampling = SamplingConfig {
                 temperature,
-                top_k,
-                top_p,
-                seed,
+                top_k: cli.top_k,
+                top_p: cli.top_p,
+                seed: cli.seed,
             };
             sampling.check()?;
-            args.sampling = Some(sampling);
-        } else if top_k.is_some() || top_p.is_some() || seed.is_some() {
+            Some(sampling)
+        } else if cli.top_k.is_some() || cli.top_p.is_some() || cli.seed.is_some() {
             return Err(bad(
                 "--temperature",
                 "--top-k, --top-p and --seed sample, which needs a temperature above 0",
             ));
+        } else {
+            None
+        };
+        if sampling.is_none() && matches!(accept, AcceptanceConfig::Typical { .. }) {
+            return Err(bad(
+                "--accept",
+                "typical acceptance applies under sampling; add --temperature, or drop --accept \
+                 (greedy decoding is exact)",
+            ));
         }
+        let args = Args {
+            model: cli.model,
+            heads: match cli.heads.as_deref() {
+                None => HeadsChoice::Auto,
+                Some("none") => HeadsChoice::None,
+                Some(dir) => HeadsChoice::Dir(PathBuf::from(dir)),
+            },
+            prompts,
+            proposer: match &cli.proposer {
+                Some(p) => p.parse()?,
+                None => ProposerConfig::Heads,
+            },
+            k: cli.k,
+            accept,
+            min_block: cli.min_block,
+            max_new_tokens: cli.max_new_tokens,
+            verifier: match cli.verifier.as_deref() {
+                Some("recompute") => VerifierConfig::Recompute,
+                _ => VerifierConfig::Cached,
+            },
+            policy: match (&cli.policy, cli.adaptive) {
+                (_, true) => PolicyConfig::CostAware { per_token: None },
+                (Some(p), false) => p.parse()?,
+                (None, false) => PolicyConfig::Fixed,
+            },
+            prefill_chunk: cli.prefill_chunk,
+            tie_guard: cli.tie_guard,
+            dtype: cli.dtype.parse()?,
+            device,
+            chat: cli.chat,
+            compare_greedy: cli.compare_greedy,
+            json: cli.json,
+            sampling,
+            batch: cli.batch,
+            tree: cli.tree.as_deref().map(TreeArg::parse).transpose()?,
+        };
         if args.batch.is_some() || args.tree.is_some() {
             args.check_batched()?;
         }

@@ -10,7 +10,7 @@
 mod args;
 mod batched;
 
-use args::{Args, USAGE};
+use args::{Args, Parsed, USAGE};
 use blockwise::bundle::{BundleOptions, ModelBundle};
 use blockwise::compare::Comparison;
 use blockwise::config::BlockwiseConfig;
@@ -164,11 +164,13 @@ fn run(args: Args) -> Result<()> {
 
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    if argv.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
-        return;
-    }
-    let result = Args::parse(argv).and_then(run);
+    let result = match Args::parse(argv) {
+        // Help is printed to stdout with exit code 0; a flag clap refuses (unknown, missing its
+        // value, not a number, or conflicting with another) is one line plus usage, exit code 2.
+        Ok(Parsed::Clap(e)) => e.exit(),
+        Ok(Parsed::Run(args)) => run(*args),
+        Err(e) => Err(e),
+    };
     if let Err(e) = result {
         eprintln!("decode: {e}");
         if matches!(e, Error::InvalidConfig { .. }) {
