@@ -1,6 +1,6 @@
 """What the family adapters share: rotary tables, sliding windows, norm weights."""
 
-from export_decoder import NormSpec, RopeSpec
+from export_decoder import DecoderSpec, NormSpec, RopeSpec
 
 # Rotary variants whose frequencies depend on the sequence length at run time: the exported
 # decoder has fixed tables, so these are refused rather than computed wrongly.
@@ -70,3 +70,21 @@ def head_dim(cfg):
 
 def tied(hf_model):
     return hf_model.lm_head.weight.data_ptr() == hf_model.model.embed_tokens.weight.data_ptr()
+
+
+def silu_decoder(hf_model, layers, ropes):
+    """The `DecoderSpec` of a Llama-shaped model (SiLU gates, `head_dim ** -0.5` scores, one
+    final norm, an optionally tied and biased head) around its described `layers`."""
+    cfg = hf_model.config
+    inner = hf_model.model
+    act = getattr(cfg, "hidden_act", "silu")
+    if act != "silu":
+        raise ValueError(f"activation {act!r} is not supported (silu is)")
+    hd = head_dim(cfg)
+    return DecoderSpec(
+        layers=layers, embed=inner.embed_tokens.weight.detach(), norm=norm(inner.norm),
+        lm_head=hf_model.lm_head.weight.detach(), lm_head_bias=bias(hf_model.lm_head),
+        tied=tied(hf_model), ropes=ropes, heads=cfg.num_attention_heads,
+        kv_heads=cfg.num_key_value_heads, head_dim=hd, intermediate=cfg.intermediate_size,
+        attn_scale=hd ** -0.5,
+    )

@@ -3,7 +3,7 @@
 
 import torch
 
-from export_decoder import DecoderSpec, LayerSpec
+from export_decoder import LayerSpec
 
 from . import common
 
@@ -30,14 +30,4 @@ def describe(hf_model):
             k_norm=None if k_norm is None else common.norm(k_norm),
             window=window,
         ))
-    act = getattr(cfg, "hidden_act", "silu")
-    if act != "silu":
-        raise ValueError(f"activation {act!r} is not supported (silu is)")
-    hd = common.head_dim(cfg)
-    return DecoderSpec(
-        layers=layers, embed=inner.embed_tokens.weight.detach(), norm=common.norm(inner.norm),
-        lm_head=hf_model.lm_head.weight.detach(), lm_head_bias=common.bias(hf_model.lm_head),
-        tied=common.tied(hf_model), ropes=ropes, heads=cfg.num_attention_heads,
-        kv_heads=cfg.num_key_value_heads, head_dim=hd, intermediate=cfg.intermediate_size,
-        attn_scale=hd ** -0.5,
-    )
+    return common.silu_decoder(hf_model, layers, ropes)

@@ -1,7 +1,7 @@
 """Phi 3 / Phi 4 mini: fused query/key/value and gate/up weights, partial rotary embeddings,
 optional sliding window."""
 
-from export_decoder import DecoderSpec, LayerSpec
+from export_decoder import LayerSpec
 
 from . import common
 
@@ -22,13 +22,4 @@ def describe(hf_model):
             mlp_norm=common.norm(layer.post_attention_layernorm),
             window=window,
         ))
-    if cfg.hidden_act != "silu":
-        raise ValueError(f"activation {cfg.hidden_act!r} is not supported (silu is)")
-    hd = common.head_dim(cfg)
-    return DecoderSpec(
-        layers=layers, embed=inner.embed_tokens.weight.detach(), norm=common.norm(inner.norm),
-        lm_head=hf_model.lm_head.weight.detach(), lm_head_bias=common.bias(hf_model.lm_head),
-        tied=common.tied(hf_model), ropes=ropes, heads=cfg.num_attention_heads,
-        kv_heads=cfg.num_key_value_heads, head_dim=hd, intermediate=cfg.intermediate_size,
-        attn_scale=hd ** -0.5,
-    )
+    return common.silu_decoder(hf_model, layers, ropes)
