@@ -28,6 +28,12 @@ pub struct DecodeStats {
     /// Extra one-token calls made by the tie guard (0 without it).
     #[serde(default)]
     pub rescored: usize,
+    /// Iterations that needed no model call (0 or 1): a decode that ends on a block which can
+    /// hold only the token the previous call already chose (room for one more token, or that
+    /// token is end-of-sequence) emits it without verifying it. On the combined heads path
+    /// `model_calls + skipped_calls == iterations + 1 + rescored`.
+    #[serde(default)]
+    pub skipped_calls: usize,
     /// Tokens proposed over all blocks (the always-right first token of each block excluded);
     /// `(new_tokens - iterations) / proposed` is the rate at which proposals were accepted.
     #[serde(default)]
@@ -62,6 +68,12 @@ impl DecodeStats {
             self.accepted_hist.resize(accepted + 1, 0);
         }
         self.accepted_hist[accepted] += 1;
+    }
+
+    /// Records a last block of just the token the previous call chose, emitted without a call.
+    pub(crate) fn record_free_iteration(&mut self) {
+        self.record_iteration(1);
+        self.skipped_calls += 1;
     }
 
     pub(crate) fn finish(&mut self, wall_s: f64) {

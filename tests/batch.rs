@@ -65,6 +65,12 @@ fn assert_rows_equal(
     for (r, (want, got)) in reference.iter().zip(outs).enumerate() {
         prop_assert_eq!(&want.tokens, &got.tokens, "row {} differs", r);
         prop_assert_eq!(want.stop, got.stop, "row {} stopped differently", r);
+        // A last block of just the token the previous call chose costs no call, so a row
+        // never takes more calls than greedy decoding of it.
+        prop_assert!(
+            got.stats.model_calls <= want.stats.model_calls,
+            "row {} took {} calls, greedy {}", r, got.stats.model_calls, want.stats.model_calls
+        );
         check_loop_invariants(got, decode, k).map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
     Ok(())

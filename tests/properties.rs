@@ -117,8 +117,9 @@ fn equals_greedy(kind: Kind, case: &ModelCase) -> Result<(), TestCaseError> {
     if matches!(kind, Kind::Heads) {
         check_combined_calls(&out).map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
-    // Proposals can only save calls: never more than greedy's plus the final verify.
-    prop_assert!(out.stats.model_calls <= reference.stats.model_calls + 1);
+    // Proposals can only save calls: never more than greedy's (a last block that holds only
+    // the token the previous call chose costs no call).
+    prop_assert!(out.stats.model_calls <= reference.stats.model_calls);
     Ok(())
 }
 

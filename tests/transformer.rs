@@ -6,6 +6,8 @@ use blockwise::bundle::{BundleOptions, ModelBundle};
 use blockwise::config::{
     AcceptanceConfig, BlockwiseConfig, MetricConfig, ProposerConfig, VerifierConfig,
 };
+use blockwise::decoder::BatchBlockwise;
+use blockwise::testing::check_combined_calls;
 use blockwise::{
     Blockwise, BlockwiseDecoder, CausalLm, DType, DecodeConfig, GreedyDecoder, HeadsProposer,
     Transformer, TransformerConfig,
@@ -107,7 +109,10 @@ fn the_embedded_model_decodes_like_greedy() {
             .decode(&prompt, &cfg)
             .unwrap();
         assert_eq!(out.tokens, g.tokens, "k = {k}");
-        assert_eq!(out.stats.model_calls, out.stats.iterations + 1);
+        assert_eq!(
+            out.stats.model_calls + out.stats.skipped_calls,
+            out.stats.iterations + 1
+        );
         if k == 8 {
             // Trained heads: well over one token per call on the corpus's own style.
             assert!(out.stats.mean_accepted > 2.0, "{}", out.stats.mean_accepted);
@@ -158,8 +163,52 @@ fn stats_serialise() {
         .unwrap();
     let json = serde_json::to_value(&out.stats).unwrap();
     assert_eq!(json["new_tokens"], 12);
-    assert_eq!(json["model_calls"], out.stats.iterations + 1);
+    assert_eq!(
+        json["model_calls"].as_u64().unwrap() + json["skipped_calls"].as_u64().unwrap(),
+        out.stats.iterations as u64 + 1
+    );
     assert!(json["wall_s"].as_f64().unwrap() >= json["model_s"].as_f64().unwrap());
     let back: blockwise::DecodeStats = serde_json::from_value(json).unwrap();
     assert_eq!(back, out.stats);
+}
+
+#[test]
+fn a_last_block_the_previous_call_decided_costs_no_call() {
+    // Without proposals every block is one token, so blockwise makes greedy's calls exactly:
+    // the last token, decided by the call before it, needs no verify call of its own. The same
+    // holds when the last token is end-of-sequence, and for every row of a batch.
+    let mut m = tiny(30, 3, 4);
+    let prompt = [1, 2, 3];
+    for n in [1, 2, 5] {
+        let config = DecodeConfig::new(n);
+        let greedy = GreedyDecoder::new(&mut m).decode(&prompt, &config).unwrap();
+        assert_eq!(greedy.stats.model_calls, n);
+        let eos = DecodeConfig::new(20).with_eos(vec![*greedy.tokens.last().unwrap()]);
+        let greedy_eos = GreedyDecoder::new(&mut m).decode(&prompt, &eos).unwrap();
+        for config in [&config, &eos] {
+            let want = if config.max_new_tokens == n { &greedy } else { &greedy_eos };
+            let out = Blockwise::builder(&mut m)
+                .block_size(1)
+                .build()
+                .unwrap()
+                .decode(&prompt, config)
+                .unwrap();
+            assert_eq!(out.tokens, want.tokens);
+            assert_eq!(out.stop, want.stop);
+            assert_eq!(out.stats.model_calls, want.stats.model_calls, "max_new_tokens {n}");
+            assert_eq!(out.stats.skipped_calls, 1);
+            check_combined_calls(&out).unwrap();
+            let rows = BatchBlockwise::builder(&mut m)
+                .block_size(1)
+                .build()
+                .unwrap()
+                .decode_batch(&[prompt.to_vec(), prompt.to_vec()], config)
+                .unwrap();
+            for row in rows {
+                assert_eq!(row.tokens, want.tokens);
+                assert_eq!(row.stats.model_calls, want.stats.model_calls);
+                assert_eq!(row.stats.skipped_calls, 1);
+            }
+        }
+    }
 }

@@ -23,6 +23,8 @@ fn stats_json(out: &DecodeOutput) -> serde_json::Value {
     json!({
         "model_calls": out.stats.model_calls,
         "iterations": out.stats.iterations,
+        "skipped_calls": out.stats.skipped_calls,
+        "rescored": out.stats.rescored,
         "proposed": out.stats.proposed,
         "mean_accepted": out.stats.mean_accepted,
         "accepted_hist": out.stats.accepted_hist,

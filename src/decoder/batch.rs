@@ -456,11 +456,18 @@ impl<M: CausalLm> BatchBlockwise<M> {
             row.stop = Some(budget.exhausted(emitted, config.on_context_full)?);
             return Ok(None);
         }
-        let max_tokens = if config.is_eos(row.next) {
-            0
-        } else {
-            (self.block_size - 1).min(room - 1)
-        };
+        // A block that can hold only the token the last call chose needs no call: emit it, and
+        // the row finishes.
+        if room == 1 || config.is_eos(row.next) {
+            row.seq.push(row.next);
+            row.stats.record_free_iteration();
+            if config.is_eos(row.next) {
+                row.stop = Some(StopReason::Eos);
+                return Ok(None);
+            }
+            return self.predict(row, budget, config);
+        }
+        let max_tokens = (self.block_size - 1).min(room - 1);
         let argmax: Vec<i64> = row
             .heads
             .iter()

@@ -344,13 +344,20 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
             if room == 0 {
                 break budget.exhausted(seq.len() - prompt.len(), config.on_context_full)?;
             }
+            // A block that can hold only the token the last call chose needs no verify call:
+            // that call already decided it, and nothing follows it in this decode.
+            if room == 1 || config.is_eos(next) {
+                seq.push(next);
+                on_tokens(&[next]);
+                stats.record_free_iteration();
+                if config.is_eos(next) {
+                    break StopReason::Eos;
+                }
+                continue;
+            }
             // Predict: the base model's own next token, then the proposer's guesses.
-            let max_tokens = if config.is_eos(next) {
-                0
-            } else {
-                let limit = (self.block_size - 1).min(room - 1);
-                self.policy.allow(limit).min(limit)
-            };
+            let limit = (self.block_size - 1).min(room - 1);
+            let max_tokens = self.policy.allow(limit).min(limit);
             let ctx = ProposalContext::new(&seq, next, max_tokens)
                 .with_heads(heads.as_ref().map(|h| h.argmax.as_slice()))
                 .with_head_logits(heads.as_ref().and_then(|h| h.logits.as_ref()));
