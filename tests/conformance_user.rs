@@ -20,6 +20,8 @@ struct Bigram {
     /// Another: after this many calls in its lifetime the model returns NaN (state that
     /// outlives a decode).
     wear_out_after: Option<usize>,
+    /// Another: panics on a block of more than two tokens.
+    panic_on_blocks: bool,
     calls: usize,
 }
 
@@ -37,6 +39,7 @@ impl Bigram {
             bug,
             ignore_start: false,
             wear_out_after: None,
+            panic_on_blocks: false,
             calls: 0,
         }
     }
@@ -48,6 +51,7 @@ impl CausalLm for Bigram {
     }
     fn forward(&mut self, tokens: &Tensor, start: usize) -> Result<ModelOutput> {
         let t = tokens.size()[1] as usize;
+        assert!(!(self.panic_on_blocks && t > 2), "my model cannot take {t} tokens");
         let mut logits = self
             .table
             .f_index_select(0, &tokens.f_flatten(0, -1)?)?
@@ -173,6 +177,47 @@ fn run_fresh_gives_every_case_a_model_of_its_own() {
         )
         .unwrap();
     assert!(made.get() > 64, "{} models for 64 cases", made.get());
+}
+
+/// A panicking model is reported as a failed decode naming the panic, and its panic is printed
+/// once, not once per case and shrinking step.
+#[test]
+fn a_panicking_model_is_reported_and_printed_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let printed = Arc::new(AtomicUsize::new(0));
+    let thread = std::thread::current().id();
+    let default = std::panic::take_hook();
+    {
+        let printed = Arc::clone(&printed);
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().id() == thread {
+                printed.fetch_add(1, Ordering::SeqCst);
+            } else {
+                default(info);
+            }
+        }));
+    }
+    let mut model = Bigram::new(24, 1, false);
+    model.panic_on_blocks = true;
+    let err = Conformance::new()
+        .cases(64)
+        .run(&mut model, |seed| Box::new(RandomProposer::new(24, seed)))
+        .unwrap_err();
+    let runs = printed.load(Ordering::SeqCst);
+    // The suite's hook is gone again: a later panic reaches this test's hook.
+    let _ = std::panic::catch_unwind(|| panic!("after the suite"));
+    let after = printed.load(Ordering::SeqCst);
+    drop(std::panic::take_hook());
+    assert_eq!(err.invariant, invariants::DECODE, "{err}");
+    assert!(err.detail.contains("the model panicked: my model cannot take"), "{err}");
+    assert!(err.detail.contains("only the first panic was printed"), "{err}");
+    assert_eq!(runs, 1, "the panic was printed {runs} times");
+    assert_eq!(after, 2);
+    // Shrinking went on past the first panic (each step printed nothing) to a small case: a
+    // sequence of three tokens is the least that reaches a three-token forward.
+    let case = err.case.expect("a case");
+    assert!(case.prompt.len() + case.decode.max_new_tokens <= 4, "{case:?}");
 }
 
 #[test]

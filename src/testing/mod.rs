@@ -18,6 +18,7 @@
 
 mod checks;
 mod contract;
+mod panics;
 mod proposers;
 mod sampling;
 pub mod strategies;

@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::ops::RangeInclusive;
+use std::panic::{self, AssertUnwindSafe};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
@@ -12,6 +13,7 @@ use super::checks::{
     invariants, ConformanceFailure,
 };
 use super::contract::ContractChecked;
+use super::panics::{first_panic_printed, panic_message};
 use crate::config::DecodeConfig;
 use crate::decoder::{Blockwise, BlockwiseDecoder, GreedyDecoder};
 use crate::model::{CausalLm, ModelInfo};
@@ -215,13 +217,32 @@ impl Conformance {
         // The invariant and detail of the latest failure: proptest reports the smallest failing
         // case last, and keeps only its message.
         let last: RefCell<Option<ConformanceFailure>> = RefCell::new(None);
-        let result = runner.run(&strategy, |case| {
-            run(&case, &make_proposer, tol).map_err(|f| {
-                let text = f.to_string();
-                *last.borrow_mut() = Some(f);
-                TestCaseError::fail(text)
+        // A panicking model would print its panic once per case and shrinking step: the first
+        // is printed, the rest counted.
+        let (result, panics) = first_panic_printed(|| {
+            runner.run(&strategy, |case| {
+                let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+                    run(&case, &make_proposer, tol)
+                }))
+                .unwrap_or_else(|payload| {
+                    Err(ConformanceFailure {
+                        invariant: invariants::DECODE,
+                        detail: format!("the model panicked: {}", panic_message(&*payload)),
+                        case: None,
+                    })
+                });
+                outcome.map_err(|f| {
+                    let text = f.to_string();
+                    *last.borrow_mut() = Some(f);
+                    TestCaseError::fail(text)
+                })
             })
         });
+        let panicked = match panics {
+            0 => String::new(),
+            1 => " (the model panicked once; that panic was printed)".to_string(),
+            n => format!(" (the model panicked in {n} runs; only the first panic was printed)"),
+        };
         match result {
             Ok(()) => Ok(()),
             Err(TestError::Fail(reason, case)) => {
@@ -231,7 +252,7 @@ impl Conformance {
                 };
                 Err(ConformanceFailure {
                     invariant,
-                    detail: format!("{detail}; smallest failing case: {case:?}"),
+                    detail: format!("{detail}; smallest failing case: {case:?}{panicked}"),
                     case: Some(case),
                 })
             }
