@@ -69,7 +69,10 @@ fn assert_rows_equal(
         // never takes more calls than greedy decoding of it.
         prop_assert!(
             got.stats.model_calls <= want.stats.model_calls,
-            "row {} took {} calls, greedy {}", r, got.stats.model_calls, want.stats.model_calls
+            "row {} took {} calls, greedy {}",
+            r,
+            got.stats.model_calls,
+            want.stats.model_calls
         );
         check_loop_invariants(got, decode, k).map_err(|e| TestCaseError::fail(e.to_string()))?;
     }

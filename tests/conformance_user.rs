@@ -51,7 +51,10 @@ impl CausalLm for Bigram {
     }
     fn forward(&mut self, tokens: &Tensor, start: usize) -> Result<ModelOutput> {
         let t = tokens.size()[1] as usize;
-        assert!(!(self.panic_on_blocks && t > 2), "my model cannot take {t} tokens");
+        assert!(
+            !(self.panic_on_blocks && t > 2),
+            "my model cannot take {t} tokens"
+        );
         let mut logits = self
             .table
             .f_index_select(0, &tokens.f_flatten(0, -1)?)?
@@ -210,14 +213,24 @@ fn a_panicking_model_is_reported_and_printed_once() {
     let after = printed.load(Ordering::SeqCst);
     drop(std::panic::take_hook());
     assert_eq!(err.invariant, invariants::DECODE, "{err}");
-    assert!(err.detail.contains("the model panicked: my model cannot take"), "{err}");
-    assert!(err.detail.contains("only the first panic was printed"), "{err}");
+    assert!(
+        err.detail
+            .contains("the model panicked: my model cannot take"),
+        "{err}"
+    );
+    assert!(
+        err.detail.contains("only the first panic was printed"),
+        "{err}"
+    );
     assert_eq!(runs, 1, "the panic was printed {runs} times");
     assert_eq!(after, 2);
     // Shrinking went on past the first panic (each step printed nothing) to a small case: a
     // sequence of three tokens is the least that reaches a three-token forward.
     let case = err.case.expect("a case");
-    assert!(case.prompt.len() + case.decode.max_new_tokens <= 4, "{case:?}");
+    assert!(
+        case.prompt.len() + case.decode.max_new_tokens <= 4,
+        "{case:?}"
+    );
 }
 
 #[test]

@@ -468,3 +468,56 @@ fn shipped_feature_draft_stays_exact_and_beats_a_fresh_one() {
         }
     }
 }
+
+/// SmolLM2's whole trained context: a cache for 8192 positions, a prompt that ends 12 tokens
+/// before it fed in chunks, greedy and blockwise decoding to the last position (identical, stopped
+/// by the full context), and a prompt one token too long refused with a typed error.
+#[test]
+fn decodes_to_the_full_trained_context() {
+    let load = |max_context| {
+        ModelBundle::load(
+            dir().to_str().unwrap(),
+            &BundleOptions {
+                max_context: Some(max_context),
+                ..BundleOptions::default()
+            },
+        )
+    };
+    let trained = 8192;
+    match load(trained + 1) {
+        Err(blockwise::Error::InvalidConfig { field, .. }) => assert_eq!(field, "max_context"),
+        other => panic!("a context past the trained one: {:?}", other.map(|_| ())),
+    }
+    let mut b = load(trained).expect("load with the full context");
+    assert_eq!(b.model.info().max_context, trained);
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/guide.md")).unwrap();
+    let mut tokens = b.tokenizer.encode(&text).unwrap();
+    while tokens.len() < trained {
+        tokens.extend_from_within(..);
+    }
+    let prompt = &tokens[..trained - 12];
+    let config = DecodeConfig::new(32).with_prefill_chunk(512);
+    let greedy = GreedyDecoder::new(&mut b.model)
+        .decode(prompt, &config)
+        .unwrap();
+    assert_eq!(greedy.tokens.len(), 12);
+    assert_eq!(greedy.stop, StopReason::ContextFull);
+    let blockwise = Blockwise::builder(&mut b.model)
+        .block_size(5)
+        .proposer(NGram::new(1, 3).unwrap())
+        .build()
+        .unwrap()
+        .decode(prompt, &config)
+        .unwrap();
+    assert_eq!(blockwise.tokens, greedy.tokens);
+    assert_eq!(blockwise.stop, StopReason::ContextFull);
+    let too_long = &tokens[..trained + 1];
+    match GreedyDecoder::new(&mut b.model).decode(too_long, &config) {
+        Err(blockwise::Error::PromptTooLong {
+            prompt_len,
+            max_context,
+        }) => assert_eq!((prompt_len, max_context), (trained + 1, trained)),
+        other => panic!("a prompt past the context: {:?}", other.map(|o| o.tokens)),
+    }
+}

@@ -186,7 +186,11 @@ fn a_last_block_the_previous_call_decided_costs_no_call() {
         let eos = DecodeConfig::new(20).with_eos(vec![*greedy.tokens.last().unwrap()]);
         let greedy_eos = GreedyDecoder::new(&mut m).decode(&prompt, &eos).unwrap();
         for config in [&config, &eos] {
-            let want = if config.max_new_tokens == n { &greedy } else { &greedy_eos };
+            let want = if config.max_new_tokens == n {
+                &greedy
+            } else {
+                &greedy_eos
+            };
             let out = Blockwise::builder(&mut m)
                 .block_size(1)
                 .build()
@@ -195,7 +199,10 @@ fn a_last_block_the_previous_call_decided_costs_no_call() {
                 .unwrap();
             assert_eq!(out.tokens, want.tokens);
             assert_eq!(out.stop, want.stop);
-            assert_eq!(out.stats.model_calls, want.stats.model_calls, "max_new_tokens {n}");
+            assert_eq!(
+                out.stats.model_calls, want.stats.model_calls,
+                "max_new_tokens {n}"
+            );
             assert_eq!(out.stats.skipped_calls, 1);
             check_combined_calls(&out).unwrap();
             let rows = BatchBlockwise::builder(&mut m)

@@ -16,7 +16,8 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
               [--adaptive | --policy fixed|adaptive|cost[:PER_TOKEN]]
               [--accept exact|lossless|typical[:EPS:DELTA]|top-k:N|distance:EPS[:cosine|l2]]
               [--min-block L] [--temperature T [--top-k N] [--top-p P] [--seed S]]
-              [--max-new-tokens N] [--verifier cached|recompute] [--prefill-chunk N] [--tie-guard M]
+              [--max-new-tokens N] [--max-context N] [--verifier cached|recompute] [--prefill-chunk N]
+              [--tie-guard M]
               [--batch N] [--tree SHAPE|dynamic:NODES]
               [--dtype f32|bf16|f16|int8] [--device cpu|cuda] [--compare-greedy] [--json]
 
@@ -49,6 +50,8 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --seed            reseed the sampler with S for every prompt (default: one stream from seed 0)
   --min-block       always accept at least L tokens per block
   --max-new-tokens  tokens to generate (default 64)
+  --max-context     context to allocate an exported model's cache for (default: the model's,
+                    at most 2048; up to the length it was trained for, e.g. 8192 for SmolLM2)
   --verifier        cached (default) or recompute
   --prefill-chunk   feed the prompt in blocks of N tokens
   --tie-guard       decide block positions whose top-2 logit margin is below M by a one-token
@@ -103,6 +106,8 @@ struct Cli {
     seed: Option<u64>,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
+    #[arg(long)]
+    max_context: Option<usize>,
     #[arg(long, value_parser = ["cached", "recompute"])]
     verifier: Option<String>,
     #[arg(long)]
@@ -135,6 +140,7 @@ pub struct Args {
     pub accept: AcceptanceConfig,
     pub min_block: Option<usize>,
     pub max_new_tokens: usize,
+    pub max_context: Option<usize>,
     pub verifier: VerifierConfig,
     pub policy: PolicyConfig,
     pub prefill_chunk: Option<usize>,
@@ -262,6 +268,7 @@ impl Args {
                 (None, false) => PolicyConfig::Fixed,
             },
             prefill_chunk: cli.prefill_chunk,
+            max_context: cli.max_context,
             tie_guard: cli.tie_guard,
             dtype: cli.dtype.parse()?,
             device,

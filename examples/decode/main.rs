@@ -105,7 +105,7 @@ fn run(args: Args) -> Result<()> {
     let options = BundleOptions {
         dtype: args.dtype,
         device: args.device,
-        max_context: None,
+        max_context: args.max_context,
         heads: args.heads.clone(),
     };
     let mut bundle = ModelBundle::load(&args.model, &options)?;

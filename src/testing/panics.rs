@@ -19,8 +19,7 @@ pub(crate) fn first_panic_printed<T>(f: impl FnOnce() -> T) -> (T, usize) {
         let previous = Arc::clone(&previous);
         let count = Arc::clone(&count);
         panic::set_hook(Box::new(move |info| {
-            if std::thread::current().id() != thread || count.fetch_add(1, Ordering::SeqCst) == 0
-            {
+            if std::thread::current().id() != thread || count.fetch_add(1, Ordering::SeqCst) == 0 {
                 previous(info);
             }
         }));

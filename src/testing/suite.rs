@@ -221,16 +221,15 @@ impl Conformance {
         // is printed, the rest counted.
         let (result, panics) = first_panic_printed(|| {
             runner.run(&strategy, |case| {
-                let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-                    run(&case, &make_proposer, tol)
-                }))
-                .unwrap_or_else(|payload| {
-                    Err(ConformanceFailure {
-                        invariant: invariants::DECODE,
-                        detail: format!("the model panicked: {}", panic_message(&*payload)),
-                        case: None,
-                    })
-                });
+                let outcome =
+                    panic::catch_unwind(AssertUnwindSafe(|| run(&case, &make_proposer, tol)))
+                        .unwrap_or_else(|payload| {
+                            Err(ConformanceFailure {
+                                invariant: invariants::DECODE,
+                                detail: format!("the model panicked: {}", panic_message(&*payload)),
+                                case: None,
+                            })
+                        });
                 outcome.map_err(|f| {
                     let text = f.to_string();
                     *last.borrow_mut() = Some(f);
