@@ -352,6 +352,13 @@ fn cached_verifier_on_a_model_without_cache() {
         ),
         "{e}"
     );
+    // The way out, for library and command-line users alike.
+    let text = e.to_string();
+    assert!(
+        text.contains("RecomputeVerifier") && text.contains("--verifier recompute"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1, "{text}");
 }
 
 #[test]

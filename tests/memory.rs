@@ -45,7 +45,11 @@ fn a_hundred_decodes_on_one_model_keep_memory_flat() {
         }
         .unwrap();
         let tokens = out.tokens;
-        assert_eq!(first.get_or_insert_with(|| tokens.clone()), &tokens, "decode {i}");
+        assert_eq!(
+            first.get_or_insert_with(|| tokens.clone()),
+            &tokens,
+            "decode {i}"
+        );
         if i == 10 {
             after_ten = resident_mib();
         }
@@ -53,5 +57,8 @@ fn a_hundred_decodes_on_one_model_keep_memory_flat() {
     let grown = resident_mib() - after_ten;
     // One leaked logits tensor per decode ([1, T, 49152] f32, at least 0.2 MiB) would add 18 MiB
     // over the last 90 decodes; a leaked cache copy (23 MiB at 512 positions) 2 GiB.
-    assert!(grown < 8.0, "resident memory grew by {grown:.1} MiB over 90 decodes");
+    assert!(
+        grown < 8.0,
+        "resident memory grew by {grown:.1} MiB over 90 decodes"
+    );
 }

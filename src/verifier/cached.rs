@@ -32,7 +32,9 @@ impl CachedVerifier {
         if !model.info().has_cache {
             return Err(Error::MissingCapability {
                 component: "CachedVerifier",
-                capability: "a KV cache (use RecomputeVerifier for models without one)",
+                capability: "a KV cache (for a model without one, use the recompute verifier: \
+                             `RecomputeVerifier`, `decode --verifier recompute`, or \
+                             \"verifier\": \"recompute\" in a config)",
             });
         }
         let out = model.forward(&token_tensor(tokens, model.info().device), start)?;
@@ -54,7 +56,9 @@ impl Verifier for CachedVerifier {
         if !model.info().has_cache {
             return Err(Error::MissingCapability {
                 component: "CachedVerifier",
-                capability: "a KV cache (use RecomputeVerifier for models without one)",
+                capability: "a KV cache (for a model without one, use the recompute verifier: \
+                             `RecomputeVerifier`, `decode --verifier recompute`, or \
+                             \"verifier\": \"recompute\" in a config)",
             });
         }
         let mut rows: Vec<Tensor> = Vec::new();
