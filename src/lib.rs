@@ -69,7 +69,9 @@ pub use dtype::DType;
 pub use error::{Error, Result};
 pub use masked::MaskedLm;
 pub use model::{CausalLm, ModelInfo, ModelOutput};
-pub use proposer::{HeadsProposer, NGram, NoProposer, Proposal, ProposalContext, Proposer};
+pub use proposer::{
+    HeadsProposer, Lookahead, NGram, NoProposer, Proposal, ProposalContext, Proposer,
+};
 pub use sampling::SamplingConfig;
 pub use stats::{DecodeStats, StopReason};
 pub use transformer::{Transformer, TransformerConfig};

@@ -10,7 +10,8 @@ use blockwise::testing::strategies::{model_case, prompt, ModelCase};
 use blockwise::testing::{check_loop_invariants, OracleProposer};
 use blockwise::{
     Blockwise, BlockwiseDecoder, DecodeConfig, DecodeOutput, Error, GreedyDecoder, HeadsProposer,
-    MaskedLm, NGram, Proposer, SamplingConfig, StopReason, TopK, Transformer, TransformerConfig,
+    Lookahead, MaskedLm, NGram, Proposer, SamplingConfig, StopReason, TopK, Transformer,
+    TransformerConfig,
 };
 use proptest::prelude::*;
 
@@ -133,6 +134,32 @@ proptest! {
         }
         let outs = b.build().expect("build").decode_batch(&prompts, &decode).expect("batch");
         assert_rows_equal(&reference, &outs, &decode, k)?;
+    }
+
+    /// Lookahead decoding in its one-call form: the Jacobi window and the pool's candidates in
+    /// one dynamic tree per row, every row equal to greedy decoding of it alone.
+    #[test]
+    fn lookahead_trees_equal_rows_alone(
+        (case, prompts) in batch_case(),
+        window in 1usize..6,
+        ngram in 2usize..5,
+        candidates in 1usize..5,
+        nodes in 1usize..24,
+    ) {
+        let mut model = case.model().expect("model");
+        let reference = greedy_alone(&mut model, &prompts, &case.decode);
+        let k = case.block_size;
+        let outs = BatchBlockwise::builder(&mut model)
+            .block_size(k)
+            .dynamic_tree(nodes)
+            .proposer_factory(false, move || {
+                Ok(Box::new(Lookahead::new(window, ngram, candidates)?) as Box<dyn Proposer>)
+            })
+            .build()
+            .expect("build")
+            .decode_batch(&prompts, &case.decode)
+            .expect("batch");
+        assert_rows_equal(&reference, &outs, &case.decode, k)?;
     }
 
     /// Under an approximate criterion (top-2) the output is no longer greedy's, but every row

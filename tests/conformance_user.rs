@@ -234,6 +234,20 @@ fn a_panicking_model_is_reported_and_printed_once() {
 }
 
 #[test]
+fn lookahead_passes_on_a_users_model() {
+    let mut model = Bigram::new(24, 3, false);
+    Conformance::new()
+        .cases(64)
+        .run(&mut model, |seed| {
+            let s = seed as usize;
+            Box::new(
+                blockwise::Lookahead::new(1 + s % 5, 2 + (s / 5) % 3, 1 + (s / 15) % 4).unwrap(),
+            )
+        })
+        .unwrap();
+}
+
+#[test]
 fn built_in_transformer_passes_with_heads_and_oracle() {
     let config = TransformerConfig::tiny(32, 7);
     let mut model = Transformer::new_seeded(config, 11, Device::Cpu).unwrap();

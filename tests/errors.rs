@@ -661,6 +661,8 @@ fn bad_proposer_and_policy_configs() {
         "chain:ngram,chain:heads",
         "chain:ngram,bogus",
         "ngram:a:b",
+        "lookahead:4:3",
+        "lookahead:a:3:4",
         "medusa",
     ] {
         let e = bad.parse::<ProposerConfig>().err().expect("an error");
@@ -744,14 +746,37 @@ fn bad_proposer_and_policy_configs() {
 }
 
 #[test]
+fn lookahead_settings_out_of_range_are_config_errors() {
+    use blockwise::config::ProposerConfig;
+    let info = tiny(20, 0, 1).info().clone();
+    for bad in ["lookahead:0:3:4", "lookahead:4:1:4", "lookahead:4:3:0"] {
+        let config: ProposerConfig = bad.parse().unwrap();
+        let e = config.build(&info).err().expect("an error");
+        assert!(
+            matches!(
+                e,
+                Error::InvalidConfig {
+                    field: "lookahead",
+                    ..
+                }
+            ),
+            "{bad}: {e}"
+        );
+    }
+    let default: ProposerConfig = "lookahead".parse().unwrap();
+    assert_eq!(default.to_string(), "lookahead:4:3:4");
+}
+
+#[test]
 fn proposer_configs_round_trip() {
     use blockwise::config::ProposerConfig;
     for s in [
         "heads",
         "none",
         "ngram:2:4",
+        "lookahead:7:4:5",
         "draft:models/smollm2-draft",
-        "chain:ngram:1:3,heads",
+        "chain:lookahead:4:3:4,ngram:1:3,heads",
     ] {
         let p: ProposerConfig = s.parse().unwrap();
         assert_eq!(p.to_string(), s);

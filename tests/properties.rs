@@ -11,8 +11,8 @@ use blockwise::testing::{
 };
 use blockwise::{
     AcceptanceCriterion, Blockwise, BlockwiseDecoder, CachedVerifier, ContextPolicy, DecodeOutput,
-    Exact, GreedyDecoder, HeadsProposer, MinBlock, NGram, NoProposer, Proposer, RecomputeVerifier,
-    TopK, Transformer,
+    Exact, GreedyDecoder, HeadsProposer, Lookahead, MinBlock, NGram, NoProposer, Proposer,
+    RecomputeVerifier, TopK, Transformer,
 };
 use proptest::prelude::*;
 
@@ -40,6 +40,7 @@ enum Kind {
     NGram,
     Draft,
     Chain,
+    Lookahead,
     None,
 }
 
@@ -79,6 +80,11 @@ fn proposer(kind: Kind, case: &ModelCase, reference: &DecodeOutput) -> Box<dyn P
             Box::new(NGram::new(2, 3).unwrap()),
             Box::new(RandomProposer::new(vocab, case.proposer_seed)),
         ])),
+        Kind::Lookahead => {
+            // Window, n-gram size and candidates from the case's seed.
+            let s = case.proposer_seed as usize;
+            Box::new(Lookahead::new(1 + s % 5, 2 + (s / 5) % 3, 1 + (s / 15) % 4).unwrap())
+        }
         Kind::None => Box::new(NoProposer),
     }
 }
@@ -154,6 +160,12 @@ proptest! {
     #[test]
     fn exact_draft_model_equals_greedy(case in model_case()) {
         equals_greedy(Kind::Draft, &case)?;
+    }
+
+    /// Invariant 1 with lookahead decoding's chain form: a pool n-gram, or the Jacobi window.
+    #[test]
+    fn exact_lookahead_equals_greedy(case in model_case()) {
+        equals_greedy(Kind::Lookahead, &case)?;
     }
 
     /// Invariant 1 with a fallback chain (n-gram, then random guesses).

@@ -11,7 +11,8 @@ use tch::Device;
 
 pub const USAGE: &str = "\
 usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--chat]
-              [--proposer heads|none|ngram[:MIN:MAX]|draft:DIR|eagle[:DIR]|chain:A,B] [--heads DIR|none]
+              [--proposer heads|none|ngram[:MIN:MAX]|lookahead[:W:N:G]|draft:DIR|eagle[:DIR]|chain:A,B]
+              [--heads DIR|none]
               [--k N]
               [--adaptive | --policy fixed|adaptive|cost[:PER_TOKEN]]
               [--accept exact|lossless|typical[:EPS:DELTA]|top-k:N|distance:EPS[:cosine|l2]]
@@ -29,7 +30,10 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --prompt-file     one prompt per line; `\\n` inside a line is a newline
   --chat            wrap each prompt as one user message in the model's chat template
   --proposer        where proposals come from (default heads): ngram = prompt lookup of 1..3
-                    tokens; draft:DIR = a draft model of the same tokenizer (e.g.
+                    tokens; lookahead[:W:N:G] = lookahead decoding (Jacobi window W, n-grams
+                    of N, G candidates; default 4:3:4; with --tree dynamic:NODES the window and
+                    the candidates share one call); draft:DIR = a draft model of the same
+                    tokenizer (e.g.
                     models/smollm2-draft); eagle = the feature-level draft shipped for the
                     model (assets/drafts, e.g. SmolLM2's), eagle:DIR = one saved in DIR;
                     chain:A,B = A, or B where A has no proposal

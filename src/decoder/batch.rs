@@ -414,6 +414,10 @@ impl<M: CausalLm> BatchBlockwise<M> {
                 row.stats.proposed += part.tree.len() - 1;
                 hand_hidden(row, &scored, b, &path)?;
                 let tp = Instant::now();
+                let greedy: Vec<i64> = (0..part.tree.len())
+                    .map(|n| scored.ranked[b][n * scored.width])
+                    .collect();
+                row.proposer.observe_tree(&part.tree.as_draft(), &greedy)?;
                 row.proposer.observe(&kept)?;
                 row.stats.proposer_s += seconds_since(tp);
                 let end = *path.last().expect("a path holds the root");

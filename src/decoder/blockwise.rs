@@ -5,7 +5,7 @@ use std::time::Instant;
 use tch::Tensor;
 
 use super::sampled::{judge_sampled, pick_first};
-use super::{empty_output, seconds_since, BlockwiseDecoder, Budget, DecodeOutput};
+use super::{empty_output, seconds_since, BlockwiseDecoder, Budget, DecodeOutput, DraftTree};
 use crate::acceptance::{AcceptanceCriterion, BlockView, Exact};
 use crate::config::{BlockwiseConfig, DecodeConfig, VerifierConfig};
 use crate::error::{Error, Result};
@@ -447,6 +447,9 @@ impl<M: CausalLm> BlockwiseDecoder for Blockwise<M> {
             stats.record_iteration(keep);
             let tp = Instant::now();
             self.hand_hidden(req)?;
+            let greedy: Vec<i64> = (0..block.len()).map(|i| scores.greedy(i)).collect();
+            self.proposer
+                .observe_tree(&DraftTree::chain(&proposal.tokens), &greedy)?;
             self.proposer.observe(kept)?;
             stats.proposer_s += seconds_since(tp);
             if kept.iter().any(|&t| config.is_eos(t)) {

@@ -246,6 +246,14 @@ impl TokenTree {
         self.tokens.len()
     }
 
+    /// The nodes under the root, as a [`DraftTree`] (the form proposers see).
+    pub(crate) fn as_draft(&self) -> DraftTree {
+        DraftTree {
+            tokens: self.tokens[1..].to_vec(),
+            parents: self.parents[1..].to_vec(),
+        }
+    }
+
     /// Whether node `i` may attend node `j`: `j` is `i` or one of its ancestors.
     pub(crate) fn sees(&self, i: usize, j: usize) -> bool {
         let mut n = i;

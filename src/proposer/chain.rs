@@ -95,6 +95,11 @@ impl Proposer for Chain {
         Ok(None)
     }
 
+    /// The member whose proposal was verified hears what the model said about it.
+    fn observe_tree(&mut self, tree: &crate::decoder::DraftTree, greedy: &[i64]) -> Result<()> {
+        self.members[self.last].observe_tree(tree, greedy)
+    }
+
     /// Every member that reads hidden states gets them, whichever member proposes.
     fn observe_hidden(&mut self, hidden: &tch::Tensor) -> Result<()> {
         self.members

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Chain, DraftModel, HeadsProposer, NGram, NoProposer, Proposer};
+use super::{Chain, DraftModel, HeadsProposer, Lookahead, NGram, NoProposer, Proposer};
 use crate::bundle::{BundleOptions, ModelBundle};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -13,7 +13,9 @@ use crate::feature::{FeatureDraft, FeatureDraftProposer};
 use crate::model::{CausalLm, ModelInfo};
 
 /// Where the block's guesses come from, as configuration. In JSON: `"heads"`, `"none"`,
-/// `{"ngram": {"min": 1, "max": 3}}`, `{"draft": {"model": "models/smollm2-draft"}}` or
+/// `{"ngram": {"min": 1, "max": 3}}`,
+/// `{"lookahead": {"window": 4, "ngram": 3, "candidates": 4}}`,
+/// `{"draft": {"model": "models/smollm2-draft"}}` or
 /// `{"eagle": {"draft": "assets/drafts/smollm2"}}` or
 /// `{"chain": [{"ngram": {"min": 1, "max": 3}}, "heads"]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -28,6 +30,16 @@ pub enum ProposerConfig {
         min: usize,
         /// Longest n-gram to match (tried first).
         max: usize,
+    },
+    /// Lookahead decoding ([`Lookahead`]): Jacobi iteration over `window` future positions and
+    /// a pool of `ngram`-token n-grams, `candidates` of them verified per call.
+    Lookahead {
+        /// Jacobi positions per call (W).
+        window: usize,
+        /// Tokens per pool n-gram (N).
+        ngram: usize,
+        /// Pool n-grams verified per call (G).
+        candidates: usize,
     },
     /// A draft model of the same vocabulary ([`DraftModel`]), loaded from a model folder (see
     /// [`ModelBundle::load`]) on the verified model's device and in its floating-point kind.
@@ -137,6 +149,11 @@ impl ProposerConfig {
             }
             ProposerConfig::Heads => Box::new(HeadsProposer),
             ProposerConfig::Ngram { min, max } => Box::new(NGram::new(*min, *max)?),
+            ProposerConfig::Lookahead {
+                window,
+                ngram,
+                candidates,
+            } => Box::new(Lookahead::new(*window, *ngram, *candidates)?),
             ProposerConfig::None => Box::new(NoProposer),
             ProposerConfig::Draft { model } => {
                 let dtype = DType::from_kind(target.kind).ok_or_else(|| {
@@ -179,6 +196,11 @@ impl std::fmt::Display for ProposerConfig {
             ProposerConfig::Heads => f.write_str("heads"),
             ProposerConfig::None => f.write_str("none"),
             ProposerConfig::Ngram { min, max } => write!(f, "ngram:{min}:{max}"),
+            ProposerConfig::Lookahead {
+                window,
+                ngram,
+                candidates,
+            } => write!(f, "lookahead:{window}:{ngram}:{candidates}"),
             ProposerConfig::Draft { model } => write!(f, "draft:{model}"),
             ProposerConfig::Eagle { draft: Some(d) } => write!(f, "eagle:{d}"),
             ProposerConfig::Eagle { draft: None } => f.write_str("eagle"),
@@ -199,7 +221,8 @@ impl std::fmt::Display for ProposerConfig {
 impl FromStr for ProposerConfig {
     type Err = Error;
 
-    /// `heads`, `none`, `ngram` (1 to 3 tokens), `ngram:MIN:MAX`, `draft:DIR`, `eagle` (the
+    /// `heads`, `none`, `ngram` (1 to 3 tokens), `ngram:MIN:MAX`, `lookahead` (W 4, N 3, G 4),
+    /// `lookahead:W:N:G`, `draft:DIR`, `eagle` (the
     /// draft shipped for the model), `eagle:DIR` or
     /// `chain:A,B,...` whose members are any of the others.
     fn from_str(s: &str) -> Result<Self> {
@@ -207,8 +230,8 @@ impl FromStr for ProposerConfig {
             Error::config(
                 "proposer",
                 format!(
-                    "`{s}` is not one of heads, none, ngram, ngram:MIN:MAX, draft:DIR, eagle, \
-                     eagle:DIR, chain:A,B"
+                    "`{s}` is not one of heads, none, ngram, ngram:MIN:MAX, lookahead, \
+                     lookahead:W:N:G, draft:DIR, eagle, eagle:DIR, chain:A,B"
                 ),
             )
         };
@@ -242,6 +265,19 @@ impl FromStr for ProposerConfig {
             ["eagle"] => Ok(ProposerConfig::Eagle { draft: None }),
             ["none"] => Ok(ProposerConfig::None),
             ["ngram"] => Ok(ProposerConfig::Ngram { min: 1, max: 3 }),
+            ["lookahead"] => {
+                let (window, ngram, candidates) = Lookahead::default().settings();
+                Ok(ProposerConfig::Lookahead {
+                    window,
+                    ngram,
+                    candidates,
+                })
+            }
+            ["lookahead", w, n, g] => Ok(ProposerConfig::Lookahead {
+                window: w.parse().map_err(|_| bad())?,
+                ngram: n.parse().map_err(|_| bad())?,
+                candidates: g.parse().map_err(|_| bad())?,
+            }),
             ["ngram", min, max] => Ok(ProposerConfig::Ngram {
                 min: min.parse().map_err(|_| bad())?,
                 max: max.parse().map_err(|_| bad())?,

@@ -8,12 +8,14 @@ mod chain;
 mod config;
 mod draft;
 mod heads;
+mod lookahead;
 mod ngram;
 
 pub use chain::Chain;
 pub use config::ProposerConfig;
 pub use draft::DraftModel;
 pub use heads::HeadsProposer;
+pub use lookahead::Lookahead;
 pub use ngram::{NGram, MAX_NGRAM};
 
 use crate::error::Result;
@@ -185,6 +187,17 @@ pub trait Proposer {
         let _ = hidden;
         Ok(())
     }
+
+    /// After each verify call, before [`Proposer::observe`]: the block the decoder just
+    /// verified under its first token, as a tree (`tree`; a chain is a tree whose node `i` hangs
+    /// under node `i - 1`), and the base model's greedy token after the first token
+    /// (`greedy[0]`) and after each node (`greedy[i + 1]`). What the model said about guesses
+    /// that were rejected: lookahead decoding builds its n-gram pool from it. The default
+    /// ignores it.
+    fn observe_tree(&mut self, tree: &crate::decoder::DraftTree, greedy: &[i64]) -> Result<()> {
+        let _ = (tree, greedy);
+        Ok(())
+    }
 }
 
 /// A proposer made from a closure (see [`from_fn`]).
@@ -250,6 +263,9 @@ impl<P: Proposer + ?Sized> Proposer for Box<P> {
     }
     fn observe_hidden(&mut self, hidden: &tch::Tensor) -> Result<()> {
         (**self).observe_hidden(hidden)
+    }
+    fn observe_tree(&mut self, tree: &crate::decoder::DraftTree, greedy: &[i64]) -> Result<()> {
+        (**self).observe_tree(tree, greedy)
     }
 }
 
