@@ -180,7 +180,8 @@ pub trait Proposer {
     /// When [`Proposer::needs_hidden`]: the base model's final hidden states `[n, D]` of the `n`
     /// tokens just committed — the prompt's after the prompt pass, then each iteration's
     /// accepted tokens — in order, so that over a decode every committed position is handed
-    /// over exactly once. Row `i` is the state after the `i`-th of those tokens (the one the
+    /// over exactly once (except a last token emitted without a model call,
+    /// [`DecodeStats::skipped_calls`](crate::DecodeStats): nothing follows it). Row `i` is the state after the `i`-th of those tokens (the one the
     /// vocabulary projection reads to score the token after it). Called before
     /// [`Proposer::observe`] and before the next proposal.
     fn observe_hidden(&mut self, hidden: &tch::Tensor) -> Result<()> {
