@@ -5,7 +5,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use blockwise::decoder::{BatchBlockwise, TreeShape};
+use blockwise::decoder::{BatchBlockwise, RowId, TreeShape};
 use blockwise::testing::strategies::{model_case, prompt, ModelCase};
 use blockwise::testing::{check_loop_invariants, OracleProposer};
 use blockwise::{
@@ -387,4 +387,152 @@ fn a_model_without_masks_is_refused_with_a_reason() {
         matches!(e, Error::MissingCapability { .. }) && e.to_string().contains("attention masks"),
         "{e}"
     );
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// A batch that stays open (a server's): prompts are admitted between steps as rows free
+    /// up, fewer rows than prompts, each with its own budget; one row may be cancelled midway.
+    /// Every finished row equals greedy decoding of its prompt alone under its own config, the
+    /// blocks streamed for it concatenate to its output, a freed row serves the next prompt,
+    /// and a cancelled row is never heard of again.
+    #[test]
+    fn rows_admitted_between_steps_equal_rows_alone(
+        (case, prompts) in batch_case(),
+        rows in 1usize..=3,
+        budgets in proptest::collection::vec(1usize..=40, 5),
+        heads in any::<bool>(),
+        tight_slots in any::<bool>(),
+        chunk in prop_oneof![Just(None), Just(Some(1usize)), Just(Some(4))],
+        cancel in proptest::option::of((0usize..5, 0usize..4)),
+    ) {
+        let mut model = case.model().expect("model");
+        let k = case.block_size;
+        let configs: Vec<DecodeConfig> = prompts
+            .iter()
+            .zip(&budgets)
+            .map(|(_, &n)| {
+                let mut d = case.decode.clone();
+                d.max_new_tokens = n.min(case.decode.max_new_tokens.max(1));
+                d.prefill_chunk = chunk;
+                d
+            })
+            .collect();
+        let reference: Vec<DecodeOutput> = prompts
+            .iter()
+            .zip(&configs)
+            .map(|(p, d)| GreedyDecoder::new(&mut model).decode(p, d).expect("greedy"))
+            .collect();
+        let max_context = case.config.max_context;
+        let least = prompts
+            .iter()
+            .zip(&configs)
+            .map(|(p, d)| (p.len() + d.max_new_tokens).min(max_context) + k)
+            .max()
+            .unwrap_or(1);
+        let mut b = BatchBlockwise::builder(&mut model).block_size(k);
+        b = if heads { b.proposer(HeadsProposer) } else { b.proposer(NGram::new(1, 3).expect("ngram")) };
+        let mut decoder = b.build().expect("build");
+        decoder.open(rows, if tight_slots { least } else { 2 * least }).expect("open");
+        prop_assert_eq!(decoder.capacity(), rows);
+
+        let mut ids: Vec<Option<RowId>> = vec![None; prompts.len()];
+        let mut streamed: Vec<Vec<i64>> = vec![Vec::new(); prompts.len()];
+        let mut outs: Vec<Option<DecodeOutput>> = vec![None; prompts.len()];
+        let mut cancelled: Option<usize> = None;
+        let mut next = 0;
+        let mut steps = 0;
+        loop {
+            // One admission per step at most, so prompts join a batch already under way.
+            if next < prompts.len() && decoder.busy_rows() < rows {
+                ids[next] = Some(decoder.admit(&prompts[next], &configs[next]).expect("admit"));
+                next += 1;
+            }
+            if next < prompts.len() && decoder.busy_rows() == rows {
+                let err = decoder.admit(&prompts[next], &configs[next]).unwrap_err();
+                prop_assert!(err.to_string().contains("busy"), "{}", err);
+            }
+            if let Some((who, at)) = cancel {
+                if steps == at && cancelled.is_none() && who < next && outs[who].is_none() {
+                    prop_assert!(decoder.cancel(ids[who].unwrap()));
+                    prop_assert!(!decoder.cancel(ids[who].unwrap()), "cancelled twice");
+                    cancelled = Some(who);
+                }
+            }
+            if decoder.busy_rows() == 0 {
+                if next == prompts.len() {
+                    break;
+                }
+                continue;
+            }
+            for update in decoder.step().expect("step") {
+                let i = ids.iter().position(|&id| id == Some(update.row)).expect("known row");
+                prop_assert!(Some(i) != cancelled, "an update for cancelled row {}", i);
+                prop_assert!(outs[i].is_none(), "row {} updated after it finished", i);
+                streamed[i].extend_from_slice(&update.tokens);
+                if let Some(out) = update.finished {
+                    outs[i] = Some(out.expect("row output"));
+                }
+            }
+            steps += 1;
+            prop_assert!(steps < 10_000, "the batch never finished");
+        }
+        prop_assert_eq!(decoder.busy_rows(), 0);
+        for (i, want) in reference.iter().enumerate() {
+            if Some(i) == cancelled {
+                prop_assert!(outs[i].is_none());
+                prop_assert!(want.tokens.starts_with(&streamed[i]), "cancelled row {} streamed other tokens", i);
+                continue;
+            }
+            let got = outs[i].as_ref().expect("every row finishes");
+            prop_assert_eq!(&want.tokens, &got.tokens, "row {} differs", i);
+            prop_assert_eq!(want.stop, got.stop, "row {} stopped differently", i);
+            prop_assert_eq!(&streamed[i], &got.tokens, "row {}: streamed blocks", i);
+            prop_assert!(got.stats.model_calls <= want.stats.model_calls);
+            check_loop_invariants(got, &configs[i], k).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        }
+    }
+}
+
+/// The session refuses what it cannot do, in words: admitting with no batch open, a request
+/// longer than the batch's slots, sampling, opening over busy rows.
+#[test]
+fn a_batch_session_refuses_misuse() {
+    let model =
+        Transformer::new_seeded(TransformerConfig::tiny(50, 2), 3, tch::Device::Cpu).unwrap();
+    let mut d = BatchBlockwise::builder(model)
+        .block_size(3)
+        .build()
+        .unwrap();
+    let decode = DecodeConfig::new(8);
+    let e = d.admit(&[1, 2], &decode).unwrap_err().to_string();
+    assert!(e.contains("no batch is open"), "{e}");
+    assert!(d
+        .step()
+        .unwrap_err()
+        .to_string()
+        .contains("no batch is open"));
+    d.open(1, 16).unwrap();
+    let e = d
+        .admit(&[1, 2], &DecodeConfig::new(20))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("needs 25 cache slots") && e.contains("has 16"),
+        "{e}"
+    );
+    let mut sampled = decode.clone();
+    sampled.sampling = Some(SamplingConfig::default());
+    assert!(d
+        .admit(&[1, 2], &sampled)
+        .unwrap_err()
+        .to_string()
+        .contains("greedy"));
+    let id = d.admit(&[1, 2], &decode).unwrap();
+    let e = d.open(2, 16).unwrap_err().to_string();
+    assert!(e.contains("still decoding"), "{e}");
+    assert!(d.cancel(id));
+    d.open(2, 16).unwrap();
+    assert_eq!((d.capacity(), d.busy_rows()), (2, 0));
 }

@@ -1,5 +1,11 @@
 //! Batched blockwise decoding, with chains or candidate trees: many prompts per model call,
-//! each row accepting its own number of tokens and finishing on its own.
+//! each row accepting its own number of tokens and finishing on its own. The loop itself is in
+//! [`session`]: [`BatchBlockwise::decode_batch`] opens a batch, admits every prompt and steps it
+//! to the end; a server admits and cancels rows between steps.
+
+mod session;
+
+pub use session::{RowId, RowUpdate};
 
 use std::time::Instant;
 
@@ -15,6 +21,7 @@ use crate::model::{check_tokens, CausalLm};
 use crate::proposer::{NoProposer, ProposalContext, Proposer};
 use crate::stats::{DecodeStats, StopReason};
 use crate::verifier::ranked_candidates;
+use session::Live;
 
 /// Makes one proposer per row (proposers such as n-gram lookup or a draft model keep per-sequence
 /// state).
@@ -61,6 +68,10 @@ pub struct BatchBlockwise<M> {
     tree: Option<TreeShape>,
     dynamic: Option<usize>,
     slots: Option<usize>,
+    /// The open batch ([`BatchBlockwise::open`]), if any.
+    live: Option<Live>,
+    /// The id the next admitted row gets (never reused).
+    next_row: u64,
 }
 
 impl<M> std::fmt::Debug for BatchBlockwise<M> {
@@ -225,12 +236,23 @@ impl<M: CausalLm> BatchBuilder<M> {
             tree: self.tree,
             dynamic: self.dynamic,
             slots: self.slots,
+            live: None,
+            next_row: 0,
         })
     }
 }
 
 /// One row of the batch while it decodes.
 struct Row {
+    id: RowId,
+    /// What this row's request asked for (its budget, end tokens, prefill chunk).
+    config: DecodeConfig,
+    budget: Budget,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
+    /// New tokens already handed out in a [`RowUpdate`].
+    reported: usize,
+    started: Instant,
     prompt_len: usize,
     seq: Vec<i64>,
     proposer: Box<dyn Proposer>,
@@ -300,21 +322,16 @@ impl<M: CausalLm> BatchBlockwise<M> {
     }
 
     /// Decodes every prompt; output `i` belongs to `prompts[i]`. Greedy decoding only
-    /// (`config.sampling` must be `None`).
+    /// (`config.sampling` must be `None`). Every output's `wall_s` is the whole batch's.
     pub fn decode_batch(
         &mut self,
         prompts: &[Vec<i64>],
         config: &DecodeConfig,
     ) -> Result<Vec<DecodeOutput>> {
-        let _guard = tch::no_grad_guard();
         let t0 = Instant::now();
         let info = self.model.info().clone();
         if config.sampling.is_some() {
-            return Err(Error::config(
-                "sampling",
-                "batched and tree decoding are greedy; decode rows one at a time with \
-                 Blockwise to sample",
-            ));
+            return Err(sampling_refused());
         }
         for p in prompts {
             config.check(p, &info)?;
@@ -322,155 +339,65 @@ impl<M: CausalLm> BatchBlockwise<M> {
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
-        let budget = Budget::new(config, info.max_context);
-        let mut rows = Vec::with_capacity(prompts.len());
-        for p in prompts {
-            let mut proposer = (self.proposers)()?;
-            proposer.begin(p)?;
-            let stop = match budget.remaining(0, p.len()) {
-                0 => Some(budget.exhausted(0, config.on_context_full)?),
-                _ => None,
-            };
-            rows.push(Row {
-                prompt_len: p.len(),
-                seq: p.clone(),
-                proposer,
-                stats: DecodeStats::new(p.len(), self.block_size),
-                stop,
-                live: Vec::new(),
-                next: 0,
-                heads: Vec::new(),
-            });
-        }
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
         let longest_seq = (longest + config.max_new_tokens).min(info.max_context);
         let least = longest_seq + self.max_block();
         let slots = self.slots.unwrap_or(2 * longest_seq).max(least);
-        masked(&mut self.model)?.begin_batch(rows.len(), slots)?;
-
-        // The prompts, in chunks: each row's part is its slice of the chunk, as a chain.
-        let chunk = config.prefill_chunk.unwrap_or(longest).max(1);
-        let mut start = 0;
-        while start < longest {
-            let parts: Vec<Option<Part>> = prompts
-                .iter()
-                .zip(&rows)
-                .map(|(p, r)| {
-                    let end = (start + chunk).min(p.len());
-                    (r.stop.is_none() && start < end).then(|| Part {
-                        tree: TokenTree::chain(p[start], &p[start + 1..end]),
-                        first_position: start,
-                    })
-                })
-                .collect();
-            if parts.iter().all(Option::is_none) {
-                start += chunk;
-                continue;
-            }
-            let tm = Instant::now();
-            let scored = self.call(&mut rows, &parts, 1)?;
-            let model_s = seconds_since(tm);
-            let mut last = vec![None; rows.len()];
-            for (b, (row, part)) in rows.iter_mut().zip(&parts).enumerate() {
-                let Some(part) = part else { continue };
-                let n = part.tree.len();
-                hand_hidden(row, &scored, b, &(0..n).collect::<Vec<_>>())?;
-                row.live.extend((0..n as i64).map(|i| scored.base + i));
-                row.stats.model_s += model_s;
-                if start + n == row.prompt_len {
-                    row.next = scored.ranked[b][n - 1];
-                    row.stats.model_calls += 1;
-                    last[b] = Some(n - 1);
-                }
-            }
-            self.refresh_heads(&mut rows, &scored, &last)?;
-            start += chunk;
-        }
-
-        // Predict, verify, accept, every unfinished row at once.
-        loop {
-            let mut parts = Vec::with_capacity(rows.len());
-            for row in rows.iter_mut() {
-                parts.push(self.predict(row, &budget, config)?);
-            }
-            if parts.iter().all(Option::is_none) {
-                break;
-            }
-            let tm = Instant::now();
-            let width = self.criterion.candidates_needed().max(1);
-            let scored = self.call(&mut rows, &parts, width)?;
-            let model_s = seconds_since(tm);
-            let mut last = vec![None; rows.len()];
-            for (b, (row, part)) in rows.iter_mut().zip(&parts).enumerate() {
-                let Some(part) = part else { continue };
-                row.stats.model_calls += 1;
-                row.stats.model_s += model_s;
-                let path = self.accept(&part.tree, &scored.ranked[b], scored.width)?;
-                let kept: Vec<i64> = path.iter().map(|&n| part.tree.tokens[n]).collect();
-                row.live
-                    .extend(path.iter().map(|&n| scored.base + n as i64));
-                row.seq.extend_from_slice(&kept);
-                row.stats.record_iteration(kept.len());
-                row.stats.proposed += part.tree.len() - 1;
-                hand_hidden(row, &scored, b, &path)?;
-                let tp = Instant::now();
-                let greedy: Vec<i64> = (0..part.tree.len())
-                    .map(|n| scored.ranked[b][n * scored.width])
-                    .collect();
-                row.proposer.observe_tree(&part.tree.as_draft(), &greedy)?;
-                row.proposer.observe(&kept)?;
-                row.stats.proposer_s += seconds_since(tp);
-                let end = *path.last().expect("a path holds the root");
-                row.next = scored.ranked[b][end * scored.width];
-                last[b] = Some(end);
-                if kept.iter().any(|&t| config.is_eos(t)) {
-                    row.stop = Some(StopReason::Eos);
-                }
-            }
-            self.refresh_heads(&mut rows, &scored, &last)?;
-        }
-
+        self.open(prompts.len(), slots)?;
+        let result = self.run_to_end(prompts, config);
+        // A failed batch leaves nothing behind for the next one.
+        self.live = None;
         let wall = seconds_since(t0);
-        Ok(rows
-            .into_iter()
-            .map(|mut row| {
-                row.stats.finish(wall);
-                DecodeOutput {
-                    tokens: row.seq[row.prompt_len..].to_vec(),
-                    stats: row.stats,
-                    stop: row.stop.unwrap_or(StopReason::MaxNewTokens),
+        let mut outs = result?;
+        for out in &mut outs {
+            out.stats.finish(wall);
+        }
+        Ok(outs)
+    }
+
+    /// Admits every prompt into the open batch and steps until each has finished.
+    fn run_to_end(
+        &mut self,
+        prompts: &[Vec<i64>],
+        config: &DecodeConfig,
+    ) -> Result<Vec<DecodeOutput>> {
+        let ids = prompts
+            .iter()
+            .map(|p| self.admit(p, config))
+            .collect::<Result<Vec<_>>>()?;
+        let mut outs: Vec<Option<DecodeOutput>> = vec![None; prompts.len()];
+        while outs.iter().any(Option::is_none) {
+            if self.busy_rows() == 0 {
+                return Err(Error::Contract {
+                    component: "BatchBlockwise",
+                    problem: "a row left the batch without an output".into(),
+                });
+            }
+            for update in self.step()? {
+                if let Some(out) = update.finished {
+                    let i = ids
+                        .iter()
+                        .position(|&id| id == update.row)
+                        .ok_or(Error::Contract {
+                            component: "BatchBlockwise",
+                            problem: "an update for a row this batch never admitted".into(),
+                        })?;
+                    outs[i] = Some(out?);
                 }
-            })
-            .collect())
+            }
+        }
+        Ok(outs.into_iter().flatten().collect())
     }
 
     /// This row's block for the next call, or `None` when it has finished (its stop set).
-    fn predict(
-        &mut self,
-        row: &mut Row,
-        budget: &Budget,
-        config: &DecodeConfig,
-    ) -> Result<Option<Part>> {
+    fn predict(&mut self, row: &mut Row) -> Result<Option<Part>> {
+        row.settle()?;
         if row.stop.is_some() {
             return Ok(None);
         }
+        let config = row.config.clone();
         let emitted = row.seq.len() - row.prompt_len;
-        let room = budget.remaining(emitted, row.seq.len());
-        if room == 0 {
-            row.stop = Some(budget.exhausted(emitted, config.on_context_full)?);
-            return Ok(None);
-        }
-        // A block that can hold only the token the last call chose needs no call: emit it, and
-        // the row finishes.
-        if room == 1 || config.is_eos(row.next) {
-            row.seq.push(row.next);
-            row.stats.record_free_iteration();
-            if config.is_eos(row.next) {
-                row.stop = Some(StopReason::Eos);
-                return Ok(None);
-            }
-            return self.predict(row, budget, config);
-        }
+        let room = row.budget.remaining(emitted, row.seq.len());
         let max_tokens = (self.block_size - 1).min(room - 1);
         let argmax: Vec<i64> = row
             .heads
@@ -559,7 +486,12 @@ impl<M: CausalLm> BatchBlockwise<M> {
     /// sees itself). Compacts the cache first when the slots would run out. Returns each row's
     /// ranked candidates per node (argmax first, then the rest of the top `width`), checked
     /// finite.
-    fn call(&mut self, rows: &mut [Row], parts: &[Option<Part>], width: usize) -> Result<Scored> {
+    fn call(
+        &mut self,
+        rows: &mut [Option<Row>],
+        parts: &[Option<Part>],
+        width: usize,
+    ) -> Result<Scored> {
         let t = parts
             .iter()
             .map(|p| p.as_ref().map_or(1, |p| p.tree.len()))
@@ -581,7 +513,9 @@ impl<M: CausalLm> BatchBlockwise<M> {
                 // Every query sees its own slot (padding included: no empty softmax).
                 mask[q + s + i] = true;
             }
-            let Some(part) = part else { continue };
+            let (Some(row), Some(part)) = (row, part) else {
+                continue;
+            };
             for (i, &token) in part.tree.tokens.iter().enumerate() {
                 tokens[r * t + i] = token;
                 positions[r * t + i] = (part.first_position + part.tree.depths[i]) as i64;
@@ -650,20 +584,27 @@ impl<M: CausalLm> BatchBlockwise<M> {
     }
 
     /// Moves every row's live slots to the front of its cache row.
-    fn compact(&mut self, rows: &mut [Row]) -> Result<()> {
-        let n = rows.iter().map(|r| r.live.len()).max().unwrap_or(0).max(1);
+    fn compact(&mut self, rows: &mut [Option<Row>]) -> Result<()> {
+        let n = rows
+            .iter()
+            .flatten()
+            .map(|r| r.live.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let mut index = Vec::with_capacity(rows.len() * n);
         for row in rows.iter() {
-            let pad = row.live.first().copied().unwrap_or(0);
-            index.extend_from_slice(&row.live);
-            index.extend(std::iter::repeat(pad).take(n - row.live.len()));
+            let live = row.as_ref().map_or(&[][..], |r| &r.live[..]);
+            let pad = live.first().copied().unwrap_or(0);
+            index.extend_from_slice(live);
+            index.extend(std::iter::repeat(pad).take(n - live.len()));
         }
         let device = self.model.info().device;
         let index = Tensor::from_slice(&index)
             .f_view([rows.len() as i64, n as i64])?
             .f_to_device(device)?;
         masked(&mut self.model)?.compact(&index)?;
-        for row in rows.iter_mut() {
+        for row in rows.iter_mut().flatten() {
             row.live = (0..row.live.len() as i64).collect();
         }
         Ok(())
@@ -673,7 +614,7 @@ impl<M: CausalLm> BatchBlockwise<M> {
     /// go on; one head call and one transfer for the batch.
     fn refresh_heads(
         &self,
-        rows: &mut [Row],
+        rows: &mut [Option<Row>],
         scored: &Scored,
         last: &[Option<usize>],
     ) -> Result<()> {
@@ -717,7 +658,9 @@ impl<M: CausalLm> BatchBlockwise<M> {
         let flat: Vec<i64> =
             Vec::try_from(&ranked.f_flatten(0, -1)?.f_to_device(tch::Device::Cpu)?)?;
         for ((b, _), chunk) in picks.iter().zip(flat.chunks(heads * width)) {
-            rows[*b].heads = chunk.chunks(width).map(<[i64]>::to_vec).collect();
+            if let Some(row) = rows[*b].as_mut() {
+                row.heads = chunk.chunks(width).map(<[i64]>::to_vec).collect();
+            }
         }
         Ok(())
     }
@@ -752,6 +695,15 @@ fn hand_hidden(row: &mut Row, scored: &Scored, b: usize, nodes: &[usize]) -> Res
     row.proposer.observe_hidden(&rows)?;
     row.stats.proposer_s += seconds_since(tp);
     Ok(())
+}
+
+/// Why a batch refuses sampling.
+fn sampling_refused() -> Error {
+    Error::config(
+        "sampling",
+        "batched and tree decoding are greedy; decode rows one at a time with Blockwise to \
+         sample",
+    )
 }
 
 /// The model's masked calling convention, or the error that says it has none.
