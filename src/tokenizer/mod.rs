@@ -6,7 +6,7 @@ mod hf;
 mod stream;
 mod train;
 
-pub use chat::ChatTemplate;
+pub use chat::{ChatTemplate, Message};
 pub use hf::HfTokenizer;
 pub use stream::TextStream;
 pub use train::{train_bpe, END_OF_TEXT};

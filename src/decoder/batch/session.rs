@@ -176,23 +176,16 @@ impl<M: CausalLm> BatchBlockwise<M> {
         Ok(id)
     }
 
-    /// Takes `row` out of the batch now (a client that went away); its cache slots are never
-    /// attended again. `false` when the row is not in the batch (finished, or never admitted).
-    pub fn cancel(&mut self, row: RowId) -> bool {
-        let Some(live) = self.live.as_mut() else {
-            return false;
-        };
-        match live
+    /// Takes `row` out of the batch now (a client that went away, a stop string found); its
+    /// cache slots are never attended again. Returns what the row cost so far, or `None` when
+    /// it is not in the batch (finished, or never admitted).
+    pub fn cancel(&mut self, row: RowId) -> Option<DecodeStats> {
+        let live = self.live.as_mut()?;
+        let slot = live
             .rows
             .iter_mut()
-            .find(|r| r.as_ref().is_some_and(|r| r.id == row))
-        {
-            Some(slot) => {
-                *slot = None;
-                true
-            }
-            None => false,
-        }
+            .find(|r| r.as_ref().is_some_and(|r| r.id == row))?;
+        slot.take().map(|r| r.into_output().stats)
     }
 
     /// One iteration of every busy row in one model call: rows still reading their prompt send

@@ -1,0 +1,172 @@
+//! `blockwise-server`: the OpenAI-compatible server on the command line.
+//!
+//! ```text
+//! cargo run --release -p blockwise-server -- --model models/smollm2 --addr 127.0.0.1:8080
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use blockwise::bundle::{BundleOptions, HeadsChoice, ModelBundle};
+use blockwise::config::{BlockwiseConfig, ProposerConfig};
+use blockwise::policy::PolicyConfig;
+use blockwise::DType;
+use blockwise_server::worker::WorkerConfig;
+use blockwise_server::{serve, spawn_worker, ServerOptions};
+use clap::Parser;
+
+/// An OpenAI-compatible HTTP server on blockwise decoding.
+#[derive(Parser, Debug)]
+#[command(name = "blockwise-server", version)]
+struct Cli {
+    /// `embedded` (the model shipped with the crate), or a folder exported by
+    /// scripts/export_hf.py (e.g. models/smollm2).
+    #[arg(long, default_value = "embedded")]
+    model: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Where proposals come from: heads, ngram[:MIN:MAX], lookahead[:W:N:G], draft:DIR,
+    /// eagle[:DIR], none, chain:A,B (as `decode --proposer`).
+    #[arg(long, default_value = "heads")]
+    proposer: String,
+    /// Block size: at most k - 1 proposals per block.
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    /// Size each block by recent acceptance and measured costs (decodes one request at a time:
+    /// needs --max-batch 1).
+    #[arg(long)]
+    adaptive: bool,
+    /// f32, bf16, f16 or int8 (an export's weight forms).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// cpu, or cuda with a CUDA build of libtorch.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Proposal heads folder, or `none` (default: the export's own, or those shipped for it).
+    #[arg(long)]
+    heads: Option<String>,
+    /// Context to allocate (default: the model's, at most 2048).
+    #[arg(long)]
+    max_context: Option<usize>,
+    /// Requests decoded together in one batch (1: one at a time).
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Requests that may wait for a row; beyond that, 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// `max_tokens` of a request that names none.
+    #[arg(long, default_value_t = 256)]
+    default_max_tokens: usize,
+    /// Read prompts in chunks of this many tokens, so a long one joining a batch does not
+    /// stall the others.
+    #[arg(long, default_value_t = 128)]
+    prefill_chunk: usize,
+    /// The model name clients send (default: the model folder's name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    body_limit: usize,
+}
+
+fn fail(message: impl std::fmt::Display) -> ! {
+    eprintln!("blockwise-server: {message}");
+    std::process::exit(2);
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if cli.adaptive && cli.max_batch != 1 {
+        fail("--adaptive sizes blocks per sequence, which a batch cannot; add --max-batch 1");
+    }
+    if cli.max_batch == 0 || cli.k == 0 || cli.prefill_chunk == 0 {
+        fail("--max-batch, --k and --prefill-chunk must be at least 1");
+    }
+    let proposer: ProposerConfig = cli.proposer.parse().unwrap_or_else(|e| fail(e));
+    let dtype: DType = cli.dtype.parse().unwrap_or_else(|e| fail(e));
+    let device = match cli.device.as_str() {
+        "cpu" => tch::Device::Cpu,
+        "cuda" if tch::Cuda::is_available() => tch::Device::Cuda(0),
+        "cuda" => fail("--device is cuda, but libtorch sees no CUDA device"),
+        other => fail(format!("--device is {other:?}; expected cpu or cuda")),
+    };
+    let heads = match cli.heads.as_deref() {
+        None => HeadsChoice::Auto,
+        Some("none") => HeadsChoice::None,
+        Some(dir) => HeadsChoice::Dir(PathBuf::from(dir)),
+    };
+    let options = BundleOptions {
+        dtype,
+        device,
+        max_context: cli.max_context,
+        heads,
+    };
+    let model_name = cli.served_model_name.clone().unwrap_or_else(|| {
+        PathBuf::from(&cli.model)
+            .file_name()
+            .map_or(cli.model.clone(), |n| n.to_string_lossy().into_owned())
+    });
+    let mut decoder = BlockwiseConfig::heads(cli.k);
+    decoder.proposer = proposer;
+    if cli.adaptive {
+        decoder.policy = PolicyConfig::CostAware { per_token: None };
+    }
+    let config = WorkerConfig {
+        decoder,
+        max_batch: cli.max_batch,
+        default_max_tokens: cli.default_max_tokens,
+        prefill_chunk: cli.prefill_chunk,
+    };
+    let model = cli.model.clone();
+    let worker = spawn_worker(
+        move || {
+            let bundle = ModelBundle::load(&model, &options)?;
+            Ok(bundle)
+        },
+        config,
+    )
+    .unwrap_or_else(|e| fail(e));
+    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| fail(e));
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cli.addr)
+            .await
+            .unwrap_or_else(|e| fail(format!("cannot listen on {}: {e}", cli.addr)));
+        eprintln!(
+            "blockwise-server: serving {model_name:?} on http://{} (proposer {}, k {}, batch {})",
+            cli.addr, cli.proposer, cli.k, cli.max_batch
+        );
+        let options = ServerOptions {
+            model_name,
+            queue: cli.queue,
+            body_limit: cli.body_limit,
+        };
+        if let Err(e) = serve(listener, worker, options, shutdown_signal()).await {
+            fail(e);
+        }
+        eprintln!("blockwise-server: stopped");
+    });
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    eprintln!("blockwise-server: shutting down: finishing requests in flight");
+}
