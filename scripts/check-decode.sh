@@ -82,6 +82,8 @@ if [ -f models/smollm2/metadata.json ]; then
   smollm2_identical "ngram" --proposer ngram --k 5
   smollm2_identical "ngram, chat" --chat --proposer ngram --k 5
   smollm2_identical "ngram, chat, --adaptive" --chat --proposer ngram --k 8 --adaptive
+  smollm2_identical "lookahead:4:2:4, chat, --tree dynamic:16" --chat --proposer lookahead:4:2:4 --k 5 \
+    --tree dynamic:16
   # A layer-truncated draft (make smollm2-draft), alone and behind n-gram lookup in a chain,
   # with the cost-aware policy: still identical to greedy.
   if [ -f models/smollm2-draft/metadata.json ]; then
@@ -149,6 +151,16 @@ identical "embedded, ngram, --batch 2" --prompt-file examples/prompts.txt --prop
   --batch 2 --max-new-tokens 40
 identical "embedded, --tree 3,2,2,1,1,1,1 --batch 2" --prompt-file examples/prompts.txt --k 8 \
   --tree 3,2,2,1,1,1,1 --batch 2 --max-new-tokens 40
+# Lookahead decoding: the chain form, with --adaptive, the one-call tree form, batched rows, and
+# first in a chain with n-gram lookup.
+identical "embedded, lookahead" --prompt-file examples/prompts.txt --proposer lookahead --k 5 \
+  --max-new-tokens 40
+identical "embedded, lookahead:4:2:4, --adaptive" --prompt-file examples/prompts.txt \
+  --proposer lookahead:4:2:4 --k 5 --adaptive --max-new-tokens 40
+identical "embedded, lookahead, --tree dynamic:16 --batch 2" --prompt-file examples/prompts.txt \
+  --proposer lookahead --k 5 --tree dynamic:16 --batch 2 --max-new-tokens 40
+identical "embedded, chain of lookahead and ngram" --prompt-file examples/prompts.txt \
+  --proposer chain:lookahead,ngram --k 5 --max-new-tokens 40
 if [ -f models/smollm2/metadata.json ]; then
   smollm2_identical "heads, --batch 2" --chat --proposer heads --k 5 --batch 2
   smollm2_identical "heads, --tree 3,2,2,1" --chat --k 5 --tree 3,2,2,1
@@ -165,6 +177,7 @@ for args in "--batch 0" "--batch 2 --temperature 0.7" "--batch 2 --adaptive" "--
             "--proposer chain:" "--proposer draft:no/such/dir" "--proposer eagle" "--proposer eagle:no/such/dir" \
             "--proposer eagle:assets/drafts/smollm2" "--tree dynamic:0" "--tree dynamic:x" "--tree dynamic:8 --accept top-k:2" \
             "--heads no/such/dir" "--policy sometimes" \
+            "--proposer lookahead:0:3:4" "--proposer lookahead:4:1:4" "--proposer lookahead:4:3" \
             "--top-p 0.9" "--temperature 0.7 --accept top-k:2" "--temperature 1 --top-p 1.5" \
             "--temperature -1" "--temperature 1 --accept typical:0:0.3" "--temperature 1 --seed x" \
             "--accept typical" "--adaptive --policy fixed" "--bogus" "--k x" \
