@@ -150,7 +150,7 @@ def main():
     ap.add_argument("--levels", default="1,4,16,64")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--requests", type=int, default=0,
-                    help="requests per level (default: max(8, 2 x clients))")
+                    help="requests per level (default: max(8, clients))")
     ap.add_argument("--configs", default=DEFAULT_CONFIGS,
                     help="'LABEL|SERVER ARGS' entries separated by ';'")
     ap.add_argument("--timeout", type=float, default=300.0)
@@ -168,7 +168,7 @@ def main():
         proc = start_server(args, extra, args.port)
         try:
             for clients in levels:
-                n = args.requests or max(8, 2 * clients)
+                n = args.requests or max(8, clients)
                 row = level(args.port, prompts, want, clients, n, args.max_tokens, args.timeout)
                 row.update({"config": label, "server_args": extra})
                 report["rows"].append(row)

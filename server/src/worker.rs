@@ -327,7 +327,14 @@ impl Worker {
                         proposer.build_with(&factory_info, emb.as_ref())
                     })
                     .build()?;
-                decoder.open(config.max_batch, info.max_context + 2 * k)?;
+                // As many rows as greedy requests are waiting (every call computes every row,
+                // busy or not); later requests take rows as they free up, or the next batch.
+                let waiting = pending
+                    .iter()
+                    .take_while(|r| r.decode.sampling.is_none())
+                    .count();
+                let rows = waiting.clamp(1, config.max_batch);
+                decoder.open(rows, info.max_context + 2 * k)?;
                 Ok(decoder)
             });
         let mut decoder = match built {
@@ -344,7 +351,16 @@ impl Worker {
         let mut rows: HashMap<RowId, Answer> = HashMap::new();
         loop {
             take_waiting(text, config, flags, pending, jobs);
-            while decoder.busy_rows() < decoder.capacity()
+            // A batch opened smaller than the demand now takes no one: it drains, and the next
+            // one opens with as many rows as are waiting (up to --max-batch).
+            let waiting = pending
+                .iter()
+                .take_while(|r| r.decode.sampling.is_none())
+                .count();
+            let free = decoder.capacity() - decoder.busy_rows();
+            let too_small = decoder.capacity() < config.max_batch && waiting > free;
+            while !too_small
+                && decoder.busy_rows() < decoder.capacity()
                 && pending.front().is_some_and(|r| r.decode.sampling.is_none())
             {
                 let ready = pending.pop_front().expect("a front");
