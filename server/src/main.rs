@@ -62,6 +62,10 @@ struct Cli {
     /// stall the others.
     #[arg(long, default_value_t = 128)]
     prefill_chunk: usize,
+    /// Requests wait for the next batch instead of joining a running one in a freed row (to
+    /// measure what joining is worth; off by default).
+    #[arg(long)]
+    no_join: bool,
     /// The model name clients send (default: the model folder's name).
     #[arg(long)]
     served_model_name: Option<String>,
@@ -117,6 +121,7 @@ fn main() {
         max_batch: cli.max_batch,
         default_max_tokens: cli.default_max_tokens,
         prefill_chunk: cli.prefill_chunk,
+        join_running: !cli.no_join,
     };
     let model = cli.model.clone();
     let worker = spawn_worker(

@@ -97,6 +97,9 @@ pub struct WorkerConfig {
     /// The prompt is read in chunks of this many tokens, so a long prompt joining a batch
     /// does not stall the other rows for long.
     pub prefill_chunk: usize,
+    /// Whether a request may join a running batch in a row that freed up (`true`, the
+    /// default) or waits for the next batch (`false`; kept to measure the difference).
+    pub join_running: bool,
 }
 
 /// The shared flags the server and the worker read.
@@ -359,7 +362,10 @@ impl Worker {
                 .count();
             let free = decoder.capacity() - decoder.busy_rows();
             let too_small = decoder.capacity() < config.max_batch && waiting > free;
+            let opened = decoder.busy_rows() == 0 && rows.is_empty();
+            let closed = !config.join_running && !opened;
             while !too_small
+                && !closed
                 && decoder.busy_rows() < decoder.capacity()
                 && pending.front().is_some_and(|r| r.decode.sampling.is_none())
             {

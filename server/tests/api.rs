@@ -23,7 +23,13 @@ struct Server {
 }
 
 impl Server {
-    async fn start(model: &str, proposer: &str, k: usize, max_batch: usize, queue: usize) -> Server {
+    async fn start(
+        model: &str,
+        proposer: &str,
+        k: usize,
+        max_batch: usize,
+        queue: usize,
+    ) -> Server {
         let mut decoder = BlockwiseConfig::heads(k);
         decoder.proposer = proposer.parse::<ProposerConfig>().expect("proposer");
         let config = WorkerConfig {
@@ -31,6 +37,7 @@ impl Server {
             max_batch,
             default_max_tokens: 32,
             prefill_chunk: 16,
+            join_running: true,
         };
         let name = model.to_string();
         let worker = spawn_worker(
@@ -38,7 +45,9 @@ impl Server {
             config,
         )
         .expect("worker");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         let served = PathBuf::from(model)
@@ -150,7 +159,9 @@ fn greedy_texts(model: &str, prompts: &[(String, usize)], chat: bool) -> Vec<Str
                 bundle.tokenizer.encode_prompt(p).expect("encode")
             };
             let config = DecodeConfig::new(*n).with_eos(bundle.eos.clone());
-            let out = GreedyDecoder::new(&mut *model).decode(&ids, &config).expect("greedy");
+            let out = GreedyDecoder::new(&mut *model)
+                .decode(&ids, &config)
+                .expect("greedy");
             bundle.tokenizer.decode(&out.tokens).expect("decode")
         })
         .collect()
@@ -195,7 +206,10 @@ async fn every_endpoint_answers_with_greedy_output() {
     assert_eq!(plain["choices"][0]["text"], want.as_str());
     assert_eq!(plain["choices"][0]["finish_reason"], "length");
     assert_eq!(plain["usage"]["completion_tokens"], 40);
-    assert!(plain["blockwise"]["mean_accepted"].as_f64().unwrap() > 1.0, "{plain}");
+    assert!(
+        plain["blockwise"]["mean_accepted"].as_f64().unwrap() > 1.0,
+        "{plain}"
+    );
 
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
@@ -240,35 +254,113 @@ async fn bad_input_is_a_4xx_naming_the_field() {
     };
     let long = "And the LORD spake unto Moses, saying ".repeat(60);
     let cases: Vec<(&str, Value, u16, Option<&str>)> = vec![
-        ("unknown field", with("frobnicate", json!(1)), 400, Some("frobnicate")),
-        ("empty prompt", with("prompt", json!("")), 400, Some("prompt")),
-        ("prompt too long", with("prompt", json!(long)), 400, Some("prompt")),
-        ("max_tokens 0", with("max_tokens", json!(0)), 400, Some("max_tokens")),
-        ("max_tokens huge", with("max_tokens", json!(1_000_000_000u64)), 400, Some("max_tokens")),
-        ("max_tokens negative", with("max_tokens", json!(-3)), 400, Some("max_tokens")),
-        ("temperature < 0", with("temperature", json!(-0.5)), 400, Some("temperature")),
-        ("temperature not a number", with("temperature", json!("hot")), 400, Some("temperature")),
+        (
+            "unknown field",
+            with("frobnicate", json!(1)),
+            400,
+            Some("frobnicate"),
+        ),
+        (
+            "empty prompt",
+            with("prompt", json!("")),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "prompt too long",
+            with("prompt", json!(long)),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "max_tokens 0",
+            with("max_tokens", json!(0)),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "max_tokens huge",
+            with("max_tokens", json!(1_000_000_000u64)),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "max_tokens negative",
+            with("max_tokens", json!(-3)),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "temperature < 0",
+            with("temperature", json!(-0.5)),
+            400,
+            Some("temperature"),
+        ),
+        (
+            "temperature not a number",
+            with("temperature", json!("hot")),
+            400,
+            Some("temperature"),
+        ),
         ("top_p 0", with("top_p", json!(0.0)), 400, Some("top_p")),
-        ("top_p above 1", with("top_p", json!(1.5)), 400, Some("top_p")),
+        (
+            "top_p above 1",
+            with("top_p", json!(1.5)),
+            400,
+            Some("top_p"),
+        ),
         ("n 2", with("n", json!(2)), 400, Some("n")),
-        ("five stop strings", with("stop", json!(["a", "b", "c", "d", "e"])), 400, Some("stop")),
-        ("unknown model", with("model", json!("gpt-4")), 404, Some("model")),
+        (
+            "five stop strings",
+            with("stop", json!(["a", "b", "c", "d", "e"])),
+            400,
+            Some("stop"),
+        ),
+        (
+            "unknown model",
+            with("model", json!("gpt-4")),
+            404,
+            Some("model"),
+        ),
         ("missing prompt", json!({"model": "embedded"}), 400, None),
     ];
     for (what, body, status, param) in cases {
         let (got, err) = post(&server, "/v1/completions", body).await;
         assert_eq!(got, status, "{what}: {err}");
-        assert!(err["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}");
-        assert!(!err["error"]["message"].as_str().unwrap().contains('\n'), "{what}: {err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
+        assert!(
+            !err["error"]["message"].as_str().unwrap().contains('\n'),
+            "{what}: {err}"
+        );
         if let Some(p) = param {
             assert_eq!(err["error"]["param"], p, "{what}: {err}");
         }
     }
     // Bodies that are not JSON, NaN included (JSON has no NaN), and one over the size limit.
     for (what, raw, status) in [
-        ("malformed JSON", "{\"model\": \"embedded\", \"prompt\": ".to_string(), 400),
-        ("NaN temperature", r#"{"model":"embedded","prompt":"x","temperature":NaN}"#.into(), 400),
-        ("body too large", format!(r#"{{"model":"embedded","prompt":"{}"}}"#, "a".repeat(70_000)), 413),
+        (
+            "malformed JSON",
+            "{\"model\": \"embedded\", \"prompt\": ".to_string(),
+            400,
+        ),
+        (
+            "NaN temperature",
+            r#"{"model":"embedded","prompt":"x","temperature":NaN}"#.into(),
+            400,
+        ),
+        (
+            "body too large",
+            format!(
+                r#"{{"model":"embedded","prompt":"{}"}}"#,
+                "a".repeat(70_000)
+            ),
+            413,
+        ),
     ] {
         let r = client()
             .post(server.url("/v1/completions"))
@@ -284,8 +376,16 @@ async fn bad_input_is_a_4xx_naming_the_field() {
     // Chat: empty messages, a bad role, and a model without a chat template.
     for (what, messages, param) in [
         ("no messages", json!([]), "messages"),
-        ("bad role", json!([{"role": "robot", "content": "hi"}]), "messages[0].role"),
-        ("no template", json!([{"role": "user", "content": "hi"}]), "messages"),
+        (
+            "bad role",
+            json!([{"role": "robot", "content": "hi"}]),
+            "messages[0].role",
+        ),
+        (
+            "no template",
+            json!([{"role": "user", "content": "hi"}]),
+            "messages",
+        ),
     ] {
         let (got, err) = post(
             &server,
@@ -296,7 +396,11 @@ async fn bad_input_is_a_4xx_naming_the_field() {
         assert_eq!(got, 400, "{what}: {err}");
         assert_eq!(err["error"]["param"], param, "{what}: {err}");
     }
-    let r = client().get(server.url("/v1/nothing")).send().await.unwrap();
+    let r = client()
+        .get(server.url("/v1/nothing"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
     // After all that the worker still answers.
     let (status, _) = post(&server, "/v1/completions", ok).await;
@@ -351,8 +455,10 @@ async fn a_full_queue_is_a_429_with_retry_after() {
     let server = Server::start("embedded", "none", 1, 1, 0).await;
     let r = client()
         .post(server.url("/v1/completions"))
-        .json(&json!({"model": "embedded", "prompt": "In the beginning", "max_tokens": 200,
-                      "stream": true}))
+        .json(
+            &json!({"model": "embedded", "prompt": "In the beginning", "max_tokens": 200,
+                      "stream": true}),
+        )
         .send()
         .await
         .unwrap();
@@ -373,11 +479,16 @@ async fn a_full_queue_is_a_429_with_retry_after() {
         json!({"model": "embedded", "prompt": "Thou shalt", "max_tokens": 4}),
     )
     .await;
-    assert_eq!(status, 200, "the place is free again once the answer is done");
+    assert_eq!(
+        status, 200,
+        "the place is free again once the answer is done"
+    );
     let r = client()
         .post(server.url("/v1/completions"))
-        .json(&json!({"model": "embedded", "prompt": "In the beginning", "max_tokens": 200,
-                      "stream": true}))
+        .json(
+            &json!({"model": "embedded", "prompt": "In the beginning", "max_tokens": 200,
+                      "stream": true}),
+        )
         .send()
         .await
         .unwrap();
@@ -428,8 +539,10 @@ async fn smollm2_chat_equals_greedy_and_a_gone_client_frees_its_row() {
     // the 1500 tokens it asked for (about a minute here) could have been decoded.
     let r = client()
         .post(server.url("/v1/chat/completions"))
-        .json(&json!({"model": "smollm2", "max_tokens": 1500, "stream": true,
-                      "messages": [{"role": "user", "content": "Write a very long story."}]}))
+        .json(
+            &json!({"model": "smollm2", "max_tokens": 1500, "stream": true,
+                      "messages": [{"role": "user", "content": "Write a very long story."}]}),
+        )
         .send()
         .await
         .unwrap();
@@ -450,7 +563,10 @@ async fn smollm2_chat_equals_greedy_and_a_gone_client_frees_its_row() {
         if health["requests"] == 0 {
             break;
         }
-        assert!(gone.elapsed() < Duration::from_secs(10), "the row was never freed");
+        assert!(
+            gone.elapsed() < Duration::from_secs(10),
+            "the row was never freed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server.shutdown().await;
@@ -462,8 +578,10 @@ async fn shutdown_finishes_the_answers_in_flight() {
     let want = greedy_texts("embedded", &[(PROMPTS[2].into(), 200)], false).remove(0);
     let r = client()
         .post(server.url("/v1/completions"))
-        .json(&json!({"model": "embedded", "prompt": PROMPTS[2], "max_tokens": 200,
-                      "stream": true}))
+        .json(
+            &json!({"model": "embedded", "prompt": PROMPTS[2], "max_tokens": 200,
+                      "stream": true}),
+        )
         .send()
         .await
         .unwrap();

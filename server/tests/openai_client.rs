@@ -52,6 +52,7 @@ async fn the_openai_python_client_gets_greedy_answers() {
         max_batch: 4,
         default_max_tokens: 32,
         prefill_chunk: 64,
+        join_running: true,
     };
     let load = model.clone();
     let worker = spawn_worker(
@@ -70,7 +71,11 @@ async fn the_openai_python_client_gets_greedy_answers() {
     let server = tokio::spawn(serve(listener, worker, options, async {
         let _ = stopped.await;
     }));
-    let (prompt, question, n) = ("The three primary colours are", "Name a fruit that is red.", 24);
+    let (prompt, question, n) = (
+        "The three primary colours are",
+        "Name a fruit that is red.",
+        24,
+    );
     let run = tokio::task::spawn_blocking({
         let base = base.clone();
         move || {
