@@ -500,7 +500,12 @@ impl<M: CausalLm> BatchBlockwise<M> {
         // Compact when the slots run out, and also when most used slots are dead (rejected
         // blocks, padding, rows that left): a call attends every used slot, so a long-open batch
         // (a server's) would otherwise pay for up to its whole capacity each call.
-        let longest = rows.iter().flatten().map(|r| r.live.len()).max().unwrap_or(0);
+        let longest = rows
+            .iter()
+            .flatten()
+            .map(|r| r.live.len())
+            .max()
+            .unwrap_or(0);
         let m = masked(&mut self.model)?;
         let used = m.slots_used();
         if used + t > m.slot_capacity() || used > 2 * longest + 64 {
