@@ -3,105 +3,17 @@
 //! concurrent clients each getting exactly their own greedy output, a full queue, a client
 //! that disconnects, and a graceful shutdown. The embedded model, plus SmolLM2's chat template.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use blockwise::bundle::{BundleOptions, ModelBundle};
-use blockwise::config::{BlockwiseConfig, ProposerConfig};
 use blockwise::tokenizer::Message;
 use blockwise::{BlockwiseDecoder, DecodeConfig, GreedyDecoder};
-use blockwise_server::worker::WorkerConfig;
-use blockwise_server::{serve, spawn_worker, ServerOptions};
+use common::{client, event_text, events, open_stream, post, Server};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
-
-struct Server {
-    base: String,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Server {
-    async fn start(
-        model: &str,
-        proposer: &str,
-        k: usize,
-        max_batch: usize,
-        queue: usize,
-    ) -> Server {
-        let mut decoder = BlockwiseConfig::heads(k);
-        decoder.proposer = proposer.parse::<ProposerConfig>().expect("proposer");
-        let config = WorkerConfig {
-            decoder,
-            max_batch,
-            default_max_tokens: 32,
-            prefill_chunk: 16,
-            join_running: true,
-        };
-        let name = model.to_string();
-        let worker = spawn_worker(
-            move || ModelBundle::load(&name, &BundleOptions::default()),
-            config,
-        )
-        .expect("worker");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let served = PathBuf::from(model)
-            .file_name()
-            .map_or(model.to_string(), |n| n.to_string_lossy().into_owned());
-        let options = ServerOptions {
-            model_name: served,
-            queue,
-            body_limit: 64 * 1024,
-        };
-        let done = tokio::spawn(serve(listener, worker, options, async {
-            let _ = stopped.await;
-        }));
-        Server {
-            base,
-            stop: Some(stop),
-            done,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.done.await.expect("join").expect("serve");
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
-async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
-    let r = client()
-        .post(server.url(path))
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
-    let status = r.status().as_u16();
-    (status, r.json().await.expect("json body"))
-}
-
-/// The `data:` payloads of a server-sent event stream.
-fn events(body: &str) -> Vec<String> {
-    body.split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .map(str::to_string)
-        .collect()
-}
 
 /// A streamed answer: its text (the deltas joined) and its last JSON event.
 async fn stream(server: &Server, path: &str, body: Value) -> (String, Value) {
@@ -119,21 +31,11 @@ async fn stream(server: &Server, path: &str, body: Value) -> (String, Value) {
     let body = r.text().await.expect("stream");
     let data = events(&body);
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{body}");
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).expect("event json"))
-        .collect();
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| {
-            let choice = &c["choices"][0];
-            choice["text"]
-                .as_str()
-                .or_else(|| choice["delta"]["content"].as_str())
-                .map(str::to_string)
-        })
-        .collect();
-    (text, chunks.last().cloned().expect("a final event"))
+    let last = data.iter().rev().nth(1).expect("a final event");
+    (
+        event_text(&data),
+        serde_json::from_str(last).expect("event json"),
+    )
 }
 
 /// Greedy decoding of each prompt by the library, alone: the text the server must return.
@@ -427,14 +329,7 @@ async fn concurrent_clients_get_exactly_their_own_greedy_outputs() {
                 assert_eq!(r.status().as_u16(), 200);
                 let text = r.text().await.expect("body");
                 if i % 2 == 0 {
-                    events(&text)
-                        .iter()
-                        .filter(|d| d.as_str() != "[DONE]")
-                        .map(|d| {
-                            let v: Value = serde_json::from_str(d).unwrap();
-                            v["choices"][0]["text"].as_str().unwrap().to_string()
-                        })
-                        .collect::<String>()
+                    event_text(&events(&text))
                 } else {
                     let v: Value = serde_json::from_str(&text).unwrap();
                     v["choices"][0]["text"].as_str().unwrap().to_string()
@@ -453,16 +348,15 @@ async fn concurrent_clients_get_exactly_their_own_greedy_outputs() {
 async fn a_full_queue_is_a_429_with_retry_after() {
     // One row, no queue: while one answer streams, the next request is turned away.
     let server = Server::start("embedded", "none", 1, 1, 0).await;
-    let r = client()
-        .post(server.url("/v1/completions"))
-        .json(
+    let mut body = Box::pin(
+        open_stream(
+            &server,
+            "/v1/completions",
             &json!({"model": "embedded", "prompt": "In the beginning", "max_tokens": 200,
                       "stream": true}),
         )
-        .send()
-        .await
-        .unwrap();
-    let mut body = r.bytes_stream();
+        .await,
+    );
     body.next().await.expect("a first event").expect("bytes");
     let (status, err) = post(
         &server,
@@ -483,16 +377,15 @@ async fn a_full_queue_is_a_429_with_retry_after() {
         status, 200,
         "the place is free again once the answer is done"
     );
-    let r = client()
-        .post(server.url("/v1/completions"))
-        .json(
+    let mut body = Box::pin(
+        open_stream(
+            &server,
+            "/v1/completions",
             &json!({"model": "embedded", "prompt": "In the beginning", "max_tokens": 200,
                       "stream": true}),
         )
-        .send()
-        .await
-        .unwrap();
-    let mut body = r.bytes_stream();
+        .await,
+    );
     body.next().await.expect("a first event").expect("bytes");
     let r = client()
         .post(server.url("/v1/completions"))
@@ -537,16 +430,15 @@ async fn smollm2_chat_equals_greedy_and_a_gone_client_frees_its_row() {
 
     // A client that goes away mid-answer: its row is freed at the next iteration, long before
     // the 1500 tokens it asked for (about a minute here) could have been decoded.
-    let r = client()
-        .post(server.url("/v1/chat/completions"))
-        .json(
+    let mut body = Box::pin(
+        open_stream(
+            &server,
+            "/v1/chat/completions",
             &json!({"model": "smollm2", "max_tokens": 1500, "stream": true,
                       "messages": [{"role": "user", "content": "Write a very long story."}]}),
         )
-        .send()
-        .await
-        .unwrap();
-    let mut body = r.bytes_stream();
+        .await,
+    );
     body.next().await.expect("an event").expect("bytes");
     body.next().await.expect("an event").expect("bytes");
     drop(body);
@@ -576,16 +468,15 @@ async fn smollm2_chat_equals_greedy_and_a_gone_client_frees_its_row() {
 async fn shutdown_finishes_the_answers_in_flight() {
     let mut server = Server::start("embedded", "heads", 4, 2, 4).await;
     let want = greedy_texts("embedded", &[(PROMPTS[2].into(), 200)], false).remove(0);
-    let r = client()
-        .post(server.url("/v1/completions"))
-        .json(
+    let mut body = Box::pin(
+        open_stream(
+            &server,
+            "/v1/completions",
             &json!({"model": "embedded", "prompt": PROMPTS[2], "max_tokens": 200,
                       "stream": true}),
         )
-        .send()
-        .await
-        .unwrap();
-    let mut body = r.bytes_stream();
+        .await,
+    );
     let mut raw = Vec::new();
     raw.extend_from_slice(&body.next().await.expect("an event").expect("bytes"));
     let _ = server.stop.take().expect("running").send(());
@@ -594,13 +485,7 @@ async fn shutdown_finishes_the_answers_in_flight() {
     }
     let data = events(&String::from_utf8(raw).unwrap());
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let text: String = data[..data.len() - 1]
-        .iter()
-        .map(|d| {
-            let v: Value = serde_json::from_str(d).unwrap();
-            v["choices"][0]["text"].as_str().unwrap().to_string()
-        })
-        .collect();
+    let text = event_text(&data);
     assert_eq!(text, want, "the answer in flight was finished whole");
     let base = server.base.clone();
     server.done.await.expect("join").expect("serve");

@@ -6,12 +6,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+mod common;
+
 use blockwise::bundle::{BundleOptions, ModelBundle};
-use blockwise::config::BlockwiseConfig;
 use blockwise::tokenizer::Message;
 use blockwise::{BlockwiseDecoder, DecodeConfig, GreedyDecoder};
-use blockwise_server::worker::WorkerConfig;
-use blockwise_server::{serve, spawn_worker, ServerOptions};
+use common::Server;
 use serde_json::Value;
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -45,32 +45,8 @@ async fn the_openai_python_client_gets_greedy_answers() {
     );
     let model = model.to_string_lossy().into_owned();
     let python = PathBuf::from(ROOT).join(".venv/bin/python");
-    let mut decoder = BlockwiseConfig::heads(4);
-    decoder.proposer = "ngram".parse().unwrap();
-    let config = WorkerConfig {
-        decoder,
-        max_batch: 4,
-        default_max_tokens: 32,
-        prefill_chunk: 64,
-        join_running: true,
-    };
-    let load = model.clone();
-    let worker = spawn_worker(
-        move || ModelBundle::load(&load, &BundleOptions::default()),
-        config,
-    )
-    .expect("worker");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let options = ServerOptions {
-        model_name: "smollm2".into(),
-        queue: 8,
-        body_limit: 1 << 20,
-    };
-    let server = tokio::spawn(serve(listener, worker, options, async {
-        let _ = stopped.await;
-    }));
+    let server = Server::start(&model, "ngram", 4, 4, 8).await;
+    let base = server.base.clone();
     let (prompt, question, n) = (
         "The three primary colours are",
         "Name a fruit that is red.",
@@ -105,6 +81,5 @@ async fn the_openai_python_client_gets_greedy_answers() {
     assert_eq!(got["bad_request"]["status"], 400);
     assert_eq!(got["bad_request"]["param"], "top_p");
     assert_eq!(got["not_found"]["status"], 404);
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.shutdown().await;
 }
