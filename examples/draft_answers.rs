@@ -115,6 +115,7 @@ fn run() -> Result<()> {
     let options = BundleOptions {
         dtype: DType::F32,
         heads: HeadsChoice::None,
+        f32_matmul: Default::default(),
         ..BundleOptions::default()
     };
     let mut bundle = ModelBundle::load(&a.model, &options)?;

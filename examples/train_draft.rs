@@ -160,6 +160,7 @@ fn run() -> Result<()> {
     let options = BundleOptions {
         dtype: DType::F32,
         heads: HeadsChoice::None,
+        f32_matmul: Default::default(),
         ..BundleOptions::default()
     };
     let mut bundle = ModelBundle::load(&config.model, &options)?;

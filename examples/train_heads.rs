@@ -338,6 +338,7 @@ fn run(path: &Path, range: Option<(usize, usize)>) -> Result<()> {
     let options = BundleOptions {
         dtype: config.dtype,
         heads: HeadsChoice::None,
+        f32_matmul: Default::default(),
         ..BundleOptions::default()
     };
     let mut bundle = ModelBundle::load(&config.model, &options)?;

@@ -13,7 +13,10 @@ The matrix products are pluggable, one class per weight form, chosen by what was
 on CPU (docs/benchmarks.md, "Where the time of a step goes"):
 
 - `DenseLinear` (f32): the weight stored transposed, `[in, out]` contiguous, multiplied as
-  `x @ W`; MKL reads it in order, 10-25% faster than `F.linear` for 1-16 rows;
+  `x @ W`; MKL reads it in order, 10-25% faster than `F.linear` for 1-16 rows on an Intel
+  Xeon. `prepack_onednn()` instead packs it once for oneDNN, whose f32 products on an AMD EPYC
+  cost 17-21 ms per step's worth for 1-16 rows against 27-70 for MKL's (the crate picks by CPU:
+  `LoadOptions::f32_matmul`);
 - `PackedLinear` (bf16): oneDNN's linear with the weight reordered once into oneDNN's blocked
   layout by `prepack()`, instead of on every call (1.4-2x faster than `F.linear` in bf16);
 - `Int8Linear` (int8): int8 weights with a scale per output channel, bfloat16 activations
@@ -36,16 +39,24 @@ from torch.jit import Final
 
 
 class DenseLinear(nn.Module):
-    """`x @ W^T (+ b)` with `W^T` stored contiguous."""
+    """`x @ W^T (+ b)` with `W^T` stored contiguous (libtorch's BLAS: MKL on x86), or, after
+    `prepack_onednn()`, oneDNN's linear with the weight packed once for it (the faster of the two
+    on AMD CPUs, where MKL's small-row products are slow: docs/benchmarks.md)."""
 
     bias: Optional[torch.Tensor]
+    packed: bool
 
     def __init__(self, weight, bias=None):
         super().__init__()
         self.wt = nn.Parameter(weight.detach().t().contiguous(), requires_grad=False)
         self.bias = None if bias is None else bias.detach().clone()
+        self.w = torch.empty(0)
+        self.packed = False
 
     def forward(self, x):
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(
+                x, self.w, self.bias, "none", torch.jit.annotate(List[Optional[Union[int, float, complex]]], []), "")
         y = torch.matmul(x, self.wt)
         b = self.bias
         if b is not None:
@@ -55,6 +66,16 @@ class DenseLinear(nn.Module):
     @torch.jit.export
     def prepack(self):
         pass
+
+    @torch.jit.export
+    def prepack_onednn(self):
+        """Packs the weight for oneDNN (blocked for up to 16 rows, which measured as fast as a
+        one-row packing for one row and faster for blocks) and drops the plain copy; a tied
+        embedding that reads the plain weight keeps its own reference to it."""
+        if not self.packed and not self.wt.is_cuda:
+            self.w = torch.ops.mkldnn._reorder_linear_weight(self.wt.t().contiguous(), 16)
+            self.wt = torch.empty(0)
+            self.packed = True
 
 
 class PackedLinear(nn.Module):
@@ -81,6 +102,10 @@ class PackedLinear(nn.Module):
         if not self.packed and not self.w.is_cuda:
             self.w = torch.ops.mkldnn._reorder_linear_weight(self.w, 1)
             self.packed = True
+
+    @torch.jit.export
+    def prepack_onednn(self):
+        self.prepack()
 
 
 def quantize_int8(weight):
@@ -120,6 +145,10 @@ class Int8Linear(nn.Module):
 
     @torch.jit.export
     def prepack(self):
+        pass
+
+    @torch.jit.export
+    def prepack_onednn(self):
         pass
 
 
@@ -358,6 +387,13 @@ class Layer(nn.Module):
         self.gate_up.prepack()
         self.down.prepack()
 
+    @torch.jit.export
+    def prepack_onednn(self):
+        self.qkv.prepack_onednn()
+        self.o.prepack_onednn()
+        self.gate_up.prepack_onednn()
+        self.down.prepack_onednn()
+
 
 def rope_table(spec: RopeSpec, name: str, module: nn.Module):
     module.register_buffer(name, spec.inv_freq.detach().float().clone(), persistent=False)
@@ -466,6 +502,15 @@ class CachedDecoder(nn.Module):
         for layer in self.layers:
             layer.prepack()
         self.lm_head.prepack()
+
+    @torch.jit.export
+    def prepack_onednn(self):
+        """`prepack()`, but f32 products go through oneDNN with weights packed for it instead of
+        libtorch's BLAS (MKL on x86); bf16 and int8 are as with `prepack()`. The crate calls one
+        of the two (`LoadOptions::f32_matmul`)."""
+        for layer in self.layers:
+            layer.prepack_onednn()
+        self.lm_head.prepack_onednn()
 
 
 class MaskedDecoder(CachedDecoder):

@@ -31,9 +31,11 @@ rank among the slots its query may attend, so the mask must allow each query its
 one slot per earlier position, in slot order (what the crate's decoders do).
 
 Both are TorchScript `script` modules (scripts/export_decoder.py, described per family by
-scripts/families/) with a second method, `prepack()`,
-which the crate calls once after loading: it reorders weights for the CPU matrix library where the
-form needs it (bf16), and does nothing otherwise. `metadata.json` says `"prepack": true` for them.
+scripts/families/) with two more methods, of which the crate calls one once after loading:
+`prepack()` reorders weights for the CPU matrix library where the form needs it (bf16, for
+oneDNN) and does nothing otherwise; `prepack_onednn()` also packs f32 weights for oneDNN, whose
+f32 products are the faster ones on AMD CPUs (`LoadOptions::f32_matmul`). `metadata.json` says
+`"prepack": true` for them and, for f32, `"onednn": true`; the export checks both packings.
 
 Weight forms (`--dtypes`): `f32`, `bf16`, and, opt-in, `int8` (int8 weights with a float scale per
 output channel, bfloat16 compute; `metadata.json` says `"compute": "bf16"`). The int8 form is
@@ -303,9 +305,9 @@ def export_dtype(hf_model, cfg, dtype_name, out, max_context, uncached, check_id
         else:
             check_low_precision(name, got, eager, ref32 if ref is None else ref)
 
-    def load(path):
+    def load(path, packing):
         m = torch.jit.load(path)
-        m.prepack()  # what the crate does after loading
+        getattr(m, packing)()  # what the crate does after loading
         return m
 
     form = dtype_name if dtype_name in export_decoder.LINEARS else "f32"
@@ -317,53 +319,20 @@ def export_dtype(hf_model, cfg, dtype_name, out, max_context, uncached, check_id
             spec = families.describe(model)
             path = os.path.join(out, f"model.{dtype_name}.pt")
             export_decoder.build(spec, form).save(path)
-            reloaded = load(path)
-            # One pass, blocks of 5/2/1, one token at a time.
-            verify(f"{dtype_name} cached, one pass", run_cached(reloaded, check_ids, [n], cfg, dtype, max_context), eager)
-            chunks = [5, 2, 1] + [1] * (n - 8)
-            verify(f"{dtype_name} cached, blocks of 5, 2, 1, 1, ...", run_cached(reloaded, check_ids, chunks, cfg, dtype, max_context), eager)
-            files = {"cached": os.path.basename(path), "prepack": True}
-            if dtype_name == "int8":
-                files["compute"] = "bf16"
-            # The masked form: two rows of different lengths in one call, and a row with a
-            # rejected block in its slots.
             mpath = os.path.join(out, f"model.{dtype_name}.masked.pt")
             export_decoder.build(spec, form, masked=True).save(mpath)
-            mreloaded = load(mpath)
-            short = min(n, 9)
-            got_long, got_short = run_masked_batch(mreloaded, [check_ids, check_ids[:, :short]], cfg, dtype)
-            verify(f"{dtype_name} masked, row 1 of a batch", got_long, eager)
-            verify(f"{dtype_name} masked, row 2 (shorter, padded)", got_short, eager[:, :short])
+            files = {"cached": os.path.basename(path), "masked": os.path.basename(mpath), "prepack": True}
             if dtype_name == "int8":
-                # Never-attended slots alone change the key length, and with it the bfloat16
-                # products' blocking: on SmolLM2 that moves bf16 logits by up to 0.75 and int8's
-                # by 1.19 (flipping near-tie argmaxes), which the int8 form's margin to the
-                # eager bound does not absorb. The slot logic is the same code in every form;
-                # f32 checks it exactly and bf16 against the eager bound.
-                log(f"check {dtype_name} masked, after a rejected block: not applicable (see f32, bf16)")
-            else:
-                verify(f"{dtype_name} masked, after a rejected block",
-                       run_masked_with_rejected(mreloaded, check_ids, cfg, dtype, short), eager)
-            files["masked"] = os.path.basename(mpath)
-            window = max((l.window or 0) for l in spec.layers)
-            if window and window + 16 <= max_context:
-                # Past the sliding window: the eager model's logits over the last positions of a
-                # sequence longer than the window, fed in one block and then token by token.
-                long_ids = longer_than(check_ids, window + 16)
-                m = long_ids.size(1)
-                keep = slice(window - 8, m)
-                want = oracle_model(input_ids=long_ids, use_cache=False).logits[:, keep]
-                ref_long = None
-                if dtype_name != "f32":
-                    ref_model = int8_reference(hf_model, torch.float32) if dtype_name == "int8" else hf_model.to(torch.float32)
-                    ref_long = ref_model(input_ids=long_ids, use_cache=False).logits[:, keep].float()
-                    del ref_model
-                    model = hf_model.to(dtype)
-                chunks = fit_chunks([window - 8, 5, 2, 1], m)
-                got = run_cached(reloaded, long_ids, chunks, cfg, dtype, max(max_context, m))[:, keep]
-                verify(f"{dtype_name} cached, past the sliding window ({window})", got, want, ref_long)
-                got = run_masked_with_rejected(mreloaded, long_ids, cfg, dtype, window - 4)[:, keep]
-                verify(f"{dtype_name} masked, past the sliding window ({window})", got, want, ref_long)
+                files["compute"] = "bf16"
+            # f32 runs its products through libtorch's BLAS after prepack() or through oneDNN
+            # after prepack_onednn() (LoadOptions::f32_matmul): both are checked.
+            packings = ["prepack", "prepack_onednn"] if dtype_name == "f32" else ["prepack"]
+            for packing in packings:
+                check_packed(verify, load(path, packing), load(mpath, packing),
+                             "" if packing == "prepack" else " (oneDNN)", dtype_name, check_ids, eager,
+                             cfg, dtype, max_context, spec, hf_model, oracle_model)
+            if dtype_name == "f32":
+                files["onednn"] = True
             log(f"wrote {path} ({os.path.getsize(path) / 2**20:.0f} MiB)")
         if uncached and dtype_name != "int8":
             tu = trace_uncached(model, check_ids)
@@ -373,6 +342,52 @@ def export_dtype(hf_model, cfg, dtype_name, out, max_context, uncached, check_id
             files["uncached"] = os.path.basename(upath)
             log(f"wrote {upath} ({os.path.getsize(upath) / 2**20:.0f} MiB)")
     return files, oracle_model
+
+
+def check_packed(verify, reloaded, mreloaded, tag, dtype_name, check_ids, eager, cfg, dtype, max_context,
+                 spec, hf_model, oracle_model):
+    """The export's checks on one packing of the cached and masked modules: one pass, blocks,
+    two rows of different lengths, a rejected block, and past the sliding window."""
+    n = check_ids.size(1)
+    # One pass, blocks of 5/2/1, one token at a time.
+    verify(f"{dtype_name}{tag} cached, one pass", run_cached(reloaded, check_ids, [n], cfg, dtype, max_context), eager)
+    chunks = [5, 2, 1] + [1] * (n - 8)
+    verify(f"{dtype_name}{tag} cached, blocks of 5, 2, 1, 1, ...", run_cached(reloaded, check_ids, chunks, cfg, dtype, max_context), eager)
+    # The masked form: two rows of different lengths in one call, and a row with a
+    # rejected block in its slots.
+    short = min(n, 9)
+    got_long, got_short = run_masked_batch(mreloaded, [check_ids, check_ids[:, :short]], cfg, dtype)
+    verify(f"{dtype_name}{tag} masked, row 1 of a batch", got_long, eager)
+    verify(f"{dtype_name}{tag} masked, row 2 (shorter, padded)", got_short, eager[:, :short])
+    if dtype_name == "int8":
+        # Never-attended slots alone change the key length, and with it the bfloat16
+        # products' blocking: on SmolLM2 that moves bf16 logits by up to 0.75 and int8's
+        # by 1.19 (flipping near-tie argmaxes), which the int8 form's margin to the
+        # eager bound does not absorb. The slot logic is the same code in every form;
+        # f32 checks it exactly and bf16 against the eager bound.
+        log(f"check {dtype_name} masked, after a rejected block: not applicable (see f32, bf16)")
+    else:
+        verify(f"{dtype_name}{tag} masked, after a rejected block",
+               run_masked_with_rejected(mreloaded, check_ids, cfg, dtype, short), eager)
+    window = max((l.window or 0) for l in spec.layers)
+    if window and window + 16 <= max_context:
+        # Past the sliding window: the eager model's logits over the last positions of a
+        # sequence longer than the window, fed in one block and then token by token.
+        long_ids = longer_than(check_ids, window + 16)
+        m = long_ids.size(1)
+        keep = slice(window - 8, m)
+        want = oracle_model(input_ids=long_ids, use_cache=False).logits[:, keep]
+        ref_long = None
+        if dtype_name != "f32":
+            ref_model = int8_reference(hf_model, torch.float32) if dtype_name == "int8" else hf_model.to(torch.float32)
+            ref_long = ref_model(input_ids=long_ids, use_cache=False).logits[:, keep].float()
+            del ref_model
+            hf_model.to(dtype)  # back (`to` converts in place)
+        chunks = fit_chunks([window - 8, 5, 2, 1], m)
+        got = run_cached(reloaded, long_ids, chunks, cfg, dtype, max(max_context, m))[:, keep]
+        verify(f"{dtype_name}{tag} cached, past the sliding window ({window})", got, want, ref_long)
+        got = run_masked_with_rejected(mreloaded, long_ids, cfg, dtype, window - 4)[:, keep]
+        verify(f"{dtype_name}{tag} masked, past the sliding window ({window})", got, want, ref_long)
 
 
 def fit_chunks(chunks, n):

@@ -12,7 +12,7 @@ use crate::feature::{FeatureDraftConfig, DRAFT_CONFIG_FILE};
 use crate::heads::{HeadsConfig, WithHeads, HEADS_CONFIG_FILE};
 use crate::model::CausalLm;
 use crate::tokenizer::{ByteTokenizer, ChatTemplate, HfTokenizer, TextTokenizer, END_OF_TEXT};
-use crate::torchscript::{ExportMetadata, LoadOptions, ModuleForm, TorchScriptLm};
+use crate::torchscript::{ExportMetadata, F32Matmul, LoadOptions, ModuleForm, TorchScriptLm};
 use crate::transformer::{Transformer, CONFIG_FILE};
 
 /// The folder of the embedded default model, shipped with the crate.
@@ -31,6 +31,9 @@ pub struct BundleOptions {
     pub max_context: Option<usize>,
     /// Proposal heads to attach to an exported model.
     pub heads: HeadsChoice,
+    /// The CPU library of an exported f32 model's matrix products (default auto: oneDNN on
+    /// AMD CPUs; see [`F32Matmul`]).
+    pub f32_matmul: F32Matmul,
 }
 
 /// Which proposal heads a model gets. A built-in transformer keeps its own heads unless a folder
@@ -121,6 +124,7 @@ impl Default for BundleOptions {
             device: Device::Cpu,
             max_context: None,
             heads: HeadsChoice::Auto,
+            f32_matmul: F32Matmul::Auto,
         }
     }
 }
@@ -231,6 +235,7 @@ impl ModelBundle {
                 dtype: options.dtype,
                 device: options.device,
                 max_context: options.max_context,
+                f32_matmul: options.f32_matmul,
                 form: if uncached_only {
                     ModuleForm::Uncached
                 } else {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use blockwise::bundle::{shipped_heads_dir, BundleOptions, HeadsChoice, ModelBundle};
 use blockwise::heads::{HeadsConfig, WithHeads};
 use blockwise::testing::{Conformance, RandomProposer};
-use blockwise::torchscript::{LoadOptions, Oracle, TorchScriptLm};
+use blockwise::torchscript::{F32Matmul, LoadOptions, Oracle, TorchScriptLm};
 use blockwise::{
     BatchBlockwise, Blockwise, BlockwiseDecoder, CausalLm, DType, DecodeConfig, GreedyDecoder,
     HeadsProposer, NGram, NoProposer, StopReason,
@@ -30,11 +30,16 @@ fn dir() -> PathBuf {
 }
 
 fn bundle(dtype: DType) -> ModelBundle {
+    bundle_with(dtype, F32Matmul::Auto)
+}
+
+fn bundle_with(dtype: DType, f32_matmul: F32Matmul) -> ModelBundle {
     ModelBundle::load(
         dir().to_str().unwrap(),
         &BundleOptions {
             dtype,
             max_context: Some(512),
+            f32_matmul,
             ..BundleOptions::default()
         },
     )
@@ -62,13 +67,25 @@ fn tokenizer_and_chat_template_match_transformers() {
 
 #[test]
 fn greedy_equals_transformers_in_float32() {
-    let mut b = bundle(DType::F32);
-    for o in oracles(&b, "f32") {
-        let cfg = config(&b, &o);
-        let out = GreedyDecoder::new(&mut b.model)
-            .decode(&o.input_ids, &cfg)
-            .unwrap();
-        assert_eq!(out.tokens, o.greedy_ids, "prompt {:?}", o.prompt);
+    // Every oracle with the library auto picks on this CPU, the first two with the other, so
+    // both are checked on every CPU.
+    let other = match F32Matmul::auto_choice() {
+        F32Matmul::OneDnn => F32Matmul::Blas,
+        _ => F32Matmul::OneDnn,
+    };
+    for (matmul, count) in [(F32Matmul::Auto, usize::MAX), (other, 2)] {
+        let mut b = bundle_with(DType::F32, matmul);
+        for o in oracles(&b, "f32").into_iter().take(count) {
+            let cfg = config(&b, &o);
+            let out = GreedyDecoder::new(&mut b.model)
+                .decode(&o.input_ids, &cfg)
+                .unwrap();
+            assert_eq!(
+                out.tokens, o.greedy_ids,
+                "{matmul:?}, prompt {:?}",
+                o.prompt
+            );
+        }
     }
 }
 

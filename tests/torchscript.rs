@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use blockwise::testing::{Conformance, OracleProposer, RandomProposer};
-use blockwise::torchscript::{LoadOptions, ModuleForm, ModuleSpec, TorchScriptLm};
+use blockwise::torchscript::{F32Matmul, LoadOptions, ModuleForm, ModuleSpec, TorchScriptLm};
 use blockwise::{
     Blockwise, BlockwiseDecoder, CausalLm, DType, DecodeConfig, Error, GreedyDecoder, NGram,
     RecomputeVerifier,
@@ -24,6 +24,7 @@ fn fixtures() -> PathBuf {
 fn spec(form: ModuleForm, vocab: i64) -> ModuleSpec {
     ModuleSpec {
         prepack: false,
+        onednn: false,
         graph_optimizer: false,
         form,
         vocab_size: vocab,
@@ -173,11 +174,16 @@ fn bad_input_to_the_adapter() {
 }
 
 fn tiny(dtype: DType, form: ModuleForm) -> TorchScriptLm {
+    tiny_with(dtype, form, F32Matmul::Auto)
+}
+
+fn tiny_with(dtype: DType, form: ModuleForm, f32_matmul: F32Matmul) -> TorchScriptLm {
     TorchScriptLm::load(
         fixtures().join("tiny-llama"),
         &LoadOptions {
             dtype,
             form,
+            f32_matmul,
             ..LoadOptions::default()
         },
     )
@@ -189,14 +195,22 @@ fn exported_tiny_llama_matches_transformers_greedy() {
     let meta =
         blockwise::torchscript::ExportMetadata::read(&fixtures().join("tiny-llama")).unwrap();
     assert_eq!(meta.num_layers, 2);
-    for (form, recompute) in [(ModuleForm::Cached, false), (ModuleForm::Uncached, true)] {
-        let mut m = tiny(DType::F32, form);
+    assert!(
+        meta.dtypes["f32"].onednn,
+        "the f32 export offers the oneDNN packing"
+    );
+    for (form, recompute, matmul) in [
+        (ModuleForm::Cached, false, F32Matmul::Blas),
+        (ModuleForm::Cached, false, F32Matmul::OneDnn),
+        (ModuleForm::Uncached, true, F32Matmul::Auto),
+    ] {
+        let mut m = tiny_with(DType::F32, form, matmul);
         for o in &meta.oracles["f32"] {
             let cfg = DecodeConfig::new(o.greedy_ids.len()).with_eos(meta.eos_token_ids.clone());
             let g = GreedyDecoder::new(&mut m)
                 .decode(&o.input_ids, &cfg)
                 .unwrap();
-            assert_eq!(g.tokens, o.greedy_ids, "{form:?} {:?}", o.prompt);
+            assert_eq!(g.tokens, o.greedy_ids, "{form:?} {matmul:?} {:?}", o.prompt);
             let b = Blockwise::builder(&mut m)
                 .block_size(4)
                 .proposer(NGram::new(1, 2).unwrap());
@@ -208,7 +222,7 @@ fn exported_tiny_llama_matches_transformers_greedy() {
             let out = b.build().unwrap().decode(&o.input_ids, &cfg).unwrap();
             assert_eq!(
                 out.tokens, o.greedy_ids,
-                "{form:?} blockwise {:?}",
+                "{form:?} {matmul:?} blockwise {:?}",
                 o.prompt
             );
         }
@@ -276,6 +290,59 @@ fn dtype_and_form_must_have_been_exported() {
 
 /// An export written for another version of the calling convention is refused at load, naming
 /// both versions, before any module is read.
+#[test]
+fn f32_matmul_choices_that_cannot_apply_are_refused() {
+    let e = F32Matmul::parse("mkl").unwrap_err();
+    assert!(e.to_string().contains("auto, blas or onednn"), "{e}");
+    // A library for float32 products, asked of a bf16 load.
+    let load = |dir: &std::path::Path, dtype, f32_matmul| {
+        TorchScriptLm::load(
+            dir,
+            &LoadOptions {
+                dtype,
+                f32_matmul,
+                ..LoadOptions::default()
+            },
+        )
+    };
+    let tiny = fixtures().join("tiny-llama");
+    for choice in [F32Matmul::Blas, F32Matmul::OneDnn] {
+        let e = load(&tiny, DType::Bf16, choice).err().expect("refused");
+        assert!(
+            matches!(
+                e,
+                Error::InvalidConfig {
+                    field: "f32_matmul",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    assert!(load(&tiny, DType::Bf16, F32Matmul::Auto).is_ok());
+    // oneDNN asked of an export that has no oneDNN packing.
+    let dir = std::env::temp_dir().join(format!("bw-onednn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(tiny.join("metadata.json")).unwrap();
+    let other = text.replace("\"onednn\": true", "\"onednn\": false");
+    assert_ne!(text, other);
+    std::fs::write(dir.join("metadata.json"), other).unwrap();
+    let e = load(&dir, DType::F32, F32Matmul::OneDnn)
+        .err()
+        .expect("refused");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "f32_matmul",
+                ..
+            }
+        ) && e.to_string().contains("no oneDNN packing"),
+        "{e}"
+    );
+}
+
 #[test]
 fn an_export_of_another_convention_version_is_refused() {
     let src = fixtures().join("tiny-llama");

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use blockwise::bundle::HeadsChoice;
 use blockwise::config::{AcceptanceConfig, ProposerConfig, VerifierConfig};
 use blockwise::policy::PolicyConfig;
+use blockwise::torchscript::F32Matmul;
 use blockwise::{DType, Error, Result, SamplingConfig, TreeShape};
 use clap::Parser;
 use tch::Device;
@@ -20,7 +21,7 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
               [--max-new-tokens N] [--max-context N] [--verifier cached|recompute] [--prefill-chunk N]
               [--tie-guard M]
               [--batch N] [--tree SHAPE|dynamic:NODES]
-              [--dtype f32|bf16|f16|int8] [--device cpu|cuda] [--compare-greedy] [--json]
+              [--dtype f32|bf16|f16|int8] [--device cpu|cuda] [--f32-matmul auto|blas|onednn] [--compare-greedy] [--json]
 
   --model           `embedded` (default: the model shipped in assets/embedded, trained on
                     the King James Bible, with trained heads), a folder
@@ -69,6 +70,8 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --dtype           f32 (default), bf16, f16, or int8 (an export's int8 weight form);
                     the export must have it
   --device          cpu (default) or cuda (needs a CUDA build of libtorch and a GPU)
+  --f32-matmul      auto (default: oneDNN on AMD CPUs, else libtorch's BLAS), blas or onednn:
+                    the CPU library of an f32 export's matrix products
   --compare-greedy  also decode greedily (under --temperature: plain sampling, one token per
                     model call), report identical and speedup
   --json            one JSON object per prompt on stdout";
@@ -127,6 +130,8 @@ struct Cli {
     dtype: String,
     #[arg(long, value_parser = ["cpu", "cuda"], default_value = "cpu")]
     device: String,
+    #[arg(long, default_value = "auto")]
+    f32_matmul: String,
     #[arg(long)]
     compare_greedy: bool,
     #[arg(long)]
@@ -151,6 +156,7 @@ pub struct Args {
     pub tie_guard: Option<f64>,
     pub dtype: DType,
     pub device: Device,
+    pub f32_matmul: F32Matmul,
     pub chat: bool,
     pub compare_greedy: bool,
     pub json: bool,
@@ -276,6 +282,7 @@ impl Args {
             tie_guard: cli.tie_guard,
             dtype: cli.dtype.parse()?,
             device,
+            f32_matmul: F32Matmul::parse(&cli.f32_matmul)?,
             chat: cli.chat,
             compare_greedy: cli.compare_greedy,
             json: cli.json,

@@ -107,6 +107,7 @@ fn run(args: Args) -> Result<()> {
         device: args.device,
         max_context: args.max_context,
         heads: args.heads.clone(),
+        f32_matmul: args.f32_matmul,
     };
     let mut bundle = ModelBundle::load(&args.model, &options)?;
     let config = BlockwiseConfig {

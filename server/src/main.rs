@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use blockwise::bundle::{BundleOptions, HeadsChoice, ModelBundle};
 use blockwise::config::{BlockwiseConfig, ProposerConfig};
 use blockwise::policy::PolicyConfig;
+use blockwise::torchscript::F32Matmul;
 use blockwise::DType;
 use blockwise_server::worker::WorkerConfig;
 use blockwise_server::{serve, spawn_worker, ServerOptions};
@@ -43,6 +44,10 @@ struct Cli {
     /// cpu, or cuda with a CUDA build of libtorch.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// auto (oneDNN on AMD CPUs, else libtorch's BLAS), blas or onednn: the CPU library of an
+    /// f32 export's matrix products.
+    #[arg(long, default_value = "auto")]
+    f32_matmul: String,
     /// Proposal heads folder, or `none` (default: the export's own, or those shipped for it).
     #[arg(long)]
     heads: Option<String>,
@@ -105,6 +110,7 @@ fn main() {
         device,
         max_context: cli.max_context,
         heads,
+        f32_matmul: F32Matmul::parse(&cli.f32_matmul).unwrap_or_else(|e| fail(e)),
     };
     let model_name = cli.served_model_name.clone().unwrap_or_else(|| {
         PathBuf::from(&cli.model)

@@ -167,6 +167,7 @@ impl ProposerConfig {
                     device: target.device,
                     max_context: Some(target.max_context),
                     heads: crate::bundle::HeadsChoice::None,
+                    f32_matmul: Default::default(),
                 };
                 let draft = ModelBundle::load(model, &options)?.model;
                 Box::new(DraftModel::new(draft, target.vocab_size)?)

@@ -26,6 +26,12 @@ pub struct DtypeFiles {
     /// Whether the modules have a `prepack()` method to call once after loading.
     #[serde(default)]
     pub prepack: bool,
+    /// Whether the modules also have `prepack_onednn()`: `prepack()` with f32 weights packed for
+    /// oneDNN instead of kept for libtorch's BLAS ([`LoadOptions::f32_matmul`]).
+    ///
+    /// [`LoadOptions::f32_matmul`]: crate::torchscript::LoadOptions::f32_matmul
+    #[serde(default)]
+    pub onednn: bool,
     /// The dtype a weight form computes in, when it differs from its name (`int8`: `bf16`).
     #[serde(default)]
     pub compute: Option<String>,

@@ -27,4 +27,4 @@ mod metadata;
 mod module;
 
 pub use metadata::{DtypeFiles, ExportMetadata, Oracle, FORMAT};
-pub use module::{LoadOptions, ModuleForm, ModuleSpec, TorchScriptLm};
+pub use module::{F32Matmul, LoadOptions, ModuleForm, ModuleSpec, TorchScriptLm};
