@@ -1,12 +1,17 @@
 //! One table of proposers on an exported model, every row against greedy decoding of the same
 //! prompts in the same process (greedy runs once per dtype; each row decodes every prompt): the
 //! shipped heads, heads from other folders, n-gram lookup, the feature-level draft as chains and
-//! as dynamic trees. Exact acceptance; output compared token for token with greedy's.
+//! as dynamic trees. Exact acceptance; output compared token for token with greedy's. Greedy is
+//! timed again right before every row and the row's speedup is against that run, so that a
+//! machine whose speed drifts over minutes skews no row.
 //!
 //! ```text
 //! cargo run --release --example proposer_table -- [--model models/smollm2] [--prompts FILE]
-//!     [--count N] [--max-new-tokens N] [--dtypes f32,bf16] [--heads NAME=DIR ...] [--json FILE]
+//!     [--count N] [--max-new-tokens N] [--dtypes f32,bf16] [--heads NAME=DIR ...]
+//!     [--only TEXT] [--json FILE]
 //! ```
+//!
+//! `--only TEXT` keeps the rows whose proposer name contains TEXT (for example `eagle`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -38,6 +43,7 @@ struct Args {
     max_new_tokens: usize,
     dtypes: Vec<DType>,
     heads: Vec<(String, PathBuf)>,
+    only: Option<String>,
     json: Option<PathBuf>,
 }
 
@@ -49,6 +55,7 @@ fn parse() -> Result<Args> {
         max_new_tokens: 64,
         dtypes: vec![DType::F32, DType::Bf16],
         heads: Vec::new(),
+        only: None,
         json: None,
     };
     let bad = |what: &str| Error::config("arguments", format!("{what}; see the file's header"));
@@ -76,6 +83,7 @@ fn parse() -> Result<Args> {
                 let (name, dir) = v.split_once('=').ok_or_else(|| bad("--heads NAME=DIR"))?;
                 a.heads.push((name.into(), dir.into()));
             }
+            "--only" => a.only = Some(value()?),
             "--json" => a.json = Some(value()?.into()),
             other => return Err(bad(&format!("unknown flag {other}"))),
         }
@@ -147,7 +155,24 @@ fn rows(args: &Args) -> Vec<Row> {
             false,
         ));
     }
+    if let Some(only) = &args.only {
+        out.retain(|r| r.name.contains(only.as_str()));
+    }
     out
+}
+
+/// Greedy decoding of every prompt, and its wall time in seconds.
+fn time_greedy(
+    bundle: &mut ModelBundle,
+    prompts: &[Vec<i64>],
+    decode: &DecodeConfig,
+) -> Result<(Vec<DecodeOutput>, f64)> {
+    let t0 = Instant::now();
+    let outs = prompts
+        .iter()
+        .map(|p| GreedyDecoder::new(&mut bundle.model).decode(p, decode))
+        .collect::<Result<_>>()?;
+    Ok((outs, t0.elapsed().as_secs_f64()))
 }
 
 struct Measured {
@@ -247,23 +272,18 @@ fn run() -> Result<()> {
             .map(|l| bundle.encode_prompt(l, true))
             .collect::<Result<_>>()?;
         let decode = DecodeConfig::new(args.max_new_tokens).with_eos(bundle.eos.clone());
-        // Warm-up, then greedy once for every row of this dtype.
+        // Warm-up; greedy is decoded again before every row (its output is the same each time).
         GreedyDecoder::new(&mut bundle.model).decode(&prompts[0], &DecodeConfig::new(8))?;
-        let t0 = Instant::now();
-        let greedy: Vec<DecodeOutput> = prompts
-            .iter()
-            .map(|p| GreedyDecoder::new(&mut bundle.model).decode(p, &decode))
-            .collect::<Result<_>>()?;
-        let greedy_s = t0.elapsed().as_secs_f64();
-        let greedy_tokens: usize = greedy.iter().map(|g| g.tokens.len()).sum();
-        let greedy_calls: usize = greedy.iter().map(|g| g.stats.model_calls).sum();
-        let step_ms = 1e3 * greedy_s / greedy_tokens.max(1) as f64;
         let mut current = HeadsChoice::None;
         for row in rows(&args) {
             if row.heads != current {
                 bundle = load(row.heads.clone())?;
                 current = row.heads.clone();
             }
+            let (greedy, greedy_s) = time_greedy(&mut bundle, &prompts, &decode)?;
+            let greedy_tokens: usize = greedy.iter().map(|g| g.tokens.len()).sum();
+            let greedy_calls: usize = greedy.iter().map(|g| g.stats.model_calls).sum();
+            let step_ms = 1e3 * greedy_s / greedy_tokens.max(1) as f64;
             let m = run_row(&mut bundle, &row, dtype, &prompts, &decode)?;
             let tokens: usize = m.outs.iter().map(|o| o.tokens.len()).sum();
             let iters: usize = m.outs.iter().map(|o| o.stats.iterations).sum();

@@ -42,6 +42,7 @@ mod error;
 pub mod feature;
 pub mod heads;
 pub mod masked;
+mod matmul;
 pub mod model;
 pub mod policy;
 pub mod proposer;
@@ -68,6 +69,7 @@ pub use decoder::{
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use masked::MaskedLm;
+pub use matmul::F32Matmul;
 pub use model::{CausalLm, ModelInfo, ModelOutput};
 pub use proposer::{
     HeadsProposer, Lookahead, NGram, NoProposer, Proposal, ProposalContext, Proposer,

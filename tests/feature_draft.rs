@@ -10,7 +10,7 @@ use blockwise::testing::{check_loop_invariants, check_same_output, Conformance};
 use blockwise::train::{evaluate_feature_draft, train_feature_draft, DraftData, DraftTrainConfig};
 use blockwise::{
     BatchBlockwise, Blockwise, BlockwiseDecoder, CachedVerifier, CausalLm, DecodeConfig,
-    DecodeOutput, Error, GreedyDecoder, NGram, Proposer, RecomputeVerifier, Transformer,
+    DecodeOutput, Error, F32Matmul, GreedyDecoder, NGram, Proposer, RecomputeVerifier, Transformer,
     TransformerConfig,
 };
 use proptest::prelude::*;
@@ -47,7 +47,19 @@ fn draft_for(model: &Transformer, seed: u64, shortlist: Option<usize>) -> Featur
             .collect();
         draft = draft.with_shortlist(ids).unwrap();
     }
-    FeatureDraftProposer::new(draft, model).unwrap()
+    FeatureDraftProposer::new(draft, model)
+        .unwrap()
+        .with_f32_matmul(matmul_for(seed))
+        .unwrap()
+}
+
+/// The library of the draft's products: oneDNN (weights packed once) for even seeds, BLAS for
+/// odd ones, so that every property below covers both.
+fn matmul_for(seed: u64) -> F32Matmul {
+    match seed % 2 {
+        0 => F32Matmul::OneDnn,
+        _ => F32Matmul::Blas,
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -138,8 +150,11 @@ proptest! {
             .proposer_factory(false, move || {
                 seed = seed.wrapping_add(1);
                 let draft = FeatureDraft::new(FeatureDraftConfig::for_base(d, vocab), seed, Device::Cpu)?;
-                Ok(Box::new(FeatureDraftProposer::with_embeddings(draft, &emb, ctx)?.with_tree_width(width))
-                    as Box<dyn Proposer>)
+                Ok(Box::new(
+                    FeatureDraftProposer::with_embeddings(draft, &emb, ctx)?
+                        .with_tree_width(width)
+                        .with_f32_matmul(matmul_for(seed))?,
+                ) as Box<dyn Proposer>)
             });
         if let Some(n) = nodes {
             b = b.dynamic_tree(n);

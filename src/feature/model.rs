@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::matmul::OneDnnLinear;
 use crate::transformer::layers::{LayerNorm, Linear};
 
 /// File name of the draft's settings inside a draft folder.
@@ -265,6 +266,31 @@ impl FeatureDraft {
         Ok(())
     }
 
+    /// Runs the layer's products through oneDNN-packed copies of its current weights (`true`,
+    /// float32 on the CPU; for inference: the copies do not follow training) or through the
+    /// weights themselves (`false`).
+    pub(crate) fn pack_onednn(&mut self, on: bool) -> Result<()> {
+        for l in self.linears() {
+            l.pack_onednn(on)?;
+        }
+        Ok(())
+    }
+
+    /// Computes through the weights themselves again (drops the packed copies).
+    pub(crate) fn unpack(&mut self) {
+        self.linears().into_iter().for_each(Linear::unpack);
+    }
+
+    fn linears(&mut self) -> [&mut Linear; 5] {
+        [
+            &mut self.fuse,
+            &mut self.qkv,
+            &mut self.proj,
+            &mut self.fc1,
+            &mut self.fc2,
+        ]
+    }
+
     /// The draft's settings.
     pub fn config(&self) -> &FeatureDraftConfig {
         &self.config
@@ -363,6 +389,7 @@ impl FeatureDraft {
 #[derive(Debug)]
 pub struct VocabProjection {
     weight: Tensor,
+    packed: Option<OneDnnLinear>,
     ids: Option<Tensor>,
     ids_host: Option<Vec<i64>>,
     target_map: Option<Tensor>,
@@ -384,6 +411,7 @@ impl VocabProjection {
         Ok(match shortlist {
             None => VocabProjection {
                 weight,
+                packed: None,
                 ids: None,
                 ids_host: None,
                 target_map: None,
@@ -396,6 +424,7 @@ impl VocabProjection {
                 }
                 VocabProjection {
                     weight: weight.f_index_select(0, &ids)?.f_contiguous()?,
+                    packed: None,
                     ids: Some(ids),
                     ids_host: Some(list.to_vec()),
                     target_map: Some(Tensor::from_slice(&map).f_to_device(device)?),
@@ -404,11 +433,23 @@ impl VocabProjection {
         })
     }
 
+    /// Computes [`VocabProjection::logits`] through a oneDNN-packed copy of the weights
+    /// (`true`; float32 on the CPU) or through the weights themselves (`false`).
+    pub(crate) fn pack_onednn(&mut self, on: bool) -> Result<()> {
+        self.packed = match on {
+            true => Some(OneDnnLinear::new(&self.weight, None)?),
+            false => None,
+        };
+        Ok(())
+    }
+
     /// Logits over the projection's columns for states `[.., D]`.
     pub fn logits(&self, states: &Tensor) -> Result<Tensor> {
-        Ok(states
-            .f_to_kind(Kind::Float)?
-            .f_matmul(&self.weight.f_transpose(0, 1)?)?)
+        let states = states.f_to_kind(Kind::Float)?;
+        match &self.packed {
+            Some(p) => p.apply(&states),
+            None => Ok(states.f_matmul(&self.weight.f_transpose(0, 1)?)?),
+        }
     }
 
     /// The token id of column `c`.
@@ -437,5 +478,64 @@ impl VocabProjection {
                 .f_reshape(tokens.size())?),
             None => Ok(tokens.shallow_clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A draft whose every weight is drawn at random (a fresh one passes its input through).
+    fn random_draft(seed: i64) -> FeatureDraft {
+        let draft = FeatureDraft::new(FeatureDraftConfig::for_base(64, 50), 0, Device::Cpu)
+            .expect("a valid draft");
+        tch::manual_seed(seed);
+        tch::no_grad(|| {
+            for (_, mut v) in draft.var_store().variables() {
+                let r = Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.2;
+                v.copy_(&r);
+            }
+        });
+        draft
+    }
+
+    /// The layer's output for a three-position input, attention over all three.
+    fn layer_output(draft: &FeatureDraft, hidden: &Tensor, embedded: &Tensor) -> Tensor {
+        let x = draft.fuse(hidden, embedded).unwrap();
+        let qkv = draft.qkv(&x).unwrap();
+        let attended = draft.attend(&qkv.q, &qkv.k, &qkv.v, None).unwrap();
+        draft.finish(&x, &attended).unwrap()
+    }
+
+    #[test]
+    fn onednn_packed_products_give_the_same_states_and_logits() {
+        if !tch::utils::has_mkldnn() {
+            return;
+        }
+        let _guard = tch::no_grad_guard();
+        let mut draft = random_draft(3);
+        let hidden = Tensor::randn([1, 3, 64], (Kind::Float, Device::Cpu));
+        let embedded = Tensor::randn([1, 3, 64], (Kind::Float, Device::Cpu));
+        let embeddings = Tensor::randn([50, 64], (Kind::Float, Device::Cpu));
+        let plain = layer_output(&draft, &hidden, &embedded);
+        let mut projection = VocabProjection::new(&embeddings, Some(&[4, 9, 2, 31]), 50).unwrap();
+        let plain_logits = projection.logits(&plain).unwrap();
+        draft.pack_onednn(true).unwrap();
+        projection.pack_onednn(true).unwrap();
+        let packed = layer_output(&draft, &hidden, &embedded);
+        let packed_logits = projection.logits(&packed).unwrap();
+        let diff = f64::try_from((&packed - &plain).abs().max()).unwrap();
+        let scale = f64::try_from(plain.abs().max()).unwrap();
+        assert!(
+            diff <= 1e-5 * scale.max(1.0),
+            "states differ by {diff} (scale {scale})"
+        );
+        let diff = f64::try_from((&packed_logits - &plain_logits).abs().max()).unwrap();
+        assert!(diff <= 1e-4, "logits differ by {diff}");
+        assert_eq!(packed_logits.size(), vec![1, 3, 4]);
+        // The packed copy is of the weights at packing time; unpacking computes from them again.
+        draft.unpack();
+        let again = layer_output(&draft, &hidden, &embedded);
+        assert_eq!(f64::try_from((&again - &plain).abs().max()).unwrap(), 0.0);
     }
 }

@@ -7,6 +7,7 @@ use super::model::{FeatureDraft, VocabProjection};
 use crate::cache::{CacheShape, KvCache};
 use crate::decoder::DraftTree;
 use crate::error::{Error, Result};
+use crate::matmul::F32Matmul;
 use crate::model::CausalLm;
 use crate::proposer::{ProposalContext, Proposer};
 
@@ -85,7 +86,10 @@ impl FeatureDraftProposer {
         }
         let device = embeddings.device();
         draft.to_device(device)?;
-        let projection = draft.projection(embeddings)?;
+        let mut projection = draft.projection(embeddings)?;
+        let onednn = F32Matmul::Auto.packs_own_weights(device)?;
+        draft.pack_onednn(onednn)?;
+        projection.pack_onednn(onednn)?;
         let cache = KvCache::new(
             CacheShape {
                 layers: 1,
@@ -116,8 +120,21 @@ impl FeatureDraftProposer {
         self
     }
 
-    /// The draft back.
-    pub fn into_draft(self) -> FeatureDraft {
+    /// Which CPU library the draft's float32 products run in (default [`F32Matmul::Auto`]:
+    /// oneDNN, with the weights packed once here, on AMD CPUs; libtorch's BLAS elsewhere and
+    /// off the CPU). The guesses are the same up to float32 rounding, so only a near tie can
+    /// change one, and exact acceptance keeps the output whatever they are. `OneDnn` off the
+    /// CPU is refused ([`Error::InvalidConfig`]).
+    pub fn with_f32_matmul(mut self, choice: F32Matmul) -> Result<Self> {
+        let onednn = choice.packs_own_weights(self.device)?;
+        self.draft.pack_onednn(onednn)?;
+        self.projection.pack_onednn(onednn)?;
+        Ok(self)
+    }
+
+    /// The draft back (computing through its own weights again, ready for training).
+    pub fn into_draft(mut self) -> FeatureDraft {
+        self.draft.unpack();
         self.draft
     }
 

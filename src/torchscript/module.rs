@@ -8,6 +8,7 @@ use super::masked::MaskedModule;
 use super::metadata::ExportMetadata;
 use crate::dtype::DType;
 use crate::error::{torch_summary, Error, Result};
+pub use crate::matmul::F32Matmul;
 use crate::model::{check_input, CausalLm, ModelInfo, ModelOutput};
 
 /// Which calling convention a module follows (see the [module docs](super)).
@@ -70,89 +71,6 @@ pub struct LoadOptions {
     pub graph_optimizer: bool,
     /// Which CPU library an f32 export's matrix products run in (default [`F32Matmul::Auto`]).
     pub f32_matmul: F32Matmul,
-}
-
-/// The CPU library of an f32 export's matrix products. Both give the export's checked numbers
-/// (f32 within 2e-3 of the eager model, identical argmaxes); they differ in speed by CPU: on a
-/// 2-core AMD EPYC, oneDNN with weights packed once made SmolLM2's one-token step 24 ms against
-/// 36 ms for MKL, and a 16-token block 35 ms against 81 (docs/benchmarks.md, "Block costs"),
-/// while on an Intel Xeon MKL's one-row products measured faster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum F32Matmul {
-    /// oneDNN on AMD CPUs, libtorch's BLAS elsewhere; on exports without a oneDNN packing, on
-    /// other dtypes and on CUDA, what the export does by default.
-    #[default]
-    Auto,
-    /// libtorch's BLAS (MKL on x86), the weights stored transposed (`prepack()`).
-    Blas,
-    /// oneDNN, the weights packed once after loading (`prepack_onednn()`); f32 on CPU only.
-    OneDnn,
-}
-
-impl F32Matmul {
-    /// Parses `auto`, `blas` or `onednn`.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(F32Matmul::Auto),
-            "blas" => Ok(F32Matmul::Blas),
-            "onednn" => Ok(F32Matmul::OneDnn),
-            other => Err(Error::config(
-                "f32_matmul",
-                format!("is `{other}`; expected auto, blas or onednn"),
-            )),
-        }
-    }
-
-    /// What `Auto` picks on this CPU for an f32 CPU load of an export that offers both:
-    /// [`F32Matmul::OneDnn`] on AMD CPUs, [`F32Matmul::Blas`] elsewhere.
-    pub fn auto_choice() -> F32Matmul {
-        if cpu_is_amd() {
-            F32Matmul::OneDnn
-        } else {
-            F32Matmul::Blas
-        }
-    }
-
-    /// Whether to call `prepack_onednn()` on an export whose metadata says `onednn` is `offered`.
-    fn use_onednn(self, offered: bool, dtype: DType, device: Device) -> Result<bool> {
-        let cpu_f32 = dtype == DType::F32 && device == Device::Cpu;
-        match self {
-            F32Matmul::Auto => Ok(offered && cpu_f32 && Self::auto_choice() == F32Matmul::OneDnn),
-            F32Matmul::Blas if cpu_f32 => Ok(false),
-            F32Matmul::OneDnn if cpu_f32 && offered => Ok(true),
-            F32Matmul::OneDnn if cpu_f32 => Err(Error::config(
-                "f32_matmul",
-                "is onednn, but this export has no oneDNN packing (metadata.json lacks \"onednn\": \
-                 true; export it again with scripts/export_hf.py)",
-            )),
-            _ => Err(Error::config(
-                "f32_matmul",
-                format!(
-                    "is {self:?}, which chooses the CPU library of float32 products; this load is \
-                     {dtype:?} on {device:?} (leave it at auto)"
-                ),
-            )),
-        }
-    }
-}
-
-/// Whether this is an AMD x86 CPU (CPUID vendor `AuthenticAMD`).
-fn cpu_is_amd() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: CPUID leaf 0 exists on every x86_64 CPU.
-        #[allow(unused_unsafe)]
-        let r = unsafe { std::arch::x86_64::__cpuid(0) };
-        let mut vendor = Vec::with_capacity(12);
-        for word in [r.ebx, r.edx, r.ecx] {
-            vendor.extend_from_slice(&word.to_le_bytes());
-        }
-        vendor == b"AuthenticAMD"
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 impl Default for LoadOptions {

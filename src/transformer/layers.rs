@@ -4,12 +4,15 @@ use tch::{nn, Kind, Tensor};
 
 use crate::cache::KvCache;
 use crate::error::Result;
+use crate::matmul::OneDnnLinear;
 
-/// A dense layer `y = x Wᵀ + b`.
+/// A dense layer `y = x Wᵀ + b`, optionally through a oneDNN-packed copy of its weights for
+/// inference.
 #[derive(Debug)]
 pub(crate) struct Linear {
     weight: Tensor,
     bias: Tensor,
+    packed: Option<OneDnnLinear>,
 }
 
 impl Linear {
@@ -18,11 +21,31 @@ impl Linear {
         Linear {
             weight: l.ws,
             bias: l.bs.expect("nn::linear has a bias by default"),
+            packed: None,
         }
     }
 
+    /// Computes through a oneDNN-packed copy of the current weights (float32 on the CPU) from
+    /// now on; with `false`, through the weights themselves again. The copy does not follow
+    /// training: pack only for inference.
+    pub(crate) fn pack_onednn(&mut self, on: bool) -> Result<()> {
+        self.packed = match on {
+            true => Some(OneDnnLinear::new(&self.weight, Some(&self.bias))?),
+            false => None,
+        };
+        Ok(())
+    }
+
+    /// Drops the packed copy (what `pack_onednn(false)` does).
+    pub(crate) fn unpack(&mut self) {
+        self.packed = None;
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.weight, Some(&self.bias))?)
+        match &self.packed {
+            Some(p) => p.apply(x),
+            None => Ok(x.f_linear(&self.weight, Some(&self.bias))?),
+        }
     }
 }
 
