@@ -71,6 +71,10 @@ struct Cli {
     /// measure what joining is worth; off by default).
     #[arg(long)]
     no_join: bool,
+    /// Milliseconds an idle server waits, after the first greedy request arrives, for others
+    /// to arrive before it opens a batch with all of them (0: opens at once).
+    #[arg(long, default_value_t = 20)]
+    batch_wait_ms: u64,
     /// The model name clients send (default: the model folder's name).
     #[arg(long)]
     served_model_name: Option<String>,
@@ -128,6 +132,7 @@ fn main() {
         default_max_tokens: cli.default_max_tokens,
         prefill_chunk: cli.prefill_chunk,
         join_running: !cli.no_join,
+        batch_wait: std::time::Duration::from_millis(cli.batch_wait_ms),
     };
     let model = cli.model.clone();
     let worker = spawn_worker(

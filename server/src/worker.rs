@@ -7,6 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use blockwise::bundle::ModelBundle;
 use blockwise::config::BlockwiseConfig;
@@ -100,6 +101,11 @@ pub struct WorkerConfig {
     /// Whether a request may join a running batch in a row that freed up (`true`, the
     /// default) or waits for the next batch (`false`; kept to measure the difference).
     pub join_running: bool,
+    /// How long an idle worker waits, after the first greedy request arrives, for others to
+    /// arrive before it opens a batch (the batch opens with as many rows as requests are then
+    /// waiting, and a batch opened smaller than the demand drains before the next opens).
+    /// Zero opens at once.
+    pub batch_wait: Duration,
 }
 
 /// The shared flags the server and the worker read.
@@ -265,6 +271,7 @@ impl Worker {
                     Some(job) => take(&self.text, &self.config, &mut self.pending, job),
                     None => break,
                 }
+                self.gather(&mut jobs);
             }
             take_waiting(
                 &self.text,
@@ -281,6 +288,29 @@ impl Worker {
                 self.serve_alone(ready);
             } else {
                 self.serve_batch(&mut jobs);
+            }
+        }
+    }
+
+    /// After an idle spell, lets the requests that arrive together reach the queue before a
+    /// batch opens: waits up to `batch_wait` from now, until `max_batch` greedy requests are
+    /// queued, a sampled one is first, or shutdown begins.
+    fn gather(&mut self, jobs: &mut UnboundedReceiver<Job>) {
+        let deadline = Instant::now() + self.config.batch_wait;
+        let greedy_front =
+            |p: &VecDeque<Ready>| p.front().is_some_and(|r| r.decode.sampling.is_none());
+        while self.config.max_batch > 1
+            && greedy_front(&self.pending)
+            && self.pending.len() < self.config.max_batch
+            && !self.flags.shutting_down.load(Ordering::SeqCst)
+            && Instant::now() < deadline
+        {
+            match jobs.try_recv() {
+                Ok(job) => take(&self.text, &self.config, &mut self.pending, job),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
             }
         }
     }

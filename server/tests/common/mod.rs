@@ -33,6 +33,7 @@ impl Server {
             default_max_tokens: 32,
             prefill_chunk: 16,
             join_running: true,
+            batch_wait: std::time::Duration::from_millis(20),
         };
         let name = model.to_string();
         let worker = spawn_worker(
