@@ -145,12 +145,12 @@ fn rows(args: &Args) -> Vec<Row> {
         None,
         true,
     ));
-    for nodes in [8, 24] {
+    for (depth, nodes) in [(4, 8), (6, 8), (6, 24)] {
         out.push(row(
             "eagle tree",
             HeadsChoice::None,
             eagle(),
-            6,
+            depth,
             Some(nodes),
             false,
         ));
