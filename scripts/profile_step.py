@@ -7,7 +7,10 @@ time), and sets the weight bytes one step must read against the time and against
 bandwidth a plain copy reaches on this machine.
 
 Usage: .venv/bin/python scripts/profile_step.py DIR [--dtype f32|bf16|int8] [--past 128]
-       [--steps 20] [--threads 2] [--top 15] [--json OUT]
+       [--steps 20] [--threads 2] [--top 15] [--f32-matmul auto|blas|onednn] [--json OUT]
+
+`--f32-matmul` packs an f32 export as the crate would (`LoadOptions::f32_matmul`): `auto` is
+oneDNN (`prepack_onednn()`) on AMD CPUs when the export offers it, MKL (`prepack()`) elsewhere.
 """
 
 import argparse
@@ -74,6 +77,7 @@ def main():
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--graph-optimizer", action="store_true",
                     help="leave libtorch's graph-executor optimiser on (the crate turns it off)")
+    ap.add_argument("--f32-matmul", choices=["auto", "blas", "onednn"], default="auto")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -86,8 +90,15 @@ def main():
     path = os.path.join(args.dir, files["cached"])
     m = torch.jit.load(path).eval()
     wb = weight_bytes(m)  # before prepack(): packed weights are opaque
+    amd = "AuthenticAMD" in open("/proc/cpuinfo").read()
+    onednn = args.dtype == "f32" and files.get("onednn", False) and (
+        args.f32_matmul == "onednn" or (args.f32_matmul == "auto" and amd))
+    if args.f32_matmul == "onednn" and not onednn:
+        sys.exit("profile_step: --f32-matmul onednn needs an f32 export with \"onednn\": true")
     if files.get("prepack"):
-        m.prepack()  # as the crate does after loading
+        # As the crate does after loading.
+        m.prepack_onednn() if onednn else m.prepack()
+    print(f"packing: {'prepack_onednn()' if onednn else 'prepack()'}")
     kinds = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
     cache_kind = kinds[files.get("compute", args.dtype)]
     L, KVH, Dh = meta["num_layers"], meta["num_kv_heads"], meta["head_dim"]
