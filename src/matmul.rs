@@ -133,6 +133,15 @@ impl OneDnnLinear {
         })
     }
 
+    /// A packed copy of `weight` and `bias` when `on`, none otherwise.
+    pub(crate) fn packed_if(
+        on: bool,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Option<Self>> {
+        on.then(|| Self::new(weight, bias)).transpose()
+    }
+
     /// `x · Wᵀ + b` for float32 `x` (`[.., in]`), as a plain tensor `[.., out]`.
     pub(crate) fn apply(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.f_contiguous()?

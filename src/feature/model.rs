@@ -436,10 +436,7 @@ impl VocabProjection {
     /// Computes [`VocabProjection::logits`] through a oneDNN-packed copy of the weights
     /// (`true`; float32 on the CPU) or through the weights themselves (`false`).
     pub(crate) fn pack_onednn(&mut self, on: bool) -> Result<()> {
-        self.packed = match on {
-            true => Some(OneDnnLinear::new(&self.weight, None)?),
-            false => None,
-        };
+        self.packed = OneDnnLinear::packed_if(on, &self.weight, None)?;
         Ok(())
     }
 

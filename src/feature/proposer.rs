@@ -33,6 +33,8 @@ pub struct FeatureDraftProposer {
     device: Device,
     /// Children per node, and nodes expanded per level, of a dynamic tree.
     tree_width: usize,
+    /// Whether the draft's products run through oneDNN-packed copies of its weights.
+    onednn: bool,
 }
 
 impl std::fmt::Debug for FeatureDraftProposer {
@@ -86,10 +88,7 @@ impl FeatureDraftProposer {
         }
         let device = embeddings.device();
         draft.to_device(device)?;
-        let mut projection = draft.projection(embeddings)?;
-        let onednn = F32Matmul::Auto.packs_own_weights(device)?;
-        draft.pack_onednn(onednn)?;
-        projection.pack_onednn(onednn)?;
+        let projection = draft.projection(embeddings)?;
         let cache = KvCache::new(
             CacheShape {
                 layers: 1,
@@ -101,7 +100,7 @@ impl FeatureDraftProposer {
             Kind::Float,
             device,
         )?;
-        Ok(FeatureDraftProposer {
+        FeatureDraftProposer {
             draft,
             embeddings: embeddings.f_detach()?,
             projection,
@@ -110,7 +109,9 @@ impl FeatureDraftProposer {
             pending: Vec::new(),
             device,
             tree_width: 4,
-        })
+            onednn: false,
+        }
+        .with_f32_matmul(F32Matmul::Auto)
     }
 
     /// Children per node, and nodes expanded per level, of the dynamic trees it grows
@@ -127,8 +128,11 @@ impl FeatureDraftProposer {
     /// CPU is refused ([`Error::InvalidConfig`]).
     pub fn with_f32_matmul(mut self, choice: F32Matmul) -> Result<Self> {
         let onednn = choice.packs_own_weights(self.device)?;
-        self.draft.pack_onednn(onednn)?;
-        self.projection.pack_onednn(onednn)?;
+        if onednn != self.onednn {
+            self.draft.pack_onednn(onednn)?;
+            self.projection.pack_onednn(onednn)?;
+            self.onednn = onednn;
+        }
         Ok(self)
     }
 

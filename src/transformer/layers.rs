@@ -29,10 +29,7 @@ impl Linear {
     /// now on; with `false`, through the weights themselves again. The copy does not follow
     /// training: pack only for inference.
     pub(crate) fn pack_onednn(&mut self, on: bool) -> Result<()> {
-        self.packed = match on {
-            true => Some(OneDnnLinear::new(&self.weight, Some(&self.bias))?),
-            false => None,
-        };
+        self.packed = OneDnnLinear::packed_if(on, &self.weight, Some(&self.bias))?;
         Ok(())
     }
 
