@@ -111,10 +111,10 @@ fn cpu_is_amd() -> bool {
 }
 
 /// A float32 linear map `x · Wᵀ + b` with `W` (`[out, in]`) held in oneDNN's layout, for
-/// products of one to a few rows: on a 2-core AMD EPYC an 8,192 × 576 product took 0.78 ms
-/// from a cold cache against 1.42 ms through MKL at one row, 0.93 against 2.23 at four
-/// (docs/feature-draft.md, "The draft's cost"). A copy of the weights: it does not follow
-/// later changes to them, so it is made for inference only.
+/// products of one to a few rows: on a 2-core AMD EPYC a draft step's products took 2.2 ms from
+/// a cold cache against 2.9 ms through MKL at one row, 2.6 against 4.8 at four
+/// (`scripts/draft_products.py`, docs/feature-draft.md). A copy of the weights: it does not
+/// follow later changes to them, so it is made for inference only.
 #[derive(Debug)]
 pub(crate) struct OneDnnLinear {
     weight: Tensor,

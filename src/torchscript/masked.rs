@@ -63,7 +63,8 @@ impl MaskedLm for TorchScriptLm {
         // Not zeroed: every call writes the new slots of every row (padding rows included) and
         // reads only slots below its end, and compaction keeps written slots only, so a slot is
         // written before any call reads it. Zeroing a server's batch cache (SmolLM2, 16 rows of
-        // 2,050 slots: 1.5 GB) took 2.8 s at every batch opened, touching pages never used.
+        // 2,050 slots: 1.5 GB) took 0.4-2.8 s at every batch opened (scripts/batch_costs.py),
+        // touching pages never used.
         let (k, v) = (
             Tensor::f_empty(shape, (kind, device))?,
             Tensor::f_empty(shape, (kind, device))?,
