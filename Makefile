@@ -21,7 +21,7 @@ FIXTURES_DIR := target/fixtures
 
 .PHONY: demo test serve load-test openai-client venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures families gemma3 \
 	corpus train-pair pair-demo train-embedded ablation-embedded smollm2-heads classify generate generate-table \
-	draft-data draft-answers smollm2-eagle draft-curve smollm2-heads-states eagle-table
+	draft-data draft-answers draft-answers-wide smollm2-eagle draft-curve smollm2-heads-states eagle-table
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -234,13 +234,37 @@ $(DRAFT_ANSWERS_DONE): scripts/make_chat_prompts.py examples/draft_answers.rs
 	  --out target/draft-data/chat-heldout --new-tokens 128 --batch 64 --shard 128
 	touch $@
 
-# SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), trained on
-# the teacher-forced text and answers above and shipped in assets/drafts/smollm2, where `decode
-# --proposer eagle` finds it; measured on held-out chat prompts against greedy (report.json).
+# SmolLM2's own greedy answers (up to 128 new tokens) to 4,096 requests over WordNet's common
+# nouns (scripts/make_wordnet_prompts.py: about 860 topics, shapes by kind of noun, instruction
+# styles), decoded like draft-answers: shards train-wide-* (resumable), and answers to 128
+# requests over topics no training request uses, chat-heldout-wide-*.
+DRAFT_WIDE_DONE := target/draft-data/.wide-complete
+draft-answers-wide: smollm2 $(DRAFT_WIDE_DONE)
+
+$(DRAFT_WIDE_DONE): scripts/make_wordnet_prompts.py examples/draft_answers.rs
+	@test -f /usr/share/wordnet/index.noun || \
+	  { apt-get update -qq && apt-get install -y -qq wordnet-base; }
+	.venv/bin/python scripts/make_wordnet_prompts.py target/heads/smollm2-wide.txt 4096 \
+	  target/heads/smollm2-wide-heldout.txt 128
+	$(CARGO) build $(PROFILE) $(FEATURES) --example draft_answers
+	target/release/examples/draft_answers --prompts target/heads/smollm2-wide.txt \
+	  --out target/draft-data/train-wide --new-tokens 128 --batch 64 --shard 256
+	target/release/examples/draft_answers --prompts target/heads/smollm2-wide-heldout.txt \
+	  --out target/draft-data/chat-heldout-wide --new-tokens 128 --batch 64 --shard 128
+	touch $@
+
+# SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), shipped in
+# assets/drafts/smollm2, where `decode --proposer eagle` finds it. Two stages: trained on the
+# teacher-forced text and answers above into target/draft-train/base, then fine-tuned on the
+# answers to the WordNet requests (`init` in the second config); each measured on held-out chat
+# prompts against greedy (report-base.json, report.json).
 DRAFT_CONFIG := examples/configs/smollm2-draft.json
-smollm2-eagle: smollm2 draft-data draft-answers
+DRAFT_WIDE_CONFIG := examples/configs/smollm2-draft-wide.json
+smollm2-eagle: smollm2 draft-data draft-answers draft-answers-wide
 	$(CARGO) build $(PROFILE) $(FEATURES) --example train_draft
-	target/release/examples/train_draft $(DRAFT_CONFIG) --report assets/drafts/smollm2/report.json
+	target/release/examples/train_draft $(DRAFT_CONFIG) --report assets/drafts/smollm2/report-base.json
+	target/release/examples/train_draft $(DRAFT_WIDE_CONFIG) --split train-wide \
+	  --report assets/drafts/smollm2/report.json
 
 # The learning curve: the same draft trained on the first 25k, 100k and 400k tokens of the same
 # data (the 1M point is the shipped draft's report), each measured the same way.

@@ -8,10 +8,14 @@
 //! ```text
 //! cargo run --release --example proposer_table -- [--model models/smollm2] [--prompts FILE]
 //!     [--count N] [--max-new-tokens N] [--dtypes f32,bf16] [--heads NAME=DIR ...]
-//!     [--only TEXT] [--json FILE]
+//!     [--draft NAME=DIR ...] [--only TEXT] [--json FILE]
 //! ```
 //!
-//! `--only TEXT` keeps the rows whose proposer name contains TEXT (for example `eagle`).
+//! `--only TEXT` keeps the rows whose proposer name contains TEXT (for example `eagle`);
+//! `--draft NAME=DIR` adds a k = 4 chain and an 8-node tree of the feature draft saved in DIR,
+//! to compare drafts in one run. "first guess accepted" is the share of iterations that kept
+//! more than the model's own token: the first drafted token's acceptance rate, what a draft's
+//! first-step agreement in training predicts.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -43,6 +47,7 @@ struct Args {
     max_new_tokens: usize,
     dtypes: Vec<DType>,
     heads: Vec<(String, PathBuf)>,
+    drafts: Vec<(String, String)>,
     only: Option<String>,
     json: Option<PathBuf>,
 }
@@ -55,6 +60,7 @@ fn parse() -> Result<Args> {
         max_new_tokens: 64,
         dtypes: vec![DType::F32, DType::Bf16],
         heads: Vec::new(),
+        drafts: Vec::new(),
         only: None,
         json: None,
     };
@@ -82,6 +88,11 @@ fn parse() -> Result<Args> {
                 let v = value()?;
                 let (name, dir) = v.split_once('=').ok_or_else(|| bad("--heads NAME=DIR"))?;
                 a.heads.push((name.into(), dir.into()));
+            }
+            "--draft" => {
+                let v = value()?;
+                let (name, dir) = v.split_once('=').ok_or_else(|| bad("--draft NAME=DIR"))?;
+                a.drafts.push((name.into(), dir.into()));
             }
             "--only" => a.only = Some(value()?),
             "--json" => a.json = Some(value()?.into()),
@@ -152,6 +163,27 @@ fn rows(args: &Args) -> Vec<Row> {
             eagle(),
             depth,
             Some(nodes),
+            false,
+        ));
+    }
+    for (name, dir) in &args.drafts {
+        let draft = || ProposerConfig::Eagle {
+            draft: Some(dir.clone()),
+        };
+        out.push(row(
+            &format!("eagle chain ({name})"),
+            HeadsChoice::None,
+            draft(),
+            4,
+            None,
+            false,
+        ));
+        out.push(row(
+            &format!("eagle tree ({name})"),
+            HeadsChoice::None,
+            draft(),
+            4,
+            Some(8),
             false,
         ));
     }
@@ -251,10 +283,10 @@ fn run() -> Result<()> {
     let mut json_rows = Vec::new();
     println!(
         "| dtype | proposer | k | tree nodes | prompts | mean accepted | model calls / greedy | \
-         ms per token (blockwise / greedy) | speedup | identical | proposer ms / iteration \
-         (share of a greedy step) |"
+         first guess accepted | ms per token (blockwise / greedy) | speedup | identical | \
+         proposer ms / iteration (share of a greedy step) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &dtype in &args.dtypes {
         let load = |heads: HeadsChoice| {
             ModelBundle::load(
@@ -296,16 +328,24 @@ fn run() -> Result<()> {
                 .filter(|(o, g)| o.tokens == g.tokens)
                 .count();
             let prop_ms = 1e3 * proposer_s / iters.max(1) as f64;
+            // Iterations that kept more than the model's own token.
+            let beyond: usize = m
+                .outs
+                .iter()
+                .map(|o| o.stats.accepted_hist.iter().skip(2).sum::<usize>())
+                .sum();
+            let first = beyond as f64 / iters.max(1) as f64;
             let r = serde_json::json!({
                 "dtype": dtype.to_string(), "proposer": row.name, "k": row.k, "tree": row.tree,
                 "prompts": prompts.len(), "mean_accepted": tokens as f64 / iters.max(1) as f64,
                 "model_calls": calls, "greedy_calls": greedy_calls,
                 "ms_per_token": 1e3 * m.wall_s / tokens.max(1) as f64, "greedy_ms_per_token": step_ms,
                 "speedup": greedy_s / m.wall_s, "identical": identical,
-                "proposer_ms_per_iteration": prop_ms,
+                "proposer_ms_per_iteration": prop_ms, "first_guess_accepted": first,
             });
             println!(
-                "| {dtype} | {} | {} | {} | {} | {:.2} | {calls} / {greedy_calls} | {:.1} / {step_ms:.1} \
+                "| {dtype} | {} | {} | {} | {} | {:.2} | {calls} / {greedy_calls} | {first:.2} | \
+                 {:.1} / {step_ms:.1} \
                  | {:.2}x | {identical}/{} | {prop_ms:.1} ({:.0}%) |",
                 row.name,
                 row.k,

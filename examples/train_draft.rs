@@ -56,6 +56,11 @@ struct Config {
     /// Feed-forward width of the draft layer (default `8/3 · D`).
     #[serde(default)]
     d_ff: Option<i64>,
+    /// Start from the draft saved in this folder instead of a fresh one (fine-tuning on new
+    /// data): its width, feed-forward size and shortlist are kept, so `shortlist` and `d_ff`
+    /// are refused beside it.
+    #[serde(default)]
+    init: Option<PathBuf>,
     train: DraftTrainConfig,
     evaluation: Evaluation,
     out: PathBuf,
@@ -76,7 +81,13 @@ struct Report {
     shortlist_coverage_heldout: Option<f64>,
     train_s: f64,
     final_loss: f64,
-    heldout_agreement: Vec<f64>,
+    /// Top-1 agreement per draft step on the held-out text (`heldout-*` shards), when the data
+    /// has them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heldout_agreement: Option<Vec<f64>>,
+    /// The draft this one was fine-tuned from (`init`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    init: Option<PathBuf>,
     /// The same on SmolLM2's own answers to held-out requests (`chat-heldout-*` shards), when
     /// the data has them.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -172,7 +183,8 @@ fn run() -> Result<()> {
             capability: "the model's token embeddings",
         })?;
     let info = bundle.model.info().clone();
-    let held = DraftData::load(&config.data, "heldout", None)?;
+    // Held-out text is optional: a folder of answers alone has none.
+    let held = DraftData::load(&config.data, "heldout", None).ok();
     let mut report_train = (0usize, 0usize, 0.0f64, f64::NAN, None);
     let draft = if args.eval_only {
         FeatureDraft::load(&out, info.device)?
@@ -184,23 +196,37 @@ fn run() -> Result<()> {
             &config.weights,
         )?;
         eprintln!(
-            "train_draft: {} training tokens in {} sequences, {} held-out tokens",
+            "train_draft: {} training tokens in {} sequences, {} held-out text tokens",
             data.len(),
             data.sequences(),
-            held.len()
+            held.as_ref().map_or(0, DraftData::len)
         );
-        let mut draft_config = FeatureDraftConfig::for_base(data.width(), info.vocab_size);
-        if let Some(f) = config.d_ff {
-            draft_config.d_ff = f;
-        }
-        let mut draft = FeatureDraft::new(draft_config, config.seed, info.device)?;
+        let mut draft = match &config.init {
+            Some(dir) => {
+                if config.shortlist.is_some() || config.d_ff.is_some() {
+                    return Err(Error::config(
+                        "train_draft config",
+                        "`init` keeps the saved draft's shortlist and feed-forward size: \
+                         drop `shortlist` and `d_ff`",
+                    ));
+                }
+                eprintln!("train_draft: starting from the draft in {}", dir.display());
+                FeatureDraft::load(dir, info.device)?
+            }
+            None => {
+                let mut draft_config =
+                    FeatureDraftConfig::for_base(data.width(), info.vocab_size);
+                if let Some(f) = config.d_ff {
+                    draft_config.d_ff = f;
+                }
+                FeatureDraft::new(draft_config, config.seed, info.device)?
+            }
+        };
         if let Some(n) = config.shortlist {
             let ids = data.shortlist(n, info.vocab_size)?;
             eprintln!(
-                "train_draft: shortlist of {n} ids covers {:.1}% of training and {:.1}% of \
-                 held-out greedy tokens",
+                "train_draft: shortlist of {n} ids covers {:.1}% of the training greedy tokens",
                 100.0 * data.coverage(&ids)?,
-                100.0 * held.coverage(&ids)?
             );
             draft = draft.with_shortlist(ids)?;
         }
@@ -244,15 +270,20 @@ fn run() -> Result<()> {
         );
         draft
     };
-    let agreement = evaluate_feature_draft(
-        &draft,
-        &embeddings,
-        &held,
-        256,
-        config.train.unroll.max(4),
-        64,
-    )?;
-    eprintln!("train_draft: held-out agreement per draft step {agreement:?}");
+    let agreement = match &held {
+        Some(held) => Some(evaluate_feature_draft(
+            &draft,
+            &embeddings,
+            held,
+            256,
+            config.train.unroll.max(4),
+            64,
+        )?),
+        None => None,
+    };
+    if let Some(a) = &agreement {
+        eprintln!("train_draft: held-out text agreement per draft step {a:?}");
+    }
     let chat_agreement = match DraftData::load(&config.data, "chat-heldout", None) {
         Ok(chat) => Some(evaluate_feature_draft(
             &draft,
@@ -268,9 +299,9 @@ fn run() -> Result<()> {
         eprintln!("train_draft: held-out chat agreement per draft step {a:?}");
     }
     let shortlist = draft.shortlist().map(|s| s.len());
-    let coverage = match draft.shortlist() {
-        Some(ids) => Some(held.coverage(ids)?),
-        None => None,
+    let coverage = match (draft.shortlist(), &held) {
+        (Some(ids), Some(held)) => Some(held.coverage(ids)?),
+        _ => None,
     };
 
     // Held-out chat prompts, decoded with the draft and greedily, side by side.
@@ -316,6 +347,7 @@ fn run() -> Result<()> {
         train_s: report_train.2,
         final_loss: report_train.3,
         heldout_agreement: agreement,
+        init: config.init.clone(),
         heldout_chat_agreement: chat_agreement,
         prompts: prompts.len(),
         block_size: ev.block_size,

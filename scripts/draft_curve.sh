@@ -2,7 +2,7 @@
 # The feature-level draft's learning curve: the shipped draft's settings
 # (examples/configs/smollm2-draft.json), trained on the first N tokens of the teacher-forced data
 # for N = 25k, 100k, 400k (each run resumes from its checkpoint), then measured like the shipped
-# draft (assets/drafts/smollm2/report.json): held-out agreement per draft step and mean accepted
+# draft's first stage (assets/drafts/smollm2/report-base.json): held-out agreement per draft step and mean accepted
 # tokens per call on held-out chat prompts. Prints a markdown table. SPLIT=train-answers trains on
 # SmolLM2's own answers alone (SIZES=all: all of them).
 #
@@ -28,14 +28,14 @@ done
 import glob, json, os, sys
 work = sys.argv[1]
 rows = [json.load(open(p)) for p in glob.glob(os.path.join(work, "*.json"))]
-shipped = "assets/drafts/smollm2/report.json"
+shipped = "assets/drafts/smollm2/report-base.json"
 if os.path.exists(shipped):
     rows.append(json.load(open(shipped)))
 rows.sort(key=lambda r: r["train_tokens"])
 print("| data | training tokens | sequences | training s | held-out agreement on text, draft steps 1 / 2 / 3 / 4 | on chat answers | mean accepted (k = 5) | identical |")
 print("|---|---|---|---|---|---|---|---|")
 for r in rows:
-    agree = " / ".join(f"{a:.2f}" for a in r["heldout_agreement"])
+    agree = " / ".join(f"{a:.2f}" for a in r.get("heldout_agreement") or []) or "-"
     chat = " / ".join(f"{a:.2f}" for a in r.get("heldout_chat_agreement") or []) or "-"
     weights = ", ".join(f"{k} x{w}" for k, w in (r.get("weights") or {}).items())
     data = r.get("split", "train") + (f" ({weights})" if weights else "")
