@@ -219,6 +219,16 @@ $(DRAFT_DATA_DONE): scripts/make_draft_data.py
 # topics), decoded 64 at a time by the batched decoder, which hands over the hidden states it
 # computes anyway: shards train-answers-*.safetensors of target/draft-data (resumable; 37
 # minutes on 2 cores), and answers to 128 further requests, chat-heldout-*, for measuring.
+# $(call answers,PROMPTS,TRAIN,HELDOUT): SmolLM2's answers to target/heads/PROMPTS.txt and
+# PROMPTS-heldout.txt into the shards TRAIN-* and HELDOUT-* of target/draft-data.
+define answers
+$(CARGO) build $(PROFILE) $(FEATURES) --example draft_answers
+target/release/examples/draft_answers --prompts target/heads/$(1).txt \
+  --out target/draft-data/$(2) --new-tokens 128 --batch 64 --shard 256
+target/release/examples/draft_answers --prompts target/heads/$(1)-heldout.txt \
+  --out target/draft-data/$(3) --new-tokens 128 --batch 64 --shard 128
+endef
+
 DRAFT_ANSWERS_DONE := target/draft-data/.answers-complete
 draft-answers: smollm2 corpus $(DRAFT_ANSWERS_DONE)
 
@@ -227,11 +237,7 @@ $(DRAFT_ANSWERS_DONE): scripts/make_chat_prompts.py examples/draft_answers.rs
 	  .venv/bin/python -m pip install --quiet --disable-pip-version-check faker==37.1.0
 	.venv/bin/python scripts/make_chat_prompts.py target/heads/smollm2-chat.txt 2560 \
 	  target/heads/smollm2-chat-heldout.txt 128
-	$(CARGO) build $(PROFILE) $(FEATURES) --example draft_answers
-	target/release/examples/draft_answers --prompts target/heads/smollm2-chat.txt \
-	  --out target/draft-data/train-answers --new-tokens 128 --batch 64 --shard 256
-	target/release/examples/draft_answers --prompts target/heads/smollm2-chat-heldout.txt \
-	  --out target/draft-data/chat-heldout --new-tokens 128 --batch 64 --shard 128
+	$(call answers,smollm2-chat,train-answers,chat-heldout)
 	touch $@
 
 # SmolLM2's own greedy answers (up to 128 new tokens) to 4,096 requests over WordNet's common
@@ -246,11 +252,7 @@ $(DRAFT_WIDE_DONE): scripts/make_wordnet_prompts.py examples/draft_answers.rs
 	  { apt-get update -qq && apt-get install -y -qq wordnet-base; }
 	.venv/bin/python scripts/make_wordnet_prompts.py target/heads/smollm2-wide.txt 4096 \
 	  target/heads/smollm2-wide-heldout.txt 128
-	$(CARGO) build $(PROFILE) $(FEATURES) --example draft_answers
-	target/release/examples/draft_answers --prompts target/heads/smollm2-wide.txt \
-	  --out target/draft-data/train-wide --new-tokens 128 --batch 64 --shard 256
-	target/release/examples/draft_answers --prompts target/heads/smollm2-wide-heldout.txt \
-	  --out target/draft-data/chat-heldout-wide --new-tokens 128 --batch 64 --shard 128
+	$(call answers,smollm2-wide,train-wide,chat-heldout-wide)
 	touch $@
 
 # SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), shipped in
