@@ -4,7 +4,9 @@
 //! `Proposer::observe_hidden`, the path a feature draft reads at inference), so no second pass
 //! over the answers is needed. The argmax after each position is the next token on the answer (a
 //! greedy sequence) and, on the prompt, the tied vocabulary projection of its hidden state.
-//! Writes resumable shards that `DraftData::load` reads with the teacher-forced text.
+//! Writes resumable shards that `DraftData::load` reads with the teacher-forced text; each
+//! records its prompts' lengths (`DraftData::prompt_lens`), so agreement can be measured on the
+//! answers alone.
 //!
 //! ```text
 //! cargo run --release --example draft_answers -- --prompts target/heads/smollm2-chat.txt \
@@ -231,6 +233,7 @@ fn row_data(
             hidden: h.f_to_kind(Kind::Half)?,
             argmax: Tensor::from_slice(&argmax),
             offsets: vec![0, n],
+            prompt_lens: Some(vec![prompt.len()]),
         },
         off,
     ))

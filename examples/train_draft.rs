@@ -20,7 +20,8 @@ use std::time::Instant;
 use blockwise::bundle::{BundleOptions, HeadsChoice, ModelBundle};
 use blockwise::feature::{FeatureDraft, FeatureDraftConfig, FeatureDraftProposer};
 use blockwise::train::{
-    evaluate_feature_draft, train_feature_draft, DraftData, DraftTrainConfig, ProgressBar,
+    evaluate_feature_draft, evaluate_feature_draft_on_answers, train_feature_draft, DraftData,
+    DraftTrainConfig, ProgressBar,
 };
 use blockwise::{
     Blockwise, BlockwiseDecoder, CausalLm, DType, DecodeConfig, Error, GreedyDecoder, Result,
@@ -92,6 +93,10 @@ struct Report {
     /// the data has them.
     #[serde(skip_serializing_if = "Option::is_none")]
     heldout_chat_agreement: Option<Vec<f64>>,
+    /// The same counting only the guesses decoding asks for (chains that start at the
+    /// prompt's last token or later), when the shards record their prompt lengths.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heldout_chat_answer_agreement: Option<Vec<f64>>,
     prompts: usize,
     block_size: usize,
     mean_accepted: f64,
@@ -214,8 +219,7 @@ fn run() -> Result<()> {
                 FeatureDraft::load(dir, info.device)?
             }
             None => {
-                let mut draft_config =
-                    FeatureDraftConfig::for_base(data.width(), info.vocab_size);
+                let mut draft_config = FeatureDraftConfig::for_base(data.width(), info.vocab_size);
                 if let Some(f) = config.d_ff {
                     draft_config.d_ff = f;
                 }
@@ -284,19 +288,17 @@ fn run() -> Result<()> {
     if let Some(a) = &agreement {
         eprintln!("train_draft: held-out text agreement per draft step {a:?}");
     }
-    let chat_agreement = match DraftData::load(&config.data, "chat-heldout", None) {
-        Ok(chat) => Some(evaluate_feature_draft(
-            &draft,
-            &embeddings,
-            &chat,
-            256,
-            config.train.unroll.max(4),
-            64,
-        )?),
-        Err(_) => None,
-    };
-    if let Some(a) = &chat_agreement {
+    let (mut chat_agreement, mut answer_agreement) = (None, None);
+    if let Ok(chat) = DraftData::load(&config.data, "chat-heldout", None) {
+        let unroll = config.train.unroll.max(4);
+        let a = evaluate_feature_draft(&draft, &embeddings, &chat, 256, unroll, 64)?;
         eprintln!("train_draft: held-out chat agreement per draft step {a:?}");
+        chat_agreement = Some(a);
+        if chat.prompt_lens.is_some() {
+            let a = evaluate_feature_draft_on_answers(&draft, &embeddings, &chat, 256, unroll, 64)?;
+            eprintln!("train_draft: the same on answer positions only {a:?}");
+            answer_agreement = Some(a);
+        }
     }
     let shortlist = draft.shortlist().map(|s| s.len());
     let coverage = match (draft.shortlist(), &held) {
@@ -347,8 +349,9 @@ fn run() -> Result<()> {
         train_s: report_train.2,
         final_loss: report_train.3,
         heldout_agreement: agreement,
-        init: config.init.clone(),
+        init: config.init.clone().filter(|_| !args.eval_only),
         heldout_chat_agreement: chat_agreement,
+        heldout_chat_answer_agreement: answer_agreement,
         prompts: prompts.len(),
         block_size: ev.block_size,
         mean_accepted: tokens as f64 / iters.max(1) as f64,

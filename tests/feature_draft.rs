@@ -7,7 +7,10 @@ use blockwise::feature::{FeatureDraft, FeatureDraftConfig, FeatureDraftProposer}
 use blockwise::proposer::Chain;
 use blockwise::testing::strategies::{model_case, ModelCase};
 use blockwise::testing::{check_loop_invariants, check_same_output, Conformance};
-use blockwise::train::{evaluate_feature_draft, train_feature_draft, DraftData, DraftTrainConfig};
+use blockwise::train::{
+    evaluate_feature_draft, evaluate_feature_draft_on_answers, train_feature_draft, DraftData,
+    DraftTrainConfig,
+};
 use blockwise::{
     BatchBlockwise, Blockwise, BlockwiseDecoder, CachedVerifier, CausalLm, DecodeConfig,
     DecodeOutput, Error, F32Matmul, GreedyDecoder, NGram, Proposer, RecomputeVerifier, Transformer,
@@ -509,6 +512,84 @@ fn draft_data_saves_loads_repeats_and_stops_at_whole_sequences() {
     assert!(
         data.coverage(&ids).unwrap() > 0.0
             && data.coverage(&(0..24).collect::<Vec<_>>()).unwrap() == 1.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn answer_agreement_counts_only_the_guesses_decoding_asks_for() {
+    let mut model = fixed_model(5);
+    let seqs = greedy_sequences(&mut model, 8, 20); // 4 prompt tokens, 20 answer tokens
+    let mut data = DraftData::teacher_forced(&mut model, &seqs, Kind::Float).unwrap();
+    let emb = model.token_embeddings().unwrap();
+    let c = model.config().clone();
+    let draft = FeatureDraft::new(
+        FeatureDraftConfig::for_base(c.d_model, c.vocab_size),
+        4,
+        Device::Cpu,
+    )
+    .unwrap();
+    let answers = |d: &DraftData| evaluate_feature_draft_on_answers(&draft, &emb, d, 48, 3, 64);
+    // Teacher-forced text does not know its prompts.
+    assert!(answers(&data).is_err());
+    // Empty prompts: every chain counts, as in evaluate_feature_draft.
+    data.prompt_lens = Some(vec![0; 8]);
+    let every = evaluate_feature_draft(&draft, &emb, &data, 48, 3, 64).unwrap();
+    assert_eq!(answers(&data).unwrap(), every);
+    // With 4-token prompts, the targets at prompt positions never count: changing them changes
+    // nothing.
+    data.prompt_lens = Some(vec![4; 8]);
+    let before = answers(&data).unwrap();
+    let mut argmax: Vec<i64> = Vec::try_from(&data.argmax).unwrap();
+    for w in data.offsets.windows(2) {
+        for a in &mut argmax[w[0]..w[0] + 4] {
+            *a = (*a + 1) % 24;
+        }
+    }
+    let changed = DraftData {
+        tokens: data.tokens.shallow_clone(),
+        hidden: data.hidden.shallow_clone(),
+        argmax: Tensor::from_slice(&argmax),
+        offsets: data.offsets.clone(),
+        prompt_lens: data.prompt_lens.clone(),
+    };
+    assert_eq!(answers(&changed).unwrap(), before);
+    // Prompts that fill their sequences leave nothing to measure; a wrong count is refused.
+    data.prompt_lens = Some(vec![24; 8]);
+    assert!(answers(&data).is_err());
+    data.prompt_lens = Some(vec![4; 7]);
+    assert!(answers(&data).is_err());
+    // Prompt lengths survive saving, loading, weights and joining; a shard without them
+    // makes the whole set unknown.
+    data.prompt_lens = Some((0..8).map(|i| 1 + i % 4).collect());
+    let dir = std::env::temp_dir().join(format!("bw-prompt-lens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    data.save(&dir.join("train-a-00000.safetensors")).unwrap();
+    let weights = [("train-a".to_string(), 2)].into_iter().collect();
+    let loaded = DraftData::load_weighted(&dir, "train", None, &weights).unwrap();
+    let twice = [
+        data.prompt_lens.clone().unwrap(),
+        data.prompt_lens.clone().unwrap(),
+    ]
+    .concat();
+    assert_eq!(loaded.prompt_lens.as_ref(), Some(&twice));
+    assert_eq!(data.repeated(2).unwrap().prompt_lens, Some(twice.clone()));
+    let limited = DraftData::load(&dir, "train", Some(50)).unwrap();
+    assert_eq!(
+        limited.prompt_lens,
+        Some(data.prompt_lens.clone().unwrap()[..2].to_vec())
+    );
+    let text = DraftData::teacher_forced(&mut model, &seqs[..2], Kind::Float).unwrap();
+    assert_eq!(
+        DraftData::concat(&[loaded, text.repeated(1).unwrap()])
+            .unwrap()
+            .prompt_lens,
+        None
+    );
+    text.save(&dir.join("train-b-00000.safetensors")).unwrap();
+    assert_eq!(
+        DraftData::load(&dir, "train", None).unwrap().prompt_lens,
+        None
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

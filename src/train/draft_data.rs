@@ -22,6 +22,10 @@ pub struct DraftData {
     pub argmax: Tensor,
     /// Where each sequence starts, and the end (`S + 1` entries).
     pub offsets: Vec<usize>,
+    /// How many leading tokens of each sequence are its prompt (chat template and request),
+    /// where the data knows (`S` entries; the model's own answers); `None` for teacher-forced
+    /// text. [`crate::train::evaluate_feature_draft_on_answers`] counts only what follows.
+    pub prompt_lens: Option<Vec<usize>>,
 }
 
 impl DraftData {
@@ -66,12 +70,15 @@ impl DraftData {
             hidden: Tensor::f_cat(&hidden, 0)?,
             argmax: Tensor::f_cat(&argmax, 0)?,
             offsets,
+            prompt_lens: None,
         })
     }
 
     /// Reads the shards `SPLIT-*.safetensors` of `dir` (written by
-    /// `scripts/make_draft_data.py`: `tokens`, `hidden`, `argmax`, `offsets`), in name order,
-    /// stopping once `max_tokens` tokens are read (whole sequences only).
+    /// `scripts/make_draft_data.py`: `tokens`, `hidden`, `argmax`, `offsets`, and from the
+    /// model's own answers `prompt_lens`), in name order, stopping once `max_tokens` tokens are
+    /// read (whole sequences only). [`DraftData::prompt_lens`] is kept when every shard read
+    /// has them.
     pub fn load(dir: &Path, split: &str, max_tokens: Option<usize>) -> Result<Self> {
         Self::load_weighted(dir, split, max_tokens, &BTreeMap::new())
     }
@@ -109,6 +116,7 @@ impl DraftData {
         }
         let (mut tokens, mut hidden, mut argmax) = (Vec::new(), Vec::new(), Vec::new());
         let mut offsets = vec![0usize];
+        let mut prompt_lens: Option<Vec<usize>> = Some(Vec::new());
         let limit = max_tokens.unwrap_or(usize::MAX);
         let mut read = 0usize;
         'shards: for path in names {
@@ -134,12 +142,22 @@ impl DraftData {
                 take("offsets")?,
             );
             let o: Vec<i64> = Vec::try_from(&o.f_to_kind(Kind::Int64)?)?;
+            let lens: Option<Vec<i64>> = match parts.remove("prompt_lens") {
+                Some(l) => Some(Vec::try_from(&l.f_to_kind(Kind::Int64)?)?),
+                None => None,
+            };
             let n = t.size()[0];
             let bad = o.first() != Some(&0)
                 || o.last() != Some(&n)
                 || o.windows(2).any(|w| w[1] < w[0])
                 || h.size().first() != Some(&n)
-                || a.size() != [n];
+                || a.size() != [n]
+                || lens.as_ref().is_some_and(|l| {
+                    l.len() + 1 != o.len()
+                        || l.iter()
+                            .zip(o.windows(2))
+                            .any(|(&p, w)| p < 0 || p > w[1] - w[0])
+                });
             if bad {
                 return Err(Error::config(
                     "draft data",
@@ -163,6 +181,12 @@ impl DraftData {
                     hidden.push(h.shallow_clone());
                     argmax.push(a.shallow_clone());
                     offsets.extend(o[1..keep].iter().map(|&x| base + x as usize));
+                    match (&mut prompt_lens, &lens) {
+                        (Some(all), Some(l)) => {
+                            all.extend(l[..keep - 1].iter().map(|&x| x as usize))
+                        }
+                        _ => prompt_lens = None,
+                    }
                 }
             }
             if keep < o.len() {
@@ -180,6 +204,7 @@ impl DraftData {
             hidden: Tensor::f_cat(&hidden, 0)?,
             argmax: Tensor::f_cat(&argmax, 0)?,
             offsets,
+            prompt_lens,
         })
     }
 
@@ -202,27 +227,36 @@ impl DraftData {
         let cat = |f: fn(&DraftData) -> &Tensor| -> Result<Tensor> {
             Ok(Tensor::f_cat(&parts.iter().map(f).collect::<Vec<_>>(), 0)?)
         };
+        let prompt_lens = parts
+            .iter()
+            .map(|p| p.prompt_lens.clone())
+            .collect::<Option<Vec<_>>>()
+            .map(|l| l.concat());
         Ok(DraftData {
             tokens: cat(|p| &p.tokens)?,
             hidden: cat(|p| &p.hidden)?,
             argmax: cat(|p| &p.argmax)?,
             offsets,
+            prompt_lens,
         })
     }
 
-    /// Writes the data as one shard (`tokens`, `hidden`, `argmax`, `offsets`) that
-    /// [`DraftData::load`] reads, for example `DIR/train-chat-00000.safetensors`.
+    /// Writes the data as one shard (`tokens`, `hidden`, `argmax`, `offsets`, and
+    /// `prompt_lens` when known) that [`DraftData::load`] reads, for example
+    /// `DIR/train-chat-00000.safetensors`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let offsets: Vec<i64> = self.offsets.iter().map(|&o| o as i64).collect();
-        Tensor::write_safetensors(
-            &[
-                ("tokens", self.tokens.shallow_clone()),
-                ("hidden", self.hidden.shallow_clone()),
-                ("argmax", self.argmax.shallow_clone()),
-                ("offsets", Tensor::from_slice(&offsets)),
-            ],
-            path,
-        )?;
+        let as_i64 =
+            |v: &[usize]| Tensor::from_slice(&v.iter().map(|&x| x as i64).collect::<Vec<_>>());
+        let mut named = vec![
+            ("tokens", self.tokens.shallow_clone()),
+            ("hidden", self.hidden.shallow_clone()),
+            ("argmax", self.argmax.shallow_clone()),
+            ("offsets", as_i64(&self.offsets)),
+        ];
+        if let Some(l) = &self.prompt_lens {
+            named.push(("prompt_lens", as_i64(l)));
+        }
+        Tensor::write_safetensors(&named, path)?;
         Ok(())
     }
 
@@ -244,6 +278,7 @@ impl DraftData {
             hidden: rep(&self.hidden)?,
             argmax: rep(&self.argmax)?,
             offsets,
+            prompt_lens: self.prompt_lens.as_ref().map(|l| l.repeat(r)),
         })
     }
 

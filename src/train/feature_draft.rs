@@ -464,6 +464,7 @@ pub fn train_feature_draft(
 /// Top-1 agreement of the draft with the base's greedy token on `data` (for example held-out
 /// data), per unrolled draft step, over consecutive windows of `seq_len` positions (at most
 /// `max_windows` of them). Positions whose target lies outside the shortlist count as misses.
+/// Every position counts, prompts included: see [`evaluate_feature_draft_on_answers`].
 pub fn evaluate_feature_draft(
     draft: &FeatureDraft,
     embeddings: &Tensor,
@@ -471,6 +472,67 @@ pub fn evaluate_feature_draft(
     seq_len: usize,
     unroll: usize,
     max_windows: usize,
+) -> Result<Vec<f64>> {
+    agreement(draft, embeddings, data, seq_len, unroll, max_windows, None)
+}
+
+/// [`evaluate_feature_draft`] over the guesses decoding asks for only: draft step `d` counts
+/// at a position when the chain it belongs to started at the prompt's last token or later (so
+/// its context token and its target are answer tokens), as the first guess after a prompt
+/// does. Needs [`DraftData::prompt_lens`] (the model's own answers record them); an error
+/// otherwise, or when no position qualifies. Prompts inflate agreement: a chat template's
+/// fixed system turn is the same in every sequence.
+pub fn evaluate_feature_draft_on_answers(
+    draft: &FeatureDraft,
+    embeddings: &Tensor,
+    data: &DraftData,
+    seq_len: usize,
+    unroll: usize,
+    max_windows: usize,
+) -> Result<Vec<f64>> {
+    let lens = data.prompt_lens.as_ref().ok_or_else(|| {
+        Error::config(
+            "draft data",
+            "does not record where its answers start (prompt_lens): only the model's own \
+             answers do",
+        )
+    })?;
+    if lens.len() != data.sequences() {
+        return Err(Error::config(
+            "draft data",
+            format!(
+                "has {} prompt lengths for {} sequences",
+                lens.len(),
+                data.sequences()
+            ),
+        ));
+    }
+    // Per position, the first position a chain may start at: the prompt's last token.
+    let mut from = Vec::with_capacity(data.len());
+    for (w, &p) in data.offsets.windows(2).zip(lens) {
+        from.extend(std::iter::repeat_n(w[0] as i64 + p as i64 - 1, w[1] - w[0]));
+    }
+    agreement(
+        draft,
+        embeddings,
+        data,
+        seq_len,
+        unroll,
+        max_windows,
+        Some(&Tensor::from_slice(&from)),
+    )
+}
+
+/// Agreement per draft step; with `from` (`[N]`), a pass-`d` output at position `p` counts
+/// only when `p - (d - 1) >= from[p]`.
+fn agreement(
+    draft: &FeatureDraft,
+    embeddings: &Tensor,
+    data: &DraftData,
+    seq_len: usize,
+    unroll: usize,
+    max_windows: usize,
+    from: Option<&Tensor>,
 ) -> Result<Vec<f64>> {
     let _guard = tch::no_grad_guard();
     let t = seq_len.min(data.len().saturating_sub(1)).max(1);
@@ -482,15 +544,34 @@ pub fn evaluate_feature_draft(
     let mut hits = vec![(0i64, 0i64); unroll.max(1)];
     let windows = ((data.len() - 1) / t).min(max_windows);
     for i in 0..windows {
-        let w = gather(data, &seg, &embeddings, &[(i * t) as i64], t as i64, device)?;
+        let start = (i * t) as i64;
+        let w = gather(data, &seg, &embeddings, &[start], t as i64, device)?;
         let passes = unrolled(draft, &w, unroll.max(1))?;
         let targets = projection.columns(&w.target_token)?;
-        for ((out, ok), acc) in passes.iter().zip(hits.iter_mut()) {
+        for (d, ((out, ok), acc)) in passes.iter().zip(hits.iter_mut()).enumerate() {
+            let ok = match from {
+                None => ok.shallow_clone(),
+                Some(from) => {
+                    let chain_start = Tensor::f_arange(t as i64, (Kind::Int64, Device::Cpu))?
+                        .f_add_scalar(start - d as i64)?;
+                    let counted = chain_start
+                        .f_ge_tensor(&from.f_narrow(0, start, t as i64)?)?
+                        .f_unsqueeze(0)?
+                        .f_to_device(device)?;
+                    ok.f_logical_and(&counted)?
+                }
+            };
             let guess = projection.logits(out)?.f_argmax(-1, false)?;
-            let right = guess.f_eq_tensor(&targets)?.f_logical_and(ok)?;
+            let right = guess.f_eq_tensor(&targets)?.f_logical_and(&ok)?;
             acc.0 += i64::try_from(right.f_sum(Kind::Int64)?)?;
             acc.1 += i64::try_from(ok.f_sum(Kind::Int64)?)?;
         }
+    }
+    if from.is_some() && hits.first().is_some_and(|h| h.1 == 0) {
+        return Err(Error::config(
+            "draft data",
+            "has no answer position to measure within the windows read",
+        ));
     }
     Ok(hits
         .iter()
