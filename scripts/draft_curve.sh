@@ -32,13 +32,14 @@ shipped = "assets/drafts/smollm2/report-base.json"
 if os.path.exists(shipped):
     rows.append(json.load(open(shipped)))
 rows.sort(key=lambda r: r["train_tokens"])
-print("| data | training tokens | sequences | training s | held-out agreement on text, draft steps 1 / 2 / 3 / 4 | on chat answers | mean accepted (k = 5) | identical |")
-print("|---|---|---|---|---|---|---|---|")
+print("| data | training tokens | sequences | training s | held-out agreement on text, draft steps 1 / 2 / 3 / 4 | on chat answers, every position | on chat answers, answer positions only | mean accepted (k = 5) | identical |")
+print("|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     agree = " / ".join(f"{a:.2f}" for a in r.get("heldout_agreement") or []) or "-"
     chat = " / ".join(f"{a:.2f}" for a in r.get("heldout_chat_agreement") or []) or "-"
+    answers = " / ".join(f"{a:.2f}" for a in r.get("heldout_chat_answer_agreement") or []) or "-"
     weights = ", ".join(f"{k} x{w}" for k, w in (r.get("weights") or {}).items())
     data = r.get("split", "train") + (f" ({weights})" if weights else "")
     print(f"| {data} | {r['train_tokens']:,} | {r['train_sequences']:,} | {r['train_s']:.0f} | "
-          f"{agree} | {chat} | {r['mean_accepted']:.2f} | {r['identical']}/{r['prompts']} |")
+          f"{agree} | {chat} | {answers} | {r['mean_accepted']:.2f} | {r['identical']}/{r['prompts']} |")
 PY
