@@ -21,7 +21,7 @@ FIXTURES_DIR := target/fixtures
 
 .PHONY: demo test serve load-test openai-client venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures families gemma3 \
 	corpus train-pair pair-demo train-embedded ablation-embedded smollm2-heads classify generate generate-table \
-	draft-data draft-answers draft-answers-wide smollm2-eagle draft-curve smollm2-heads-states eagle-table
+	draft-data draft-answers draft-answers-wide draft-answers-more smollm2-eagle draft-curve smollm2-heads-states eagle-table
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -255,17 +255,34 @@ $(DRAFT_WIDE_DONE): scripts/make_wordnet_prompts.py examples/draft_answers.rs
 	$(call answers,smollm2-wide,train-wide,chat-heldout-wide)
 	touch $@
 
+# More everyday requests of draft-answers' shapes with new fillers (the 3,072 + 128 requests
+# after its 2,688): shards train-more-* (resumable) and chat-heldout-more-*.
+DRAFT_MORE_DONE := target/draft-data/.more-complete
+draft-answers-more: smollm2 $(DRAFT_MORE_DONE)
+
+$(DRAFT_MORE_DONE): scripts/make_chat_prompts.py examples/draft_answers.rs
+	@.venv/bin/python -c "import faker" 2>/dev/null || \
+	  .venv/bin/python -m pip install --quiet --disable-pip-version-check faker==37.1.0
+	.venv/bin/python scripts/make_chat_prompts.py target/heads/smollm2-more.txt 3072 \
+	  target/heads/smollm2-more-heldout.txt 128 --after 2688
+	$(call answers,smollm2-more,train-more,chat-heldout-more)
+	touch $@
+
 # SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), shipped in
-# assets/drafts/smollm2, where `decode --proposer eagle` finds it. Two stages: trained on the
-# teacher-forced text and answers above into target/draft-train/base, then fine-tuned on the
-# answers to the WordNet requests (`init` in the second config); each measured on held-out chat
-# prompts against greedy (report-base.json, report.json).
+# assets/drafts/smollm2, where `decode --proposer eagle` finds it. Three stages: trained on the
+# teacher-forced text and answers above into target/draft-train/base, fine-tuned on the answers
+# to the WordNet requests into target/draft-train/wide (`init` in the second config), then on
+# those and the answers of draft-answers-more together; each measured on held-out chat prompts
+# against greedy (report-base.json, report-wide.json, report.json).
 DRAFT_CONFIG := examples/configs/smollm2-draft.json
 DRAFT_WIDE_CONFIG := examples/configs/smollm2-draft-wide.json
-smollm2-eagle: smollm2 draft-data draft-answers draft-answers-wide
+DRAFT_MORE_CONFIG := examples/configs/smollm2-draft-more.json
+smollm2-eagle: smollm2 draft-data draft-answers draft-answers-wide draft-answers-more
 	$(CARGO) build $(PROFILE) $(FEATURES) --example train_draft
 	target/release/examples/train_draft $(DRAFT_CONFIG) --report assets/drafts/smollm2/report-base.json
 	target/release/examples/train_draft $(DRAFT_WIDE_CONFIG) --split train-wide \
+	  --report assets/drafts/smollm2/report-wide.json
+	target/release/examples/train_draft $(DRAFT_MORE_CONFIG) --split train-wide,train-more \
 	  --report assets/drafts/smollm2/report.json
 
 # The learning curve: the same draft trained on the first 25k, 100k and 400k tokens of the same

@@ -4,14 +4,15 @@
 //!
 //! ```text
 //! cargo run --release --example train_draft -- examples/configs/smollm2-draft.json
-//!     [--max-train-tokens N] [--split NAME] [--out DIR] [--checkpoint DIR] [--report FILE]
+//!     [--max-train-tokens N] [--split NAME[,NAME..]] [--out DIR] [--checkpoint DIR] [--report FILE]
 //!     [--eval-only]
 //! ```
 //!
 //! `--max-train-tokens` trains on the first N tokens of the data only (the learning curve of
 //! `scripts/draft_curve.sh`); `--split NAME` on the shards `NAME-*.safetensors` only (default
-//! `train`; `train-answers`: SmolLM2's own answers alone); `--eval-only` measures the draft
-//! already in `out`.
+//! `train`; `train-answers`: SmolLM2's own answers alone; `train-wide,train-more`: the shards of
+//! both, the config's `weights` applied to each); `--eval-only` measures the draft already in
+//! `out`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -133,7 +134,7 @@ fn parse_args() -> Result<Args> {
     let usage = || {
         Error::config(
             "arguments",
-            "usage: train_draft CONFIG [--max-train-tokens N] [--split NAME] [--out DIR] \
+            "usage: train_draft CONFIG [--max-train-tokens N] [--split NAME[,NAME..]] [--out DIR] \
              [--checkpoint DIR] [--report FILE] [--eval-only]",
         )
     };
@@ -154,6 +155,12 @@ fn parse_args() -> Result<Args> {
     }
     if args.config.as_os_str().is_empty() {
         return Err(usage());
+    }
+    if args.split.contains(',') && args.max_train_tokens.is_some() {
+        return Err(Error::config(
+            "train_draft",
+            "--max-train-tokens takes one --split, not a list: which part would it cut?",
+        ));
     }
     Ok(args)
 }
@@ -194,12 +201,22 @@ fn run() -> Result<()> {
     let draft = if args.eval_only {
         FeatureDraft::load(&out, info.device)?
     } else {
-        let data = DraftData::load_weighted(
-            &config.data,
-            &args.split,
-            args.max_train_tokens,
-            &config.weights,
-        )?;
+        let parts = args
+            .split
+            .split(',')
+            .map(|split| {
+                DraftData::load_weighted(
+                    &config.data,
+                    split.trim(),
+                    args.max_train_tokens,
+                    &config.weights,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let data = match parts.len() {
+            1 => parts.into_iter().next().expect("one part"),
+            _ => DraftData::concat(&parts)?,
+        };
         eprintln!(
             "train_draft: {} training tokens in {} sequences, {} held-out text tokens",
             data.len(),

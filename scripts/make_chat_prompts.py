@@ -7,10 +7,12 @@ lists below, and from the Python standard library's functions. Deterministic for
 No line equals one of the held-out evaluation prompts (examples/prompts/chat24.txt); the script
 skips any that would.
 
-    .venv/bin/python scripts/make_chat_prompts.py OUT_FILE [N [HELDOUT_FILE M]]
+    .venv/bin/python scripts/make_chat_prompts.py OUT_FILE [N [HELDOUT_FILE M]] [--after K]
 
 With HELDOUT_FILE, the M requests drawn after the first N go there: held-out requests that share
 no line with the training ones (their answers measure the draft on chat it never saw).
+`--after K` first draws and drops K requests: `--after 2688` continues where `make
+draft-answers` (2,560 + 128) stopped, so the new requests share no line with either of its files.
 """
 
 import importlib
@@ -176,10 +178,16 @@ def stdlib_calls():
 
 
 def main():
-    out = sys.argv[1] if len(sys.argv) > 1 else "target/heads/smollm2-chat.txt"
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
-    held_path = sys.argv[3] if len(sys.argv) > 4 else None
-    m = int(sys.argv[4]) if held_path else 0
+    args = sys.argv[1:]
+    after = 0
+    if "--after" in args:
+        i = args.index("--after")
+        after = int(args[i + 1])
+        del args[i:i + 2]
+    out = args[0] if len(args) > 0 else "target/heads/smollm2-chat.txt"
+    n = int(args[1]) if len(args) > 1 else 3000
+    held_path = args[2] if len(args) > 3 else None
+    m = int(args[3]) if held_path else 0
     import faker
 
     fake = faker.Faker("en_US")
@@ -190,7 +198,7 @@ def main():
     with open(os.path.join(here, "..", "examples", "prompts", "chat24.txt"), encoding="utf-8") as f:
         held_out = {line.strip().lower() for line in f if line.strip()}
     prompts, seen = [], set()
-    while len(prompts) < n + m:
+    while len(prompts) < after + n + m:
         two = lambda xs: rng.sample(xs, 2)
         tech, tech2 = two(TECH)
         hobby, hobby2 = two(HOBBIES)
@@ -213,6 +221,7 @@ def main():
         seen.add(key)
         prompts.append(p)
     assert not held_out & {p.lower() for p in prompts}
+    prompts = prompts[after:]
     for path, part in [(out, prompts[:n]), (held_path, prompts[n:])]:
         if path is None:
             continue
