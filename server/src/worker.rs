@@ -32,7 +32,7 @@ pub enum Input {
 
 /// Counts a request from the moment it is queued until its answer ends.
 #[derive(Debug)]
-pub struct Ticket(Arc<AtomicUsize>);
+pub struct Ticket(Option<Arc<AtomicUsize>>);
 
 impl Ticket {
     /// Takes a place if fewer than `limit` requests are in; else says how many are.
@@ -40,13 +40,22 @@ impl Ticket {
         load.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
             (n < limit).then_some(n + 1)
         })
-        .map(|_| Ticket(load.clone()))
+        .map(|_| Ticket(Some(load.clone())))
+    }
+
+    /// Gives the place back (once; dropping the ticket does it too). The worker calls it
+    /// before it sends a request's last event, so that a client who has read its whole answer
+    /// finds the place free.
+    pub fn release(&mut self) {
+        if let Some(load) = self.0.take() {
+            load.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.release();
     }
 }
 
@@ -212,6 +221,7 @@ impl Answer {
             }
         }
         let prompt_tokens = self.ready.ids.len();
+        self.ready.job.ticket.release();
         self.send(Event::Done {
             finish_reason: finish_reason(stop, self.stopped_by_string),
             usage: Usage {
@@ -223,7 +233,8 @@ impl Answer {
         });
     }
 
-    fn fail(self, error: ApiError) {
+    fn fail(mut self, error: ApiError) {
+        self.ready.job.ticket.release();
         self.send(Event::Failed(error));
     }
 }
@@ -471,7 +482,8 @@ fn take_waiting(
         take(text, config, pending, job);
     }
     if flags.shutting_down.load(Ordering::SeqCst) {
-        for ready in pending.drain(..) {
+        for mut ready in pending.drain(..) {
+            ready.job.ticket.release();
             let _ = ready
                 .job
                 .events
@@ -482,7 +494,7 @@ fn take_waiting(
 
 /// Checks a job against the model and queues it; tells the handler at once whether it is
 /// taken.
-fn take(text: &Text, config: &WorkerConfig, pending: &mut VecDeque<Ready>, job: Job) {
+fn take(text: &Text, config: &WorkerConfig, pending: &mut VecDeque<Ready>, mut job: Job) {
     match prepare(text, config, &job) {
         Ok((ids, decode)) => {
             let _ = job.events.send(Event::Started {
@@ -491,6 +503,7 @@ fn take(text: &Text, config: &WorkerConfig, pending: &mut VecDeque<Ready>, job: 
             pending.push_back(Ready { ids, decode, job });
         }
         Err(e) => {
+            job.ticket.release();
             let _ = job.events.send(Event::Failed(e));
         }
     }
