@@ -8,12 +8,15 @@
 //! ```text
 //! cargo run --release --example proposer_table -- [--model models/smollm2] [--prompts FILE]
 //!     [--count N] [--max-new-tokens N] [--dtypes f32,bf16] [--heads NAME=DIR ...]
-//!     [--draft NAME=DIR ...] [--only TEXT] [--json FILE]
+//!     [--draft NAME=DIR[@f32|@int8] ...] [--draft-weights auto|f32|int8] [--only TEXT]
+//!     [--json FILE]
 //! ```
 //!
 //! `--only TEXT` keeps the rows whose proposer name contains TEXT (for example `eagle`);
 //! `--draft NAME=DIR` adds a k = 4 chain and an 8-node tree of the feature draft saved in DIR,
-//! to compare drafts in one run. "first guess accepted" is the share of iterations that kept
+//! to compare drafts in one run (`@f32` / `@int8` after DIR: the form its products run in;
+//! `--draft shipped-f32=assets/drafts/smollm2@f32` sets the shipped draft's float32 form beside
+//! its default int8 one); `--draft-weights` sets the form of the shipped draft's rows. "first guess accepted" is the share of iterations that kept
 //! more than the model's own token: the first drafted token's acceptance rate, what a draft's
 //! first-step agreement in training predicts.
 
@@ -23,6 +26,7 @@ use std::time::Instant;
 use blockwise::bundle::{BundleOptions, HeadsChoice, ModelBundle};
 use blockwise::config::{BlockwiseConfig, ProposerConfig};
 use blockwise::decoder::BatchBlockwise;
+use blockwise::feature::DraftWeights;
 use blockwise::policy::PolicyConfig;
 use blockwise::{
     Blockwise, BlockwiseDecoder, DType, DecodeConfig, DecodeOutput, Error, GreedyDecoder, Result,
@@ -48,6 +52,7 @@ struct Args {
     dtypes: Vec<DType>,
     heads: Vec<(String, PathBuf)>,
     drafts: Vec<(String, String)>,
+    draft_weights: DraftWeights,
     only: Option<String>,
     json: Option<PathBuf>,
 }
@@ -61,6 +66,7 @@ fn parse() -> Result<Args> {
         dtypes: vec![DType::F32, DType::Bf16],
         heads: Vec::new(),
         drafts: Vec::new(),
+        draft_weights: DraftWeights::Auto,
         only: None,
         json: None,
     };
@@ -92,8 +98,10 @@ fn parse() -> Result<Args> {
             "--draft" => {
                 let v = value()?;
                 let (name, dir) = v.split_once('=').ok_or_else(|| bad("--draft NAME=DIR"))?;
+                format!("eagle:{dir}").parse::<ProposerConfig>()?;
                 a.drafts.push((name.into(), dir.into()));
             }
+            "--draft-weights" => a.draft_weights = value()?.parse()?,
             "--only" => a.only = Some(value()?),
             "--json" => a.json = Some(value()?.into()),
             other => return Err(bad(&format!("unknown flag {other}"))),
@@ -103,7 +111,10 @@ fn parse() -> Result<Args> {
 }
 
 fn rows(args: &Args) -> Vec<Row> {
-    let eagle = || ProposerConfig::Eagle { draft: None };
+    let eagle = || ProposerConfig::Eagle {
+        draft: None,
+        weights: args.draft_weights,
+    };
     let row = |name: &str, heads: HeadsChoice, proposer, k, tree, adaptive| Row {
         name: name.into(),
         heads,
@@ -167,9 +178,10 @@ fn rows(args: &Args) -> Vec<Row> {
         ));
     }
     for (name, dir) in &args.drafts {
-        let draft = || ProposerConfig::Eagle {
-            draft: Some(dir.clone()),
-        };
+        let config: ProposerConfig = format!("eagle:{dir}")
+            .parse()
+            .expect("checked when the arguments were read");
+        let draft = || config.clone();
         out.push(row(
             &format!("eagle chain ({name})"),
             HeadsChoice::None,

@@ -167,6 +167,7 @@ if [ -f models/smollm2/metadata.json ]; then
   # The shipped feature-level draft (assets/drafts/smollm2): chains, a dynamic tree, batched
   # rows, and behind n-gram lookup in a chain; identical to greedy in f32.
   smollm2_identical "eagle, k 6" --chat --proposer eagle --k 6
+  smollm2_identical "eagle, float32 draft, k 5" --chat --proposer eagle --draft-weights f32 --k 5
   smollm2_identical "eagle, --tree dynamic:12" --chat --proposer eagle --k 6 --tree dynamic:12
   smollm2_identical "eagle, --batch 2" --chat --proposer eagle --k 5 --batch 2
   smollm2_identical "chain of ngram and eagle, --adaptive" --chat --proposer chain:ngram,eagle --k 6 --adaptive
@@ -177,6 +178,8 @@ for args in "--batch 0" "--batch 2 --temperature 0.7" "--batch 2 --adaptive" "--
             "--proposer chain:" "--proposer draft:no/such/dir" "--proposer eagle" "--proposer eagle:no/such/dir" \
             "--proposer eagle:assets/drafts/smollm2" "--tree dynamic:0" "--tree dynamic:x" "--tree dynamic:8 --accept top-k:2" \
             "--heads no/such/dir" "--policy sometimes" \
+            "--draft-weights int8 --proposer ngram" "--draft-weights int4" "--proposer eagle@int4" \
+            "--proposer eagle@f32 --draft-weights int8" \
             "--proposer lookahead:0:3:4" "--proposer lookahead:4:1:4" "--proposer lookahead:4:3" \
             "--top-p 0.9" "--temperature 0.7 --accept top-k:2" "--temperature 1 --top-p 1.5" \
             "--temperature -1" "--temperature 1 --accept typical:0:0.3" "--temperature 1 --seed x" \

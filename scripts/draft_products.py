@@ -2,7 +2,8 @@
 """The matrix products of one feature-draft step, by library: MKL (`F.linear` on plain weights,
 what the draft used before), oneDNN through `mkldnn_linear` on weights converted once (what the
 crate's `OneDnnLinear` calls), oneDNN with weights reordered for 16 rows (`torch.ops.mkldnn`,
-what f32 exports use), and bf16.
+what f32 exports use), bf16, and int8 through FBGEMM (`torch.fbgemm_linear_int8_weight_fp32_activation`
+on weights quantised and packed once: what the crate's `Int8Linear` calls, csrc/int8_linear.cpp).
 
     .venv/bin/python scripts/draft_products.py [assets/drafts/smollm2] [--shortlist 8192]
 
@@ -14,6 +15,7 @@ as a base model call evicts the draft's weights between draft steps; "hot": back
 import argparse
 import os
 import time
+import warnings
 
 import torch
 from safetensors.torch import load_file
@@ -26,6 +28,7 @@ def main():
     ap.add_argument("dir", nargs="?", default="assets/drafts/smollm2")
     ap.add_argument("--shortlist", type=int, default=8192)
     args = ap.parse_args()
+    warnings.filterwarnings("ignore")  # ATen marks the fbgemm_* functions deprecated
     torch.set_grad_enabled(False)
     torch.set_num_threads(2)
     w = {k: v.float() for k, v in load_file(os.path.join(args.dir, "draft.safetensors")).items()}
@@ -51,6 +54,11 @@ def main():
         converted = [(x, W.to_mkldnn(), b) for x, W, b in plain]
         bf16 = [(x.bfloat16(), W.bfloat16(), None if b is None else b.bfloat16())
                 for x, W, b in plain]
+        int8 = []
+        for x, W, b in plain:
+            q, offsets, scale, zero = torch.fbgemm_linear_quantize_weight(W)
+            bias = torch.zeros(W.shape[0]) if b is None else b
+            int8.append((x, q, torch.fbgemm_pack_quantized_matrix(q), offsets, scale, zero, bias))
         forms = {
             "MKL": lambda: [torch.nn.functional.linear(x, W, b) for x, W, b in plain],
             "oneDNN mkldnn_linear": lambda: [
@@ -58,6 +66,7 @@ def main():
             "oneDNN reordered": lambda: [torch.ops.mkldnn._linear_pointwise(x, P, b, "none", [], "")
                                       for x, P, b in packed],
             "bf16": lambda: [torch.nn.functional.linear(x, W, b) for x, W, b in bf16],
+            "int8 FBGEMM": lambda: [torch.fbgemm_linear_int8_weight_fp32_activation(*a) for a in int8],
         }
         for cold in (True, False):
             cells = ", ".join(f"{k} {bench(f, 30 if cold else 200, cold):.2f}" for k, f in forms.items())

@@ -41,6 +41,7 @@ mod dtype;
 mod error;
 pub mod feature;
 pub mod heads;
+mod int8;
 pub mod masked;
 mod matmul;
 pub mod model;

@@ -1,11 +1,12 @@
-//! Which CPU library float32 matrix products run in, and float32 weights packed once for
-//! oneDNN: the choice an f32 TorchScript export is loaded with ([`F32Matmul`]) and the packed
-//! products of the feature-level draft's inference.
+//! Which CPU library float32 matrix products run in, and weights packed once for inference:
+//! the choice an f32 TorchScript export is loaded with ([`F32Matmul`]), and the packed products
+//! (oneDNN float32 or FBGEMM int8) of the feature-level draft's inference.
 
 use tch::{Device, Tensor};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::int8::Int8Linear;
 
 /// The CPU library of an f32 export's matrix products. Both give the export's checked numbers
 /// (f32 within 2e-3 of the eager model, identical argmaxes); they differ in speed by CPU: on a
@@ -133,21 +134,53 @@ impl OneDnnLinear {
         })
     }
 
-    /// A packed copy of `weight` and `bias` when `on`, none otherwise.
-    pub(crate) fn packed_if(
-        on: bool,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-    ) -> Result<Option<Self>> {
-        on.then(|| Self::new(weight, bias)).transpose()
-    }
-
     /// `x · Wᵀ + b` for float32 `x` (`[.., in]`), as a plain tensor `[.., out]`.
     pub(crate) fn apply(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.f_contiguous()?
             .f_to_mkldnn(None)?
             .f_mkldnn_linear(&self.weight, self.bias.as_ref())?
             .f_to_dense(None, false)?)
+    }
+}
+
+/// How a linear map of the library's own networks computes at inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Packing {
+    /// Through its weights as they are (what training needs).
+    Plain,
+    /// Through a oneDNN-packed float32 copy ([`OneDnnLinear`]).
+    OneDnn,
+    /// Through an int8 copy ([`Int8Linear`]).
+    Int8,
+}
+
+/// A packed copy of a linear map's weights.
+#[derive(Debug)]
+pub(crate) enum PackedLinear {
+    OneDnn(OneDnnLinear),
+    Int8(Int8Linear),
+}
+
+impl PackedLinear {
+    /// The packed copy of `weight` and `bias` that `packing` asks for (none for `Plain`).
+    pub(crate) fn new(
+        packing: Packing,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Option<Self>> {
+        Ok(match packing {
+            Packing::Plain => None,
+            Packing::OneDnn => Some(PackedLinear::OneDnn(OneDnnLinear::new(weight, bias)?)),
+            Packing::Int8 => Some(PackedLinear::Int8(Int8Linear::new(weight, bias)?)),
+        })
+    }
+
+    /// `x · Wᵀ + b` as float32.
+    pub(crate) fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            PackedLinear::OneDnn(l) => l.apply(x),
+            PackedLinear::Int8(l) => l.apply(x),
+        }
     }
 }
 

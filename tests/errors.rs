@@ -664,6 +664,10 @@ fn bad_proposer_and_policy_configs() {
         "lookahead:4:3",
         "lookahead:a:3:4",
         "medusa",
+        "eagle@int4",
+        "eagle:",
+        "eagle:@int8",
+        "eagles",
     ] {
         let e = bad.parse::<ProposerConfig>().err().expect("an error");
         assert!(
@@ -777,6 +781,11 @@ fn proposer_configs_round_trip() {
         "lookahead:7:4:5",
         "draft:models/smollm2-draft",
         "chain:lookahead:4:3:4,ngram:1:3,heads",
+        "eagle",
+        "eagle@int8",
+        "eagle:assets/drafts/smollm2@f32",
+        "eagle:a@b/draft",
+        "chain:ngram:1:3,eagle@f32",
     ] {
         let p: ProposerConfig = s.parse().unwrap();
         assert_eq!(p.to_string(), s);

@@ -3,7 +3,7 @@
 //! are aligned with what the decoder hands it, training makes it guess better, and the
 //! conformance suite passes.
 
-use blockwise::feature::{FeatureDraft, FeatureDraftConfig, FeatureDraftProposer};
+use blockwise::feature::{DraftWeights, FeatureDraft, FeatureDraftConfig, FeatureDraftProposer};
 use blockwise::proposer::Chain;
 use blockwise::testing::strategies::{model_case, ModelCase};
 use blockwise::testing::{check_loop_invariants, check_same_output, Conformance};
@@ -50,19 +50,34 @@ fn draft_for(model: &Transformer, seed: u64, shortlist: Option<usize>) -> Featur
             .collect();
         draft = draft.with_shortlist(ids).unwrap();
     }
+    let (matmul, weights) = forms_for(seed);
     FeatureDraftProposer::new(draft, model)
         .unwrap()
-        .with_f32_matmul(matmul_for(seed))
+        .with_f32_matmul(matmul)
+        .unwrap()
+        .with_weights(weights)
         .unwrap()
 }
 
-/// The library of the draft's products: oneDNN (weights packed once) for even seeds, BLAS for
-/// odd ones, so that every property below covers both.
-fn matmul_for(seed: u64) -> F32Matmul {
-    match seed % 2 {
-        0 => F32Matmul::OneDnn,
-        _ => F32Matmul::Blas,
+/// How the draft's products run, by seed: float32 through oneDNN (weights packed once),
+/// float32 through BLAS, or int8 (where this libtorch has the kernels; float32 through BLAS
+/// elsewhere), so that every property below covers each.
+fn forms_for(seed: u64) -> (F32Matmul, DraftWeights) {
+    let int8 = if int8_here() {
+        DraftWeights::Int8
+    } else {
+        DraftWeights::F32
+    };
+    match seed % 3 {
+        0 => (F32Matmul::OneDnn, DraftWeights::F32),
+        1 => (F32Matmul::Blas, DraftWeights::F32),
+        _ => (F32Matmul::Blas, int8),
     }
+}
+
+/// Whether int8 draft products run here (what `DraftWeights::Auto` picks on the CPU).
+fn int8_here() -> bool {
+    DraftWeights::Auto.resolve(Device::Cpu).unwrap() == DraftWeights::Int8
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -156,7 +171,8 @@ proptest! {
                 Ok(Box::new(
                     FeatureDraftProposer::with_embeddings(draft, &emb, ctx)?
                         .with_tree_width(width)
-                        .with_f32_matmul(matmul_for(seed))?,
+                        .with_f32_matmul(forms_for(seed).0)?
+                        .with_weights(forms_for(seed).1)?,
                 ) as Box<dyn Proposer>)
             });
         if let Some(n) = nodes {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use blockwise::bundle::HeadsChoice;
 use blockwise::config::{AcceptanceConfig, ProposerConfig, VerifierConfig};
+use blockwise::feature::DraftWeights;
 use blockwise::policy::PolicyConfig;
 use blockwise::torchscript::F32Matmul;
 use blockwise::{DType, Error, Result, SamplingConfig, TreeShape};
@@ -13,6 +14,7 @@ use tch::Device;
 pub const USAGE: &str = "\
 usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--chat]
               [--proposer heads|none|ngram[:MIN:MAX]|lookahead[:W:N:G]|draft:DIR|eagle[:DIR]|chain:A,B]
+              [--draft-weights auto|f32|int8]
               [--heads DIR|none]
               [--k N]
               [--adaptive | --policy fixed|adaptive|cost[:PER_TOKEN]]
@@ -72,6 +74,8 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --device          cpu (default) or cuda (needs a CUDA build of libtorch and a GPU)
   --f32-matmul      auto (default: oneDNN on AMD CPUs, else libtorch's BLAS), blas or onednn:
                     the CPU library of an f32 export's matrix products
+  --draft-weights   the form an eagle draft's products run in: auto (default: int8 on x86-64
+                    CPUs, else f32), f32 or int8; the output is the same in each
   --compare-greedy  also decode greedily (under --temperature: plain sampling, one token per
                     model call), report identical and speedup
   --json            one JSON object per prompt on stdout";
@@ -133,6 +137,8 @@ struct Cli {
     #[arg(long, default_value = "auto")]
     f32_matmul: String,
     #[arg(long)]
+    draft_weights: Option<String>,
+    #[arg(long)]
     compare_greedy: bool,
     #[arg(long)]
     json: bool,
@@ -163,6 +169,29 @@ pub struct Args {
     pub sampling: Option<SamplingConfig>,
     pub batch: Option<usize>,
     pub tree: Option<TreeArg>,
+}
+
+/// `--proposer` with `--draft-weights` applied to its eagle drafts (refused without one, or
+/// when the proposer already names the weights).
+fn proposer(spec: Option<&str>, weights: Option<&str>) -> Result<ProposerConfig> {
+    let config: ProposerConfig = spec.map(str::parse).transpose()?.unwrap_or_default();
+    let Some(weights) = weights else {
+        return Ok(config);
+    };
+    let weights: DraftWeights = weights.parse()?;
+    if !config.reads_embeddings() {
+        return Err(bad(
+            "draft-weights",
+            format!("sets an eagle draft's weights; --proposer {config} has no eagle draft"),
+        ));
+    }
+    if spec.is_some_and(|s| ["@auto", "@f32", "@int8"].iter().any(|w| s.contains(w))) {
+        return Err(bad(
+            "draft-weights",
+            "and an `@` form in --proposer both name the draft's weights; give one",
+        ));
+    }
+    Ok(config.with_draft_weights(weights))
 }
 
 fn bad(flag: &'static str, problem: impl Into<String>) -> Error {
@@ -260,10 +289,7 @@ impl Args {
                 Some(dir) => HeadsChoice::Dir(PathBuf::from(dir)),
             },
             prompts,
-            proposer: match &cli.proposer {
-                Some(p) => p.parse()?,
-                None => ProposerConfig::Heads,
-            },
+            proposer: proposer(cli.proposer.as_deref(), cli.draft_weights.as_deref())?,
             k: cli.k,
             accept,
             min_block: cli.min_block,

@@ -12,9 +12,11 @@
 
 mod model;
 mod proposer;
+mod weights;
 
 pub use model::{
     FeatureDraft, FeatureDraftConfig, VocabProjection, DRAFT_CONFIG_FILE, DRAFT_SHORTLIST_FILE,
     DRAFT_WEIGHTS_FILE,
 };
 pub use proposer::FeatureDraftProposer;
+pub use weights::DraftWeights;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::matmul::OneDnnLinear;
+use crate::matmul::{PackedLinear, Packing};
 use crate::transformer::layers::{LayerNorm, Linear};
 
 /// File name of the draft's settings inside a draft folder.
@@ -266,12 +266,12 @@ impl FeatureDraft {
         Ok(())
     }
 
-    /// Runs the layer's products through oneDNN-packed copies of its current weights (`true`,
-    /// float32 on the CPU; for inference: the copies do not follow training) or through the
-    /// weights themselves (`false`).
-    pub(crate) fn pack_onednn(&mut self, on: bool) -> Result<()> {
+    /// Runs the layer's products through packed copies of its current weights (oneDNN float32
+    /// or int8, on the CPU; for inference: the copies do not follow training) or through the
+    /// weights themselves ([`Packing::Plain`]).
+    pub(crate) fn pack(&mut self, packing: Packing) -> Result<()> {
         for l in self.linears() {
-            l.pack_onednn(on)?;
+            l.pack(packing)?;
         }
         Ok(())
     }
@@ -389,7 +389,7 @@ impl FeatureDraft {
 #[derive(Debug)]
 pub struct VocabProjection {
     weight: Tensor,
-    packed: Option<OneDnnLinear>,
+    packed: Option<PackedLinear>,
     ids: Option<Tensor>,
     ids_host: Option<Vec<i64>>,
     target_map: Option<Tensor>,
@@ -433,10 +433,10 @@ impl VocabProjection {
         })
     }
 
-    /// Computes [`VocabProjection::logits`] through a oneDNN-packed copy of the weights
-    /// (`true`; float32 on the CPU) or through the weights themselves (`false`).
-    pub(crate) fn pack_onednn(&mut self, on: bool) -> Result<()> {
-        self.packed = OneDnnLinear::packed_if(on, &self.weight, None)?;
+    /// Computes [`VocabProjection::logits`] through a packed copy of the weights (oneDNN
+    /// float32 or int8, on the CPU) or through the weights themselves ([`Packing::Plain`]).
+    pub(crate) fn pack(&mut self, packing: Packing) -> Result<()> {
+        self.packed = PackedLinear::new(packing, &self.weight, None)?;
         Ok(())
     }
 
@@ -517,8 +517,8 @@ mod tests {
         let plain = layer_output(&draft, &hidden, &embedded);
         let mut projection = VocabProjection::new(&embeddings, Some(&[4, 9, 2, 31]), 50).unwrap();
         let plain_logits = projection.logits(&plain).unwrap();
-        draft.pack_onednn(true).unwrap();
-        projection.pack_onednn(true).unwrap();
+        draft.pack(Packing::OneDnn).unwrap();
+        projection.pack(Packing::OneDnn).unwrap();
         let packed = layer_output(&draft, &hidden, &embedded);
         let packed_logits = projection.logits(&packed).unwrap();
         let diff = f64::try_from((&packed - &plain).abs().max()).unwrap();
@@ -531,6 +531,37 @@ mod tests {
         assert!(diff <= 1e-4, "logits differ by {diff}");
         assert_eq!(packed_logits.size(), vec![1, 3, 4]);
         // The packed copy is of the weights at packing time; unpacking computes from them again.
+        draft.unpack();
+        let again = layer_output(&draft, &hidden, &embedded);
+        assert_eq!(f64::try_from((&again - &plain).abs().max()).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn int8_packed_products_give_close_states_and_logits() {
+        if !crate::int8::int8_available() {
+            return;
+        }
+        let _guard = tch::no_grad_guard();
+        let mut draft = random_draft(5);
+        tch::manual_seed(9);
+        let hidden = Tensor::randn([1, 6, 64], (Kind::Float, Device::Cpu));
+        let embedded = Tensor::randn([1, 6, 64], (Kind::Float, Device::Cpu));
+        let embeddings = Tensor::randn([50, 64], (Kind::Float, Device::Cpu));
+        let plain = layer_output(&draft, &hidden, &embedded);
+        let mut projection = VocabProjection::new(&embeddings, None, 50).unwrap();
+        let plain_logits = projection.logits(&plain).unwrap();
+        draft.pack(Packing::Int8).unwrap();
+        projection.pack(Packing::Int8).unwrap();
+        let int8 = layer_output(&draft, &hidden, &embedded);
+        let int8_logits = projection.logits(&int8).unwrap();
+        let rel = |a: &Tensor, b: &Tensor| {
+            f64::try_from((a - b).norm()).unwrap() / f64::try_from(b.norm()).unwrap()
+        };
+        // Rounding to 8 bits moves the states and logits by a few percent, not more.
+        let (s, l) = (rel(&int8, &plain), rel(&int8_logits, &plain_logits));
+        assert!(s > 0.0 && s < 0.05, "states moved by {s}");
+        assert!(l > 0.0 && l < 0.05, "logits moved by {l}");
+        assert_eq!(int8_logits.size(), vec![1, 6, 50]);
         draft.unpack();
         let again = layer_output(&draft, &hidden, &embedded);
         assert_eq!(f64::try_from((&again - &plain).abs().max()).unwrap(), 0.0);

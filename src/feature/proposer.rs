@@ -4,10 +4,11 @@
 use tch::{Device, Kind, Tensor};
 
 use super::model::{FeatureDraft, VocabProjection};
+use super::weights::DraftWeights;
 use crate::cache::{CacheShape, KvCache};
 use crate::decoder::DraftTree;
 use crate::error::{Error, Result};
-use crate::matmul::F32Matmul;
+use crate::matmul::{F32Matmul, Packing};
 use crate::model::CausalLm;
 use crate::proposer::{ProposalContext, Proposer};
 
@@ -33,8 +34,12 @@ pub struct FeatureDraftProposer {
     device: Device,
     /// Children per node, and nodes expanded per level, of a dynamic tree.
     tree_width: usize,
-    /// Whether the draft's products run through oneDNN-packed copies of its weights.
-    onednn: bool,
+    /// The CPU library of the draft's float32 products.
+    f32_matmul: F32Matmul,
+    /// The form the draft's products run in (resolved: `F32` or `Int8`).
+    weights: DraftWeights,
+    /// How the draft's products run now: from `weights` and `f32_matmul`.
+    packing: Packing,
 }
 
 impl std::fmt::Debug for FeatureDraftProposer {
@@ -109,9 +114,11 @@ impl FeatureDraftProposer {
             pending: Vec::new(),
             device,
             tree_width: 4,
-            onednn: false,
+            f32_matmul: F32Matmul::Auto,
+            weights: DraftWeights::F32,
+            packing: Packing::Plain,
         }
-        .with_f32_matmul(F32Matmul::Auto)
+        .with_weights(DraftWeights::Auto)
     }
 
     /// Children per node, and nodes expanded per level, of the dynamic trees it grows
@@ -121,19 +128,46 @@ impl FeatureDraftProposer {
         self
     }
 
-    /// Which CPU library the draft's float32 products run in (default [`F32Matmul::Auto`]:
-    /// oneDNN, with the weights packed once here, on AMD CPUs; libtorch's BLAS elsewhere and
-    /// off the CPU). The guesses are the same up to float32 rounding, so only a near tie can
-    /// change one, and exact acceptance keeps the output whatever they are. `OneDnn` off the
-    /// CPU is refused ([`Error::InvalidConfig`]).
+    /// Which CPU library the draft's float32 products run in when its weights are
+    /// [`DraftWeights::F32`] (default [`F32Matmul::Auto`]: oneDNN, with the weights packed once
+    /// here, on AMD CPUs; libtorch's BLAS elsewhere and off the CPU). The guesses are the same
+    /// up to float32 rounding, so only a near tie can change one, and exact acceptance keeps the
+    /// output whatever they are. `OneDnn` off the CPU is refused ([`Error::InvalidConfig`]).
     pub fn with_f32_matmul(mut self, choice: F32Matmul) -> Result<Self> {
-        let onednn = choice.packs_own_weights(self.device)?;
-        if onednn != self.onednn {
-            self.draft.pack_onednn(onednn)?;
-            self.projection.pack_onednn(onednn)?;
-            self.onednn = onednn;
-        }
+        choice.packs_own_weights(self.device)?;
+        self.f32_matmul = choice;
+        self.repack()?;
         Ok(self)
+    }
+
+    /// The form the draft's products run in (default [`DraftWeights::Auto`]: int8 on x86-64
+    /// CPUs, float32 elsewhere). Int8 weights read a quarter of the bytes per draft step; the
+    /// guesses move slightly with the rounding, and exact acceptance keeps the output whatever
+    /// they are. `Int8` where it cannot run is refused ([`Error::InvalidConfig`]).
+    pub fn with_weights(mut self, weights: DraftWeights) -> Result<Self> {
+        self.weights = weights.resolve(self.device)?;
+        self.repack()?;
+        Ok(self)
+    }
+
+    /// The form the draft's products run in ([`DraftWeights::F32`] or [`DraftWeights::Int8`]).
+    pub fn weights(&self) -> DraftWeights {
+        self.weights
+    }
+
+    /// Packs the draft's weights as `weights` and `f32_matmul` ask, when that changed.
+    fn repack(&mut self) -> Result<()> {
+        let packing = match self.weights {
+            DraftWeights::Int8 => Packing::Int8,
+            _ if self.f32_matmul.packs_own_weights(self.device)? => Packing::OneDnn,
+            _ => Packing::Plain,
+        };
+        if packing != self.packing {
+            self.draft.pack(packing)?;
+            self.projection.pack(packing)?;
+            self.packing = packing;
+        }
+        Ok(())
     }
 
     /// The draft back (computing through its own weights again, ready for training).

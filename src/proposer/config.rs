@@ -9,14 +9,14 @@ use super::{Chain, DraftModel, HeadsProposer, Lookahead, NGram, NoProposer, Prop
 use crate::bundle::{BundleOptions, ModelBundle};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::feature::{FeatureDraft, FeatureDraftProposer};
+use crate::feature::{DraftWeights, FeatureDraft, FeatureDraftProposer};
 use crate::model::{CausalLm, ModelInfo};
 
 /// Where the block's guesses come from, as configuration. In JSON: `"heads"`, `"none"`,
 /// `{"ngram": {"min": 1, "max": 3}}`,
 /// `{"lookahead": {"window": 4, "ngram": 3, "candidates": 4}}`,
 /// `{"draft": {"model": "models/smollm2-draft"}}` or
-/// `{"eagle": {"draft": "assets/drafts/smollm2"}}` or
+/// `{"eagle": {"draft": "assets/drafts/smollm2", "weights": "int8"}}` or
 /// `{"chain": [{"ngram": {"min": 1, "max": 3}}, "heads"]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -56,6 +56,9 @@ pub enum ProposerConfig {
         /// in (from [`ModelBundle::draft`]).
         #[serde(default)]
         draft: Option<String>,
+        /// The form the draft's products run in (default `auto`: int8 on x86-64 CPUs).
+        #[serde(default)]
+        weights: DraftWeights,
     },
     /// A fallback chain ([`Chain`]): the first member with a proposal wins.
     Chain(Vec<ProposerConfig>),
@@ -78,13 +81,31 @@ impl ProposerConfig {
     /// (the draft shipped for the model, [`ModelBundle::draft`]).
     pub fn with_shipped_draft(self, shipped: Option<&std::path::Path>) -> Self {
         match self {
-            ProposerConfig::Eagle { draft: None } => ProposerConfig::Eagle {
+            ProposerConfig::Eagle {
+                draft: None,
+                weights,
+            } => ProposerConfig::Eagle {
                 draft: shipped.map(|p| p.display().to_string()),
+                weights,
             },
             ProposerConfig::Chain(members) => ProposerConfig::Chain(
                 members
                     .into_iter()
                     .map(|m| m.with_shipped_draft(shipped))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
+    /// The same configuration with every `eagle`'s draft computing in `weights`.
+    pub fn with_draft_weights(self, weights: DraftWeights) -> Self {
+        match self {
+            ProposerConfig::Eagle { draft, .. } => ProposerConfig::Eagle { draft, weights },
+            ProposerConfig::Chain(members) => ProposerConfig::Chain(
+                members
+                    .into_iter()
+                    .map(|m| m.with_draft_weights(weights))
                     .collect(),
             ),
             other => other,
@@ -107,7 +128,7 @@ impl ProposerConfig {
         embeddings: Option<&tch::Tensor>,
     ) -> Result<Box<dyn Proposer>> {
         Ok(match self {
-            ProposerConfig::Eagle { draft } => {
+            ProposerConfig::Eagle { draft, weights } => {
                 let dir = draft.as_ref().ok_or_else(|| {
                     Error::config(
                         "proposer",
@@ -121,11 +142,10 @@ impl ProposerConfig {
                         "the verified model's token embeddings (a tied vocabulary projection)",
                 })?;
                 let draft = FeatureDraft::load(dir, target.device)?;
-                Box::new(FeatureDraftProposer::with_embeddings(
-                    draft,
-                    embeddings,
-                    target.max_context,
-                )?)
+                Box::new(
+                    FeatureDraftProposer::with_embeddings(draft, embeddings, target.max_context)?
+                        .with_weights(*weights)?,
+                )
             }
             ProposerConfig::Chain(members) if !members.is_empty() => Box::new(Chain::new(
                 members
@@ -203,8 +223,16 @@ impl std::fmt::Display for ProposerConfig {
                 candidates,
             } => write!(f, "lookahead:{window}:{ngram}:{candidates}"),
             ProposerConfig::Draft { model } => write!(f, "draft:{model}"),
-            ProposerConfig::Eagle { draft: Some(d) } => write!(f, "eagle:{d}"),
-            ProposerConfig::Eagle { draft: None } => f.write_str("eagle"),
+            ProposerConfig::Eagle { draft, weights } => {
+                f.write_str("eagle")?;
+                if let Some(d) = draft {
+                    write!(f, ":{d}")?;
+                }
+                match weights {
+                    DraftWeights::Auto => Ok(()),
+                    w => write!(f, "@{w}"),
+                }
+            }
             ProposerConfig::Chain(members) => {
                 f.write_str("chain:")?;
                 for (i, m) in members.iter().enumerate() {
@@ -224,15 +252,16 @@ impl FromStr for ProposerConfig {
 
     /// `heads`, `none`, `ngram` (1 to 3 tokens), `ngram:MIN:MAX`, `lookahead` (W 4, N 3, G 4),
     /// `lookahead:W:N:G`, `draft:DIR`, `eagle` (the
-    /// draft shipped for the model), `eagle:DIR` or
-    /// `chain:A,B,...` whose members are any of the others.
+    /// draft shipped for the model), `eagle:DIR` (either with `@f32`, `@int8` or `@auto` after
+    /// it: the draft's weights) or `chain:A,B,...` whose members are any of the others.
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
             Error::config(
                 "proposer",
                 format!(
                     "`{s}` is not one of heads, none, ngram, ngram:MIN:MAX, lookahead, \
-                     lookahead:W:N:G, draft:DIR, eagle, eagle:DIR, chain:A,B"
+                     lookahead:W:N:G, draft:DIR, eagle, eagle:DIR (either with @f32 or @int8), \
+                     chain:A,B"
                 ),
             )
         };
@@ -252,18 +281,25 @@ impl FromStr for ProposerConfig {
             }
             return Ok(ProposerConfig::Draft { model: dir.into() });
         }
-        if let Some(dir) = s.strip_prefix("eagle:") {
-            if dir.is_empty() {
-                return Err(bad());
-            }
-            return Ok(ProposerConfig::Eagle {
-                draft: Some(dir.into()),
-            });
+        if s == "eagle" || s.starts_with("eagle:") || s.starts_with("eagle@") {
+            // A trailing `@auto`, `@f32` or `@int8` is the weights; any other `@` is the folder's.
+            let (rest, weights) = match s.rsplit_once('@').map(|(r, w)| (r, w.parse())) {
+                Some((rest, Ok(w))) => (rest, w),
+                _ => (s, DraftWeights::Auto),
+            };
+            let draft = match rest.strip_prefix("eagle") {
+                Some("") => None,
+                Some(d) => match d.strip_prefix(':') {
+                    Some(dir) if !dir.is_empty() => Some(dir.to_string()),
+                    _ => return Err(bad()),
+                },
+                None => return Err(bad()),
+            };
+            return Ok(ProposerConfig::Eagle { draft, weights });
         }
         let parts: Vec<&str> = s.split(':').collect();
         match parts.as_slice() {
             ["heads"] => Ok(ProposerConfig::Heads),
-            ["eagle"] => Ok(ProposerConfig::Eagle { draft: None }),
             ["none"] => Ok(ProposerConfig::None),
             ["ngram"] => Ok(ProposerConfig::Ngram { min: 1, max: 3 }),
             ["lookahead"] => {

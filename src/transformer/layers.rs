@@ -4,15 +4,15 @@ use tch::{nn, Kind, Tensor};
 
 use crate::cache::KvCache;
 use crate::error::Result;
-use crate::matmul::OneDnnLinear;
+use crate::matmul::{PackedLinear, Packing};
 
-/// A dense layer `y = x Wᵀ + b`, optionally through a oneDNN-packed copy of its weights for
-/// inference.
+/// A dense layer `y = x Wᵀ + b`, optionally through a packed copy of its weights (oneDNN
+/// float32 or int8) for inference.
 #[derive(Debug)]
 pub(crate) struct Linear {
     weight: Tensor,
     bias: Tensor,
-    packed: Option<OneDnnLinear>,
+    packed: Option<PackedLinear>,
 }
 
 impl Linear {
@@ -25,15 +25,15 @@ impl Linear {
         }
     }
 
-    /// Computes through a oneDNN-packed copy of the current weights (float32 on the CPU) from
-    /// now on; with `false`, through the weights themselves again. The copy does not follow
+    /// Computes through a packed copy of the current weights (CPU only) from now on; with
+    /// [`Packing::Plain`], through the weights themselves again. The copy does not follow
     /// training: pack only for inference.
-    pub(crate) fn pack_onednn(&mut self, on: bool) -> Result<()> {
-        self.packed = OneDnnLinear::packed_if(on, &self.weight, Some(&self.bias))?;
+    pub(crate) fn pack(&mut self, packing: Packing) -> Result<()> {
+        self.packed = PackedLinear::new(packing, &self.weight, Some(&self.bias))?;
         Ok(())
     }
 
-    /// Drops the packed copy (what `pack_onednn(false)` does).
+    /// Drops the packed copy (what `pack(Packing::Plain)` does).
     pub(crate) fn unpack(&mut self) {
         self.packed = None;
     }
