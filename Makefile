@@ -21,7 +21,7 @@ FIXTURES_DIR := target/fixtures
 
 .PHONY: demo test serve load-test openai-client venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures families gemma3 \
 	corpus train-pair pair-demo train-embedded ablation-embedded smollm2-heads classify generate generate-table \
-	draft-data draft-answers draft-answers-wide draft-answers-more smollm2-eagle draft-curve smollm2-heads-states eagle-table
+	draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self smollm2-eagle draft-curve smollm2-heads-states eagle-table
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -268,21 +268,55 @@ $(DRAFT_MORE_DONE): scripts/make_chat_prompts.py examples/draft_answers.rs
 	$(call answers,smollm2-more,train-more,chat-heldout-more)
 	touch $@
 
+# Requests in wordings no template of ours writes (scripts/make_self_requests.py): SmolLM2's own
+# requests when asked for one (3,000 instructions over WordNet's nouns, decoded 64 at a time) and
+# the user turns of the chatterbot-corpus package's English conversations; their answers decoded
+# like draft-answers: shards train-self-* (resumable) and, for 128 held-out requests,
+# chat-heldout-self-*.
+SELF_CORPUS := chatterbot-corpus==1.3.3
+SELF_CORPUS_DIR := target/chatterbot/chatterbot_corpus/data/english
+DRAFT_SELF_DONE := target/draft-data/.self-complete
+draft-answers-self: smollm2 $(DRAFT_SELF_DONE)
+
+$(DRAFT_SELF_DONE): scripts/make_self_requests.py examples/draft_answers.rs
+	@test -f /usr/share/wordnet/index.noun || \
+	  { apt-get update -qq && apt-get install -y -qq wordnet-base; }
+	@test -d $(SELF_CORPUS_DIR) || { .venv/bin/python -m pip download --quiet \
+	  --disable-pip-version-check --no-deps $(SELF_CORPUS) -d target/chatterbot && \
+	  .venv/bin/python -m zipfile -e target/chatterbot/chatterbot_corpus-*.whl target/chatterbot; }
+	@.venv/bin/python -c "import yaml" 2>/dev/null || \
+	  .venv/bin/python -m pip install --quiet --disable-pip-version-check pyyaml==6.0.2
+	$(CARGO) build $(PROFILE) $(FEATURES) --example decode
+	.venv/bin/python scripts/make_self_requests.py ask target/heads/smollm2-self-ask.txt 3000
+	test -s target/heads/smollm2-self-ask.jsonl || { target/release/examples/decode \
+	  --model models/smollm2 --chat --proposer none --batch 64 --max-new-tokens 48 --json \
+	  --prompt-file target/heads/smollm2-self-ask.txt > target/heads/smollm2-self-ask.part && \
+	  mv target/heads/smollm2-self-ask.part target/heads/smollm2-self-ask.jsonl; }
+	.venv/bin/python scripts/make_self_requests.py pick target/heads/smollm2-self-ask.jsonl \
+	  $(SELF_CORPUS_DIR) target/heads/smollm2-self.txt target/heads/smollm2-self-heldout.txt 128
+	$(call answers,smollm2-self,train-self,chat-heldout-self)
+	touch $@
+
 # SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), shipped in
-# assets/drafts/smollm2, where `decode --proposer eagle` finds it. Three stages: trained on the
+# assets/drafts/smollm2, where `decode --proposer eagle` finds it. Four stages: trained on the
 # teacher-forced text and answers above into target/draft-train/base, fine-tuned on the answers
 # to the WordNet requests into target/draft-train/wide (`init` in the second config), then on
-# those and the answers of draft-answers-more together; each measured on held-out chat prompts
-# against greedy (report-base.json, report-wide.json, report.json).
+# those and the answers of draft-answers-more together into target/draft-train/more, then on
+# those and the answers to the requests of draft-answers-self (weighted three times); each
+# measured on held-out chat prompts against greedy (report-base.json, report-wide.json,
+# report-more.json, report.json).
 DRAFT_CONFIG := examples/configs/smollm2-draft.json
 DRAFT_WIDE_CONFIG := examples/configs/smollm2-draft-wide.json
 DRAFT_MORE_CONFIG := examples/configs/smollm2-draft-more.json
-smollm2-eagle: smollm2 draft-data draft-answers draft-answers-wide draft-answers-more
+DRAFT_SELF_CONFIG := examples/configs/smollm2-draft-self.json
+smollm2-eagle: smollm2 draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self
 	$(CARGO) build $(PROFILE) $(FEATURES) --example train_draft
 	target/release/examples/train_draft $(DRAFT_CONFIG) --report assets/drafts/smollm2/report-base.json
 	target/release/examples/train_draft $(DRAFT_WIDE_CONFIG) --split train-wide \
 	  --report assets/drafts/smollm2/report-wide.json
 	target/release/examples/train_draft $(DRAFT_MORE_CONFIG) --split train-wide,train-more \
+	  --report assets/drafts/smollm2/report-more.json
+	target/release/examples/train_draft $(DRAFT_SELF_CONFIG) --split train-wide,train-more,train-self \
 	  --report assets/drafts/smollm2/report.json
 
 # The learning curve: the same draft trained on the first 25k, 100k and 400k tokens of the same

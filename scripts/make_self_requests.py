@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Chat requests in wordings no template of ours writes, for SmolLM2's own-answer training data:
+requests SmolLM2 itself writes when asked for one (self-instruct), and the user turns of the
+`chatterbot-corpus` package's English conversations (BSD licence; written by people: tech
+support, coding, trivia, feelings, small talk). The draft trained on templated requests
+(scripts/make_chat_prompts.py, scripts/make_wordnet_prompts.py) agreed 57% of the time on
+held-out answers of those templates and 40% on chat24's hand-written requests; these are the
+other wordings.
+
+Two steps, with SmolLM2's greedy decoding between them (`make draft-answers-self` runs all):
+
+    .venv/bin/python scripts/make_self_requests.py ask OUT_FILE N
+        N instructions asking for a request ("Write a question a curious person might ask an
+        assistant about volcanoes. Reply with the question only."), over WordNet's common nouns
+        (scripts/make_wordnet_prompts.py's list, without chat24's words) and 24 ways of asking.
+    .venv/bin/python scripts/make_self_requests.py pick DECODED_JSONL CORPUS_DIR \\
+            TRAIN_FILE HELDOUT_FILE M
+        The requests from `decode --json` output over those instructions (a quoted sentence of
+        4 words or more, or a first line that is a question; replies about the request rather
+        than making one are dropped; each once), with the corpus's
+        user turns (CORPUS_DIR: chatterbot_corpus/data/english), shuffled; M of them (half from
+        each source) go to HELDOUT_FILE, the rest to TRAIN_FILE. No line equals a chat24 prompt.
+
+Deterministic for given arguments and decoded text.
+"""
+
+import glob
+import json
+import os
+import random
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from make_wordnet_prompts import wordnet_nouns  # noqa: E402
+
+ASKS = [
+    "Write a question that a curious person might ask an AI assistant about {x}.",
+    "Write a question a student might ask their teacher about {x}.",
+    "Write a question about {x} that starts with \"How\".",
+    "Write a question about {x} that starts with \"Why\".",
+    "Write a question about {x} that starts with \"What\".",
+    "Write a question about {x} that starts with \"Can\".",
+    "Write a question someone might ask when they need advice about {x}.",
+    "Write a request asking an AI assistant to write a short poem about {x}.",
+    "Write a request asking an AI assistant to write a short story involving {x}.",
+    "Write a request asking an AI assistant to explain {x} to a child.",
+    "Write a request asking an AI assistant for a list of tips about {x}.",
+    "Write a request asking an AI assistant to compare {x} with something similar.",
+    "Write a message a customer might send to a help desk about a problem with {x}.",
+    "Write a question a traveler might ask about {x}.",
+    "Write a question a parent might ask about {x}.",
+    "Write a question a scientist might ask about {x}.",
+    "Write a question a cook might ask about {x}.",
+    "Write a question a beginner might ask about {x}.",
+    "Write an instruction asking someone to describe {x} in a few sentences.",
+    "Write an instruction asking for a summary of what is known about {x}.",
+    "Write a question that asks for the pros and cons of {x}.",
+    "Write a question that asks how {x} works.",
+    "Write a question that asks about the history of {x}.",
+    "Write a funny question about {x}.",
+]
+SUFFIX = " Reply with the question or request only."
+
+
+def chat24():
+    with open(os.path.join(HERE, "..", "examples", "prompts", "chat24.txt"), encoding="utf-8") as f:
+        text = f.read().lower()
+    lines = {line.strip() for line in text.splitlines() if line.strip()}
+    words = set(re.findall(r"[a-z]+", text)) - {"a", "the", "of", "in", "to", "is"}
+    return lines, words
+
+
+def ask(out, n):
+    _, words = chat24()
+    nouns = [w for w, _ in wordnet_nouns(words)]
+    rng = random.Random(2027)
+    rng.shuffle(nouns)
+    lines, seen = [], set()
+    while len(lines) < n:
+        line = rng.choice(ASKS).format(x=rng.choice(nouns)) + SUFFIX
+        if line not in seen:
+            seen.add(line)
+            lines.append(line)
+    with open(out, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"{out}: {len(lines)} instructions over {len(nouns)} nouns")
+
+
+QUOTED = re.compile(r"[\"“]([^\"“”]{8,300}?)[\"”]")
+# Replies that talk about the request instead of making one.
+META = re.compile(r"\[|\bquestions?\b|\brequest\b|\bI'm (ready|here|glad)|how does it work\?|"
+                  r"what's on your mind", re.I)
+
+
+def clean(text):
+    """The request in SmolLM2's reply to an instruction asking for one, or None: the first quoted
+    sentence of four words or more ('A parent might ask, "Why ...?"'), else a first line that
+    is itself a question."""
+    for m in QUOTED.finditer(text):
+        q = " ".join(m.group(1).split())
+        if len(q.split()) >= 4 and q[-1] in "?.!" and not META.search(q):
+            return q[0].upper() + q[1:]
+    first = text.strip().split("\n")[0].strip().strip("\"'*` ")
+    words = first.split()
+    if 4 <= len(words) <= 40 and first.endswith("?") and first[0].isupper() \
+            and not META.search(first) and "might ask" not in first:
+        return first
+    return None
+
+
+def corpus_turns(corpus):
+    import yaml
+
+    turns = []
+    for path in sorted(glob.glob(os.path.join(corpus, "*.yml"))):
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+        for conv in doc.get("conversations") or []:
+            for i, turn in enumerate(conv):
+                # Even turns are the person's, odd ones the bot's answers.
+                if i % 2 == 0 and isinstance(turn, str):
+                    t = " ".join(turn.split())
+                    if len(t.split()) >= 2:
+                        turns.append(t)
+    return turns
+
+
+def pick(decoded, corpus, train_path, held_path, m):
+    held_lines, _ = chat24()
+    own = []
+    with open(decoded, encoding="utf-8") as f:
+        for line in f:
+            r = clean(json.loads(line)["text"])
+            if r:
+                own.append(r)
+    sources = {"own": own, "corpus": corpus_turns(corpus)}
+    rng = random.Random(2028)
+    train, held, seen = [], [], set(held_lines)
+    for name, items in sources.items():
+        kept = []
+        for item in items:
+            key = item.lower()
+            if key not in seen:
+                seen.add(key)
+                kept.append(item)
+        rng.shuffle(kept)
+        cut = m // 2
+        held += kept[:cut]
+        train += kept[cut:]
+        print(f"{name}: {len(items)} requests, {len(kept)} distinct, {cut} held out")
+    rng.shuffle(train)
+    for path, items in ((train_path, train), (held_path, held)):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(items) + "\n")
+        print(f"{path}: {len(items)} requests")
+
+
+def main():
+    a = sys.argv[1:]
+    if len(a) == 3 and a[0] == "ask":
+        ask(a[1], int(a[2]))
+    elif len(a) == 6 and a[0] == "pick":
+        pick(a[1], a[2], a[3], a[4], int(a[5]))
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
