@@ -9,7 +9,7 @@
 //! cargo run --release --example proposer_table -- [--model models/smollm2] [--prompts FILE]
 //!     [--count N] [--max-new-tokens N] [--dtypes f32,bf16] [--heads NAME=DIR ...]
 //!     [--draft NAME=DIR[@f32|@int8] ...] [--draft-weights auto|f32|int8] [--only TEXT]
-//!     [--json FILE]
+//!     [--device cpu|cuda[:N]] [--json FILE]
 //! ```
 //!
 //! `--only TEXT` keeps the rows whose proposer name contains TEXT (for example `eagle`);
@@ -28,6 +28,8 @@ use blockwise::config::{BlockwiseConfig, ProposerConfig};
 use blockwise::decoder::BatchBlockwise;
 use blockwise::feature::DraftWeights;
 use blockwise::policy::PolicyConfig;
+use tch::Device;
+
 use blockwise::{
     Blockwise, BlockwiseDecoder, DType, DecodeConfig, DecodeOutput, Error, GreedyDecoder, Result,
 };
@@ -54,6 +56,7 @@ struct Args {
     drafts: Vec<(String, String)>,
     draft_weights: DraftWeights,
     only: Option<String>,
+    device: Device,
     json: Option<PathBuf>,
 }
 
@@ -68,6 +71,7 @@ fn parse() -> Result<Args> {
         drafts: Vec::new(),
         draft_weights: DraftWeights::Auto,
         only: None,
+        device: Device::Cpu,
         json: None,
     };
     let bad = |what: &str| Error::config("arguments", format!("{what}; see the file's header"));
@@ -103,6 +107,7 @@ fn parse() -> Result<Args> {
             }
             "--draft-weights" => a.draft_weights = value()?.parse()?,
             "--only" => a.only = Some(value()?),
+            "--device" => a.device = blockwise::cuda::parse_device(&value()?)?,
             "--json" => a.json = Some(value()?.into()),
             other => return Err(bad(&format!("unknown flag {other}"))),
         }
@@ -306,6 +311,7 @@ fn run() -> Result<()> {
                 &BundleOptions {
                     dtype,
                     heads,
+                    device: args.device,
                     ..BundleOptions::default()
                 },
             )
@@ -348,7 +354,8 @@ fn run() -> Result<()> {
                 .sum();
             let first = beyond as f64 / iters.max(1) as f64;
             let r = serde_json::json!({
-                "dtype": dtype.to_string(), "proposer": row.name, "k": row.k, "tree": row.tree,
+                "dtype": dtype.to_string(), "device": format!("{:?}", args.device).to_lowercase(),
+                "proposer": row.name, "k": row.k, "tree": row.tree,
                 "prompts": prompts.len(), "mean_accepted": tokens as f64 / iters.max(1) as f64,
                 "model_calls": calls, "greedy_calls": greedy_calls,
                 "ms_per_token": 1e3 * m.wall_s / tokens.max(1) as f64, "greedy_ms_per_token": step_ms,

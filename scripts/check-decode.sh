@@ -184,7 +184,7 @@ for args in "--batch 0" "--batch 2 --temperature 0.7" "--batch 2 --adaptive" "--
             "--top-p 0.9" "--temperature 0.7 --accept top-k:2" "--temperature 1 --top-p 1.5" \
             "--temperature -1" "--temperature 1 --accept typical:0:0.3" "--temperature 1 --seed x" \
             "--accept typical" "--adaptive --policy fixed" "--bogus" "--k x" \
-            "--verifier sometimes" "--device tpu"; do
+            "--verifier sometimes" "--device tpu" "--device cuda:x" "--device cuda:7"; do
   set +e
   eval "$bin $args --max-new-tokens 4" >/dev/null 2>&1
   rc=$?

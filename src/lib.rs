@@ -36,6 +36,7 @@ pub mod bundle;
 pub mod cache;
 pub mod compare;
 pub mod config;
+pub mod cuda;
 pub mod decoder;
 mod dtype;
 mod error;

@@ -23,7 +23,7 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
               [--max-new-tokens N] [--max-context N] [--verifier cached|recompute] [--prefill-chunk N]
               [--tie-guard M]
               [--batch N] [--tree SHAPE|dynamic:NODES]
-              [--dtype f32|bf16|f16|int8] [--device cpu|cuda] [--f32-matmul auto|blas|onednn] [--compare-greedy] [--json]
+              [--dtype f32|bf16|f16|int8] [--device cpu|cuda[:N]] [--f32-matmul auto|blas|onednn] [--compare-greedy] [--json]
 
   --model           `embedded` (default: the model shipped in assets/embedded, trained on
                     the King James Bible, with trained heads), a folder
@@ -71,7 +71,7 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
                     at most NODES nodes and k - 1 deep
   --dtype           f32 (default), bf16, f16, or int8 (an export's int8 weight form);
                     the export must have it
-  --device          cpu (default) or cuda (needs a CUDA build of libtorch and a GPU)
+  --device          cpu (default), cuda or cuda:N (needs a CUDA build of libtorch and a GPU)
   --f32-matmul      auto (default: oneDNN on AMD CPUs, else libtorch's BLAS), blas or onednn:
                     the CPU library of an f32 export's matrix products
   --draft-weights   the form an eagle draft's products run in: auto (default: int8 on x86-64
@@ -132,7 +132,7 @@ struct Cli {
     tree: Option<String>,
     #[arg(long, default_value = "f32")]
     dtype: String,
-    #[arg(long, value_parser = ["cpu", "cuda"], default_value = "cpu")]
+    #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long, default_value = "auto")]
     f32_matmul: String,
@@ -240,15 +240,7 @@ impl Args {
         if prompts.is_empty() {
             prompts.push("The quick brown fox".into());
         }
-        let device = match cli.device.as_str() {
-            "cuda" => {
-                if !tch::Cuda::is_available() {
-                    return Err(bad("--device", "is cuda, but libtorch sees no CUDA device"));
-                }
-                Device::Cuda(0)
-            }
-            _ => Device::Cpu,
-        };
+        let device = blockwise::cuda::parse_device(&cli.device)?;
         if cli.batch == Some(0) {
             return Err(bad("--batch", "must be at least 1"));
         }

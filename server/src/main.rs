@@ -41,7 +41,7 @@ struct Cli {
     /// f32, bf16, f16 or int8 (an export's weight forms).
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// cpu, or cuda with a CUDA build of libtorch.
+    /// cpu, cuda or cuda:N (with a CUDA build of libtorch and a GPU).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// auto (oneDNN on AMD CPUs, else libtorch's BLAS), blas or onednn: the CPU library of an
@@ -98,12 +98,7 @@ fn main() {
     }
     let proposer: ProposerConfig = cli.proposer.parse().unwrap_or_else(|e| fail(e));
     let dtype: DType = cli.dtype.parse().unwrap_or_else(|e| fail(e));
-    let device = match cli.device.as_str() {
-        "cpu" => tch::Device::Cpu,
-        "cuda" if tch::Cuda::is_available() => tch::Device::Cuda(0),
-        "cuda" => fail("--device is cuda, but libtorch sees no CUDA device"),
-        other => fail(format!("--device is {other:?}; expected cpu or cuda")),
-    };
+    let device = blockwise::cuda::parse_device(&cli.device).unwrap_or_else(|e| fail(e));
     let heads = match cli.heads.as_deref() {
         None => HeadsChoice::Auto,
         Some("none") => HeadsChoice::None,

@@ -106,6 +106,7 @@ impl FeatureDraft {
     /// through (and guesses the base's own next token again).
     pub fn new(config: FeatureDraftConfig, seed: u64, device: Device) -> Result<Self> {
         config.validate()?;
+        crate::cuda::check_device(device)?;
         tch::manual_seed(seed as i64);
         let vs = nn::VarStore::new(device);
         let root = vs.root();

@@ -350,6 +350,7 @@ impl TorchScriptLm {
 
 /// Loads a TorchScript file onto `spec`'s device.
 pub(super) fn load_module(path: &Path, spec: &ModuleSpec) -> Result<CModule> {
+    crate::cuda::check_device(spec.device)?;
     CModule::load_on_device(path, spec.device).map_err(|e| Error::BadModule {
         path: path.display().to_string(),
         problem: format!(

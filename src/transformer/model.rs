@@ -107,6 +107,7 @@ impl Transformer {
 
     fn build(config: TransformerConfig, device: Device) -> Result<Self> {
         config.validate()?;
+        crate::cuda::check_device(device)?;
         let mut vs = nn::VarStore::new(device);
         let root = vs.root();
         let d = config.d_model;
