@@ -16,15 +16,16 @@ pub fn run_batched(
     args: &Args,
     prompts: &[Vec<i64>],
     decode: &DecodeConfig,
-) -> Result<Vec<(DecodeOutput, Option<Comparison>)>> {
+    mut emit: impl FnMut(usize, &DecodeOutput, Option<&Comparison>) -> Result<()>,
+) -> Result<()> {
     let info = model.info().clone();
     let embeddings = model.token_embeddings();
     let needs_heads = config
         .proposer
         .build_with(&info, embeddings.as_ref())?
         .needs_heads();
-    let mut results = Vec::with_capacity(prompts.len());
-    for group in prompts.chunks(args.batch.unwrap_or(1)) {
+    let per_batch = args.batch.unwrap_or(1);
+    for (g, group) in prompts.chunks(per_batch).enumerate() {
         let greedy = if args.compare_greedy {
             let mut g = GreedyDecoder::new(&mut *model);
             Some(
@@ -56,17 +57,22 @@ pub fn run_batched(
             );
         }
         let outs = builder.build()?.decode_batch(group, decode)?;
+        let first = g * per_batch;
         match greedy {
             Some(greedy) => {
                 let greedy_s: f64 = greedy.iter().map(|g| g.stats.wall_s).sum();
-                for (out, g) in outs.into_iter().zip(greedy) {
+                for (j, (out, g)) in outs.into_iter().zip(greedy).enumerate() {
                     let mut cmp = Comparison::new(out.clone(), g);
                     cmp.speedup = greedy_s / out.stats.wall_s.max(1e-12);
-                    results.push((out, Some(cmp)));
+                    emit(first + j, &out, Some(&cmp))?;
                 }
             }
-            None => results.extend(outs.into_iter().map(|o| (o, None))),
+            None => {
+                for (j, out) in outs.iter().enumerate() {
+                    emit(first + j, out, None)?;
+                }
+            }
         }
     }
-    Ok(results)
+    Ok(())
 }

@@ -136,31 +136,29 @@ fn run(args: Args) -> Result<()> {
         json: args.json,
         batch: args.batch.unwrap_or(1),
     };
+    // Each prompt's result is printed as soon as it is decoded (a batch's once the batch is),
+    // so a long run's output can be followed and survives an interruption.
+    let tokenizer = &bundle.tokenizer;
+    let emit = |i: usize, out: &DecodeOutput, cmp: Option<&Comparison>| -> Result<()> {
+        let text = tokenizer.decode(&out.tokens)?;
+        report(&args.prompts[i], &text, out, cmp, &mode);
+        Ok(())
+    };
     if args.batch.is_some() || args.tree.is_some() {
-        let results = batched::run_batched(&mut bundle.model, &config, &args, &prompts, &decode)?;
-        for (prompt, (out, cmp)) in args.prompts.iter().zip(&results) {
-            let text = bundle.tokenizer.decode(&out.tokens)?;
-            report(prompt, &text, out, cmp.as_ref(), &mode);
-        }
-        return Ok(());
+        return batched::run_batched(&mut bundle.model, &config, &args, &prompts, &decode, emit);
     }
     // One decoder for every prompt: a draft model loads once, a cost-aware policy keeps the
     // costs it measured.
     let mut decoder = Blockwise::from_config(&mut bundle.model, &config, embeddings.as_ref())?;
-    let mut results = Vec::with_capacity(prompts.len());
-    for ids in &prompts {
+    for (i, ids) in prompts.iter().enumerate() {
         let greedy = if args.compare_greedy {
             Some(GreedyDecoder::new(decoder.model_mut()).decode(ids, &decode)?)
         } else {
             None
         };
         let out = decoder.decode(ids, &decode)?;
-        results.push((out.clone(), greedy.map(|g| Comparison::new(out, g))));
-    }
-    drop(decoder);
-    for (prompt, (out, cmp)) in args.prompts.iter().zip(&results) {
-        let text = bundle.tokenizer.decode(&out.tokens)?;
-        report(prompt, &text, out, cmp.as_ref(), &mode);
+        let cmp = greedy.map(|g| Comparison::new(out.clone(), g));
+        emit(i, &out, cmp.as_ref())?;
     }
     Ok(())
 }
