@@ -21,7 +21,7 @@ FIXTURES_DIR := target/fixtures
 
 .PHONY: demo test serve load-test openai-client venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures families gemma3 \
 	corpus train-pair pair-demo train-embedded ablation-embedded smollm2-heads classify generate generate-table \
-	draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self smollm2-eagle draft-curve smollm2-heads-states eagle-table
+	draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self smollm2-eagle draft-curve smollm2-heads-states smollm2-heads-self eagle-table
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -331,6 +331,14 @@ smollm2-heads-states: smollm2 draft-data draft-answers
 	$(CARGO) build $(PROFILE) $(FEATURES) --example train_heads
 	target/release/examples/train_heads examples/configs/smollm2-medusa-states.json
 	target/release/examples/train_heads examples/configs/smollm2-stern-states.json
+
+# Medusa and Stern heads retrained on the data of the shipped draft's last stage (the answers in
+# target/draft-data: wide, more and self shards, self weighted 3x), for the table that compares
+# architectures on the same data (docs/feature-draft.md, "Heads on the same data").
+smollm2-heads-self: smollm2 draft-answers-wide draft-answers-more draft-answers-self
+	$(CARGO) build $(PROFILE) $(FEATURES) --example train_heads
+	target/release/examples/train_heads examples/configs/smollm2-medusa-self.json
+	target/release/examples/train_heads examples/configs/smollm2-stern-self.json
 
 # The comparison table of docs/feature-draft.md: every proposer against greedy in one process.
 eagle-table: smollm2 smollm2-heads-states
