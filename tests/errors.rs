@@ -797,38 +797,3 @@ fn proposer_configs_round_trip() {
         );
     }
 }
-
-#[test]
-fn a_cuda_device_that_is_not_there_is_an_error_not_a_panic() {
-    use blockwise::feature::{FeatureDraft, FeatureDraftConfig};
-    use tch::Device;
-    // One past the devices libtorch sees: an error on every machine, with or without a GPU.
-    let missing = Device::Cuda(blockwise::cuda::device_count());
-    let e = Transformer::new_seeded(TransformerConfig::tiny(20, 1), 1, missing).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::InvalidConfig {
-                field: "device",
-                ..
-            }
-        ),
-        "{e}"
-    );
-    let e = FeatureDraft::new(FeatureDraftConfig::for_base(16, 20), 1, missing).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::InvalidConfig {
-                field: "device",
-                ..
-            }
-        ),
-        "{e}"
-    );
-    let e = blockwise::cuda::parse_device("cuda:x").unwrap_err();
-    assert!(
-        e.to_string().contains("expected cpu, cuda or cuda:N"),
-        "{e}"
-    );
-}
