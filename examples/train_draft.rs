@@ -58,6 +58,10 @@ struct Config {
     /// Feed-forward width of the draft layer (default `8/3 · D`).
     #[serde(default)]
     d_ff: Option<i64>,
+    /// Transformer layers of the draft (default 1). Beside `init`, grows the saved draft to
+    /// this many: fresh layers on top that pass their input through until trained.
+    #[serde(default)]
+    layers: Option<i64>,
     /// Start from the draft saved in this folder instead of a fresh one (fine-tuning on new
     /// data): its width, feed-forward size and shortlist are kept, so `shortlist` and `d_ff`
     /// are refused beside it.
@@ -233,12 +237,19 @@ fn run() -> Result<()> {
                     ));
                 }
                 eprintln!("train_draft: starting from the draft in {}", dir.display());
-                FeatureDraft::load(dir, info.device)?
+                let draft = FeatureDraft::load(dir, info.device)?;
+                match config.layers {
+                    Some(n) => draft.with_layers(n)?,
+                    None => draft,
+                }
             }
             None => {
                 let mut draft_config = FeatureDraftConfig::for_base(data.width(), info.vocab_size);
                 if let Some(f) = config.d_ff {
                     draft_config.d_ff = f;
+                }
+                if let Some(n) = config.layers {
+                    draft_config.n_layers = n;
                 }
                 FeatureDraft::new(draft_config, config.seed, info.device)?
             }

@@ -36,12 +36,7 @@ fn config() -> ProptestConfig {
 
 fn draft_for(model: &Transformer, seed: u64, shortlist: Option<usize>) -> FeatureDraftProposer {
     let c = model.config();
-    let mut draft = FeatureDraft::new(
-        FeatureDraftConfig::for_base(c.d_model, c.vocab_size),
-        seed,
-        Device::Cpu,
-    )
-    .unwrap();
+    let mut draft = new_draft(c.d_model, c.vocab_size, seed).unwrap();
     if let Some(n) = shortlist {
         // Every other id, starting from a seeded offset: guesses outside it are never made.
         let ids: Vec<i64> = (0..c.vocab_size)
@@ -57,6 +52,26 @@ fn draft_for(model: &Transformer, seed: u64, shortlist: Option<usize>) -> Featur
         .unwrap()
         .with_weights(weights)
         .unwrap()
+}
+
+/// A fresh draft, by seed: one layer, or two with every weight drawn at random (so that the
+/// second layer's cache and attention decide what it guesses).
+fn new_draft(d_model: i64, vocab_size: i64, seed: u64) -> blockwise::Result<FeatureDraft> {
+    let n_layers = 1 + (seed / 3 % 2) as i64;
+    let config = FeatureDraftConfig {
+        n_layers,
+        ..FeatureDraftConfig::for_base(d_model, vocab_size)
+    };
+    let draft = FeatureDraft::new(config, seed, Device::Cpu)?;
+    if n_layers > 1 {
+        tch::no_grad(|| {
+            for (_, mut v) in draft.var_store().variables() {
+                let noise = Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.1;
+                v.copy_(&(&v + noise));
+            }
+        });
+    }
+    Ok(draft)
 }
 
 /// How the draft's products run, by seed: float32 through oneDNN (weights packed once),
@@ -167,7 +182,7 @@ proptest! {
             .block_size(case.block_size)
             .proposer_factory(false, move || {
                 seed = seed.wrapping_add(1);
-                let draft = FeatureDraft::new(FeatureDraftConfig::for_base(d, vocab), seed, Device::Cpu)?;
+                let draft = new_draft(d, vocab, seed)?;
                 Ok(Box::new(
                     FeatureDraftProposer::with_embeddings(draft, &emb, ctx)?
                         .with_tree_width(width)
@@ -400,6 +415,38 @@ fn training_makes_the_draft_guess_better_and_checkpoints_resume() {
         "tree {tree_accepted:.2} < chain {trained:.2}"
     );
     eprintln!("mean accepted: chain {trained:.2}, tree {tree_accepted:.2}");
+
+    // A second layer grown on the trained draft: the same guesses until trained (it passes its
+    // input through), then trained with the first (its output projection leaves zero), and
+    // still identical to greedy.
+    let mut deep = FeatureDraft::load(&saved, Device::Cpu)
+        .unwrap()
+        .with_layers(2)
+        .unwrap();
+    let as_saved = FeatureDraft::load(&saved, Device::Cpu).unwrap();
+    assert_eq!(
+        evaluate_feature_draft(&deep, &emb, &held_data, 48, 3, 64).unwrap(),
+        evaluate_feature_draft(&as_saved, &emb, &held_data, 48, 3, 64).unwrap()
+    );
+    let short = DraftTrainConfig {
+        steps: 60,
+        ..settings.clone()
+    };
+    train_feature_draft(&mut deep, &emb, &data, &short, None, |_| {}).unwrap();
+    let moved = f64::try_from(
+        deep.var_store().variables()["layer1.proj.weight"]
+            .abs()
+            .max(),
+    )
+    .unwrap();
+    assert!(moved > 0.0, "the second layer did not train");
+    let deep_after = evaluate_feature_draft(&deep, &emb, &held_data, 48, 3, 64).unwrap();
+    assert!(
+        deep_after[0] > before[0] + 0.2,
+        "two layers: held-out agreement {before:?} -> {deep_after:?}"
+    );
+    let deep_accepted = mean_accepted(&mut model, deep, &prompts);
+    eprintln!("two layers: agreement {deep_after:?}, mean accepted {deep_accepted:.2}");
     let _ = std::fs::remove_dir_all(&saved);
 
     // Interrupted after the step-60 checkpoint and resumed by a fresh draft: the same weights

@@ -31,15 +31,27 @@ pub struct FeatureDraftConfig {
     pub d_ff: i64,
     /// The base model's vocabulary size.
     pub vocab_size: i64,
+    /// Transformer layers, each reading the previous one's output (default 1; saved only when
+    /// more).
+    #[serde(default = "one_layer", skip_serializing_if = "is_one_layer")]
+    pub n_layers: i64,
     /// What the draft was trained on top of (for example the export's source file), checked
     /// when it is attached to an exported model.
     #[serde(default)]
     pub base: Option<String>,
 }
 
+fn one_layer() -> i64 {
+    1
+}
+
+fn is_one_layer(n: &i64) -> bool {
+    *n == 1
+}
+
 impl FeatureDraftConfig {
-    /// A draft for a base of width `d_model` and vocabulary `vocab_size`: `d_model / 64`
-    /// attention heads (at least one) and a feed-forward block of `8/3 · d_model`.
+    /// A draft for a base of width `d_model` and vocabulary `vocab_size`: one layer of
+    /// `d_model / 64` attention heads (at least one) and a feed-forward block of `8/3 · d_model`.
     pub fn for_base(d_model: i64, vocab_size: i64) -> Self {
         let n_heads = (d_model / 64).max(1);
         FeatureDraftConfig {
@@ -47,18 +59,25 @@ impl FeatureDraftConfig {
             n_heads,
             d_ff: (d_model * 8 / 3).max(1),
             vocab_size,
+            n_layers: 1,
             base: None,
         }
     }
 
     /// Checks the sizes.
     pub fn validate(&self) -> Result<()> {
-        if self.d_model < 1 || self.n_heads < 1 || self.d_ff < 1 || self.vocab_size < 1 {
+        if self.d_model < 1
+            || self.n_heads < 1
+            || self.d_ff < 1
+            || self.vocab_size < 1
+            || self.n_layers < 1
+        {
             return Err(Error::config(
                 "feature draft",
                 format!(
-                    "d_model, n_heads, d_ff and vocab_size must be at least 1, got {}, {}, {}, {}",
-                    self.d_model, self.n_heads, self.d_ff, self.vocab_size
+                    "d_model, n_heads, d_ff, vocab_size and n_layers must be at least 1, got {}, \
+                     {}, {}, {}, {}",
+                    self.d_model, self.n_heads, self.d_ff, self.vocab_size, self.n_layers
                 ),
             ));
         }
@@ -75,21 +94,49 @@ impl FeatureDraftConfig {
     }
 }
 
-/// The draft's layer: a linear map from `[hidden, embedding]` (`2·D`) to `D`, then one pre-norm
-/// transformer layer (attention without positions — the base's hidden states already carry
-/// them — and a GELU feed-forward block) whose output is the predicted hidden state.
+/// The draft: a linear map from `[hidden, embedding]` (`2·D`) to `D`, then pre-norm transformer
+/// layers (one by default; attention without positions — the base's hidden states already
+/// carry them — and a GELU feed-forward block) whose last output is the predicted hidden state.
 #[derive(Debug)]
 pub struct FeatureDraft {
     vs: nn::VarStore,
     fuse: Linear,
+    layers: Vec<DraftLayer>,
+    config: FeatureDraftConfig,
+    shortlist: Option<Vec<i64>>,
+}
+
+/// One transformer layer of the draft.
+#[derive(Debug)]
+struct DraftLayer {
     ln1: LayerNorm,
     qkv: Linear,
     proj: Linear,
     ln2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
-    config: FeatureDraftConfig,
-    shortlist: Option<Vec<i64>>,
+}
+
+impl DraftLayer {
+    fn new(p: &nn::Path, d: i64, d_ff: i64) -> Self {
+        DraftLayer {
+            ln1: LayerNorm::new(p / "ln1", d, 1e-5),
+            qkv: Linear::new(p / "qkv", d, 3 * d),
+            proj: Linear::new(p / "proj", d, d),
+            ln2: LayerNorm::new(p / "ln2", d, 1e-5),
+            fc1: Linear::new(p / "fc1", d, d_ff),
+            fc2: Linear::new(p / "fc2", d_ff, d),
+        }
+    }
+
+    /// The prefix of layer `i`'s variable names: none for the first (the names of one-layer
+    /// drafts), `layer{i}.` for the others.
+    fn prefix(i: usize) -> String {
+        match i {
+            0 => String::new(),
+            _ => format!("layer{i}."),
+        }
+    }
 }
 
 /// Queries, keys and values of a layer input, `[B, H, T, Dh]` each.
@@ -111,33 +158,36 @@ impl FeatureDraft {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let d = config.d_model;
+        let layers = (0..config.n_layers as usize)
+            .map(|i| match i {
+                0 => DraftLayer::new(&root, d, config.d_ff),
+                _ => DraftLayer::new(&(&root / format!("layer{i}")), d, config.d_ff),
+            })
+            .collect();
         let draft = FeatureDraft {
             fuse: Linear::new(&root / "fuse", 2 * d, d),
-            ln1: LayerNorm::new(&root / "ln1", d, 1e-5),
-            qkv: Linear::new(&root / "qkv", d, 3 * d),
-            proj: Linear::new(&root / "proj", d, d),
-            ln2: LayerNorm::new(&root / "ln2", d, 1e-5),
-            fc1: Linear::new(&root / "fc1", d, config.d_ff),
-            fc2: Linear::new(&root / "fc2", config.d_ff, d),
+            layers,
             vs,
             config,
             shortlist: None,
         };
         tch::no_grad(|| -> Result<()> {
             let vars = draft.vs.variables();
-            for name in [
-                "proj.weight",
-                "proj.bias",
-                "fc2.weight",
-                "fc2.bias",
-                "fuse.bias",
-            ] {
+            let mut zeroed = vec!["fuse.bias".to_string()];
+            for i in 0..draft.layers.len() {
+                let p = DraftLayer::prefix(i);
+                for name in ["proj.weight", "proj.bias", "fc2.weight", "fc2.bias"] {
+                    zeroed.push(format!("{p}{name}"));
+                }
+            }
+            for name in &zeroed {
                 if let Some(mut t) = vars.get(name).map(|t| t.shallow_clone()) {
                     let _ = t.f_zero_()?;
                 }
             }
             // The fused input starts as the hidden state itself (the embedding's half at zero),
-            // so a fresh draft predicts the base's own next token and training moves it on.
+            // and every layer passes its input through (its output projections at zero), so a
+            // fresh draft predicts the base's own next token and training moves it on.
             if let Some(w) = vars.get("fuse.weight") {
                 let eye = Tensor::f_eye(d, (Kind::Float, device))?;
                 let zero = Tensor::f_zeros([d, d], (Kind::Float, device))?;
@@ -162,30 +212,7 @@ impl FeatureDraft {
         }
         let saved: std::collections::HashMap<String, Tensor> =
             Tensor::read_safetensors(&weights)?.into_iter().collect();
-        {
-            let _guard = tch::no_grad_guard();
-            for (name, mut var) in draft.vs.variables() {
-                let src = saved.get(&name).ok_or_else(|| {
-                    Error::config(
-                        "feature draft",
-                        format!("{} has no `{name}`", weights.display()),
-                    )
-                })?;
-                if src.size() != var.size() {
-                    return Err(Error::config(
-                        "feature draft",
-                        format!(
-                            "`{name}` is {:?} in {}, {:?} here",
-                            src.size(),
-                            weights.display(),
-                            var.size()
-                        ),
-                    ));
-                }
-                // Stored in bfloat16; computed in float32.
-                var.f_copy_(&src.f_to_kind(Kind::Float)?.f_to_device(device)?)?;
-            }
-        }
+        draft.copy_weights(&saved, &weights.display().to_string(), false)?;
         let list = dir.join(DRAFT_SHORTLIST_FILE);
         if list.is_file() {
             let ids = Tensor::read_safetensors(&list)?
@@ -196,6 +223,66 @@ impl FeatureDraft {
             draft = draft.with_shortlist(Vec::try_from(&ids.f_to_kind(Kind::Int64)?)?)?;
         }
         Ok(draft)
+    }
+
+    /// The same draft with `n_layers` layers: the first ones its own, fresh ones on top, each
+    /// passing its input through (so the draft's guesses are unchanged until training moves
+    /// them). For fine-tuning a deeper draft from a trained one; fewer layers than it has are
+    /// refused.
+    pub fn with_layers(self, n_layers: i64) -> Result<Self> {
+        if n_layers < self.config.n_layers {
+            return Err(Error::config(
+                "feature draft",
+                format!(
+                    "has {} layers; a draft can only grow (asked for {n_layers})",
+                    self.config.n_layers
+                ),
+            ));
+        }
+        let mut config = self.config.clone();
+        config.n_layers = n_layers;
+        let mut grown = FeatureDraft::new(config, 0, self.vs.device())?;
+        let own: std::collections::HashMap<String, Tensor> =
+            self.vs.variables().into_iter().collect();
+        grown.copy_weights(&own, "the draft", true)?;
+        grown.shortlist = self.shortlist;
+        Ok(grown)
+    }
+
+    /// Copies `saved` (named as the draft's variables, any float kind) into the draft's
+    /// variables; with `partial`, variables `saved` lacks keep their values.
+    fn copy_weights(
+        &mut self,
+        saved: &std::collections::HashMap<String, Tensor>,
+        what: &str,
+        partial: bool,
+    ) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let device = self.vs.device();
+        for (name, mut var) in self.vs.variables() {
+            let Some(src) = saved.get(&name) else {
+                if partial {
+                    continue;
+                }
+                return Err(Error::config(
+                    "feature draft",
+                    format!("{what} has no `{name}`"),
+                ));
+            };
+            if src.size() != var.size() {
+                return Err(Error::config(
+                    "feature draft",
+                    format!(
+                        "`{name}` is {:?} in {what}, {:?} here",
+                        src.size(),
+                        var.size()
+                    ),
+                ));
+            }
+            // Stored in bfloat16; computed in float32.
+            var.f_copy_(&src.f_to_kind(Kind::Float)?.f_to_device(device)?)?;
+        }
+        Ok(())
     }
 
     /// Restricts the draft's guesses to the token ids `ids` (distinct, in the vocabulary): a
@@ -282,14 +369,17 @@ impl FeatureDraft {
         self.linears().into_iter().for_each(Linear::unpack);
     }
 
-    fn linears(&mut self) -> [&mut Linear; 5] {
-        [
-            &mut self.fuse,
-            &mut self.qkv,
-            &mut self.proj,
-            &mut self.fc1,
-            &mut self.fc2,
-        ]
+    fn linears(&mut self) -> Vec<&mut Linear> {
+        let mut out = vec![&mut self.fuse];
+        for l in &mut self.layers {
+            out.extend([&mut l.qkv, &mut l.proj, &mut l.fc1, &mut l.fc2]);
+        }
+        out
+    }
+
+    /// The number of layers.
+    pub(crate) fn n_layers(&self) -> usize {
+        self.layers.len()
     }
 
     /// The draft's settings.
@@ -328,14 +418,16 @@ impl FeatureDraft {
         self.fuse.forward(&x)
     }
 
-    /// Queries, keys and values of a fused input `[B, T, D]`.
-    pub(crate) fn qkv(&self, x: &Tensor) -> Result<Qkv> {
+    /// Queries, keys and values of layer `layer`'s input `[B, T, D]` (the fused input for the
+    /// first layer, the previous layer's output for the others).
+    pub(crate) fn qkv(&self, layer: usize, x: &Tensor) -> Result<Qkv> {
         let (b, t, _) = x.size3()?;
         let h = self.config.n_heads;
         let dh = self.config.d_model / h;
-        let qkv = self
+        let l = &self.layers[layer];
+        let qkv = l
             .qkv
-            .forward(&self.ln1.forward(x)?)?
+            .forward(&l.ln1.forward(x)?)?
             .f_view([b, t, 3, h, dh])?
             .f_permute([2, 0, 3, 1, 4])?; // [3, B, H, T, Dh]
         Ok(Qkv {
@@ -350,18 +442,19 @@ impl FeatureDraft {
         1.0 / ((self.config.d_model / self.config.n_heads) as f64).sqrt()
     }
 
-    /// The layer's output from its input `x` (`[B, T, D]`) and the attention's result
-    /// (`[B, H, T, Dh]`): the predicted hidden states `[B, T, D]`.
-    pub(crate) fn finish(&self, x: &Tensor, attended: &Tensor) -> Result<Tensor> {
+    /// Layer `layer`'s output from its input `x` (`[B, T, D]`) and the attention's result
+    /// (`[B, H, T, Dh]`); the last layer's is the predicted hidden states `[B, T, D]`.
+    pub(crate) fn finish(&self, layer: usize, x: &Tensor, attended: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.size3()?;
+        let l = &self.layers[layer];
         let y = attended
             .f_transpose(1, 2)?
             .f_contiguous()?
             .f_view([b, t, d])?;
-        let x = x.f_add(&self.proj.forward(&y)?)?;
-        let m = self
+        let x = x.f_add(&l.proj.forward(&y)?)?;
+        let m = l
             .fc2
-            .forward(&self.fc1.forward(&self.ln2.forward(&x)?)?.f_gelu("none")?)?;
+            .forward(&l.fc1.forward(&l.ln2.forward(&x)?)?.f_gelu("none")?)?;
         Ok(x.f_add(&m)?)
     }
 
@@ -484,9 +577,12 @@ mod tests {
     use super::*;
 
     /// A draft whose every weight is drawn at random (a fresh one passes its input through).
-    fn random_draft(seed: i64) -> FeatureDraft {
-        let draft = FeatureDraft::new(FeatureDraftConfig::for_base(64, 50), 0, Device::Cpu)
-            .expect("a valid draft");
+    fn random_draft(seed: i64, n_layers: i64) -> FeatureDraft {
+        let config = FeatureDraftConfig {
+            n_layers,
+            ..FeatureDraftConfig::for_base(64, 50)
+        };
+        let draft = FeatureDraft::new(config, 0, Device::Cpu).expect("a valid draft");
         tch::manual_seed(seed);
         tch::no_grad(|| {
             for (_, mut v) in draft.var_store().variables() {
@@ -497,12 +593,15 @@ mod tests {
         draft
     }
 
-    /// The layer's output for a three-position input, attention over all three.
+    /// The draft's output for an input of a few positions, attention over all of them.
     fn layer_output(draft: &FeatureDraft, hidden: &Tensor, embedded: &Tensor) -> Tensor {
-        let x = draft.fuse(hidden, embedded).unwrap();
-        let qkv = draft.qkv(&x).unwrap();
-        let attended = draft.attend(&qkv.q, &qkv.k, &qkv.v, None).unwrap();
-        draft.finish(&x, &attended).unwrap()
+        let mut x = draft.fuse(hidden, embedded).unwrap();
+        for l in 0..draft.n_layers() {
+            let qkv = draft.qkv(l, &x).unwrap();
+            let attended = draft.attend(&qkv.q, &qkv.k, &qkv.v, None).unwrap();
+            x = draft.finish(l, &x, &attended).unwrap();
+        }
+        x
     }
 
     #[test]
@@ -511,7 +610,7 @@ mod tests {
             return;
         }
         let _guard = tch::no_grad_guard();
-        let mut draft = random_draft(3);
+        let mut draft = random_draft(3, 1);
         let hidden = Tensor::randn([1, 3, 64], (Kind::Float, Device::Cpu));
         let embedded = Tensor::randn([1, 3, 64], (Kind::Float, Device::Cpu));
         let embeddings = Tensor::randn([50, 64], (Kind::Float, Device::Cpu));
@@ -543,7 +642,7 @@ mod tests {
             return;
         }
         let _guard = tch::no_grad_guard();
-        let mut draft = random_draft(5);
+        let mut draft = random_draft(5, 2);
         tch::manual_seed(9);
         let hidden = Tensor::randn([1, 6, 64], (Kind::Float, Device::Cpu));
         let embedded = Tensor::randn([1, 6, 64], (Kind::Float, Device::Cpu));
@@ -566,5 +665,45 @@ mod tests {
         draft.unpack();
         let again = layer_output(&draft, &hidden, &embedded);
         assert_eq!(f64::try_from((&again - &plain).abs().max()).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn a_grown_draft_guesses_the_same_and_saves_its_layers() {
+        let _guard = tch::no_grad_guard();
+        let draft = random_draft(7, 1);
+        tch::manual_seed(11);
+        let hidden = Tensor::randn([1, 5, 64], (Kind::Float, Device::Cpu));
+        let embedded = Tensor::randn([1, 5, 64], (Kind::Float, Device::Cpu));
+        let before = layer_output(&draft, &hidden, &embedded);
+        let grown = draft.with_layers(3).unwrap();
+        assert_eq!(grown.n_layers(), 3);
+        assert_eq!(grown.config().n_layers, 3);
+        // Fresh layers pass their input through: the same states, exactly.
+        let after = layer_output(&grown, &hidden, &embedded);
+        assert_eq!(f64::try_from((&after - &before).abs().max()).unwrap(), 0.0);
+        let e = grown.with_layers(2).unwrap_err().to_string();
+        assert!(e.contains("can only grow"), "{e}");
+
+        // Saved and loaded with its layers (weights in bfloat16: compare after one round).
+        let mut deep = random_draft(8, 2);
+        deep.set_base(Some("test".into()));
+        let dir = std::env::temp_dir().join(format!("blockwise-draft-{}", std::process::id()));
+        deep.save(&dir).unwrap();
+        let json = std::fs::read_to_string(dir.join(DRAFT_CONFIG_FILE)).unwrap();
+        assert!(json.contains("\"n_layers\": 2"), "{json}");
+        let loaded = FeatureDraft::load(&dir, Device::Cpu).unwrap();
+        loaded.save(&dir).unwrap();
+        let again = FeatureDraft::load(&dir, Device::Cpu).unwrap();
+        let (a, b) = (
+            layer_output(&loaded, &hidden, &embedded),
+            layer_output(&again, &hidden, &embedded),
+        );
+        assert_eq!(f64::try_from((&a - &b).abs().max()).unwrap(), 0.0);
+        assert_eq!(again.n_layers(), 2);
+        // A one-layer draft's file has no n_layers (files of earlier versions read the same).
+        random_draft(9, 1).save(&dir).unwrap();
+        let json = std::fs::read_to_string(dir.join(DRAFT_CONFIG_FILE)).unwrap();
+        assert!(!json.contains("n_layers"), "{json}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -96,7 +96,7 @@ impl FeatureDraftProposer {
         let projection = draft.projection(embeddings)?;
         let cache = KvCache::new(
             CacheShape {
-                layers: 1,
+                layers: config.n_layers as usize,
                 batch: 1,
                 heads: config.n_heads,
                 capacity: max_context + 1,
@@ -176,13 +176,10 @@ impl FeatureDraftProposer {
         self.draft
     }
 
-    /// Runs the draft layer over fused inputs `x` (`[1, T, D]`) written at cache positions
+    /// Runs the draft's layers over fused inputs `x` (`[1, T, D]`) written at cache positions
     /// `start..start + T`; returns the predicted states `[1, T, D]`.
     fn run(&mut self, x: &Tensor, start: usize) -> Result<Tensor> {
         let t = x.size()[1] as usize;
-        let qkv = self.draft.qkv(x)?;
-        let (keys, values) = self.cache.write(0, start, &qkv.k, &qkv.v)?;
-        self.cache.set_len(start + t);
         // One query at the end attends every key: no mask needed.
         let mask = match t {
             1 => None,
@@ -192,18 +189,27 @@ impl FeatureDraftProposer {
                 self.device,
             )?),
         };
-        let attended = self.draft.attend(&qkv.q, &keys, &values, mask.as_ref())?;
-        self.draft.finish(x, &attended)
+        self.run_layers(x, start, mask.as_ref())
     }
 
     /// Like [`FeatureDraftProposer::run`] with an explicit attention mask `[T, start + T]`.
     fn run_masked(&mut self, x: &Tensor, start: usize, mask: &Tensor) -> Result<Tensor> {
+        self.run_layers(x, start, Some(mask))
+    }
+
+    /// Every layer in turn, each writing its keys and values at `start..start + T` of its own
+    /// slice of the cache and attending under `mask` (`None`: every key).
+    fn run_layers(&mut self, x: &Tensor, start: usize, mask: Option<&Tensor>) -> Result<Tensor> {
         let t = x.size()[1] as usize;
-        let qkv = self.draft.qkv(x)?;
-        let (keys, values) = self.cache.write(0, start, &qkv.k, &qkv.v)?;
+        let mut x = x.shallow_clone();
+        for layer in 0..self.draft.n_layers() {
+            let qkv = self.draft.qkv(layer, &x)?;
+            let (keys, values) = self.cache.write(layer, start, &qkv.k, &qkv.v)?;
+            let attended = self.draft.attend(&qkv.q, &keys, &values, mask)?;
+            x = self.draft.finish(layer, &x, &attended)?;
+        }
         self.cache.set_len(start + t);
-        let attended = self.draft.attend(&qkv.q, &keys, &values, Some(mask))?;
-        self.draft.finish(x, &attended)
+        Ok(x)
     }
 
     /// Feeds the committed states handed over since the last proposal (each with the token
@@ -454,5 +460,54 @@ impl GrownTree {
             });
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feature::FeatureDraftConfig;
+
+    /// A draft of `n_layers` layers whose every weight is drawn at random.
+    fn random_proposer(n_layers: i64) -> FeatureDraftProposer {
+        let config = FeatureDraftConfig {
+            n_layers,
+            ..FeatureDraftConfig::for_base(32, 40)
+        };
+        let draft = FeatureDraft::new(config, 0, Device::Cpu).unwrap();
+        tch::manual_seed(21);
+        tch::no_grad(|| {
+            for (_, mut v) in draft.var_store().variables() {
+                v.copy_(&(Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.2));
+            }
+        });
+        let emb = Tensor::randn([40, 32], (Kind::Float, Device::Cpu));
+        FeatureDraftProposer::with_embeddings(draft, &emb, 16)
+            .unwrap()
+            .with_weights(DraftWeights::F32)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_cached_layers_give_what_one_pass_over_the_sequence_gives() {
+        let _guard = tch::no_grad_guard();
+        for n_layers in [1, 2, 3] {
+            let mut p = random_proposer(n_layers);
+            let x = Tensor::randn([1, 6, 32], (Kind::Float, Device::Cpu));
+            let whole = p.run(&x, 0).unwrap();
+            // Again from an empty cache: two positions, then one at a time, as decoding feeds
+            // committed states and then its own guesses.
+            p.cache.truncate(0);
+            let mut parts = vec![p.run(&x.narrow(1, 0, 2), 0).unwrap()];
+            for i in 2..6 {
+                parts.push(p.run(&x.narrow(1, i, 1), i as usize).unwrap());
+            }
+            let stepwise = Tensor::cat(&parts, 1);
+            let diff = f64::try_from((&stepwise - &whole).abs().max()).unwrap();
+            assert!(diff < 1e-5, "{n_layers} layers: states differ by {diff}");
+            // Each layer matters: the layers' outputs are not their inputs.
+            let moved = f64::try_from((&whole - &x).abs().max()).unwrap();
+            assert!(moved > 1e-2, "{n_layers} layers: {moved}");
+        }
     }
 }

@@ -219,8 +219,10 @@ fn unrolled(draft: &FeatureDraft, w: &Windows, unroll: usize) -> Result<Vec<(Ten
         .f_ne_tensor(&w.seg)?
         .f_unsqueeze(2)?; // [B,T,1]
     let mut passes: Vec<(Tensor, Tensor)> = Vec::with_capacity(unroll);
-    let mut keys: Vec<(Tensor, Tensor)> = Vec::with_capacity(unroll); // (k, v) of each pass
-    let scale = draft.scale();
+    // Per layer, the (k, v) of each pass.
+    let mut keys: Vec<Vec<(Tensor, Tensor)>> = (0..draft.n_layers())
+        .map(|_| Vec::with_capacity(unroll))
+        .collect();
     for d in 1..=unroll as i64 {
         let input = match passes.last() {
             None => w.hidden.shallow_clone(),
@@ -231,9 +233,6 @@ fn unrolled(draft: &FeatureDraft, w: &Windows, unroll: usize) -> Result<Vec<(Ten
                 w.hidden.f_where_self(&starts, &shifted)?
             }
         };
-        let x = draft.fuse(&input, &w.next_embedded)?;
-        let qkv = draft.qkv(&x)?;
-        keys.push((qkv.k.shallow_clone(), qkv.v.shallow_clone()));
         // Pass-1 keys: true states at positions j <= t - (d - 1) of the same sequence.
         let reach = pos
             .f_unsqueeze(0)?
@@ -241,43 +240,63 @@ fn unrolled(draft: &FeatureDraft, w: &Windows, unroll: usize) -> Result<Vec<(Ten
         let mask1 = same_seq
             .f_logical_and(&reach.f_unsqueeze(0)?)?
             .f_unsqueeze(1)?; // [B,1,T,T]
-        let (k1, v1) = &keys[0];
-        let mut scores = vec![qkv
-            .q
-            .f_matmul(&k1.f_transpose(-2, -1)?)?
-            .f_mul_scalar(scale)?
-            .f_masked_fill(&mask1.f_logical_not()?, f64::NEG_INFINITY)?];
-        let mut shifted_values = Vec::new();
-        // Passes 2..=d: one key each, the draft's own input `d - i` positions back.
-        for (i, (ki, vi)) in keys.iter().enumerate().skip(1) {
-            let back = d - 1 - i as i64;
-            let ks = shift(ki, 2, back, 0.0)?;
-            let vs = shift(vi, 2, back, 0.0)?;
-            let ok = shift(&w.seg, 1, back, -1.0)?
-                .f_eq_tensor(&w.seg)?
-                .f_unsqueeze(1)?
-                .f_unsqueeze(3)?; // [B,1,T,1]
-            let s = qkv
-                .q
-                .f_mul(&ks)?
-                .f_sum_dim_intlist(-1, true, Kind::Float)?
-                .f_mul_scalar(scale)?
-                .f_masked_fill(&ok.f_logical_not()?, f64::NEG_INFINITY)?;
-            scores.push(s);
-            shifted_values.push(vs);
+        let mut x = draft.fuse(&input, &w.next_embedded)?;
+        for (layer, keys) in keys.iter_mut().enumerate() {
+            let qkv = draft.qkv(layer, &x)?;
+            keys.push((qkv.k.shallow_clone(), qkv.v.shallow_clone()));
+            let attended = unrolled_attention(&qkv.q, keys, &mask1, &w.seg, d, draft.scale())?;
+            x = draft.finish(layer, &x, &attended)?;
         }
-        let weights = Tensor::f_cat(&scores, -1)?.f_softmax(-1, Kind::Float)?;
-        let mut attended = weights.f_narrow(-1, 0, t)?.f_matmul(v1)?;
-        for (j, vs) in shifted_values.iter().enumerate() {
-            let wj = weights.f_narrow(-1, t + j as i64, 1)?;
-            attended = attended.f_add(&wj.f_mul(vs)?)?;
-        }
-        let out = draft.finish(&x, &attended)?;
         // A pass-d output counts where its unrolled chain stays inside one sequence.
         let chain_ok = shift(&w.seg, 1, d - 1, -1.0)?.f_eq_tensor(&w.seg)?;
-        passes.push((out, target_ok.f_logical_and(&chain_ok)?));
+        passes.push((x, target_ok.f_logical_and(&chain_ok)?));
     }
     Ok(passes)
+}
+
+/// Pass `d`'s attention in one layer: queries `q` (`[B, H, T, Dh]`) over pass 1's keys at the
+/// positions `mask1` allows and, for each later pass `i` (of `keys`, one `(k, v)` per pass so
+/// far), the one key pass `i` computed for the draft's own input `d - i` positions back, as
+/// decoding's cache holds them.
+fn unrolled_attention(
+    q: &Tensor,
+    keys: &[(Tensor, Tensor)],
+    mask1: &Tensor,
+    seg: &Tensor,
+    d: i64,
+    scale: f64,
+) -> Result<Tensor> {
+    let t = q.size()[2];
+    let (k1, v1) = &keys[0];
+    let mut scores = vec![q
+        .f_matmul(&k1.f_transpose(-2, -1)?)?
+        .f_mul_scalar(scale)?
+        .f_masked_fill(&mask1.f_logical_not()?, f64::NEG_INFINITY)?];
+    let mut shifted_values = Vec::new();
+    // Passes 2..=d: one key each, the draft's own input `d - i` positions back.
+    for (i, (ki, vi)) in keys.iter().enumerate().skip(1) {
+        let back = d - 1 - i as i64;
+        let ks = shift(ki, 2, back, 0.0)?;
+        let vs = shift(vi, 2, back, 0.0)?;
+        let ok = shift(seg, 1, back, -1.0)?
+            .f_eq_tensor(seg)?
+            .f_unsqueeze(1)?
+            .f_unsqueeze(3)?; // [B,1,T,1]
+        let s = q
+            .f_mul(&ks)?
+            .f_sum_dim_intlist(-1, true, Kind::Float)?
+            .f_mul_scalar(scale)?
+            .f_masked_fill(&ok.f_logical_not()?, f64::NEG_INFINITY)?;
+        scores.push(s);
+        shifted_values.push(vs);
+    }
+    let weights = Tensor::f_cat(&scores, -1)?.f_softmax(-1, Kind::Float)?;
+    let mut attended = weights.f_narrow(-1, 0, t)?.f_matmul(v1)?;
+    for (j, vs) in shifted_values.iter().enumerate() {
+        let wj = weights.f_narrow(-1, t + j as i64, 1)?;
+        attended = attended.f_add(&wj.f_mul(vs)?)?;
+    }
+    Ok(attended)
 }
 
 /// Loss and per-pass (correct, counted) of a batch.
