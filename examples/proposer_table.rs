@@ -377,11 +377,12 @@ fn run() -> Result<()> {
                 100.0 * prop_ms / step_ms,
             );
             json_rows.push(r);
+            // Written after every row, so a run stopped part way keeps what it measured.
+            if let Some(path) = &args.json {
+                let text = serde_json::to_string_pretty(&json_rows).expect("rows serialise");
+                std::fs::write(path, text + "\n").map_err(Error::io("writing", path))?;
+            }
         }
-    }
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&json_rows).expect("rows serialise");
-        std::fs::write(path, text + "\n").map_err(Error::io("writing", path))?;
     }
     Ok(())
 }

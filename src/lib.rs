@@ -26,7 +26,8 @@
 //!
 //! The parts: [`model`] (the [`CausalLm`] adapter trait), [`cache`] (a KV cache with O(1)
 //! truncate), [`transformer`] (a built-in model with proposal heads), [`proposer`],
-//! [`verifier`], [`acceptance`], [`decoder`], [`config`] and [`stats`]. With the `testing`
+//! [`verifier`], [`acceptance`], [`decoder`], [`config`] and [`stats`]; [`cuda`] makes
+//! libtorch's CUDA backend present for models on a GPU. With the `testing`
 //! feature, [`testing`] holds conformance checks for your own models and proposers.
 
 #![warn(missing_docs)]
