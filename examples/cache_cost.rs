@@ -3,15 +3,19 @@
 //! lengths given), through the crate's TorchScript adapter.
 //!
 //! ```text
-//! cargo run --release --example cache_cost -- models/smollm2 [f32|bf16] [repeats] [PASTS] [WIDTHS]
+//! cargo run --release --example cache_cost -- models/smollm2 [f32|bf16] [repeats] [PASTS] [WIDTHS] [torchscript|native]
 //! cargo run --release --example cache_cost -- models/smollm2 bf16 20 128 1,2,3,4,6,8
 //! ```
+//!
+//! The last argument picks the backend: the TorchScript module (default) or the crate's native
+//! decoder (`blockwise::native`).
 //!
 //! Prints one markdown row per past length.
 
 use std::time::Instant;
 
 use blockwise::model::{prefill, token_tensor};
+use blockwise::native::{NativeLm, NativeOptions};
 use blockwise::torchscript::{LoadOptions, TorchScriptLm};
 use blockwise::{CausalLm, DType, Result};
 
@@ -28,14 +32,28 @@ fn main() -> Result<()> {
     let widths = list(args.next(), &[1, 5]);
     let longest =
         pasts.iter().max().copied().unwrap_or(0) + widths.iter().max().copied().unwrap_or(1);
-    let mut model = TorchScriptLm::load(
-        &dir,
-        &LoadOptions {
-            dtype,
-            max_context: Some(longest),
-            ..LoadOptions::default()
-        },
-    )?;
+    let backend = args.next().unwrap_or_else(|| "torchscript".into());
+    let mut model: Box<dyn CausalLm> = match backend.as_str() {
+        "native" => Box::new(NativeLm::load(
+            &dir,
+            &NativeOptions {
+                dtype,
+                max_context: Some(longest),
+                ..NativeOptions::default()
+            },
+        )?),
+        _ => Box::new(TorchScriptLm::load(
+            &dir,
+            &LoadOptions {
+                dtype,
+                max_context: Some(longest),
+                ..LoadOptions::default()
+            },
+        )?),
+    };
+    if backend == "native" && std::env::var("TORCH1").is_ok() {
+        tch::set_num_threads(1);
+    }
     let _guard = tch::no_grad_guard();
     let vocab = model.info().vocab_size;
     let device = model.info().device;
@@ -47,7 +65,7 @@ fn main() -> Result<()> {
     println!("|---|---|{}", "---|".repeat(widths.len()));
     for &past in &pasts {
         let prompt: Vec<i64> = (0..past as i64).map(|i| (i * 7919 + 13) % vocab).collect();
-        prefill(&mut model, &prompt, Some(256))?;
+        prefill(model.as_mut(), &prompt, Some(256))?;
         let mut row = Vec::new();
         for &t in &widths {
             let block: Vec<i64> = (0..t as i64).map(|i| (i * 31 + 5) % vocab).collect();
@@ -63,7 +81,7 @@ fn main() -> Result<()> {
             row.push(t0.elapsed().as_secs_f64() * 1e3 / repeats as f64);
         }
         let cells: Vec<String> = row.iter().map(|ms| format!("{ms:.2}")).collect();
-        println!("| {dtype:?} | {past} | {} |", cells.join(" | "));
+        println!("| {dtype:?} {backend} | {past} | {} |", cells.join(" | "));
     }
     Ok(())
 }

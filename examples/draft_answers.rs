@@ -118,6 +118,7 @@ fn run() -> Result<()> {
         dtype: DType::F32,
         heads: HeadsChoice::None,
         f32_matmul: Default::default(),
+        backend: Default::default(),
         ..BundleOptions::default()
     };
     let mut bundle = ModelBundle::load(&a.model, &options)?;

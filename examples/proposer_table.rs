@@ -9,7 +9,7 @@
 //! cargo run --release --example proposer_table -- [--model models/smollm2] [--prompts FILE]
 //!     [--count N] [--max-new-tokens N] [--dtypes f32,bf16] [--heads NAME=DIR ...]
 //!     [--draft NAME=DIR[@f32|@int8] ...] [--draft-weights auto|f32|int8] [--only TEXT]
-//!     [--device cpu|cuda[:N]] [--json FILE]
+//!     [--device cpu|cuda[:N]] [--backend torchscript|native] [--json FILE]
 //! ```
 //!
 //! `--only TEXT` keeps the rows whose proposer name contains TEXT (for example `eagle`);
@@ -23,7 +23,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use blockwise::bundle::{BundleOptions, HeadsChoice, ModelBundle};
+use blockwise::bundle::{Backend, BundleOptions, HeadsChoice, ModelBundle};
 use blockwise::config::{BlockwiseConfig, ProposerConfig};
 use blockwise::decoder::BatchBlockwise;
 use blockwise::feature::DraftWeights;
@@ -57,6 +57,7 @@ struct Args {
     draft_weights: DraftWeights,
     only: Option<String>,
     device: Device,
+    backend: Backend,
     json: Option<PathBuf>,
 }
 
@@ -72,6 +73,7 @@ fn parse() -> Result<Args> {
         draft_weights: DraftWeights::Auto,
         only: None,
         device: Device::Cpu,
+        backend: Backend::TorchScript,
         json: None,
     };
     let bad = |what: &str| Error::config("arguments", format!("{what}; see the file's header"));
@@ -108,6 +110,7 @@ fn parse() -> Result<Args> {
             "--draft-weights" => a.draft_weights = value()?.parse()?,
             "--only" => a.only = Some(value()?),
             "--device" => a.device = blockwise::cuda::parse_device(&value()?)?,
+            "--backend" => a.backend = Backend::parse(&value()?)?,
             "--json" => a.json = Some(value()?.into()),
             other => return Err(bad(&format!("unknown flag {other}"))),
         }
@@ -312,6 +315,7 @@ fn run() -> Result<()> {
                     dtype,
                     heads,
                     device: args.device,
+                    backend: args.backend,
                     ..BundleOptions::default()
                 },
             )
@@ -355,6 +359,7 @@ fn run() -> Result<()> {
             let first = beyond as f64 / iters.max(1) as f64;
             let r = serde_json::json!({
                 "dtype": dtype.to_string(), "device": format!("{:?}", args.device).to_lowercase(),
+                "backend": format!("{:?}", args.backend).to_lowercase(),
                 "proposer": row.name, "k": row.k, "tree": row.tree,
                 "prompts": prompts.len(), "mean_accepted": tokens as f64 / iters.max(1) as f64,
                 "model_calls": calls, "greedy_calls": greedy_calls,

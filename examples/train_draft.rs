@@ -188,6 +188,7 @@ fn run() -> Result<()> {
         dtype: DType::F32,
         heads: HeadsChoice::None,
         f32_matmul: Default::default(),
+        backend: Default::default(),
         ..BundleOptions::default()
     };
     let mut bundle = ModelBundle::load(&config.model, &options)?;

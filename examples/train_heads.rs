@@ -339,6 +339,7 @@ fn run(path: &Path, range: Option<(usize, usize)>) -> Result<()> {
         dtype: config.dtype,
         heads: HeadsChoice::None,
         f32_matmul: Default::default(),
+        backend: Default::default(),
         ..BundleOptions::default()
     };
     let mut bundle = ModelBundle::load(&config.model, &options)?;

@@ -531,6 +531,34 @@ class MaskedDecoder(CachedDecoder):
         return self.run(input_ids, position_ids, mask, key_pos, k_cache, v_cache, start, end)
 
 
+def native_description(spec: DecoderSpec):
+    """What the crate's native CPU decoder (src/native/) needs beyond the f32 module's weights,
+    for the plain Llama shape it computes (SiLU gates, full-width RoPE, one final norm, no
+    biases, windows, soft-caps, embedding scale or per-head norms): norm epsilon, score scale
+    and the rotary frequencies. `None` for any other shape, which the crate then refuses."""
+    norms = [spec.norm] + [n for l in spec.layers for n in (l.attn_norm, l.mlp_norm)]
+    plain = (
+        spec.activation == "silu" and spec.embed_scale is None and spec.attn_softcap is None
+        and spec.final_softcap is None and spec.lm_head_bias is None and set(spec.ropes) == {"global"}
+        and 2 * spec.ropes["global"].inv_freq.numel() == spec.head_dim
+        and len({n.eps for n in norms}) == 1 and not any(n.f32_scale for n in norms)
+        and all(l.qkv_bias is None and l.o_bias is None and l.gate_up_bias is None and l.down_bias is None
+                and l.attn_out_norm is None and l.mlp_out_norm is None and l.q_norm is None
+                and l.k_norm is None and l.window is None for l in spec.layers))
+    if not plain:
+        return None
+    rope = spec.ropes["global"]
+    return {
+        "shape": "llama",
+        "rms_norm_eps": float(spec.norm.eps),
+        "attn_scale": float(spec.attn_scale),
+        "intermediate_size": int(spec.intermediate),
+        "rope_scaling": float(rope.scaling),
+        "rope_inv_freq": [float(v) for v in rope.inv_freq.detach().float().tolist()],
+        "tied": bool(spec.tied),
+    }
+
+
 def build(spec: DecoderSpec, form: str, masked: bool = False):
     """The scripted module of `form` (`f32`, `bf16` or `int8`) over `spec`'s weights, which must
     be in the form's compute dtype (bfloat16 for int8)."""

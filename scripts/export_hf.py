@@ -457,9 +457,10 @@ def export_model(model, tok, source, out, dtypes, max_context=2048, uncached=Fal
     t0 = time.time()
     cfg = model.config
     try:
-        families.describe(model)
+        native = export_decoder.native_description(families.describe(model))
         cached = True
     except families.Unsupported as e:
+        native = None
         if not uncached:
             sys.exit(f"export_hf: {e}; only the uncached form can be exported (pass --uncached)")
         log(f"{e}: exporting the uncached form only")
@@ -486,6 +487,8 @@ def export_model(model, tok, source, out, dtypes, max_context=2048, uncached=Fal
         "dtypes": {},
         "oracles": {},
     }
+    if native is not None and "f32" in dtypes:
+        meta["native"] = native  # the crate's native CPU decoder reads the f32 module's weights
     with torch.no_grad():
         ref32 = model(input_ids=check_ids, use_cache=False).logits.float()
     for name in dtypes:

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::feature::{FeatureDraftConfig, DRAFT_CONFIG_FILE};
 use crate::heads::{HeadsConfig, WithHeads, HEADS_CONFIG_FILE};
 use crate::model::CausalLm;
+use crate::native::{NativeLm, NativeOptions};
 use crate::tokenizer::{ByteTokenizer, ChatTemplate, HfTokenizer, TextTokenizer, END_OF_TEXT};
 use crate::torchscript::{ExportMetadata, F32Matmul, LoadOptions, ModuleForm, TorchScriptLm};
 use crate::transformer::{Transformer, CONFIG_FILE};
@@ -34,6 +35,37 @@ pub struct BundleOptions {
     /// The CPU library of an exported f32 model's matrix products (default auto: oneDNN on
     /// AMD CPUs; see [`F32Matmul`]).
     pub f32_matmul: F32Matmul,
+    /// What computes an exported model: its TorchScript module (default) or the crate's native
+    /// CPU decoder ([`Backend::Native`]).
+    pub backend: Backend,
+}
+
+/// What computes an exported model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The exported TorchScript module, through libtorch (any device, every weight form).
+    #[default]
+    TorchScript,
+    /// The crate's own CPU kernels ([`NativeLm`]): plain Llama-shaped exports, f32 or bf16
+    /// weights, CPU only. Loading it sets libtorch's intra-op threads to one: libtorch's
+    /// OpenMP workers spin for milliseconds after each parallel operation, on the cores the
+    /// native decoder's threads need (SmolLM2's f32 step measured 23-28 ms with them against
+    /// 13-17 ms without, on a 2-core AMD EPYC).
+    Native,
+}
+
+impl Backend {
+    /// Parses `torchscript` or `native`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "torchscript" => Ok(Backend::TorchScript),
+            "native" => Ok(Backend::Native),
+            other => Err(Error::config(
+                "backend",
+                format!("is `{other}`; expected torchscript or native"),
+            )),
+        }
+    }
 }
 
 /// Which proposal heads a model gets. A built-in transformer keeps its own heads unless a folder
@@ -117,6 +149,36 @@ fn find_heads(dir: &Path, source: Option<&str>, choice: &HeadsChoice) -> Result<
     }
 }
 
+/// The native decoder for an export, refusing options it cannot honour.
+fn load_native(dir: &Path, options: &BundleOptions) -> Result<NativeLm> {
+    if options.device != Device::Cpu {
+        return Err(Error::config(
+            "backend",
+            format!(
+                "the native decoder runs on the CPU; device {:?} needs --backend torchscript",
+                options.device
+            ),
+        ));
+    }
+    if options.f32_matmul != F32Matmul::Auto {
+        return Err(Error::config(
+            "f32_matmul",
+            "chooses the CPU library of a TorchScript export's products; the native decoder \
+             has its own (drop --f32-matmul or use --backend torchscript)",
+        ));
+    }
+    let lm = NativeLm::load(
+        dir,
+        &NativeOptions {
+            dtype: options.dtype,
+            max_context: options.max_context,
+            ..NativeOptions::default()
+        },
+    )?;
+    tch::set_num_threads(1);
+    Ok(lm)
+}
+
 impl Default for BundleOptions {
     fn default() -> Self {
         BundleOptions {
@@ -125,6 +187,7 @@ impl Default for BundleOptions {
             max_context: None,
             heads: HeadsChoice::Auto,
             f32_matmul: F32Matmul::Auto,
+            backend: Backend::TorchScript,
         }
     }
 }
@@ -184,6 +247,16 @@ impl ModelBundle {
     }
 
     fn load_builtin(dir: &Path, options: &BundleOptions) -> Result<Self> {
+        if options.backend == Backend::Native {
+            return Err(Error::config(
+                "backend",
+                format!(
+                    "the native decoder computes exported models (metadata.json); {} is a \
+                     built-in transformer",
+                    dir.display()
+                ),
+            ));
+        }
         let mut model = Transformer::load(dir, options.device)?;
         if model.config().dtype != options.dtype {
             model.set_dtype(options.dtype)?;
@@ -229,21 +302,24 @@ impl ModelBundle {
             .dtypes
             .get(&options.dtype.to_string())
             .is_some_and(|f| f.cached.is_none() && f.uncached.is_some());
-        let model = TorchScriptLm::load(
-            dir,
-            &LoadOptions {
-                dtype: options.dtype,
-                device: options.device,
-                max_context: options.max_context,
-                f32_matmul: options.f32_matmul,
-                form: if uncached_only {
-                    ModuleForm::Uncached
-                } else {
-                    ModuleForm::Cached
+        let model: Box<dyn CausalLm> = match options.backend {
+            Backend::TorchScript => Box::new(TorchScriptLm::load(
+                dir,
+                &LoadOptions {
+                    dtype: options.dtype,
+                    device: options.device,
+                    max_context: options.max_context,
+                    f32_matmul: options.f32_matmul,
+                    form: if uncached_only {
+                        ModuleForm::Uncached
+                    } else {
+                        ModuleForm::Cached
+                    },
+                    ..LoadOptions::default()
                 },
-                ..LoadOptions::default()
-            },
-        )?;
+            )?),
+            Backend::Native => Box::new(load_native(dir, options)?),
+        };
         // Shipped heads match the exact model they were trained on; a layer-truncated export
         // of the same file has other hidden states.
         let source = match meta.source.contains_key("truncated") {
@@ -253,7 +329,7 @@ impl ModelBundle {
         let draft = find_draft(dir, source)?;
         let model: Box<dyn CausalLm> = match find_heads(dir, source, &options.heads)? {
             Some(heads) => Box::new(WithHeads::load(model, heads)?),
-            None => Box::new(model),
+            None => model,
         };
         let tokenizer =
             HfTokenizer::from_file(dir.join("tokenizer.json"), meta.eos_token_ids.clone())?;

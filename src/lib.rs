@@ -47,6 +47,7 @@ mod int8;
 pub mod masked;
 mod matmul;
 pub mod model;
+pub mod native;
 pub mod policy;
 pub mod proposer;
 pub mod rng;

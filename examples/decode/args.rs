@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use blockwise::bundle::HeadsChoice;
+use blockwise::bundle::{Backend, HeadsChoice};
 use blockwise::config::{AcceptanceConfig, ProposerConfig, VerifierConfig};
 use blockwise::feature::DraftWeights;
 use blockwise::policy::PolicyConfig;
@@ -23,7 +23,8 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
               [--max-new-tokens N] [--max-context N] [--verifier cached|recompute] [--prefill-chunk N]
               [--tie-guard M]
               [--batch N] [--tree SHAPE|dynamic:NODES]
-              [--dtype f32|bf16|f16|int8] [--device cpu|cuda[:N]] [--f32-matmul auto|blas|onednn] [--compare-greedy] [--json]
+              [--dtype f32|bf16|f16|int8] [--device cpu|cuda[:N]] [--f32-matmul auto|blas|onednn]
+              [--backend torchscript|native] [--compare-greedy] [--json]
 
   --model           `embedded` (default: the model shipped in assets/embedded, trained on
                     the King James Bible, with trained heads), a folder
@@ -74,6 +75,9 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --device          cpu (default), cuda or cuda:N (needs a CUDA build of libtorch and a GPU)
   --f32-matmul      auto (default: oneDNN on AMD CPUs, else libtorch's BLAS), blas or onednn:
                     the CPU library of an f32 export's matrix products
+  --backend         torchscript (default: the exported module) or native (the crate's own CPU
+                    kernels, blockwise::native: Llama-shaped exports, --dtype f32 or bf16
+                    weights with f32 activations; about twice as fast a step on 2 cores)
   --draft-weights   the form an eagle draft's products run in: auto (default: int8 on x86-64
                     CPUs, else f32), f32 or int8; the output is the same in each
   --compare-greedy  also decode greedily (under --temperature: plain sampling, one token per
@@ -136,6 +140,8 @@ struct Cli {
     device: String,
     #[arg(long, default_value = "auto")]
     f32_matmul: String,
+    #[arg(long, default_value = "torchscript")]
+    backend: String,
     #[arg(long)]
     draft_weights: Option<String>,
     #[arg(long)]
@@ -163,6 +169,7 @@ pub struct Args {
     pub dtype: DType,
     pub device: Device,
     pub f32_matmul: F32Matmul,
+    pub backend: Backend,
     pub chat: bool,
     pub compare_greedy: bool,
     pub json: bool,
@@ -301,6 +308,7 @@ impl Args {
             dtype: cli.dtype.parse()?,
             device,
             f32_matmul: F32Matmul::parse(&cli.f32_matmul)?,
+            backend: Backend::parse(&cli.backend)?,
             chat: cli.chat,
             compare_greedy: cli.compare_greedy,
             json: cli.json,

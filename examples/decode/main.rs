@@ -108,6 +108,7 @@ fn run(args: Args) -> Result<()> {
         max_context: args.max_context,
         heads: args.heads.clone(),
         f32_matmul: args.f32_matmul,
+        backend: args.backend,
     };
     let mut bundle = ModelBundle::load(&args.model, &options)?;
     let config = BlockwiseConfig {

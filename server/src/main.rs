@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use blockwise::bundle::{BundleOptions, HeadsChoice, ModelBundle};
+use blockwise::bundle::{Backend, BundleOptions, HeadsChoice, ModelBundle};
 use blockwise::config::{BlockwiseConfig, ProposerConfig};
 use blockwise::policy::PolicyConfig;
 use blockwise::torchscript::F32Matmul;
@@ -48,6 +48,10 @@ struct Cli {
     /// f32 export's matrix products.
     #[arg(long, default_value = "auto")]
     f32_matmul: String,
+    /// torchscript (the exported module, any device) or native (the crate's own CPU kernels:
+    /// Llama-shaped exports, f32 or bf16 weights).
+    #[arg(long, default_value = "torchscript")]
+    backend: String,
     /// Proposal heads folder, or `none` (default: the export's own, or those shipped for it).
     #[arg(long)]
     heads: Option<String>,
@@ -110,6 +114,7 @@ fn main() {
         max_context: cli.max_context,
         heads,
         f32_matmul: F32Matmul::parse(&cli.f32_matmul).unwrap_or_else(|e| fail(e)),
+        backend: Backend::parse(&cli.backend).unwrap_or_else(|e| fail(e)),
     };
     let model_name = cli.served_model_name.clone().unwrap_or_else(|| {
         PathBuf::from(&cli.model)

@@ -188,6 +188,7 @@ impl ProposerConfig {
                     max_context: Some(target.max_context),
                     heads: crate::bundle::HeadsChoice::None,
                     f32_matmul: Default::default(),
+                    backend: Default::default(),
                 };
                 let draft = ModelBundle::load(model, &options)?.model;
                 Box::new(DraftModel::new(draft, target.vocab_size)?)

@@ -94,6 +94,10 @@ pub struct ExportMetadata {
     /// Test oracles per dtype.
     #[serde(default)]
     pub oracles: BTreeMap<String, Vec<Oracle>>,
+    /// What the native CPU decoder needs beyond the f32 module's weights, for plain
+    /// Llama-shaped models ([`NativeLm`](crate::native::NativeLm)); absent for other shapes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<crate::native::NativeDescription>,
 }
 
 impl ExportMetadata {

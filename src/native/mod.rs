@@ -1,0 +1,31 @@
+//! A native CPU decoder for Llama-shaped exports: the same model as the TorchScript module of
+//! `scripts/export_hf.py`, computed by this crate's own kernels instead of libtorch's
+//! operators.
+//!
+//! Why: a TorchScript step of SmolLM2-135M dispatches about 6,000 operators (norms, RoPE,
+//! cache writes, attention, residuals), and its matrix products run below the machine's memory
+//! bandwidth (docs/benchmarks.md, "Where the time of a step goes"). Here a step is 121 products
+//! that read every weight once, at memory speed, and a few loops for the rest; a block of up to
+//! four tokens reads the weights once too.
+//!
+//! What it computes: [`NativeLm`] loads the f32 module's weights and the `native` description
+//! `metadata.json` carries (norm epsilon, score scale, rotary frequencies: written by the
+//! exporter for the plain Llama shape only: SiLU gates, full-width RoPE, no biases, windows,
+//! soft-caps or per-head norms; SmolLM2, Llama 2/3). Activations are float32; the weights are
+//! float32 ([`DType::F32`](crate::DType::F32)) or rounded once to bfloat16
+//! ([`DType::Bf16`](crate::DType::Bf16): half the bytes per step, each weight widened exactly
+//! to float32 as it is used).
+//!
+//! Exactness: every row of a block, of a batch and of a candidate tree is computed with the
+//! same operations in the same order as a one-token step (the products' order of additions
+//! does not depend on the number of rows: [`kernels`]), so blockwise and tree decoding with this
+//! model return its greedy output bit for bit. Its greedy output is the exported model's up to
+//! float32 rounding: the crate's tests compare logits with the f32 module (within the export's
+//! 2e-3) and greedy tokens with transformers' (equal, or diverging only at a near-tie).
+
+mod kernels;
+mod masked;
+mod model;
+mod pool;
+
+pub use model::{NativeDescription, NativeLm, NativeOptions};

@@ -1,0 +1,598 @@
+//! [`NativeLm`]: loading an export's weights and one decoder pass over a block.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::{CModule, Device, Kind, Tensor};
+
+use super::kernels::{axpy, dot, Matrix};
+use super::pool::Pool;
+use crate::dtype::DType;
+use crate::error::{torch_summary, Error, Result};
+use crate::model::{check_input, CausalLm, ModelInfo, ModelOutput};
+use crate::torchscript::ExportMetadata;
+
+/// What `metadata.json` says about a plain Llama-shaped model beyond its sizes (the exporter's
+/// `native` entry; absent for shapes the native decoder does not compute).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NativeDescription {
+    /// Always `llama`: RMS norms before attention and MLP, SiLU-gated MLP, full-width RoPE.
+    pub shape: String,
+    /// The epsilon of every RMS norm.
+    pub rms_norm_eps: f64,
+    /// What query · key is multiplied by (`head_dim ** -0.5`).
+    pub attn_scale: f64,
+    /// Width of the MLP's hidden layer.
+    pub intermediate_size: usize,
+    /// What RoPE's cos and sin are multiplied by (1 for most models).
+    pub rope_scaling: f64,
+    /// RoPE's frequencies, `head_dim / 2` of them (rotating halves: Llama's convention).
+    pub rope_inv_freq: Vec<f64>,
+    /// Whether the LM head is the embedding table.
+    pub tied: bool,
+}
+
+/// How to load a [`NativeLm`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NativeOptions {
+    /// Weights in float32 ([`DType::F32`], the default) or rounded to bfloat16
+    /// ([`DType::Bf16`]); activations are float32 either way.
+    pub dtype: DType,
+    /// Context to allocate the cache for (default: the model's, at most 2048).
+    pub max_context: Option<usize>,
+    /// Threads of the products (default: one per core).
+    pub threads: Option<usize>,
+}
+
+impl Default for NativeOptions {
+    fn default() -> Self {
+        NativeOptions {
+            dtype: DType::F32,
+            max_context: None,
+            threads: None,
+        }
+    }
+}
+
+/// One decoder layer's weights.
+struct Layer {
+    ln1: Vec<f32>,
+    ln2: Vec<f32>,
+    /// Queries, keys, values: `[(H + 2 KVH) Dh, D]`.
+    qkv: Matrix,
+    o: Matrix,
+    /// Gate, then up: `[2 I, D]`.
+    gate_up: Matrix,
+    down: Matrix,
+}
+
+/// Sizes of the model.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dims {
+    pub(super) layers: usize,
+    pub(super) heads: usize,
+    pub(super) kv_heads: usize,
+    pub(super) head_dim: usize,
+    pub(super) hidden: usize,
+    pub(super) inter: usize,
+    pub(super) vocab: usize,
+}
+
+/// Everything a pass reads and never writes.
+pub(super) struct Weights {
+    pub(super) dims: Dims,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    lm_head: Matrix,
+    /// The embedding table when it is not the LM head.
+    embed: Option<Matrix>,
+    eps: f32,
+    scale: f32,
+    /// RoPE's cos and sin, `[max_context, Dh / 2]` each.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    pool: Pool,
+}
+
+/// Keys and values of `rows` sequences of `slots` slots each, `[L, rows, KVH, slots, Dh]`.
+pub(super) struct Cache {
+    pub(super) rows: usize,
+    pub(super) slots: usize,
+    pub(super) k: Vec<f32>,
+    pub(super) v: Vec<f32>,
+}
+
+impl Cache {
+    pub(super) fn new(d: &Dims, rows: usize, slots: usize) -> Self {
+        let n = d.layers * rows * d.kv_heads * slots * d.head_dim;
+        // Zeroed pages come from the system lazily: a large batch cache costs nothing until
+        // its slots are written.
+        Cache {
+            rows,
+            slots,
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+        }
+    }
+
+    /// Offset of slot 0 of (layer, row, key/value head).
+    pub(super) fn base(&self, d: &Dims, l: usize, b: usize, g: usize) -> usize {
+        (((l * self.rows + b) * d.kv_heads + g) * self.slots) * d.head_dim
+    }
+}
+
+/// Which slots a query may attend.
+pub(super) enum Mask<'a> {
+    /// Slots `0..=start + t` (one sequence, slot = position).
+    Causal,
+    /// `[B, T, start + T]`, true where allowed.
+    Explicit(&'a [bool]),
+}
+
+/// A Llama-shaped export computed by the crate's own kernels. See the [module
+/// documentation](super).
+pub struct NativeLm {
+    pub(super) w: Weights,
+    pub(super) info: ModelInfo,
+    /// The one-sequence cache of [`CausalLm::forward`].
+    cache: Cache,
+    len: usize,
+    /// The batched slot cache of [`MaskedLm`](crate::MaskedLm) and its slots used.
+    pub(super) batch: Option<Cache>,
+    pub(super) batch_len: usize,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for NativeLm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeLm")
+            .field("info", &self.info)
+            .field("dtype", &self.dtype)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bad(path: &Path, problem: String) -> Error {
+    Error::BadModule {
+        path: path.display().to_string(),
+        problem,
+        source: None,
+    }
+}
+
+/// A named parameter of the module as row-major float32 `[rows, cols]`, transposed from the
+/// module's stored `[cols, rows]` when `transposed`.
+fn take(
+    params: &[(String, Tensor)],
+    path: &Path,
+    name: &str,
+    shape: [usize; 2],
+    transposed: bool,
+) -> Result<Vec<f32>> {
+    let t = params
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t)
+        .ok_or_else(|| bad(path, format!("has no parameter `{name}`")))?;
+    let want: Vec<i64> = if transposed {
+        vec![shape[1] as i64, shape[0] as i64]
+    } else if shape[0] == 1 {
+        vec![shape[1] as i64]
+    } else {
+        vec![shape[0] as i64, shape[1] as i64]
+    };
+    if t.size() != want || t.kind() != Kind::Float {
+        return Err(bad(
+            path,
+            format!(
+                "parameter `{name}` is {:?} {:?}, expected float32 {want:?}",
+                t.kind(),
+                t.size()
+            ),
+        ));
+    }
+    let t = if transposed {
+        t.f_tr()?
+    } else {
+        t.shallow_clone()
+    };
+    Ok(Vec::<f32>::try_from(&t.f_contiguous()?.f_view([-1])?)?)
+}
+
+impl NativeLm {
+    /// Loads an export folder written by `scripts/export_hf.py` whose `metadata.json` has a
+    /// `native` entry, from its f32 cached module's weights.
+    pub fn load(dir: impl AsRef<Path>, options: &NativeOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        let meta = ExportMetadata::read(dir)?;
+        if !matches!(options.dtype, DType::F32 | DType::Bf16) {
+            return Err(Error::config(
+                "dtype",
+                format!(
+                    "the native decoder keeps f32 or bf16 weights (activations f32), not {}",
+                    options.dtype
+                ),
+            ));
+        }
+        let desc = meta.native.clone().ok_or_else(|| {
+            Error::config(
+                "backend",
+                format!(
+                    "{} has no `native` description in metadata.json: the native decoder \
+                     computes plain Llama-shaped exports (this is `{}`); re-export with \
+                     scripts/export_hf.py, or use the TorchScript backend",
+                    dir.display(),
+                    meta.architecture
+                ),
+            )
+        })?;
+        let file = meta
+            .dtypes
+            .get("f32")
+            .and_then(|f| f.cached.as_ref())
+            .ok_or_else(|| {
+                Error::config(
+                    "backend",
+                    format!(
+                        "the native decoder reads the f32 cached module's weights, which {} lacks",
+                        dir.display()
+                    ),
+                )
+            })?;
+        let max_context = options
+            .max_context
+            .unwrap_or(meta.max_position_embeddings.min(2048));
+        if max_context == 0 || max_context > meta.max_position_embeddings {
+            return Err(Error::config(
+                "max_context",
+                format!(
+                    "is {max_context}; the model was trained for 1..={}",
+                    meta.max_position_embeddings
+                ),
+            ));
+        }
+        let threads = options
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if threads == 0 {
+            return Err(Error::config("threads", "must be at least 1"));
+        }
+        let d = Dims {
+            layers: meta.num_layers,
+            heads: meta.num_heads,
+            kv_heads: meta.num_kv_heads,
+            head_dim: meta.head_dim,
+            hidden: meta.hidden_size,
+            inter: desc.intermediate_size,
+            vocab: meta.vocab_size as usize,
+        };
+        if desc.shape != "llama"
+            || d.kv_heads == 0
+            || d.heads % d.kv_heads != 0
+            || d.head_dim % 2 != 0
+            || desc.rope_inv_freq.len() * 2 != d.head_dim
+        {
+            return Err(Error::config(
+                "backend",
+                format!(
+                    "metadata.json's native entry does not fit the model ({:?} shape, {} heads, \
+                     {} key/value heads, head width {}, {} rotary frequencies)",
+                    desc.shape,
+                    d.heads,
+                    d.kv_heads,
+                    d.head_dim,
+                    desc.rope_inv_freq.len()
+                ),
+            ));
+        }
+        let path = dir.join(file);
+        let module = CModule::load_on_device(&path, Device::Cpu).map_err(|e| Error::BadModule {
+            path: path.display().to_string(),
+            problem: format!(
+                "libtorch could not load it as TorchScript: {}",
+                torch_summary(&e)
+            ),
+            source: Some(e),
+        })?;
+        let params = module.named_parameters()?;
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix> {
+            let data = take(&params, &path, name, [rows, cols], true)?;
+            Ok(match options.dtype {
+                DType::Bf16 => Matrix::bf16_from_f32(rows, cols, &data),
+                _ => Matrix::f32(rows, cols, &data),
+            })
+        };
+        let vector = |name: &str| take(&params, &path, name, [1, d.hidden], false);
+        let (dh, dd) = (d.head_dim, d.hidden);
+        let mut layers = Vec::with_capacity(d.layers);
+        for i in 0..d.layers {
+            let p = |s: &str| format!("layers.{i}.{s}");
+            layers.push(Layer {
+                ln1: vector(&p("ln1.weight"))?,
+                ln2: vector(&p("ln2.weight"))?,
+                qkv: matrix(&p("qkv.wt"), (d.heads + 2 * d.kv_heads) * dh, dd)?,
+                o: matrix(&p("o.wt"), dd, d.heads * dh)?,
+                gate_up: matrix(&p("gate_up.wt"), 2 * d.inter, dd)?,
+                down: matrix(&p("down.wt"), dd, d.inter)?,
+            });
+        }
+        let lm_head = matrix("lm_head.wt", d.vocab, dd)?;
+        let embed = if desc.tied {
+            None
+        } else {
+            let data = take(&params, &path, "embed.weight", [d.vocab, dd], false)?;
+            Some(match options.dtype {
+                DType::Bf16 => Matrix::bf16_from_f32(d.vocab, dd, &data),
+                _ => Matrix::f32(d.vocab, dd, &data),
+            })
+        };
+        let norm = vector("norm.weight")?;
+        drop(params);
+        drop(module);
+        // RoPE as the export computes it: f32 position times f32 frequency, then cos and sin.
+        let half = dh / 2;
+        let mut cos = Vec::with_capacity(max_context * half);
+        let mut sin = Vec::with_capacity(max_context * half);
+        let scaling = desc.rope_scaling as f32;
+        for p in 0..max_context {
+            for &f in &desc.rope_inv_freq {
+                let a = p as f32 * f as f32;
+                cos.push(a.cos() * scaling);
+                sin.push(a.sin() * scaling);
+            }
+        }
+        let pool = Pool::new(threads)
+            .map_err(|e| Error::config("threads", format!("could not start them: {e}")))?;
+        let w = Weights {
+            dims: d,
+            layers,
+            norm,
+            lm_head,
+            embed,
+            eps: desc.rms_norm_eps as f32,
+            scale: desc.attn_scale as f32,
+            cos,
+            sin,
+            pool,
+        };
+        let mut info = ModelInfo::new(meta.vocab_size, max_context);
+        info.kind = Kind::Float;
+        Ok(NativeLm {
+            cache: Cache::new(&d, 1, max_context),
+            len: 0,
+            batch: None,
+            batch_len: 0,
+            w,
+            info,
+            dtype: options.dtype,
+        })
+    }
+
+    /// The weights' form ([`DType::F32`] or [`DType::Bf16`]).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Bytes of weights one step reads.
+    pub fn weight_bytes(&self) -> usize {
+        let w = &self.w;
+        w.layers
+            .iter()
+            .map(|l| l.qkv.bytes() + l.o.bytes() + l.gate_up.bytes() + l.down.bytes())
+            .sum::<usize>()
+            + w.lm_head.bytes()
+    }
+}
+
+/// Logits and hidden states of a pass as tensors `[B, T, V]`, `[B, T, D]`.
+pub(super) fn output(
+    logits: Vec<f32>,
+    hidden: Vec<f32>,
+    b: usize,
+    t: usize,
+    d: &Dims,
+) -> Result<ModelOutput> {
+    let (b, t) = (b as i64, t as i64);
+    Ok(ModelOutput::with_hidden(
+        Tensor::f_from_slice(&logits)?.f_view([b, t, d.vocab as i64])?,
+        Tensor::f_from_slice(&hidden)?.f_view([b, t, d.hidden as i64])?,
+    ))
+}
+
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let n = weight.len();
+    for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
+        let r = 1.0 / (ss + eps).sqrt();
+        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(weight) {
+            *o = g * (v * r);
+        }
+    }
+}
+
+/// Llama's rotation of one head (`x[i], x[i + half]` by the position's angle `i`).
+fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    for i in 0..half {
+        let (a, b) = (x[i], x[i + half]);
+        x[i] = a * cos[i] - b * sin[i];
+        x[i + half] = b * cos[i] + a * sin[i];
+    }
+}
+
+/// One pass of `B` rows of `T` tokens (`tokens`, `positions`: `[B, T]`) written at slots
+/// `start..start + T` of `cache`: logits `[B T, V]` and final hidden states `[B T, D]`.
+pub(super) fn run(
+    w: &Weights,
+    cache: &mut Cache,
+    tokens: &[i64],
+    positions: &[i64],
+    b: usize,
+    t: usize,
+    start: usize,
+    mask: Mask<'_>,
+) -> (Vec<f32>, Vec<f32>) {
+    let d = w.dims;
+    let (dh, dd, h, kvh) = (d.head_dim, d.hidden, d.heads, d.kv_heads);
+    let rep = h / kvh;
+    let n = b * t;
+    let end = start + t;
+    let half = dh / 2;
+    let qkv_w = (h + 2 * kvh) * dh;
+    let mut x = vec![0f32; n * dd];
+    for (i, &tok) in tokens.iter().enumerate() {
+        let table = w.embed.as_ref().unwrap_or(&w.lm_head);
+        table.row_f32(tok as usize, &mut x[i * dd..(i + 1) * dd]);
+    }
+    let mut hbuf = vec![0f32; n * dd];
+    let mut qkv = vec![0f32; n * qkv_w];
+    let mut y = vec![0f32; n * h * dh];
+    let mut proj = vec![0f32; n * dd];
+    let mut gu = vec![0f32; n * 2 * d.inter];
+    let mut act = vec![0f32; n * d.inter];
+    let mut scores = vec![0f32; end];
+    for (l, layer) in w.layers.iter().enumerate() {
+        rms_norm(&x, &layer.ln1, w.eps, &mut hbuf);
+        layer.qkv.product(&hbuf, n, &mut qkv, &w.pool);
+        for i in 0..n {
+            let p = positions[i] as usize;
+            let (c, s) = (
+                &w.cos[p * half..(p + 1) * half],
+                &w.sin[p * half..(p + 1) * half],
+            );
+            let row = &mut qkv[i * qkv_w..(i + 1) * qkv_w];
+            for head in row[..(h + kvh) * dh].chunks_exact_mut(dh) {
+                rope(head, c, s);
+            }
+            let (bi, ti) = (i / t, i % t);
+            for g in 0..kvh {
+                let at = cache.base(&d, l, bi, g) + (start + ti) * dh;
+                cache.k[at..at + dh].copy_from_slice(&row[(h + g) * dh..(h + g + 1) * dh]);
+                cache.v[at..at + dh]
+                    .copy_from_slice(&row[(h + kvh + g) * dh..(h + kvh + g + 1) * dh]);
+            }
+        }
+        for i in 0..n {
+            let (bi, ti) = (i / t, i % t);
+            let allowed = |s: usize| match mask {
+                Mask::Causal => s <= start + ti,
+                Mask::Explicit(m) => m[i * end + s],
+            };
+            for hd in 0..h {
+                let g = hd / rep;
+                let base = cache.base(&d, l, bi, g);
+                let q = &qkv[i * qkv_w + hd * dh..i * qkv_w + (hd + 1) * dh];
+                let mut max = f32::NEG_INFINITY;
+                for (s, sc) in scores.iter_mut().enumerate() {
+                    *sc = if allowed(s) {
+                        let v = dot(q, &cache.k[base + s * dh..base + (s + 1) * dh]) * w.scale;
+                        max = max.max(v);
+                        v
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                }
+                let mut sum = 0f32;
+                for sc in scores.iter_mut() {
+                    *sc = (*sc - max).exp();
+                    sum += *sc;
+                }
+                let out = &mut y[i * h * dh + hd * dh..i * h * dh + (hd + 1) * dh];
+                out.fill(0.0);
+                for (s, &p) in scores.iter().enumerate() {
+                    if p != 0.0 {
+                        axpy(p / sum, &cache.v[base + s * dh..base + (s + 1) * dh], out);
+                    }
+                }
+            }
+        }
+        layer.o.product(&y, n, &mut proj, &w.pool);
+        for (xv, pv) in x.iter_mut().zip(&proj) {
+            *xv += pv;
+        }
+        rms_norm(&x, &layer.ln2, w.eps, &mut hbuf);
+        layer.gate_up.product(&hbuf, n, &mut gu, &w.pool);
+        for i in 0..n {
+            let row = &gu[i * 2 * d.inter..(i + 1) * 2 * d.inter];
+            let (gate, up) = row.split_at(d.inter);
+            for ((a, &g), &u) in act[i * d.inter..(i + 1) * d.inter]
+                .iter_mut()
+                .zip(gate)
+                .zip(up)
+            {
+                *a = g / (1.0 + (-g).exp()) * u;
+            }
+        }
+        layer.down.product(&act, n, &mut proj, &w.pool);
+        for (xv, pv) in x.iter_mut().zip(&proj) {
+            *xv += pv;
+        }
+    }
+    let mut hidden = vec![0f32; n * dd];
+    rms_norm(&x, &w.norm, w.eps, &mut hidden);
+    let mut logits = vec![0f32; n * d.vocab];
+    w.lm_head.product(&hidden, n, &mut logits, &w.pool);
+    (logits, hidden)
+}
+
+impl CausalLm for NativeLm {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn forward(&mut self, tokens: &Tensor, start: usize) -> Result<ModelOutput> {
+        let t = check_input(tokens, self.info.vocab_size, "NativeLm::forward")?;
+        if start > self.len {
+            return Err(Error::CacheGap {
+                start,
+                cached: self.len,
+            });
+        }
+        if start + t > self.info.max_context {
+            return Err(Error::BlockBeyondContext {
+                start,
+                block_len: t,
+                max_context: self.info.max_context,
+            });
+        }
+        let ids: Vec<i64> = Vec::try_from(&tokens.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
+        let positions: Vec<i64> = (start as i64..(start + t) as i64).collect();
+        let (logits, hidden) = run(
+            &self.w,
+            &mut self.cache,
+            &ids,
+            &positions,
+            1,
+            t,
+            start,
+            Mask::Causal,
+        );
+        self.len = start + t;
+        output(logits, hidden, 1, t, &self.w.dims)
+    }
+
+    fn cached_len(&self) -> usize {
+        self.len
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        self.len = self.len.min(len);
+        Ok(())
+    }
+
+    fn token_embeddings(&self) -> Option<Tensor> {
+        let d = self.w.dims;
+        let table = self.w.embed.as_ref().unwrap_or(&self.w.lm_head);
+        let mut data = vec![0f32; d.vocab * d.hidden];
+        for (r, row) in data.chunks_exact_mut(d.hidden).enumerate() {
+            table.row_f32(r, row);
+        }
+        Tensor::f_from_slice(&data)
+            .and_then(|t| t.f_view([d.vocab as i64, d.hidden as i64]))
+            .ok()
+    }
+
+    fn as_masked(&mut self) -> Option<&mut dyn crate::masked::MaskedLm> {
+        Some(self)
+    }
+}

@@ -1,0 +1,324 @@
+//! The native CPU decoder (`blockwise::native`) on SmolLM2-135M-Instruct (`make smollm2`):
+//! the same numbers as the TorchScript module, transformers' greedy output, and blockwise,
+//! tree and batched decoding bit-for-bit equal to its own greedy decoding. A test binary of its
+//! own: loading the native backend through a bundle sets libtorch's threads to one.
+
+use std::path::{Path, PathBuf};
+
+use blockwise::bundle::{Backend, BundleOptions, ModelBundle};
+use blockwise::feature::{FeatureDraft, FeatureDraftProposer};
+use blockwise::native::{NativeLm, NativeOptions};
+use blockwise::testing::{Conformance, RandomProposer};
+use blockwise::torchscript::{F32Matmul, LoadOptions, Oracle, TorchScriptLm};
+use blockwise::{
+    BatchBlockwise, Blockwise, BlockwiseDecoder, CausalLm, DType, DecodeConfig, Error,
+    GreedyDecoder, NGram,
+};
+use tch::{Device, Tensor};
+
+fn dir() -> PathBuf {
+    let d = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/models/smollm2"));
+    assert!(
+        d.join("metadata.json").is_file(),
+        "{} is missing: run `make smollm2` (make test does)",
+        d.display()
+    );
+    d
+}
+
+fn native(dtype: DType, max_context: usize) -> NativeLm {
+    NativeLm::load(
+        dir(),
+        &NativeOptions {
+            dtype,
+            max_context: Some(max_context),
+            threads: Some(2),
+        },
+    )
+    .expect("load SmolLM2 natively")
+}
+
+fn bundle(dtype: DType) -> ModelBundle {
+    ModelBundle::load(
+        dir().to_str().unwrap(),
+        &BundleOptions {
+            dtype,
+            max_context: Some(512),
+            backend: Backend::Native,
+            ..BundleOptions::default()
+        },
+    )
+    .expect("load SmolLM2 with the native backend")
+}
+
+fn oracles(b: &ModelBundle) -> Vec<Oracle> {
+    let o = b.metadata.as_ref().unwrap().oracles["f32"].clone();
+    assert!(o.len() >= 5);
+    o
+}
+
+/// Logits and hidden states of a prompt and then of a 3-token block after it, against the f32
+/// TorchScript module's: within the export's own check (2e-3), identical argmaxes.
+#[test]
+fn logits_match_the_torchscript_module_in_float32() {
+    let _g = tch::no_grad_guard();
+    let mut ts = TorchScriptLm::load(
+        dir(),
+        &LoadOptions {
+            max_context: Some(128),
+            f32_matmul: F32Matmul::Blas,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut nat = native(DType::F32, 128);
+    let prompt: Vec<i64> = (0..37).map(|i| (i * 7919 + 11) % 49152).collect();
+    let block: Vec<i64> = vec![504, 3575, 282];
+    for (ids, start) in [(&prompt, 0usize), (&block, prompt.len())] {
+        let t = Tensor::from_slice(ids).unsqueeze(0);
+        let a = ts.forward(&t, start).unwrap();
+        let b = nat.forward(&t, start).unwrap();
+        let d = (&a.logits - &b.logits).abs().max().double_value(&[]);
+        assert!(d < 2e-3, "start {start}: largest logit difference {d}");
+        let h = (a.hidden.unwrap() - b.hidden.unwrap())
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(
+            h < 2e-3,
+            "start {start}: largest hidden-state difference {h}"
+        );
+        assert!(a
+            .logits
+            .argmax(-1, false)
+            .equal(&b.logits.argmax(-1, false)));
+    }
+    assert_eq!(nat.cached_len(), prompt.len() + block.len());
+}
+
+/// transformers' greedy continuations of the export's oracle prompts, token for token.
+#[test]
+fn greedy_equals_transformers_in_float32() {
+    let mut b = bundle(DType::F32);
+    for o in oracles(&b) {
+        let cfg = DecodeConfig::new(o.greedy_ids.len()).with_eos(b.eos.clone());
+        let out = GreedyDecoder::new(&mut b.model)
+            .decode(&o.input_ids, &cfg)
+            .unwrap();
+        assert_eq!(out.tokens, o.greedy_ids, "prompt {:?}", o.prompt);
+    }
+}
+
+/// bf16 weights (f32 activations): transformers' f32 greedy output, or a divergence where the
+/// f32 model's two best logits are within 1.0 (bf16 rounding moves logits by up to ~2.8).
+#[test]
+fn bf16_weights_follow_float32_greedy_or_diverge_at_a_near_tie() {
+    let mut b = bundle(DType::Bf16);
+    let mut f = native(DType::F32, 512);
+    let mut diverged = 0;
+    for o in oracles(&b) {
+        let cfg = DecodeConfig::new(o.greedy_ids.len()).with_eos(b.eos.clone());
+        let out = GreedyDecoder::new(&mut b.model)
+            .decode(&o.input_ids, &cfg)
+            .unwrap();
+        let Some(i) = out
+            .tokens
+            .iter()
+            .zip(&o.greedy_ids)
+            .position(|(a, b)| a != b)
+        else {
+            assert_eq!(out.tokens, o.greedy_ids, "prompt {:?}", o.prompt);
+            continue;
+        };
+        diverged += 1;
+        let context: Vec<i64> = o
+            .input_ids
+            .iter()
+            .chain(&o.greedy_ids[..i])
+            .copied()
+            .collect();
+        let logits = f
+            .forward(&Tensor::from_slice(&context).unsqueeze(0), 0)
+            .unwrap()
+            .logits
+            .select(1, -1)
+            .squeeze();
+        let gap = logits.double_value(&[o.greedy_ids[i]]) - logits.double_value(&[out.tokens[i]]);
+        assert!(
+            gap < 1.0,
+            "prompt {:?}: diverged at {i} with a gap of {gap}",
+            o.prompt
+        );
+    }
+    eprintln!("bf16 weights diverged from f32 greedy on {diverged} oracle prompts (near-ties)");
+}
+
+/// Blockwise chains (feature draft, n-gram), dynamic trees and batched rows on the native
+/// model return its own greedy output exactly: every row of a block is computed as a one-token
+/// step would compute it, in f32 and with bf16 weights.
+#[test]
+fn blockwise_trees_and_batches_equal_native_greedy() {
+    let _g = tch::no_grad_guard();
+    for dtype in [DType::F32, DType::Bf16] {
+        let mut b = bundle(dtype);
+        let draft = b.draft.clone().expect("the shipped SmolLM2 draft");
+        let prompts: Vec<Vec<i64>> = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/prompts/chat24.txt"),
+        )
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(3)
+        .map(|l| b.encode_prompt(l, true).unwrap())
+        .collect();
+        let cfg = DecodeConfig::new(40).with_eos(b.eos.clone());
+        let greedy: Vec<Vec<i64>> = prompts
+            .iter()
+            .map(|p| {
+                GreedyDecoder::new(&mut b.model)
+                    .decode(p, &cfg)
+                    .unwrap()
+                    .tokens
+            })
+            .collect();
+        let proposer =
+            FeatureDraftProposer::new(FeatureDraft::load(&draft, Device::Cpu).unwrap(), &*b.model)
+                .unwrap();
+        let mut chain = Blockwise::builder(&mut b.model)
+            .block_size(5)
+            .proposer(proposer)
+            .build()
+            .unwrap();
+        let mut accepted = (0, 0);
+        for (p, g) in prompts.iter().zip(&greedy) {
+            let out = chain.decode(p, &cfg).unwrap();
+            assert_eq!(&out.tokens, g, "{dtype}: draft chain");
+            accepted = (
+                accepted.0 + out.tokens.len(),
+                accepted.1 + out.stats.iterations,
+            );
+        }
+        assert!(
+            accepted.0 > accepted.1,
+            "the draft never got a token accepted"
+        );
+        let mut ngram = Blockwise::builder(&mut b.model)
+            .block_size(4)
+            .proposer(NGram::new(1, 3).unwrap())
+            .build()
+            .unwrap();
+        for (p, g) in prompts.iter().zip(&greedy) {
+            assert_eq!(&ngram.decode(p, &cfg).unwrap().tokens, g, "{dtype}: n-gram");
+        }
+        let emb = b.model.token_embeddings().unwrap();
+        let dir = draft.clone();
+        let mut tree = BatchBlockwise::builder(&mut b.model)
+            .block_size(5)
+            .proposer_factory(false, move || {
+                let d = FeatureDraft::load(&dir, Device::Cpu)?;
+                Ok(
+                    Box::new(FeatureDraftProposer::with_embeddings(d, &emb, 512)?)
+                        as Box<dyn blockwise::Proposer>,
+                )
+            })
+            .dynamic_tree(12)
+            .slots(1) // compacts every few iterations
+            .build()
+            .unwrap();
+        let outs = tree.decode_batch(&prompts, &cfg).unwrap();
+        for (out, g) in outs.iter().zip(&greedy) {
+            assert_eq!(&out.tokens, g, "{dtype}: dynamic trees, 3 rows");
+        }
+    }
+}
+
+#[test]
+fn conformance_suite_passes_on_the_native_model() {
+    let mut m = native(DType::F32, 64);
+    let vocab = m.info().vocab_size;
+    Conformance::new()
+        .cases(8)
+        .block_sizes(1..=6)
+        .max_new_tokens(0..=10)
+        .max_prompt_len(8)
+        .run(&mut m, |seed| Box::new(RandomProposer::new(vocab, seed)))
+        .unwrap();
+}
+
+/// What the native backend cannot do is refused with a typed error naming the option.
+#[test]
+fn options_it_cannot_honour_are_refused() {
+    let field = |e: Error| match e {
+        Error::InvalidConfig { field, .. } => field,
+        other => panic!("expected InvalidConfig, got {other}"),
+    };
+    let load = |options: BundleOptions| {
+        ModelBundle::load(
+            dir().to_str().unwrap(),
+            &BundleOptions {
+                backend: Backend::Native,
+                ..options
+            },
+        )
+        .map(|_| ())
+        .unwrap_err()
+    };
+    assert_eq!(
+        field(load(BundleOptions {
+            dtype: DType::Int8,
+            ..Default::default()
+        })),
+        "dtype"
+    );
+    assert_eq!(
+        field(load(BundleOptions {
+            f32_matmul: F32Matmul::OneDnn,
+            ..Default::default()
+        })),
+        "f32_matmul"
+    );
+    assert_eq!(
+        field(load(BundleOptions {
+            device: Device::Cuda(0),
+            ..Default::default()
+        })),
+        "backend"
+    );
+    let builtin = ModelBundle::load(
+        "embedded",
+        &BundleOptions {
+            backend: Backend::Native,
+            ..Default::default()
+        },
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert_eq!(field(builtin), "backend");
+    // An export without a native description (another shape): a copy of the metadata without
+    // it, beside links to the modules.
+    let tmp = std::env::temp_dir().join(format!("blockwise-native-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("metadata.json")).unwrap())
+            .unwrap();
+    meta.as_object_mut().unwrap().remove("native");
+    std::fs::write(tmp.join("metadata.json"), meta.to_string()).unwrap();
+    let err = NativeLm::load(&tmp, &NativeOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("no `native` description"), "{err}");
+    assert_eq!(field(err), "backend");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    // A block past the allocated context and a gap in the cache are refused too.
+    let mut m = native(DType::F32, 16);
+    let long = Tensor::from_slice(&[1i64; 17]).unsqueeze(0);
+    assert!(matches!(
+        m.forward(&long, 0),
+        Err(Error::BlockBeyondContext { .. })
+    ));
+    let one = Tensor::from_slice(&[1i64]).unsqueeze(0);
+    assert!(matches!(m.forward(&one, 3), Err(Error::CacheGap { .. })));
+    let bad = Tensor::from_slice(&[49152i64]).unsqueeze(0);
+    assert!(matches!(
+        m.forward(&bad, 0),
+        Err(Error::TokenOutOfVocabulary { .. })
+    ));
+}
