@@ -51,7 +51,8 @@ fn main() -> Result<()> {
             },
         )?),
     };
-    if backend == "native" && std::env::var("TORCH1").is_ok() {
+    if backend == "native" {
+        // As `Backend::Native` does: libtorch's spinning OpenMP workers would take the cores.
         tch::set_num_threads(1);
     }
     let _guard = tch::no_grad_guard();

@@ -18,8 +18,10 @@ two programs round by round so that both see the same machine:
   llama-completion, next to the crate's `--proposer ngram --k K` against its own greedy decoding;
   whether each output equals its own greedy output.
 
-Pairs: llama.cpp F32 with the crate's f32 export, BF16 with bf16, Q8_0 with the int8 weight form.
-llama.cpp is a benchmark reference only; the crate never links it. Prints markdown tables.
+Pairs: llama.cpp F32 with the crate's f32 export, BF16 with bf16, Q8_0 with the int8 weight form;
+a third field names the crate's backend (`F32:f32:native`: the crate's own CPU kernels,
+`--backend native`; default the TorchScript module). llama.cpp is a benchmark reference only; the
+crate never links it. Prints markdown tables.
 """
 
 import argparse
@@ -119,17 +121,17 @@ def llama_bench(gguf, threads):
     return 1e3 / row["avg_ts"]
 
 
-def crate_decode(dtype, prompts, n, extra, model_dir):
+def crate_decode(dtype, backend, prompts, n, extra, model_dir):
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
         f.write("\n".join(p.replace("\n", "\\n") for p in [prompts[0]] + prompts) + "\n")  # first: warm-up
         f.flush()
         r = run(["target/release/examples/decode", "--model", model_dir, "--dtype", dtype, "--chat", "--json",
-                 "--compare-greedy", "--max-new-tokens", str(n), "--prompt-file", f.name] + extra)
+                 "--compare-greedy", "--max-new-tokens", str(n), "--prompt-file", f.name, "--backend", backend] + extra)
     return [json.loads(l) for l in r.stdout.splitlines()][1:]
 
 
-def crate_step(dtype, model_dir):
-    r = run(["target/release/examples/cache_cost", model_dir, dtype, "20", "64", "1"])
+def crate_step(dtype, backend, model_dir):
+    r = run(["target/release/examples/cache_cost", model_dir, dtype, "20", "64", "1", backend])
     return float(r.stdout.strip().splitlines()[-1].strip(" |").split("|")[-1])
 
 
@@ -147,7 +149,11 @@ def main():
     ap.add_argument("--json", help="write every measurement here")
     args = ap.parse_args()
     run(["bash", "scripts/build_llamacpp.sh"])
-    pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
+    pairs = []
+    for p in args.pairs.split(","):
+        q, d, *b = p.split(":")
+        pairs.append((q, d, b[0] if b else "torchscript"))
+    label = lambda q, d, b: f"{q} / {d}" + (" (native)" if b == "native" else "")
     read = lambda path: [l.strip().replace("\\n", "\n") for l in open(os.path.join(ROOT, path)) if l.strip()]
     chat = read(args.chat_prompts)[: args.chat_count]
     lookup = read(args.lookup_prompts)
@@ -158,16 +164,16 @@ def main():
     model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     res = {q: {"bench": [], "step": [], "lc_greedy": [], "lc_lookup": [], "lc_same": [], "lc_acc": [],
                "cr_greedy": [], "cr_ngram": [], "cr_same": [], "cr_acc": [], "lc_chat": [], "cr_chat": []}
-           for q, _ in pairs}
+           for q, d, b in pairs for q in [label(q, d, b)]}
     for rnd in range(args.rounds):
-        for q, d in pairs:
+        for q, d, b in pairs:
             g = converted(q)
-            r = res[q]
-            print(f"round {rnd + 1}/{args.rounds}: {q} / {d}", file=sys.stderr, flush=True)
+            r = res[label(q, d, b)]
+            print(f"round {rnd + 1}/{args.rounds}: {label(q, d, b)}", file=sys.stderr, flush=True)
             r["bench"].append(llama_bench(g, args.threads))
-            r["step"].append(crate_step(d, args.model_dir))
+            r["step"].append(crate_step(d, b, args.model_dir))
             r["lc_chat"].append(statistics.mean(llama_greedy(g, t, n, args.threads)[1] for t in chat_t))
-            rows = crate_decode(d, chat, n, ["--proposer", "none", "--k", "1"], args.model_dir)
+            rows = crate_decode(d, b, chat, n, ["--proposer", "none", "--k", "1"], args.model_dir)
             r["cr_chat"].append(statistics.mean(x["greedy"]["wall_s"] * 1e3 / len(x["greedy"]["tokens"]) for x in rows))
             gl, ll, same, acc = [], [], 0, [0, 0]
             for t in lookup_t:
@@ -182,7 +188,7 @@ def main():
             r["lc_lookup"].append(statistics.mean(ll))
             r["lc_same"].append(same)
             r["lc_acc"].append(acc[0] / max(acc[1], 1))
-            rows = crate_decode(d, lookup, n, ["--proposer", "ngram", "--k", str(args.k)], args.model_dir)
+            rows = crate_decode(d, b, lookup, n, ["--proposer", "ngram", "--k", str(args.k)], args.model_dir)
             r["cr_greedy"].append(statistics.mean(x["greedy"]["wall_s"] * 1e3 / len(x["greedy"]["tokens"]) for x in rows))
             r["cr_ngram"].append(statistics.mean(x["stats"]["wall_s"] * 1e3 / len(x["tokens"]) for x in rows))
             r["cr_same"].append(sum(bool(x["identical"]) for x in rows))
@@ -193,18 +199,18 @@ def main():
     print("| weights (llama.cpp / crate) | one-token step ms: llama.cpp tg64 / crate | crate / llama.cpp | "
           f"greedy chat ms/token ({len(chat)} prompts): llama.cpp / crate | crate / llama.cpp |")
     print("|---|---|---|---|---|")
-    for q, d in pairs:
+    for q in res:
         r = res[q]
-        print(f"| {q} / {d} | {med(r['bench']):.1f} / {med(r['step']):.1f} | {med(r['step']) / med(r['bench']):.2f} | "
+        print(f"| {q} | {med(r['bench']):.1f} / {med(r['step']):.1f} | {med(r['step']) / med(r['bench']):.2f} | "
               f"{med(r['lc_chat']):.1f} / {med(r['cr_chat']):.1f} | {med(r['cr_chat']) / med(r['lc_chat']):.2f} |")
     print(f"\nPrompt lookup on {len(lookup)} copy-heavy prompts ({args.lookup_prompts}), drafts of up to {args.k} "
           "tokens, each against its own greedy decoding:\n")
     print("| weights | llama.cpp greedy / lookup ms/token | llama.cpp speedup | draft acceptance | same as greedy | "
           "crate greedy / ngram ms/token | crate speedup | mean accepted | identical |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for q, d in pairs:
+    for q in res:
         r = res[q]
-        print(f"| {q} / {d} | {med(r['lc_greedy']):.1f} / {med(r['lc_lookup']):.1f} | "
+        print(f"| {q} | {med(r['lc_greedy']):.1f} / {med(r['lc_lookup']):.1f} | "
               f"{med(r['lc_greedy']) / med(r['lc_lookup']):.2f}x | {med(r['lc_acc']):.0%} | {min(r['lc_same'])}/{len(lookup)} | "
               f"{med(r['cr_greedy']):.1f} / {med(r['cr_ngram']):.1f} | {med(r['cr_greedy']) / med(r['cr_ngram']):.2f}x | "
               f"{med(r['cr_acc']):.2f} | {min(r['cr_same'])}/{len(lookup)} |")

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{CModule, Device, Kind, Tensor};
 
-use super::kernels::{axpy, dot, Matrix};
+use super::kernels::{exp_shifted, scores, silu_mul, weighted_sums, Matrix};
 use super::pool::Pool;
 use crate::dtype::DType;
 use crate::error::{torch_summary, Error, Result};
@@ -420,6 +420,61 @@ fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: hands disjoint parts of one buffer to the threads of one `Pool::run`.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// The `rep` query heads `q` (`[rep, dh]`) that share one key/value head, over the first `n`
+/// slots (`keys`, `values`: `[slots, dh]` from slot 0) that `allowed` picks: softmax of the
+/// scaled scores, then the weighted sums of values into `out` (`[rep, dh]`). Slots in order, and
+/// each head's numbers independent of the others', so a query gets the same attention
+/// whichever block it came in.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    q: &[f32],
+    rep: usize,
+    keys: &[f32],
+    values: &[f32],
+    n: usize,
+    dh: usize,
+    scale: f32,
+    scratch: &mut [f32],
+    allowed: impl Fn(usize) -> bool,
+    out: &mut [f32],
+) {
+    let mut r0 = 0;
+    while r0 < rep {
+        let g = (rep - r0).min(4);
+        scores(
+            &q[r0 * dh..(r0 + g) * dh],
+            g,
+            keys,
+            n,
+            dh,
+            &mut scratch[r0 * n..(r0 + g) * n],
+        );
+        r0 += g;
+    }
+    for row in scratch[..rep * n].chunks_exact_mut(n) {
+        let mut max = f32::NEG_INFINITY;
+        for (s, sc) in row.iter_mut().enumerate() {
+            if allowed(s) {
+                *sc *= scale;
+                max = max.max(*sc);
+            } else {
+                *sc = f32::NEG_INFINITY;
+            }
+        }
+        let sum = exp_shifted(row, max);
+        for sc in row.iter_mut() {
+            *sc /= sum;
+        }
+    }
+    weighted_sums(&scratch[..rep * n], rep, values, n, dh, out);
+}
+
 /// One pass of `B` rows of `T` tokens (`tokens`, `positions`: `[B, T]`) written at slots
 /// `start..start + T` of `cache`: logits `[B T, V]` and final hidden states `[B T, D]`.
 pub(super) fn run(
@@ -450,7 +505,6 @@ pub(super) fn run(
     let mut proj = vec![0f32; n * dd];
     let mut gu = vec![0f32; n * 2 * d.inter];
     let mut act = vec![0f32; n * d.inter];
-    let mut scores = vec![0f32; end];
     for (l, layer) in w.layers.iter().enumerate() {
         rms_norm(&x, &layer.ln1, w.eps, &mut hbuf);
         layer.qkv.product(&hbuf, n, &mut qkv, &w.pool);
@@ -472,56 +526,56 @@ pub(super) fn run(
                     .copy_from_slice(&row[(h + kvh + g) * dh..(h + kvh + g + 1) * dh]);
             }
         }
-        for i in 0..n {
-            let (bi, ti) = (i / t, i % t);
-            let allowed = |s: usize| match mask {
-                Mask::Causal => s <= start + ti,
-                Mask::Explicit(m) => m[i * end + s],
-            };
-            for hd in 0..h {
-                let g = hd / rep;
-                let base = cache.base(&d, l, bi, g);
-                let q = &qkv[i * qkv_w + hd * dh..i * qkv_w + (hd + 1) * dh];
-                let mut max = f32::NEG_INFINITY;
-                for (s, sc) in scores.iter_mut().enumerate() {
-                    *sc = if allowed(s) {
-                        let v = dot(q, &cache.k[base + s * dh..base + (s + 1) * dh]) * w.scale;
-                        max = max.max(v);
-                        v
-                    } else {
-                        f32::NEG_INFINITY
-                    };
-                }
-                let mut sum = 0f32;
-                for sc in scores.iter_mut() {
-                    *sc = (*sc - max).exp();
-                    sum += *sc;
-                }
-                let out = &mut y[i * h * dh + hd * dh..i * h * dh + (hd + 1) * dh];
-                out.fill(0.0);
-                for (s, &p) in scores.iter().enumerate() {
-                    if p != 0.0 {
-                        axpy(p / sum, &cache.v[base + s * dh..base + (s + 1) * dh], out);
-                    }
-                }
+        // Attention, the (row, key/value head) pairs split between the threads: each writes
+        // the heads of `y` that share its key/value head, and reads the cache written above.
+        let pairs = n * kvh;
+        let parts = w.pool.threads();
+        let per = pairs.div_ceil(parts);
+        let y_ptr = SendPtr(y.as_mut_ptr());
+        let (cache_ref, qkv_ref, mask_ref) = (&*cache, &qkv[..], &mask);
+        w.pool.run(&|p| {
+            let y_ptr = y_ptr;
+            let mut scratch = vec![0f32; rep * end];
+            for pair in (p * per)..((p + 1) * per).min(pairs) {
+                let (i, g) = (pair / kvh, pair % kvh);
+                let (bi, ti) = (i / t, i % t);
+                let base = cache_ref.base(&d, l, bi, g);
+                let q = &qkv_ref[i * qkv_w + g * rep * dh..i * qkv_w + (g + 1) * rep * dh];
+                let allowed = |s: usize| match mask_ref {
+                    Mask::Causal => s <= start + ti,
+                    Mask::Explicit(m) => m[i * end + s],
+                };
+                // SAFETY: pair (i, g) owns y[i, g * rep * dh..(g + 1) * rep * dh]; `y` outlives
+                // the run.
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(y_ptr.0.add(i * h * dh + g * rep * dh), rep * dh)
+                };
+                attend(
+                    q,
+                    rep,
+                    &cache_ref.k[base..],
+                    &cache_ref.v[base..],
+                    end,
+                    dh,
+                    w.scale,
+                    &mut scratch,
+                    allowed,
+                    out,
+                );
             }
-        }
+        });
         layer.o.product(&y, n, &mut proj, &w.pool);
         for (xv, pv) in x.iter_mut().zip(&proj) {
             *xv += pv;
         }
         rms_norm(&x, &layer.ln2, w.eps, &mut hbuf);
         layer.gate_up.product(&hbuf, n, &mut gu, &w.pool);
-        for i in 0..n {
-            let row = &gu[i * 2 * d.inter..(i + 1) * 2 * d.inter];
+        for (row, a) in gu
+            .chunks_exact(2 * d.inter)
+            .zip(act.chunks_exact_mut(d.inter))
+        {
             let (gate, up) = row.split_at(d.inter);
-            for ((a, &g), &u) in act[i * d.inter..(i + 1) * d.inter]
-                .iter_mut()
-                .zip(gate)
-                .zip(up)
-            {
-                *a = g / (1.0 + (-g).exp()) * u;
-            }
+            silu_mul(gate, up, a);
         }
         layer.down.product(&act, n, &mut proj, &w.pool);
         for (xv, pv) in x.iter_mut().zip(&proj) {
