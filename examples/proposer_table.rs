@@ -236,6 +236,7 @@ fn run_row(
     bundle: &mut ModelBundle,
     row: &Row,
     dtype: DType,
+    backend: Backend,
     prompts: &[Vec<i64>],
     decode: &DecodeConfig,
 ) -> Result<Measured> {
@@ -267,8 +268,9 @@ fn run_row(
                 } else {
                     PolicyConfig::Fixed
                 },
-                // Blocks round differently from one-token steps in low precision.
-                tie_guard: (dtype != DType::F32).then_some(0.5),
+                // TorchScript blocks round differently from one-token steps in low precision;
+                // the native decoder computes every block row as a step would, so needs none.
+                tie_guard: (dtype != DType::F32 && backend == Backend::TorchScript).then_some(0.5),
                 ..BlockwiseConfig::heads(row.k)
             };
             let mut d = Blockwise::from_config(&mut bundle.model, &config, None)?;
@@ -338,7 +340,7 @@ fn run() -> Result<()> {
             let greedy_tokens: usize = greedy.iter().map(|g| g.tokens.len()).sum();
             let greedy_calls: usize = greedy.iter().map(|g| g.stats.model_calls).sum();
             let step_ms = 1e3 * greedy_s / greedy_tokens.max(1) as f64;
-            let m = run_row(&mut bundle, &row, dtype, &prompts, &decode)?;
+            let m = run_row(&mut bundle, &row, dtype, args.backend, &prompts, &decode)?;
             let tokens: usize = m.outs.iter().map(|o| o.tokens.len()).sum();
             let iters: usize = m.outs.iter().map(|o| o.stats.iterations).sum();
             let calls: usize = m.outs.iter().map(|o| o.stats.model_calls).sum();

@@ -204,6 +204,27 @@ pub fn check_tokens(what: &'static str, tokens: &[i64], vocab_size: i64) -> Resu
     }
 }
 
+/// Checks that a block of `block_len` tokens at `start` follows a cache of `cached` positions
+/// (no gap) and fits `max_context`: what a cached model checks before writing its cache.
+pub fn check_block(
+    start: usize,
+    block_len: usize,
+    cached: usize,
+    max_context: usize,
+) -> Result<()> {
+    if start > cached {
+        return Err(Error::CacheGap { start, cached });
+    }
+    if start + block_len > max_context {
+        return Err(Error::BlockBeyondContext {
+            start,
+            block_len,
+            max_context,
+        });
+    }
+    Ok(())
+}
+
 /// Checks a model input: `[1, T]` int64 with `T >= 1` and every id in the vocabulary (one small
 /// host transfer). Returns `T`.
 pub fn check_input(tokens: &Tensor, vocab_size: i64, component: &'static str) -> Result<usize> {

@@ -94,10 +94,9 @@ impl Matrix {
         pool.run(&|p| {
             let lo = (p * per).min(self.rows);
             let hi = ((p + 1) * per).min(self.rows);
-            let out_ptr = out_ptr;
             // SAFETY: threads write disjoint column ranges `lo..hi` of `out`, which outlives
             // the call.
-            unsafe { self.product_range(x, m, out_ptr.0, lo, hi) }
+            unsafe { self.product_range(x, m, out_ptr.get(), lo, hi) }
         });
     }
 
@@ -184,11 +183,20 @@ fn huge_pages<T: Copy>(items: impl Iterator<Item = T>, len: usize) -> Vec<T> {
     v
 }
 
+/// A pointer into one output buffer, handed to the threads of one `Pool::run`, each writing
+/// its own part.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: used only to hand disjoint output ranges to the threads of one scope.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Outputs per kernel call for the groups of rows after a tile's first: four with AVX-512 (its
 /// 32 registers hold 4 x 4 accumulators), as these find the tile in the cache. While weights
@@ -206,10 +214,7 @@ fn outputs_per_call(m: usize) -> usize {
 
 /// `out[j][r] = x[r] · w[j]` for `nj` weight rows of `w` (`[nj, k]`) and `g` rows of `x`
 /// (`[g, k]`), `g <= 4`, `nj` 1 or [`outputs_per_call`]'s.
-fn dots<T: Copy>(x: &[f32], g: usize, k: usize, w: &[T], nj: usize, out: &mut [[f32; 4]; 4])
-where
-    T: Widen,
-{
+fn dots<T: Widen>(x: &[f32], g: usize, k: usize, w: &[T], nj: usize, out: &mut [[f32; 4]; 4]) {
     #[cfg(target_arch = "x86_64")]
     if simd::avx512() {
         // SAFETY: AVX-512F, AVX2 and FMA were detected; lengths are checked by the callers.
@@ -515,7 +520,7 @@ mod simd {
                 nj: usize,
                 out: &mut [[f32; 4]; 4],
             ) {
-                debug_assert!(g >= 1 && g <= 4 && x.len() >= g * k && w.len() >= nj * k);
+                debug_assert!((1..=4).contains(&g) && x.len() >= g * k && w.len() >= nj * k);
                 let (xp, wp) = (x.as_ptr(), w.as_ptr());
                 debug_assert_eq!(nj, 1);
                 match g {
@@ -602,7 +607,7 @@ mod simd {
                 nj: usize,
                 out: &mut [[f32; 4]; 4],
             ) {
-                debug_assert!(g >= 1 && g <= 4 && x.len() >= g * k && w.len() >= nj * k);
+                debug_assert!((1..=4).contains(&g) && x.len() >= g * k && w.len() >= nj * k);
                 let (xp, wp) = (x.as_ptr(), w.as_ptr());
                 match (nj, g) {
                     (1, 1) => $rows::<1, 1>(xp, k, wp, out),

@@ -5,11 +5,11 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{CModule, Device, Kind, Tensor};
 
-use super::kernels::{exp_shifted, scores, silu_mul, weighted_sums, Matrix};
+use super::kernels::{exp_shifted, scores, silu_mul, weighted_sums, Matrix, SendPtr};
 use super::pool::Pool;
 use crate::dtype::DType;
 use crate::error::{torch_summary, Error, Result};
-use crate::model::{check_input, CausalLm, ModelInfo, ModelOutput};
+use crate::model::{check_block, check_input, CausalLm, ModelInfo, ModelOutput};
 use crate::torchscript::ExportMetadata;
 
 /// What `metadata.json` says about a plain Llama-shaped model beyond its sizes (the exporter's
@@ -268,8 +268,8 @@ impl NativeLm {
         };
         if desc.shape != "llama"
             || d.kv_heads == 0
-            || d.heads % d.kv_heads != 0
-            || d.head_dim % 2 != 0
+            || !d.heads.is_multiple_of(d.kv_heads)
+            || !d.head_dim.is_multiple_of(2)
             || desc.rope_inv_freq.len() * 2 != d.head_dim
         {
             return Err(Error::config(
@@ -394,9 +394,19 @@ pub(super) fn output(
 ) -> Result<ModelOutput> {
     let (b, t) = (b as i64, t as i64);
     Ok(ModelOutput::with_hidden(
-        Tensor::f_from_slice(&logits)?.f_view([b, t, d.vocab as i64])?,
-        Tensor::f_from_slice(&hidden)?.f_view([b, t, d.hidden as i64])?,
+        tensor(&logits, [b, t, d.vocab as i64])?,
+        tensor(&hidden, [b, t, d.hidden as i64])?,
     ))
+}
+
+/// A float32 tensor holding `data`, made without libtorch's zero fill (`Tensor::from_slice`
+/// fills with zeros first, in parallel above 32k elements, which wakes libtorch's threads).
+fn tensor(data: &[f32], shape: [i64; 3]) -> Result<Tensor> {
+    let t = Tensor::f_empty(shape, (Kind::Float, Device::Cpu))?;
+    assert_eq!(t.numel(), data.len(), "output of the wrong size");
+    // SAFETY: a fresh contiguous float32 tensor of `data.len()` elements.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), t.data_ptr() as *mut f32, data.len()) };
+    Ok(t)
 }
 
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
@@ -419,12 +429,6 @@ fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
         x[i + half] = b * cos[i] + a * sin[i];
     }
 }
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: hands disjoint parts of one buffer to the threads of one `Pool::run`.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 /// The `rep` query heads `q` (`[rep, dh]`) that share one key/value head, over the first `n`
 /// slots (`keys`, `values`: `[slots, dh]` from slot 0) that `allowed` picks: softmax of the
@@ -477,6 +481,7 @@ fn attend(
 
 /// One pass of `B` rows of `T` tokens (`tokens`, `positions`: `[B, T]`) written at slots
 /// `start..start + T` of `cache`: logits `[B T, V]` and final hidden states `[B T, D]`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     w: &Weights,
     cache: &mut Cache,
@@ -534,7 +539,6 @@ pub(super) fn run(
         let y_ptr = SendPtr(y.as_mut_ptr());
         let (cache_ref, qkv_ref, mask_ref) = (&*cache, &qkv[..], &mask);
         w.pool.run(&|p| {
-            let y_ptr = y_ptr;
             let mut scratch = vec![0f32; rep * end];
             for pair in (p * per)..((p + 1) * per).min(pairs) {
                 let (i, g) = (pair / kvh, pair % kvh);
@@ -548,7 +552,10 @@ pub(super) fn run(
                 // SAFETY: pair (i, g) owns y[i, g * rep * dh..(g + 1) * rep * dh]; `y` outlives
                 // the run.
                 let out = unsafe {
-                    std::slice::from_raw_parts_mut(y_ptr.0.add(i * h * dh + g * rep * dh), rep * dh)
+                    std::slice::from_raw_parts_mut(
+                        y_ptr.get().add(i * h * dh + g * rep * dh),
+                        rep * dh,
+                    )
                 };
                 attend(
                     q,
@@ -596,19 +603,7 @@ impl CausalLm for NativeLm {
 
     fn forward(&mut self, tokens: &Tensor, start: usize) -> Result<ModelOutput> {
         let t = check_input(tokens, self.info.vocab_size, "NativeLm::forward")?;
-        if start > self.len {
-            return Err(Error::CacheGap {
-                start,
-                cached: self.len,
-            });
-        }
-        if start + t > self.info.max_context {
-            return Err(Error::BlockBeyondContext {
-                start,
-                block_len: t,
-                max_context: self.info.max_context,
-            });
-        }
+        check_block(start, t, self.len, self.info.max_context)?;
         let ids: Vec<i64> = Vec::try_from(&tokens.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
         let positions: Vec<i64> = (start as i64..(start + t) as i64).collect();
         let (logits, hidden) = run(

@@ -9,7 +9,7 @@ use super::metadata::ExportMetadata;
 use crate::dtype::DType;
 use crate::error::{torch_summary, Error, Result};
 pub use crate::matmul::F32Matmul;
-use crate::model::{check_input, CausalLm, ModelInfo, ModelOutput};
+use crate::model::{check_block, check_input, CausalLm, ModelInfo, ModelOutput};
 
 /// Which calling convention a module follows (see the [module docs](super)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -410,19 +410,7 @@ impl CausalLm for TorchScriptLm {
         let device = self.info.device;
         let out = match &self.caches {
             Some((k, v)) => {
-                if start > self.len {
-                    return Err(Error::CacheGap {
-                        start,
-                        cached: self.len,
-                    });
-                }
-                if start + t > self.info.max_context {
-                    return Err(Error::BlockBeyondContext {
-                        start,
-                        block_len: t,
-                        max_context: self.info.max_context,
-                    });
-                }
+                check_block(start, t, self.len, self.info.max_context)?;
                 let end = (start + t) as i64;
                 let positions = Tensor::f_arange_start(start as i64, end, (Kind::Int64, device))?
                     .f_unsqueeze(0)?;
