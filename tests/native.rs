@@ -109,11 +109,18 @@ fn greedy_equals_transformers_in_float32() {
     }
 }
 
-/// bf16 weights (f32 activations): transformers' f32 greedy output, or a divergence where the
-/// f32 model's two best logits are within 1.0 (bf16 rounding moves logits by up to ~2.8).
+/// bf16 and int8 weights (f32 activations): transformers' f32 greedy output, or a divergence
+/// where the f32 model's two best logits are within 1.0 (bf16 rounding moves logits by up to
+/// ~2.8).
 #[test]
-fn bf16_weights_follow_float32_greedy_or_diverge_at_a_near_tie() {
-    let mut b = bundle(DType::Bf16);
+fn bf16_and_int8_weights_follow_float32_greedy_or_diverge_at_a_near_tie() {
+    for dtype in [DType::Bf16, DType::Int8] {
+        follows_float32_greedy_or_diverges_at_a_near_tie(dtype);
+    }
+}
+
+fn follows_float32_greedy_or_diverges_at_a_near_tie(dtype: DType) {
+    let mut b = bundle(dtype);
     let mut f = native(DType::F32, 512);
     let mut diverged = 0;
     for o in oracles(&b) {
@@ -155,11 +162,11 @@ fn bf16_weights_follow_float32_greedy_or_diverge_at_a_near_tie() {
 
 /// Blockwise chains (feature draft, n-gram), dynamic trees and batched rows on the native
 /// model return its own greedy output exactly: every row of a block is computed as a one-token
-/// step would compute it, in f32 and with bf16 weights.
+/// step would compute it, in f32 and with bf16 and int8 weights.
 #[test]
 fn blockwise_trees_and_batches_equal_native_greedy() {
     let _g = tch::no_grad_guard();
-    for dtype in [DType::F32, DType::Bf16] {
+    for dtype in [DType::F32, DType::Bf16, DType::Int8] {
         let mut b = bundle(dtype);
         let draft = b.draft.clone().expect("the shipped SmolLM2 draft");
         let prompts: Vec<Vec<i64>> = std::fs::read_to_string(
@@ -265,7 +272,7 @@ fn options_it_cannot_honour_are_refused() {
     };
     assert_eq!(
         field(load(BundleOptions {
-            dtype: DType::Int8,
+            dtype: DType::F16,
             ..Default::default()
         })),
         "dtype"

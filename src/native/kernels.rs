@@ -30,6 +30,11 @@ enum Data {
     F32(Vec<f32>),
     /// bfloat16 bit patterns (the upper half of an f32).
     Bf16(Vec<u16>),
+    /// int8 with one float32 scale per row: `W[j, k] = q[j, k] · scale[j]`.
+    I8 {
+        q: Vec<i8>,
+        scale: Vec<f32>,
+    },
 }
 
 /// Output rows computed per weight-tile pass: small enough that a tile of even the widest input
@@ -60,11 +65,33 @@ impl Matrix {
         }
     }
 
+    /// Symmetric int8 per row, as the export's int8 form quantises (`scale = max |w| / 127`,
+    /// `q = round(w / scale)` to nearest, ties to even), the scales kept in float32.
+    pub(crate) fn i8_from_f32(rows: usize, cols: usize, data: &[f32]) -> Self {
+        assert_eq!(data.len(), rows * cols, "matrix data of the wrong length");
+        let scale: Vec<f32> = data
+            .chunks_exact(cols)
+            .map(|r| (r.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0).max(1e-12))
+            .collect();
+        let q = huge_pages(
+            data.iter()
+                .enumerate()
+                .map(|(i, &v)| (v / scale[i / cols]).round_ties_even().clamp(-127.0, 127.0) as i8),
+            data.len(),
+        );
+        Matrix {
+            rows,
+            cols,
+            data: Data::I8 { q, scale },
+        }
+    }
+
     /// Bytes the weights take.
     pub(crate) fn bytes(&self) -> usize {
         match &self.data {
             Data::F32(v) => v.len() * 4,
             Data::Bf16(v) => v.len() * 2,
+            Data::I8 { q, scale } => q.len() + scale.len() * 4,
         }
     }
 
@@ -76,6 +103,11 @@ impl Matrix {
             Data::Bf16(v) => {
                 for (o, &b) in out.iter_mut().zip(&v[r * c..(r + 1) * c]) {
                     *o = f32::from_bits((b as u32) << 16);
+                }
+            }
+            Data::I8 { q, scale } => {
+                for (o, &b) in out.iter_mut().zip(&q[r * c..(r + 1) * c]) {
+                    *o = b as f32 * scale[r];
                 }
             }
         }
@@ -114,6 +146,15 @@ impl Matrix {
         match &self.data {
             Data::F32(w) => range(w, self.rows, self.cols, x, m, out, lo, hi),
             Data::Bf16(w) => range(w, self.rows, self.cols, x, m, out, lo, hi),
+            Data::I8 { q, scale } => {
+                range(q, self.rows, self.cols, x, m, out, lo, hi);
+                // Each dot product of the integers, then its row's scale.
+                for r in 0..m {
+                    for (j, &sc) in scale.iter().enumerate().take(hi).skip(lo) {
+                        *out.add(r * self.rows + j) *= sc;
+                    }
+                }
+            }
         }
     }
 }
@@ -268,6 +309,20 @@ impl Widen for f32 {
         out: &mut [[f32; 4]; 4],
     ) {
         simd::dots512_f32(x, g, k, w, nj, out)
+    }
+}
+
+impl Widen for i8 {
+    fn widen(self) -> f32 {
+        self as f32
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn simd(x: &[f32], g: usize, k: usize, w: &[i8], nj: usize, out: &mut [[f32; 4]; 4]) {
+        simd::dots_i8(x, g, k, w, nj, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn simd512(x: &[f32], g: usize, k: usize, w: &[i8], nj: usize, out: &mut [[f32; 4]; 4]) {
+        simd::dots512_i8(x, g, k, w, nj, out)
     }
 }
 
@@ -453,6 +508,12 @@ mod simd {
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
+    unsafe fn load_i8(p: *const i8) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
     unsafe fn load_bf16(p: *const u16) -> __m256 {
         let h = _mm_loadu_si128(p as *const __m128i);
         _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
@@ -537,11 +598,18 @@ mod simd {
     dots_kernel!(dots_bf16, rows_bf16, u16, load_bf16, |v: u16| {
         f32::from_bits((v as u32) << 16)
     });
+    dots_kernel!(dots_i8, rows_i8, i8, load_i8, |v: i8| v as f32);
 
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[inline]
     unsafe fn load16_f32(p: *const f32) -> __m512 {
         _mm512_loadu_ps(p)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn load16_i8(p: *const i8) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)))
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
@@ -639,6 +707,8 @@ mod simd {
         load_bf16,
         |v: u16| f32::from_bits((v as u32) << 16)
     );
+    dots_kernel_512!(dots512_i8, rows512_i8, i8, load16_i8, load_i8, |v: i8| v
+        as f32);
 
     /// `exp(x)` for 8 lanes: `x = n ln 2 + r` with `|r| <= ln 2 / 2` (ln 2 split in two parts for
     /// an exact reduction), `exp(r)` by its degree-6 Taylor polynomial in Horner form (relative
@@ -789,11 +859,12 @@ mod tests {
         ] {
             let w = data(n * k, 1);
             let x = data(m * k, 2);
-            for bf in [false, true] {
-                let mat = if bf {
-                    Matrix::bf16_from_f32(n, k, &w)
-                } else {
-                    Matrix::f32(n, k, &w)
+            for form in 0..3 {
+                let bf = form;
+                let mat = match form {
+                    0 => Matrix::f32(n, k, &w),
+                    1 => Matrix::bf16_from_f32(n, k, &w),
+                    _ => Matrix::i8_from_f32(n, k, &w),
                 };
                 let mut out = vec![0f32; m * n];
                 mat.product(&x, m, &mut out, &pool);
@@ -805,7 +876,7 @@ mod tests {
                         let got = out[i * n + j] as f64;
                         assert!(
                             (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "n={n} k={k} m={m} bf16={bf}: [{i},{j}] {got} vs {want}"
+                            "n={n} k={k} m={m} form {bf}: [{i},{j}] {got} vs {want}"
                         );
                     }
                 }
@@ -820,11 +891,11 @@ mod tests {
         let pool = pool();
         for &(n, k) in &[(40, 576), (19, 1536), (9, 45)] {
             let w = data(n * k, 3);
-            for bf in [false, true] {
-                let mat = if bf {
-                    Matrix::bf16_from_f32(n, k, &w)
-                } else {
-                    Matrix::f32(n, k, &w)
+            for form in 0..3 {
+                let mat = match form {
+                    0 => Matrix::f32(n, k, &w),
+                    1 => Matrix::bf16_from_f32(n, k, &w),
+                    _ => Matrix::i8_from_f32(n, k, &w),
                 };
                 for m in [2, 4, 5, 11] {
                     let x = data(m * k, 4 + m as u32);
@@ -833,7 +904,11 @@ mod tests {
                     for i in 0..m {
                         let mut one = vec![0f32; n];
                         mat.product_here(&x[i * k..(i + 1) * k], 1, &mut one);
-                        assert_eq!(&block[i * n..(i + 1) * n], &one[..], "m={m} row {i}");
+                        assert_eq!(
+                            &block[i * n..(i + 1) * n],
+                            &one[..],
+                            "form {form} m={m} row {i}"
+                        );
                     }
                 }
             }

@@ -35,8 +35,9 @@ pub struct NativeDescription {
 /// How to load a [`NativeLm`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct NativeOptions {
-    /// Weights in float32 ([`DType::F32`], the default) or rounded to bfloat16
-    /// ([`DType::Bf16`]); activations are float32 either way.
+    /// Weights in float32 ([`DType::F32`], the default), rounded to bfloat16 ([`DType::Bf16`]),
+    /// or quantised to int8 with a float32 scale per output row ([`DType::Int8`], as the
+    /// export's int8 form quantises); activations are float32 in every form.
     pub dtype: DType,
     /// Context to allocate the cache for (default: the model's, at most 2048).
     pub max_context: Option<usize>,
@@ -205,11 +206,11 @@ impl NativeLm {
     pub fn load(dir: impl AsRef<Path>, options: &NativeOptions) -> Result<Self> {
         let dir = dir.as_ref();
         let meta = ExportMetadata::read(dir)?;
-        if !matches!(options.dtype, DType::F32 | DType::Bf16) {
+        if !matches!(options.dtype, DType::F32 | DType::Bf16 | DType::Int8) {
             return Err(Error::config(
                 "dtype",
                 format!(
-                    "the native decoder keeps f32 or bf16 weights (activations f32), not {}",
+                    "the native decoder keeps f32, bf16 or int8 weights (activations f32), not {}",
                     options.dtype
                 ),
             ));
@@ -299,6 +300,7 @@ impl NativeLm {
             let data = take(&params, &path, name, [rows, cols], true)?;
             Ok(match options.dtype {
                 DType::Bf16 => Matrix::bf16_from_f32(rows, cols, &data),
+                DType::Int8 => Matrix::i8_from_f32(rows, cols, &data),
                 _ => Matrix::f32(rows, cols, &data),
             })
         };
@@ -323,6 +325,7 @@ impl NativeLm {
             let data = take(&params, &path, "embed.weight", [d.vocab, dd], false)?;
             Some(match options.dtype {
                 DType::Bf16 => Matrix::bf16_from_f32(d.vocab, dd, &data),
+                DType::Int8 => Matrix::i8_from_f32(d.vocab, dd, &data),
                 _ => Matrix::f32(d.vocab, dd, &data),
             })
         };
