@@ -46,8 +46,8 @@ pub enum Backend {
     /// The exported TorchScript module, through libtorch (any device, every weight form).
     #[default]
     TorchScript,
-    /// The crate's own CPU kernels ([`NativeLm`]): plain Llama-shaped exports, f32 or bf16
-    /// weights, CPU only. Loading it sets libtorch's intra-op threads to one: libtorch's
+    /// The crate's own CPU kernels ([`NativeLm`]): plain Llama-shaped exports, f32, bf16 or
+    /// int8 weights (f32 activations), CPU only. Loading it sets libtorch's intra-op threads to one: libtorch's
     /// OpenMP workers spin for milliseconds after each parallel operation, on the cores the
     /// native decoder's threads need (SmolLM2's f32 step measured 23-28 ms with them against
     /// 13-17 ms without, on a 2-core AMD EPYC).

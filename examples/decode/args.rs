@@ -76,8 +76,8 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --f32-matmul      auto (default: oneDNN on AMD CPUs, else libtorch's BLAS), blas or onednn:
                     the CPU library of an f32 export's matrix products
   --backend         torchscript (default: the exported module) or native (the crate's own CPU
-                    kernels, blockwise::native: Llama-shaped exports, --dtype f32 or bf16
-                    weights with f32 activations; about twice as fast a step on 2 cores)
+                    kernels, blockwise::native: Llama-shaped exports, --dtype f32, bf16 or
+                    int8 weights with f32 activations; 2-3x as fast a step on 2 cores)
   --draft-weights   the form an eagle draft's products run in: auto (default: int8 on x86-64
                     CPUs, else f32), f32 or int8; the output is the same in each
   --compare-greedy  also decode greedily (under --temperature: plain sampling, one token per

@@ -49,7 +49,7 @@ struct Cli {
     #[arg(long, default_value = "auto")]
     f32_matmul: String,
     /// torchscript (the exported module, any device) or native (the crate's own CPU kernels:
-    /// Llama-shaped exports, f32 or bf16 weights).
+    /// Llama-shaped exports, f32, bf16 or int8 weights).
     #[arg(long, default_value = "torchscript")]
     backend: String,
     /// Proposal heads folder, or `none` (default: the export's own, or those shipped for it).

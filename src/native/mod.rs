@@ -12,13 +12,15 @@
 //! `metadata.json` carries (norm epsilon, score scale, rotary frequencies: written by the
 //! exporter for the plain Llama shape only: SiLU gates, full-width RoPE, no biases, windows,
 //! soft-caps or per-head norms; SmolLM2, Llama 2/3). Activations are float32; the weights are
-//! float32 ([`DType::F32`](crate::DType::F32)) or rounded once to bfloat16
+//! float32 ([`DType::F32`](crate::DType::F32)), rounded once to bfloat16
 //! ([`DType::Bf16`](crate::DType::Bf16): half the bytes per step, each weight widened exactly
-//! to float32 as it is used).
+//! to float32 as it is used), or int8 with a float32 scale per output row
+//! ([`DType::Int8`](crate::DType::Int8): a quarter of the bytes; each dot product of the
+//! integers is scaled once).
 //!
 //! Exactness: every row of a block, of a batch and of a candidate tree is computed with the
 //! same operations in the same order as a one-token step (the products' order of additions
-//! does not depend on the number of rows: [`kernels`]), so blockwise and tree decoding with this
+//! does not depend on the number of rows: `src/native/kernels.rs`), so blockwise and tree decoding with this
 //! model return its greedy output bit for bit. Its greedy output is the exported model's up to
 //! float32 rounding: the crate's tests compare logits with the f32 module (within the export's
 //! 2e-3) and greedy tokens with transformers' (equal, or diverging only at a near-tie).
