@@ -101,6 +101,22 @@ pub struct ExportMetadata {
 }
 
 impl ExportMetadata {
+    /// The context to allocate caches for: `requested`, or the model's trained context capped
+    /// at 2048; refused when 0 or beyond the trained context.
+    pub fn context(&self, requested: Option<usize>) -> Result<usize> {
+        let max_context = requested.unwrap_or(self.max_position_embeddings.min(2048));
+        if max_context == 0 || max_context > self.max_position_embeddings {
+            return Err(Error::config(
+                "max_context",
+                format!(
+                    "is {max_context}; the model was trained for 1..={}",
+                    self.max_position_embeddings
+                ),
+            ));
+        }
+        Ok(max_context)
+    }
+
     /// Reads and checks `dir/metadata.json`.
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("metadata.json");

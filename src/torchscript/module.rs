@@ -166,18 +166,7 @@ impl TorchScriptLm {
                 ),
             )
         })?;
-        let max_context = options
-            .max_context
-            .unwrap_or(meta.max_position_embeddings.min(2048));
-        if max_context == 0 || max_context > meta.max_position_embeddings {
-            return Err(Error::config(
-                "max_context",
-                format!(
-                    "is {max_context}; the model was trained for 1..={}",
-                    meta.max_position_embeddings
-                ),
-            ));
-        }
+        let max_context = meta.context(options.max_context)?;
         let spec = ModuleSpec {
             form: options.form,
             vocab_size: meta.vocab_size,
