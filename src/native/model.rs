@@ -5,7 +5,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{CModule, Device, Kind, Tensor};
 
-use super::kernels::{exp_shifted, scores, silu_mul, weighted_sums, Matrix, SendPtr};
+use super::kernels::{exp_shifted, scores, silu_mul, weighted_sums, SendPtr};
+use super::matrix::Matrix;
 use super::pool::Pool;
 use crate::dtype::DType;
 use crate::error::{torch_summary, Error, Result};
