@@ -15,8 +15,9 @@ two programs round by round so that both see the same machine:
   next to the crate's `decode --proposer none`, ms per new token over the whole decode (prompt
   pass included, as in docs/benchmarks.md);
 - prompt lookup on copy-heavy prompts: `llama-lookup` (n-gram drafts of up to --k tokens) against
-  llama-completion, next to the crate's `--proposer ngram --k K` against its own greedy decoding;
-  whether each output equals its own greedy output.
+  llama-completion, next to the crate's `--proposer ngram --k K` against its own greedy decoding
+  (with `--adaptive-too`, also `--proposer ngram --k K --adaptive`: block sizes chosen by the
+  verify costs measured as it runs); whether each output equals its own greedy output.
 
 Pairs: llama.cpp F32 with the crate's f32 export, BF16 with bf16, Q8_0 with the int8 weight form;
 a third field names the crate's backend (`F32:f32:native`: the crate's own CPU kernels,
@@ -146,6 +147,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--pairs", default="F32:f32,BF16:bf16,Q8_0:int8")
+    ap.add_argument("--adaptive-too", action="store_true",
+                    help="also run the crate's n-gram lookup with --adaptive (cost-aware block sizes)")
     ap.add_argument("--json", help="write every measurement here")
     args = ap.parse_args()
     run(["bash", "scripts/build_llamacpp.sh"])
@@ -163,7 +166,8 @@ def main():
     cpu = " ".join(f for f in ("avx512_bf16", "avx2") if f in flags)
     model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     res = {q: {"bench": [], "step": [], "lc_greedy": [], "lc_lookup": [], "lc_same": [], "lc_acc": [],
-               "cr_greedy": [], "cr_ngram": [], "cr_same": [], "cr_acc": [], "lc_chat": [], "cr_chat": []}
+               "cr_greedy": [], "cr_ngram": [], "cr_same": [], "cr_acc": [], "lc_chat": [], "cr_chat": [],
+               "cr_greedy_ad": [], "cr_ngram_ad": [], "cr_same_ad": [], "cr_acc_ad": []}
            for q, d, b in pairs for q in [label(q, d, b)]}
     for rnd in range(args.rounds):
         for q, d, b in pairs:
@@ -193,6 +197,14 @@ def main():
             r["cr_ngram"].append(statistics.mean(x["stats"]["wall_s"] * 1e3 / len(x["tokens"]) for x in rows))
             r["cr_same"].append(sum(bool(x["identical"]) for x in rows))
             r["cr_acc"].append(statistics.mean(x["stats"]["mean_accepted"] for x in rows))
+            if args.adaptive_too:
+                rows = crate_decode(d, b, lookup, n, ["--proposer", "ngram", "--k", str(args.k), "--adaptive"],
+                                    args.model_dir)
+                r["cr_greedy_ad"].append(statistics.mean(x["greedy"]["wall_s"] * 1e3 / len(x["greedy"]["tokens"])
+                                                         for x in rows))
+                r["cr_ngram_ad"].append(statistics.mean(x["stats"]["wall_s"] * 1e3 / len(x["tokens"]) for x in rows))
+                r["cr_same_ad"].append(sum(bool(x["identical"]) for x in rows))
+                r["cr_acc_ad"].append(statistics.mean(x["stats"]["mean_accepted"] for x in rows))
     med = lambda v: statistics.median(v)
     print(f"CPU: {model} ({cpu}), {args.threads} threads; medians of {args.rounds} rounds, the two programs "
           f"alternating; {n} new tokens\n")
@@ -214,6 +226,17 @@ def main():
               f"{med(r['lc_greedy']) / med(r['lc_lookup']):.2f}x | {med(r['lc_acc']):.0%} | {min(r['lc_same'])}/{len(lookup)} | "
               f"{med(r['cr_greedy']):.1f} / {med(r['cr_ngram']):.1f} | {med(r['cr_greedy']) / med(r['cr_ngram']):.2f}x | "
               f"{med(r['cr_acc']):.2f} | {min(r['cr_same'])}/{len(lookup)} |")
+    if args.adaptive_too:
+        print("\nThe crate's n-gram lookup with `--adaptive` (cost-aware block sizes), same rounds:\n")
+        print("| weights | llama.cpp lookup ms/token | crate greedy / ngram --adaptive ms/token | crate speedup | "
+              "crate / llama.cpp lookup | mean accepted | identical |")
+        print("|---|---|---|---|---|---|---|")
+        for q in res:
+            r = res[q]
+            print(f"| {q} | {med(r['lc_lookup']):.1f} | {med(r['cr_greedy_ad']):.1f} / {med(r['cr_ngram_ad']):.1f} | "
+                  f"{med(r['cr_greedy_ad']) / med(r['cr_ngram_ad']):.2f}x | "
+                  f"{med(r['cr_ngram_ad']) / med(r['lc_lookup']):.2f} | {med(r['cr_acc_ad']):.2f} | "
+                  f"{min(r['cr_same_ad'])}/{len(lookup)} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cpu": cpu, "model": model, "threads": args.threads, "rounds": args.rounds, "results": res}, f, indent=1)
