@@ -21,7 +21,6 @@ impl SendPtr {
     }
 }
 
-
 /// `scores[r, s] = q[r] · keys[s]` for the `m` query rows `q` (`[m, k]`) and `n` keys
 /// (`[n, k]`): attention's scores, each in the same order of additions (one query gets the same
 /// score whatever the others).
@@ -47,7 +46,6 @@ fn dots(x: &[f32], g: usize, k: usize, w: &[f32], out: &mut [f32; 4]) {
     }
     portable::dots(x, g, k, out, |i| w[i]);
 }
-
 
 /// `out[r] = Σₛ p[r, s] · values[s]` for `m` rows of weights `p` (`[m, n]`, zeros skipped)
 /// over `n` values (`[n, k]`): attention's weighted sums, the values in slot order.
@@ -183,7 +181,9 @@ pub(super) mod simd {
     pub(crate) fn avx512() -> bool {
         static HAS: OnceLock<bool> = OnceLock::new();
         *HAS.get_or_init(|| {
-            available() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl")
+            available()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vl")
         })
     }
 
@@ -254,7 +254,6 @@ pub(super) mod simd {
             _ => rows_f32::<4>(xp, k, wp, out),
         }
     }
-
 
     /// `exp(x)` for 8 lanes: `x = n ln 2 + r` with `|r| <= ln 2 / 2` (ln 2 split in two parts for
     /// an exact reduction), `exp(r)` by its degree-6 Taylor polynomial in Horner form (relative
@@ -347,7 +346,7 @@ pub(super) mod simd {
         k: usize,
         out: &mut [f32],
     ) {
-        if k % 64 == 0 {
+        if k.is_multiple_of(64) {
             // Widths of whole 64-float chunks (head sizes 64, 128): each chunk of an output row
             // in 8 registers over every slot, instead of loaded and stored per slot. The same
             // fused multiply-adds in the same order, so the same numbers.
@@ -401,10 +400,11 @@ pub(super) mod simd {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn data(n: usize, seed: u32) -> Vec<f32> {
+    /// `n` pseudo-random values in [-0.5, 0.5) from `seed` (the native kernels' tests).
+    pub(in crate::native) fn data(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed;
         (0..n)
             .map(|_| {
@@ -432,12 +432,14 @@ mod tests {
                     let want: f64 = (0..k)
                         .map(|c| q[r * k + c] as f64 * keys[s * k + c] as f64)
                         .sum();
-                    assert!((all[r * n + s] as f64 - want).abs() < 1e-5, "k={k} [{r},{s}]");
+                    assert!(
+                        (all[r * n + s] as f64 - want).abs() < 1e-5,
+                        "k={k} [{r},{s}]"
+                    );
                 }
             }
         }
     }
-
 
     /// The vectorised exponential is within 2 ulp-ish (4e-7 relative) of libm's over the range
     /// softmax and SiLU use, exactly 0 for `-inf` and far below, `+inf` far above.

@@ -74,7 +74,9 @@ impl Matrix {
 
     /// A bfloat16 matrix rounded (to nearest, ties to even) from row-major float32 data.
     pub(crate) fn bf16_from_f32(rows: usize, cols: usize, data: &[f32]) -> Self {
-        Self::packed(rows, cols, data, Data::Bf16, |v| bf16::from_f32(v).to_bits())
+        Self::packed(rows, cols, data, Data::Bf16, |v| {
+            bf16::from_f32(v).to_bits()
+        })
     }
 
     /// Symmetric int8 per row, as the export's int8 form quantises (`scale = max |w| / 127`,
@@ -167,9 +169,7 @@ impl Matrix {
         assert_eq!(out.len(), m * self.rows, "output of the wrong length");
         let xs = self.padded_input(x, m);
         // SAFETY: `out` has `m * rows` elements, checked above.
-        unsafe {
-            self.product_groups(&xs, m, out.as_mut_ptr(), 0, self.rows.div_ceil(GROUP))
-        }
+        unsafe { self.product_groups(&xs, m, out.as_mut_ptr(), 0, self.rows.div_ceil(GROUP)) }
     }
 
     /// `x` with its rows padded with zeros to `padded` columns (borrowed when no padding is
@@ -333,7 +333,13 @@ fn dots<T: Weight>(
 /// The order of operations every kernel follows, in plain Rust: 16 lanes, lane `l` adding the
 /// products of columns `l, l + 16, ...` in order (fused multiply-adds), then lane `l` plus lane
 /// `l + 8`, then the [`hsum`](super::kernels::simd) tree: `(l, l + 4)`, `(l, l + 2)`, `(0, 1)`.
-fn portable_dots<T: Weight>(x: &[f32], g: usize, kp: usize, w: &[T], out: &mut [[f32; ROWS]; GROUP]) {
+fn portable_dots<T: Weight>(
+    x: &[f32],
+    g: usize,
+    kp: usize,
+    w: &[T],
+    out: &mut [[f32; ROWS]; GROUP],
+) {
     for (j, out_j) in out.iter_mut().enumerate() {
         for (r, o) in out_j.iter_mut().enumerate().take(g) {
             let mut a = [0f32; CHUNK];
@@ -366,7 +372,13 @@ trait Weight: Copy {
     );
     /// [`dots`] with AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn dots256(x: *const f32, g: usize, kp: usize, w: *const Self, out: &mut [[f32; ROWS]; GROUP]);
+    unsafe fn dots256(
+        x: *const f32,
+        g: usize,
+        kp: usize,
+        w: *const Self,
+        out: &mut [[f32; ROWS]; GROUP],
+    );
 }
 
 macro_rules! weight {
@@ -424,7 +436,12 @@ macro_rules! weight {
 }
 
 weight!(f32, |v: f32| v, group512_f32, row256_f32);
-weight!(u16, |v: u16| f32::from_bits((v as u32) << 16), group512_bf16, row256_bf16);
+weight!(
+    u16,
+    |v: u16| f32::from_bits((v as u32) << 16),
+    group512_bf16,
+    row256_bf16
+);
 weight!(i8, |v: i8| v as f32, group512_i8, row256_i8);
 
 #[cfg(target_arch = "x86_64")]
@@ -570,19 +587,10 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::native::kernels::tests::data;
 
     fn pool() -> Pool {
         Pool::new(2).unwrap()
-    }
-
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
     }
 
     fn form(form: usize, n: usize, k: usize, w: &[f32]) -> Matrix {
@@ -666,7 +674,11 @@ mod tests {
                     for i in 0..m {
                         let mut one = vec![0f32; n];
                         mat.product_here(&x[i * k..(i + 1) * k], 1, &mut one);
-                        assert_eq!(&block[i * n..(i + 1) * n], &one[..], "form {f} m={m} row {i}");
+                        assert_eq!(
+                            &block[i * n..(i + 1) * n],
+                            &one[..],
+                            "form {f} m={m} row {i}"
+                        );
                     }
                 }
             }
@@ -741,12 +753,20 @@ mod tests {
     #[ignore]
     fn step_products_speed() {
         let pool = Pool::new(2).unwrap();
-        let shapes = [(960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576)];
+        let shapes = [
+            (960, 576),
+            (576, 576),
+            (3072, 576),
+            (576, 1536),
+            (49152, 576),
+        ];
         for (f, name) in ["f32", "bf16", "int8"].iter().enumerate() {
             let mats: Vec<Matrix> = (0..30 * 4 + 1)
                 .map(|i| {
                     let (n, k) = if i == 120 { shapes[4] } else { shapes[i % 4] };
-                    let w: Vec<f32> = (0..n * k).map(|e| ((e + i) % 13) as f32 * 0.01 - 0.06).collect();
+                    let w: Vec<f32> = (0..n * k)
+                        .map(|e| ((e + i) % 13) as f32 * 0.01 - 0.06)
+                        .collect();
                     form(f, n, k, &w)
                 })
                 .collect();

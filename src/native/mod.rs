@@ -5,8 +5,9 @@
 //! Why: a TorchScript step of SmolLM2-135M dispatches about 6,000 operators (norms, RoPE,
 //! cache writes, attention, residuals), and its matrix products run below the machine's memory
 //! bandwidth (docs/benchmarks.md, "Where the time of a step goes"). Here a step is 121 products
-//! that read every weight once, at memory speed, and a few loops for the rest; a block of up to
-//! four tokens reads the weights once too.
+//! that read every weight once, at memory speed (packed four output rows to a stream:
+//! `matrix.rs`), and a few loops for the rest; a block of up to six tokens reads the weights
+//! once too.
 //!
 //! What it computes: [`NativeLm`] loads the f32 module's weights and the `native` description
 //! `metadata.json` carries (norm epsilon, score scale, rotary frequencies: written by the
