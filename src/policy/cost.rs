@@ -62,11 +62,15 @@ impl CostModel {
     }
 
     fn observe(&mut self, o: &BlockOutcome) {
-        if self.measured && o.verify_s > 0.0 {
+        if o.verify_s > 0.0 {
             let (x, y) = ((o.proposed + 1) as f64, o.verify_s);
-            for (s, v) in self.sums.iter_mut().zip([1.0, x, x * x, y, x * y]) {
-                *s = *s * DECAY + v;
+            if self.measured {
+                for (s, v) in self.sums.iter_mut().zip([1.0, x, x * x, y, x * y]) {
+                    *s = *s * DECAY + v;
+                }
             }
+            // Per-width times are kept under a stated model too: the one-token step's time is
+            // what the proposer's time is weighed against.
             if self.widths.len() <= o.proposed + 1 {
                 self.widths.resize(o.proposed + 2, (0.0, 0.0));
             }
@@ -74,7 +78,18 @@ impl CostModel {
         }
         if o.proposed > 0 {
             fold(&mut self.propose, o.propose_s / o.proposed as f64);
+        } else if o.allowed > 0 && o.propose_s > 0.0 {
+            // The proposer ran and the policy then verified none of it: its time still counts
+            // (per token it was allowed, a lower bound), or a proposer whose guesses are always
+            // trimmed away would look free and keep being asked.
+            fold(&mut self.propose, o.propose_s / o.allowed as f64);
         }
+    }
+
+    /// The measured time of a one-token step, if any (a plain step's, else the fitted line's).
+    fn step_seconds(&self) -> Option<f64> {
+        let plain = self.widths.get(1).filter(|s| s.1 > 0.0).map(|s| s.0);
+        plain.or_else(|| self.line().map(|(one, _)| one))
     }
 
     /// `(seconds of a one-token step, extra seconds per block token)`; `None` before any
@@ -96,12 +111,12 @@ impl CostModel {
         Some((one, slope))
     }
 
-    /// Proposer time per proposed token, as a share of a one-token step (0 before it is
-    /// measured).
+    /// Proposer time per proposed token, as a share of a one-token step (0 before both are
+    /// measured; measured under a stated cost model too).
     pub fn proposer_share(&self) -> f64 {
-        match self.line() {
-            Some((one, _)) => self.propose.0 / one,
-            None => 0.0,
+        match self.step_seconds() {
+            Some(one) if one > 0.0 => self.propose.0 / one,
+            _ => 0.0,
         }
     }
 
@@ -286,6 +301,62 @@ mod tests {
         }
         assert_eq!(p.trim(7, 0), 7);
         assert!(p.rate(0) > 0.9);
+    }
+
+    /// An expensive proposer (a feature draft) whose proposals the policy trims away is not
+    /// asked again before the decision: its time counts although none of it was verified, and
+    /// the one-token step it is weighed against is measured under a stated cost model too.
+    #[test]
+    fn an_expensive_proposer_is_gated_before_it_runs() {
+        for cost in [CostModel::linear(0.3).unwrap(), CostModel::measured()] {
+            let mut p = CostAware::new(Fixed, cost).probe_every(0);
+            let timed = |allowed, proposed, accepted, verify_s, propose_s| BlockOutcome {
+                verify_s,
+                propose_s,
+                ..BlockOutcome::new(allowed, proposed, accepted)
+            };
+            // Proposals fail; plain steps take 10 ms.
+            for _ in 0..10 {
+                p.observe(&timed(4, 4, 0, 0.013, 0.002));
+                p.observe(&timed(0, 0, 0, 0.010, 0.0));
+            }
+            // A proposal of 4 costing 2 ms, all trimmed away by the policy.
+            let allowed = p.allow(4);
+            let kept = p.trim(4, 0);
+            p.observe(&timed(allowed, kept, 0, 0.010, 0.002));
+            assert!(
+                p.cost.proposer_share() > CHEAP_PROPOSER,
+                "{}",
+                p.cost.proposer_share()
+            );
+            assert_eq!(
+                p.allow(4),
+                0,
+                "failing and dear: a plain step, without proposing"
+            );
+        }
+    }
+
+    /// The time of a proposal the policy discarded still counts: only plain steps verified,
+    /// then one proposal of up to 4 tokens that took 2 ms and was trimmed to nothing.
+    #[test]
+    fn discarded_proposals_count_in_the_proposer_time() {
+        let mut c = CostModel::measured();
+        let timed = |allowed, propose_s| BlockOutcome {
+            verify_s: 0.010,
+            propose_s,
+            ..BlockOutcome::new(allowed, 0, 0)
+        };
+        for _ in 0..5 {
+            c.observe(&timed(0, 0.0));
+        }
+        assert_eq!(c.proposer_share(), 0.0);
+        c.observe(&timed(4, 0.002));
+        assert!(
+            (c.proposer_share() - 0.05).abs() < 1e-9,
+            "{}",
+            c.proposer_share()
+        );
     }
 
     #[test]
