@@ -784,6 +784,8 @@ fn proposer_configs_round_trip() {
         "eagle",
         "eagle@int8",
         "eagle:assets/drafts/smollm2@f32",
+        "eagle@native-int8",
+        "eagle:assets/drafts/smollm2@native-bf16",
         "eagle:a@b/draft",
         "chain:ngram:1:3,eagle@f32",
     ] {

@@ -57,7 +57,7 @@ fn draft_for(model: &Transformer, seed: u64, shortlist: Option<usize>) -> Featur
 /// A fresh draft, by seed: one layer, or two with every weight drawn at random (so that the
 /// second layer's cache and attention decide what it guesses).
 fn new_draft(d_model: i64, vocab_size: i64, seed: u64) -> blockwise::Result<FeatureDraft> {
-    let n_layers = 1 + (seed / 3 % 2) as i64;
+    let n_layers = 1 + (seed / 6 % 2) as i64;
     let config = FeatureDraftConfig {
         n_layers,
         ..FeatureDraftConfig::for_base(d_model, vocab_size)
@@ -75,24 +75,28 @@ fn new_draft(d_model: i64, vocab_size: i64, seed: u64) -> blockwise::Result<Feat
 }
 
 /// How the draft's products run, by seed: float32 through oneDNN (weights packed once),
-/// float32 through BLAS, or int8 (where this libtorch has the kernels; float32 through BLAS
-/// elsewhere), so that every property below covers each.
+/// float32 through BLAS, int8 through FBGEMM (where this libtorch has the kernels; float32
+/// through BLAS elsewhere), or the crate's native kernels in float32, bfloat16 and int8, so
+/// that every property below covers each.
 fn forms_for(seed: u64) -> (F32Matmul, DraftWeights) {
     let int8 = if int8_here() {
         DraftWeights::Int8
     } else {
         DraftWeights::F32
     };
-    match seed % 3 {
+    match seed % 6 {
         0 => (F32Matmul::OneDnn, DraftWeights::F32),
         1 => (F32Matmul::Blas, DraftWeights::F32),
-        _ => (F32Matmul::Blas, int8),
+        2 => (F32Matmul::Blas, int8),
+        3 => (F32Matmul::Blas, DraftWeights::NativeF32),
+        4 => (F32Matmul::Blas, DraftWeights::NativeBf16),
+        _ => (F32Matmul::Blas, DraftWeights::NativeInt8),
     }
 }
 
-/// Whether int8 draft products run here (what `DraftWeights::Auto` picks on the CPU).
+/// Whether libtorch's int8 draft products run here.
 fn int8_here() -> bool {
-    DraftWeights::Auto.resolve(Device::Cpu).unwrap() == DraftWeights::Int8
+    DraftWeights::Int8.resolve(Device::Cpu).is_ok()
 }
 
 #[derive(Debug, Clone, Copy)]

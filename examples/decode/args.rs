@@ -14,7 +14,7 @@ use tch::Device;
 pub const USAGE: &str = "\
 usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--chat]
               [--proposer heads|none|ngram[:MIN:MAX]|lookahead[:W:N:G]|draft:DIR|eagle[:DIR]|chain:A,B]
-              [--draft-weights auto|f32|int8]
+              [--draft-weights auto|f32|int8|native-f32|native-bf16|native-int8]
               [--heads DIR|none]
               [--k N]
               [--adaptive | --policy fixed|adaptive|cost[:PER_TOKEN]]
@@ -78,8 +78,10 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --backend         torchscript (default: the exported module) or native (the crate's own CPU
                     kernels, blockwise::native: Llama-shaped exports, --dtype f32, bf16 or
                     int8 weights with f32 activations; 2-3x as fast a step on 2 cores)
-  --draft-weights   the form an eagle draft's products run in: auto (default: int8 on x86-64
-                    CPUs, else f32), f32 or int8; the output is the same in each
+  --draft-weights   the form an eagle draft's products run in: auto (default: native-int8 on
+                    x86-64 CPUs with AVX2, else libtorch's int8 or f32), f32 or int8 (libtorch),
+                    native-f32, native-bf16 or native-int8 (the crate's own CPU kernels); the
+                    output is the same in each
   --compare-greedy  also decode greedily (under --temperature: plain sampling, one token per
                     model call), report identical and speedup
   --json            one JSON object per prompt on stdout";

@@ -11,6 +11,7 @@
 //! the draft guesses; a good draft only means fewer model calls.
 
 mod model;
+mod native;
 mod proposer;
 mod weights;
 

@@ -534,6 +534,11 @@ impl VocabProjection {
         Ok(())
     }
 
+    /// The projection's float32 rows (`[columns, D]`).
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// Logits over the projection's columns for states `[.., D]`.
     pub fn logits(&self, states: &Tensor) -> Result<Tensor> {
         let states = states.f_to_kind(Kind::Float)?;

@@ -4,6 +4,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::model::{FeatureDraft, VocabProjection};
+use super::native::{NativeDraft, NativeForm};
 use super::weights::DraftWeights;
 use crate::cache::{CacheShape, KvCache};
 use crate::decoder::DraftTree;
@@ -26,7 +27,8 @@ pub struct FeatureDraftProposer {
     draft: FeatureDraft,
     embeddings: Tensor,
     projection: VocabProjection,
-    cache: KvCache,
+    /// The libtorch draft's key/value cache (none while the native kernels compute it).
+    cache: Option<KvCache>,
     /// Committed positions whose true states the cache holds.
     fed: usize,
     /// Hidden states handed over since the last proposal, not yet fed.
@@ -40,6 +42,10 @@ pub struct FeatureDraftProposer {
     weights: DraftWeights,
     /// How the draft's products run now: from `weights` and `f32_matmul`.
     packing: Packing,
+    /// The draft on the native kernels (its own cache), when `weights` is a native form.
+    native: Option<(NativeForm, NativeDraft)>,
+    /// Context length the caches hold.
+    max_context: usize,
 }
 
 impl std::fmt::Debug for FeatureDraftProposer {
@@ -94,22 +100,14 @@ impl FeatureDraftProposer {
         let device = embeddings.device();
         draft.to_device(device)?;
         let projection = draft.projection(embeddings)?;
-        let cache = KvCache::new(
-            CacheShape {
-                layers: config.n_layers as usize,
-                batch: 1,
-                heads: config.n_heads,
-                capacity: max_context + 1,
-                head_dim: config.d_model / config.n_heads,
-            },
-            Kind::Float,
-            device,
-        )?;
         FeatureDraftProposer {
             draft,
-            embeddings: embeddings.f_detach()?,
+            embeddings: embeddings
+                .f_detach()?
+                .f_to_kind(Kind::Float)?
+                .f_contiguous()?,
             projection,
-            cache,
+            cache: None,
             fed: 0,
             pending: Vec::new(),
             device,
@@ -117,6 +115,8 @@ impl FeatureDraftProposer {
             f32_matmul: F32Matmul::Auto,
             weights: DraftWeights::F32,
             packing: Packing::Plain,
+            native: None,
+            max_context,
         }
         .with_weights(DraftWeights::Auto)
     }
@@ -140,10 +140,11 @@ impl FeatureDraftProposer {
         Ok(self)
     }
 
-    /// The form the draft's products run in (default [`DraftWeights::Auto`]: int8 on x86-64
-    /// CPUs, float32 elsewhere). Int8 weights read a quarter of the bytes per draft step; the
-    /// guesses move slightly with the rounding, and exact acceptance keeps the output whatever
-    /// they are. `Int8` where it cannot run is refused ([`Error::InvalidConfig`]).
+    /// The form the draft's products run in (default [`DraftWeights::Auto`]: int8 on the
+    /// crate's native kernels on x86-64 CPUs with AVX2, float32 through libtorch off the CPU).
+    /// Int8 weights read a quarter of the bytes per draft step; the guesses move slightly with
+    /// the rounding, and exact acceptance keeps the output whatever they are. A form that
+    /// cannot run here is refused ([`Error::InvalidConfig`]).
     pub fn with_weights(mut self, weights: DraftWeights) -> Result<Self> {
         self.weights = weights.resolve(self.device)?;
         self.repack()?;
@@ -157,7 +158,39 @@ impl FeatureDraftProposer {
 
     /// Packs the draft's weights as `weights` and `f32_matmul` ask, when that changed.
     fn repack(&mut self) -> Result<()> {
+        let form = match self.weights {
+            DraftWeights::NativeF32 => Some(NativeForm::F32),
+            DraftWeights::NativeBf16 => Some(NativeForm::Bf16),
+            DraftWeights::NativeInt8 => Some(NativeForm::Int8),
+            _ => None,
+        };
+        if self.native.as_ref().map(|n| n.0) != form || (form.is_none() && self.cache.is_none()) {
+            // A new engine holds none of the committed positions.
+            self.fed = 0;
+            let capacity = self.max_context + 1;
+            (self.native, self.cache) = match form {
+                Some(f) => (
+                    Some((
+                        f,
+                        NativeDraft::new(&self.draft, &self.projection, f, capacity)?,
+                    )),
+                    None,
+                ),
+                None => {
+                    let config = self.draft.config();
+                    let shape = CacheShape {
+                        layers: config.n_layers as usize,
+                        batch: 1,
+                        heads: config.n_heads,
+                        capacity,
+                        head_dim: config.d_model / config.n_heads,
+                    };
+                    (None, Some(KvCache::new(shape, Kind::Float, self.device)?))
+                }
+            };
+        }
         let packing = match self.weights {
+            _ if form.is_some() => Packing::Plain,
             DraftWeights::Int8 => Packing::Int8,
             _ if self.f32_matmul.packs_own_weights(self.device)? => Packing::OneDnn,
             _ => Packing::Plain,
@@ -177,39 +210,83 @@ impl FeatureDraftProposer {
     }
 
     /// Runs the draft's layers over fused inputs `x` (`[1, T, D]`) written at cache positions
-    /// `start..start + T`; returns the predicted states `[1, T, D]`.
+    /// `start..start + T`, each attending every position up to its own; returns the predicted
+    /// states `[1, T, D]`.
     fn run(&mut self, x: &Tensor, start: usize) -> Result<Tensor> {
+        self.run_layers(x, start, None)
+    }
+
+    /// Every layer in turn, each writing its keys and values at `start..start + T` of its own
+    /// slice of the cache and attending under `mask` (`[T, start + T]`, true where a row may
+    /// attend; `None`: every position up to its own).
+    fn run_layers(&mut self, x: &Tensor, start: usize, mask: Option<&[bool]>) -> Result<Tensor> {
         let t = x.size()[1] as usize;
-        // One query at the end attends every key: no mask needed.
-        let mask = match t {
-            1 => None,
-            _ => Some(crate::transformer::layers::causal_mask(
+        if let Some((_, native)) = &mut self.native {
+            let states = native.run(&host(x)?, t, start, mask)?;
+            return on_device(&states, t, self.device);
+        }
+        let mask = match (mask, t) {
+            (Some(m), _) => Some(
+                Tensor::from_slice(m)
+                    .f_view([t as i64, (start + t) as i64])?
+                    .f_to_device(self.device)?,
+            ),
+            // One query at the end attends every key: no mask needed.
+            (None, 1) => None,
+            (None, _) => Some(crate::transformer::layers::causal_mask(
                 start,
                 t,
                 self.device,
             )?),
         };
-        self.run_layers(x, start, mask.as_ref())
-    }
-
-    /// Like [`FeatureDraftProposer::run`] with an explicit attention mask `[T, start + T]`.
-    fn run_masked(&mut self, x: &Tensor, start: usize, mask: &Tensor) -> Result<Tensor> {
-        self.run_layers(x, start, Some(mask))
-    }
-
-    /// Every layer in turn, each writing its keys and values at `start..start + T` of its own
-    /// slice of the cache and attending under `mask` (`None`: every key).
-    fn run_layers(&mut self, x: &Tensor, start: usize, mask: Option<&Tensor>) -> Result<Tensor> {
-        let t = x.size()[1] as usize;
+        let cache = self.cache.as_mut().ok_or_else(|| Error::Contract {
+            component: "FeatureDraftProposer",
+            problem: "the libtorch draft has no cache".into(),
+        })?;
         let mut x = x.shallow_clone();
         for layer in 0..self.draft.n_layers() {
             let qkv = self.draft.qkv(layer, &x)?;
-            let (keys, values) = self.cache.write(layer, start, &qkv.k, &qkv.v)?;
-            let attended = self.draft.attend(&qkv.q, &keys, &values, mask)?;
+            let (keys, values) = cache.write(layer, start, &qkv.k, &qkv.v)?;
+            let attended = self.draft.attend(&qkv.q, &keys, &values, mask.as_ref())?;
             x = self.draft.finish(layer, &x, &attended)?;
         }
-        self.cache.set_len(start + t);
+        cache.set_len(start + t);
         Ok(x)
+    }
+
+    /// The fused layer input from hidden states `[1, T, D]` and the embeddings of the tokens
+    /// after them `[1, T, D]`.
+    fn fuse(&self, hidden: &Tensor, embedded: &Tensor) -> Result<Tensor> {
+        match &self.native {
+            Some((_, native)) => {
+                let t = hidden.size()[1] as usize;
+                on_device(
+                    &native.fuse(&host(hidden)?, &host(embedded)?, t)?,
+                    t,
+                    self.device,
+                )
+            }
+            None => self.draft.fuse(hidden, embedded),
+        }
+    }
+
+    /// Forgets the draft cache's positions from `len` on.
+    fn truncate_cache(&mut self, len: usize) {
+        if let Some((_, native)) = &mut self.native {
+            native.truncate(len);
+        }
+        if let Some(cache) = &mut self.cache {
+            cache.truncate(len);
+        }
+    }
+
+    /// Positions the draft's cache holds at most.
+    fn cache_capacity(&self) -> usize {
+        match (&self.native, &self.cache) {
+            (Some((_, native)), _) => native.capacity(),
+            (None, Some(cache)) => cache.capacity(),
+            (None, None) => 0,
+        }
     }
 
     /// Feeds the committed states handed over since the last proposal (each with the token
@@ -230,8 +307,8 @@ impl FeatureDraftProposer {
             self.fed = 0;
         }
         // Forget the drafted positions of the last proposal.
-        self.cache.truncate(self.fed);
-        let room = self.cache.capacity().saturating_sub(self.fed + fresh);
+        self.truncate_cache(self.fed);
+        let room = self.cache_capacity().saturating_sub(self.fed + fresh);
         let n = ctx.max_tokens.min(room);
         if fresh == 0 || n == 0 {
             return Ok(None);
@@ -240,7 +317,7 @@ impl FeatureDraftProposer {
         self.pending.clear();
         let mut after: Vec<i64> = ctx.tokens[len - fresh + 1..].to_vec();
         after.push(ctx.next);
-        let x = self.draft.fuse(&hidden, &self.embed(&after)?)?;
+        let x = self.fuse(&hidden, &self.embed(&after)?)?;
         let states = self.run(&x, self.fed)?;
         self.fed += fresh;
         Ok(Some((states.f_narrow(1, fresh as i64 - 1, 1)?, n)))
@@ -249,6 +326,20 @@ impl FeatureDraftProposer {
     /// The `width` most likely guesses after each predicted state of `states` (`[1, T, D]`),
     /// with the draft's log-probabilities: one host transfer.
     fn top(&self, states: &Tensor, width: usize) -> Result<Vec<Vec<(i64, f64)>>> {
+        if let Some((_, native)) = &self.native {
+            let t = states.size()[1] as usize;
+            let cols = native.columns();
+            let logits = native.logits(&host(states)?, t)?;
+            return Ok(logits
+                .chunks_exact(cols)
+                .map(|row| {
+                    top_log_probs(row, width)
+                        .into_iter()
+                        .map(|(c, lp)| (self.projection.token(c as i64), lp))
+                        .collect()
+                })
+                .collect());
+        }
         let logp = self
             .projection
             .logits(states)?
@@ -278,6 +369,19 @@ impl FeatureDraftProposer {
 
     /// The draft's guess from a predicted state `[1, 1, D]`.
     fn guess(&self, state: &Tensor) -> Result<i64> {
+        if let Some((_, native)) = &self.native {
+            let logits = native.logits(&host(state)?, 1)?;
+            // The first of equal maxima, as libtorch's argmax picks.
+            let col = logits
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (c, &v)| match v > best.1 {
+                    true => (c, v),
+                    false => best,
+                })
+                .0;
+            return Ok(self.projection.token(col as i64));
+        }
         let logits = self.projection.logits(state)?;
         let col = i64::try_from(&logits.f_argmax(-1, false)?.f_flatten(0, -1)?.f_get(0)?)?;
         Ok(self.projection.token(col))
@@ -288,7 +392,7 @@ impl Proposer for FeatureDraftProposer {
     fn begin(&mut self, _prompt: &[i64]) -> Result<()> {
         self.fed = 0;
         self.pending.clear();
-        self.cache.truncate(0);
+        self.truncate_cache(0);
         Ok(())
     }
 
@@ -321,7 +425,7 @@ impl Proposer for FeatureDraftProposer {
             if proposal.len() == n {
                 return Ok(proposal);
             }
-            let x = self.draft.fuse(&state, &self.embed(&[token])?)?;
+            let x = self.fuse(&state, &self.embed(&[token])?)?;
             let pos = self.fed + proposal.len() - 1;
             state = self.run(&x, pos)?;
         }
@@ -357,7 +461,7 @@ impl Proposer for FeatureDraftProposer {
             let mut frontier = level.clone();
             frontier.sort_by(|&a, &b| tree.score[b].total_cmp(&tree.score[a]).then(a.cmp(&b)));
             frontier.truncate(width);
-            if frontier.is_empty() || base + written + frontier.len() > self.cache.capacity() {
+            if frontier.is_empty() || base + written + frontier.len() > self.cache_capacity() {
                 break;
             }
             // Each node's draft input: its parent's predicted state and its own token.
@@ -372,9 +476,7 @@ impl Proposer for FeatureDraftProposer {
                 })
                 .collect();
             let tokens: Vec<i64> = frontier.iter().map(|&n| tree.token[n]).collect();
-            let x = self
-                .draft
-                .fuse(&Tensor::f_cat(&parents, 1)?, &self.embed(&tokens)?)?;
+            let x = self.fuse(&Tensor::f_cat(&parents, 1)?, &self.embed(&tokens)?)?;
             let start = base + written;
             let f = frontier.len();
             // Each sees the committed prefix, its ancestors' slots and its own.
@@ -389,10 +491,7 @@ impl Proposer for FeatureDraftProposer {
                     a = tree.parent[a - 1];
                 }
             }
-            let mask = Tensor::from_slice(&mask)
-                .f_view([f as i64, (start + f) as i64])?
-                .f_to_device(self.device)?;
-            let states = self.run_masked(&x, start, &mask)?;
+            let states = self.run_layers(&x, start, Some(&mask))?;
             written += f;
             let tops = self.top(&states, width)?;
             let mut next_level = Vec::new();
@@ -408,6 +507,47 @@ impl Proposer for FeatureDraftProposer {
         }
         Ok(Some(tree.best(nodes)))
     }
+}
+
+/// A float32 copy of `t`'s values, row-major, on the host.
+fn host(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(Vec::try_from(
+        &t.f_to_device(Device::Cpu)?
+            .f_to_kind(Kind::Float)?
+            .f_contiguous()?
+            .f_flatten(0, -1)?,
+    )?)
+}
+
+/// `t` rows of `D` values as a `[1, t, D]` tensor on `device`.
+fn on_device(values: &[f32], t: usize, device: Device) -> Result<Tensor> {
+    Ok(Tensor::from_slice(values)
+        .f_view([1, t as i64, (values.len() / t.max(1)) as i64])?
+        .f_to_device(device)?)
+}
+
+/// The `width` largest entries of `logits` as (column, log-probability), most likely first
+/// (equal values: the lower column first).
+fn top_log_probs(logits: &[f32], width: usize) -> Vec<(usize, f64)> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let log_sum = (max as f64)
+        + logits
+            .iter()
+            .map(|&v| ((v - max) as f64).exp())
+            .sum::<f64>()
+            .ln();
+    let mut best: Vec<(usize, f32)> = Vec::with_capacity(width + 1);
+    for (c, &v) in logits.iter().enumerate() {
+        if best.len() == width && best.last().is_some_and(|&(_, b)| v <= b) {
+            continue;
+        }
+        let at = best.partition_point(|&(_, b)| b >= v);
+        best.insert(at, (c, v));
+        best.truncate(width);
+    }
+    best.into_iter()
+        .map(|(c, v)| (c, v as f64 - log_sum))
+        .collect()
 }
 
 /// The nodes a dynamic tree grows, before the most confident are kept.
@@ -476,8 +616,10 @@ mod tests {
         };
         let draft = FeatureDraft::new(config, 0, Device::Cpu).unwrap();
         tch::manual_seed(21);
+        let mut vars: Vec<(String, Tensor)> = draft.var_store().variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
         tch::no_grad(|| {
-            for (_, mut v) in draft.var_store().variables() {
+            for (_, mut v) in vars {
                 v.copy_(&(Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.2));
             }
         });
@@ -486,6 +628,131 @@ mod tests {
             .unwrap()
             .with_weights(DraftWeights::F32)
             .unwrap()
+    }
+
+    /// Largest absolute difference between two tensors.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        f64::try_from((a - b).abs().max()).unwrap()
+    }
+
+    /// What a proposer computes on fixed inputs: the fused inputs, a causal block of three,
+    /// two single rows, two tree-masked rows, their top guesses and a guess.
+    type Computed = (Vec<Tensor>, Vec<Vec<(i64, f64)>>, i64);
+
+    fn compute(p: &mut FeatureDraftProposer, inputs: &[Tensor]) -> Computed {
+        let x = p.fuse(&inputs[0], &inputs[1]).unwrap();
+        let mut out = vec![x.shallow_clone(), p.run(&x.narrow(1, 0, 3), 0).unwrap()];
+        for i in 3..5 {
+            out.push(p.run(&x.narrow(1, i, 1), i as usize).unwrap());
+        }
+        // Two rows after the five, each seeing the first three positions and itself only.
+        let mut mask = vec![false; 2 * 7];
+        for q in 0..2 {
+            mask[q * 7..q * 7 + 3].iter_mut().for_each(|m| *m = true);
+            mask[q * 7 + 5 + q] = true;
+        }
+        let rows = p.run_layers(&inputs[2], 5, Some(&mask)).unwrap();
+        let top = p.top(&rows, 3).unwrap();
+        let guess = p.guess(&rows.narrow(1, 1, 1)).unwrap();
+        out.push(rows);
+        (out, top, guess)
+    }
+
+    #[test]
+    fn the_native_kernels_compute_what_libtorch_computes() {
+        let _guard = tch::no_grad_guard();
+        for n_layers in [1, 2] {
+            let inputs: Vec<Tensor> = [5, 5, 2]
+                .iter()
+                .map(|&t| Tensor::randn([1, t, 32], (Kind::Float, Device::Cpu)))
+                .collect();
+            let mut p = random_proposer(n_layers);
+            assert!(p.native.is_none() && p.cache.is_some());
+            let (torch, torch_top, torch_guess) = compute(&mut p, &inputs);
+            // The same weights on the native kernels (a fresh, empty cache).
+            let mut p = p.with_weights(DraftWeights::NativeF32).unwrap();
+            assert!(p.native.is_some() && p.cache.is_none());
+            let (native, native_top, native_guess) = compute(&mut p, &inputs);
+            for (i, (t, n)) in torch.iter().zip(&native).enumerate() {
+                let diff = max_diff(t, n);
+                assert!(diff < 1e-4, "{n_layers} layers, output {i}: {diff}");
+            }
+            // The same guesses and log-probabilities (random weights: no near-ties expected).
+            for (rt, rn) in torch_top.iter().zip(&native_top) {
+                assert_eq!(rt.len(), 3);
+                for (&(tt, lt), &(tn, ln)) in rt.iter().zip(rn) {
+                    assert_eq!(tt, tn);
+                    assert!((lt - ln).abs() < 1e-4, "log-probabilities {lt} and {ln}");
+                }
+            }
+            assert_eq!(torch_guess, native_guess);
+            // Rows past the cache are refused, not written.
+            let x = Tensor::randn([1, 3, 32], (Kind::Float, Device::Cpu));
+            let e = p.run(&x, 15).unwrap_err().to_string();
+            assert!(e.contains("cache of 17"), "{e}");
+        }
+    }
+
+    /// One draft step (fuse, layer, shortlist logits) of a SmolLM2-sized draft after 100
+    /// cached positions, with the caches flushed before each, in every form
+    /// (`cargo test --release --lib draft_step_speed -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn draft_step_speed() {
+        let _guard = tch::no_grad_guard();
+        let config = FeatureDraftConfig::for_base(576, 49152);
+        let draft = FeatureDraft::new(config, 0, Device::Cpu)
+            .unwrap()
+            .with_shortlist((0..8192).collect())
+            .unwrap();
+        let emb = Tensor::randn([49152, 576], (Kind::Float, Device::Cpu)) * 0.05;
+        let mut flush = vec![0u8; 64 << 20];
+        for w in [
+            DraftWeights::Int8,
+            DraftWeights::NativeInt8,
+            DraftWeights::NativeBf16,
+            DraftWeights::NativeF32,
+        ] {
+            let d = FeatureDraft::new(FeatureDraftConfig::for_base(576, 49152), 0, Device::Cpu)
+                .unwrap()
+                .with_shortlist(draft.shortlist().unwrap().to_vec())
+                .unwrap();
+            let mut p = FeatureDraftProposer::with_embeddings(d, &emb, 512)
+                .unwrap()
+                .with_weights(w)
+                .unwrap();
+            let prefix = Tensor::randn([1, 100, 576], (Kind::Float, Device::Cpu));
+            let _ = p.run(&prefix, 0).unwrap();
+            let (mut best, mut best_logits) = (f64::MAX, f64::MAX);
+            for _ in 0..20 {
+                flush.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+                let h = Tensor::randn([1, 1, 576], (Kind::Float, Device::Cpu));
+                let t0 = std::time::Instant::now();
+                let x = p.fuse(&h, &p.embed(&[7]).unwrap()).unwrap();
+                let state = p.run(&x, 100).unwrap();
+                let t1 = std::time::Instant::now();
+                let _ = p.guess(&state).unwrap();
+                best = best.min(t0.elapsed().as_secs_f64());
+                best_logits = best_logits.min(t1.elapsed().as_secs_f64());
+            }
+            println!(
+                "{w}: {:.3} ms a step, of which {:.3} ms the guess",
+                best * 1e3,
+                best_logits * 1e3
+            );
+        }
+        std::hint::black_box(&flush);
+    }
+
+    #[test]
+    fn top_log_probs_are_the_largest_in_order() {
+        let logits = [0.5f32, 2.0, -1.0, 2.0, 1.0];
+        let top = top_log_probs(&logits, 3);
+        let cols: Vec<usize> = top.iter().map(|t| t.0).collect();
+        assert_eq!(cols, vec![1, 3, 4]);
+        let sum: f64 = logits.iter().map(|&v| (v as f64).exp()).sum();
+        assert!((top[2].1 - (1.0 - sum.ln())).abs() < 1e-6);
+        assert_eq!(top_log_probs(&logits, 9).len(), 5);
     }
 
     #[test]
@@ -497,7 +764,7 @@ mod tests {
             let whole = p.run(&x, 0).unwrap();
             // Again from an empty cache: two positions, then one at a time, as decoding feeds
             // committed states and then its own guesses.
-            p.cache.truncate(0);
+            p.truncate_cache(0);
             let mut parts = vec![p.run(&x.narrow(1, 0, 2), 0).unwrap()];
             for i in 2..6 {
                 parts.push(p.run(&x.narrow(1, i, 1), i as usize).unwrap());

@@ -33,3 +33,20 @@ mod model;
 mod pool;
 
 pub use model::{NativeDescription, NativeLm, NativeOptions};
+
+pub(crate) use matrix::Matrix;
+pub(crate) use model::attend;
+pub(crate) use pool::Pool;
+
+/// Whether the native kernels run vectorised here (x86-64 with AVX2 and FMA); elsewhere they
+/// fall back to plain loops.
+pub(crate) fn vectorised() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        kernels::simd::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

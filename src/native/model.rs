@@ -429,7 +429,7 @@ fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 /// each head's numbers independent of the others', so a query gets the same attention
 /// whichever block it came in.
 #[allow(clippy::too_many_arguments)]
-fn attend(
+pub(crate) fn attend(
     q: &[f32],
     rep: usize,
     keys: &[f32],

@@ -56,7 +56,8 @@ pub enum ProposerConfig {
         /// in (from [`ModelBundle::draft`]).
         #[serde(default)]
         draft: Option<String>,
-        /// The form the draft's products run in (default `auto`: int8 on x86-64 CPUs).
+        /// The form the draft's products run in (default `auto`: int8 on the crate's native
+        /// kernels on x86-64 CPUs with AVX2).
         #[serde(default)]
         weights: DraftWeights,
     },
@@ -252,17 +253,17 @@ impl FromStr for ProposerConfig {
     type Err = Error;
 
     /// `heads`, `none`, `ngram` (1 to 3 tokens), `ngram:MIN:MAX`, `lookahead` (W 4, N 3, G 4),
-    /// `lookahead:W:N:G`, `draft:DIR`, `eagle` (the
-    /// draft shipped for the model), `eagle:DIR` (either with `@f32`, `@int8` or `@auto` after
-    /// it: the draft's weights) or `chain:A,B,...` whose members are any of the others.
+    /// `lookahead:W:N:G`, `draft:DIR`, `eagle` (the draft shipped for the model), `eagle:DIR`
+    /// (either with `@` and a [`DraftWeights`] form after it: `@f32`, `@int8`, `@native-int8`,
+    /// ...) or `chain:A,B,...` whose members are any of the others.
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
             Error::config(
                 "proposer",
                 format!(
                     "`{s}` is not one of heads, none, ngram, ngram:MIN:MAX, lookahead, \
-                     lookahead:W:N:G, draft:DIR, eagle, eagle:DIR (either with @f32 or @int8), \
-                     chain:A,B"
+                     lookahead:W:N:G, draft:DIR, eagle, eagle:DIR (either with @FORM: @f32, \
+                     @int8, @native-int8, ...), chain:A,B"
                 ),
             )
         };
@@ -283,7 +284,8 @@ impl FromStr for ProposerConfig {
             return Ok(ProposerConfig::Draft { model: dir.into() });
         }
         if s == "eagle" || s.starts_with("eagle:") || s.starts_with("eagle@") {
-            // A trailing `@auto`, `@f32` or `@int8` is the weights; any other `@` is the folder's.
+            // A trailing `@` form (`@auto`, `@f32`, `@int8`, `@native-int8`, ...) is the
+            // weights; any other `@` is the folder's.
             let (rest, weights) = match s.rsplit_once('@').map(|(r, w)| (r, w.parse())) {
                 Some((rest, Ok(w))) => (rest, w),
                 _ => (s, DraftWeights::Auto),

@@ -1,0 +1,327 @@
+//! The feature-level draft computed by the crate's own CPU kernels (`crate::native`) instead of
+//! libtorch's operators: the same network as [`FeatureDraft`], with its products read from
+//! packed weights (float32, bfloat16 or int8 with a scale per output row) and its layer norms,
+//! attention and GELU in plain loops.
+//!
+//! Why: a draft step is small (about 8 MB of int8 weights for SmolLM2's one-layer draft and
+//! 8,192-token shortlist), so libtorch's per-operator dispatch (some forty operators a step)
+//! costs as much as the products. The guesses may differ from libtorch's by float rounding;
+//! exact acceptance keeps the output whatever they are.
+
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use tch::{Kind, Tensor};
+
+use super::model::{FeatureDraft, VocabProjection};
+use crate::error::{Error, Result};
+use crate::native::{attend, Matrix, Pool};
+
+/// The form of a native draft's weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NativeForm {
+    F32,
+    Bf16,
+    Int8,
+}
+
+impl NativeForm {
+    fn matrix(self, rows: usize, cols: usize, data: &[f32]) -> Matrix {
+        match self {
+            NativeForm::F32 => Matrix::f32(rows, cols, data),
+            NativeForm::Bf16 => Matrix::bf16_from_f32(rows, cols, data),
+            NativeForm::Int8 => Matrix::i8_from_f32(rows, cols, data),
+        }
+    }
+}
+
+/// A linear map with a bias.
+struct Affine {
+    w: Matrix,
+    b: Vec<f32>,
+}
+
+/// The threads every native draft of the process computes on: up to four (a draft step reads a
+/// few megabytes; more threads only wait on each other), one draft step at a time. Shared so
+/// that the drafts of a batch's rows do not each keep spinning workers of their own.
+fn shared_pool() -> Result<MutexGuard<'static, Pool>> {
+    static POOL: OnceLock<std::result::Result<Mutex<Pool>, String>> = OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        Pool::new(threads)
+            .map(Mutex::new)
+            .map_err(|e| e.to_string())
+    });
+    match pool {
+        Ok(p) => Ok(p.lock().unwrap_or_else(|e| e.into_inner())),
+        Err(e) => Err(Error::config(
+            "threads",
+            format!("could not start the native draft's: {e}"),
+        )),
+    }
+}
+
+impl Affine {
+    /// `x` (`[m, cols]`) times the weights, plus the bias: `[m, rows]`.
+    fn apply(&self, x: &[f32], m: usize, pool: &Pool) -> Vec<f32> {
+        let mut out = vec![0f32; m * self.w.rows];
+        self.w.product(x, m, &mut out, pool);
+        for row in out.chunks_exact_mut(self.w.rows) {
+            for (o, b) in row.iter_mut().zip(&self.b) {
+                *o += b;
+            }
+        }
+        out
+    }
+}
+
+/// A layer norm's gain and bias (epsilon 1e-5, as the draft's).
+struct Norm {
+    w: Vec<f32>,
+    b: Vec<f32>,
+}
+
+impl Norm {
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let n = self.w.len();
+        let mut out = vec![0f32; x.len()];
+        for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            let mean = xr.iter().sum::<f32>() / n as f32;
+            let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
+            let r = 1.0 / (var + 1e-5).sqrt();
+            for (((o, &v), &g), &b) in or.iter_mut().zip(xr).zip(&self.w).zip(&self.b) {
+                *o = (v - mean) * r * g + b;
+            }
+        }
+        out
+    }
+}
+
+/// One transformer layer and its slice of the draft's cache.
+struct Layer {
+    ln1: Norm,
+    qkv: Affine,
+    proj: Affine,
+    ln2: Norm,
+    fc1: Affine,
+    fc2: Affine,
+    /// Keys and values per head, `[positions][head_dim]`, grown as positions are written.
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+/// The draft's network, its cache and its vocabulary projection, on the native kernels.
+pub(crate) struct NativeDraft {
+    d: usize,
+    heads: usize,
+    dh: usize,
+    capacity: usize,
+    scale: f32,
+    fuse: Affine,
+    layers: Vec<Layer>,
+    head: Matrix,
+    len: usize,
+}
+
+impl std::fmt::Debug for NativeDraft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeDraft")
+            .field("layers", &self.layers.len())
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A float32 copy of `t`'s values, row-major.
+fn host(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(Vec::try_from(
+        &t.f_to_kind(Kind::Float)?
+            .f_to_device(tch::Device::Cpu)?
+            .f_contiguous()?
+            .f_flatten(0, -1)?,
+    )?)
+}
+
+impl NativeDraft {
+    /// The draft `draft` scoring with `projection`, its weights in `form`, a cache of up to
+    /// `capacity` positions.
+    pub(crate) fn new(
+        draft: &FeatureDraft,
+        projection: &VocabProjection,
+        form: NativeForm,
+        capacity: usize,
+    ) -> Result<Self> {
+        let config = draft.config();
+        let (d, heads) = (config.d_model as usize, config.n_heads as usize);
+        let vars: std::collections::HashMap<String, Tensor> =
+            draft.var_store().variables().into_iter().collect();
+        let get = |name: String| -> Result<Vec<f32>> {
+            let t = vars.get(&name).ok_or_else(|| {
+                Error::config("feature draft", format!("has no `{name}` variable"))
+            })?;
+            host(t)
+        };
+        let affine = |name: &str, rows: usize, cols: usize| -> Result<Affine> {
+            Ok(Affine {
+                w: form.matrix(rows, cols, &get(format!("{name}.weight"))?),
+                b: get(format!("{name}.bias"))?,
+            })
+        };
+        let norm = |name: &str| -> Result<Norm> {
+            Ok(Norm {
+                w: get(format!("{name}.weight"))?,
+                b: get(format!("{name}.bias"))?,
+            })
+        };
+        let d_ff = config.d_ff as usize;
+        let layers = (0..draft.n_layers())
+            .map(|i| {
+                let p = match i {
+                    0 => String::new(),
+                    _ => format!("layer{i}."),
+                };
+                Ok(Layer {
+                    ln1: norm(&format!("{p}ln1"))?,
+                    qkv: affine(&format!("{p}qkv"), 3 * d, d)?,
+                    proj: affine(&format!("{p}proj"), d, d)?,
+                    ln2: norm(&format!("{p}ln2"))?,
+                    fc1: affine(&format!("{p}fc1"), d_ff, d)?,
+                    fc2: affine(&format!("{p}fc2"), d, d_ff)?,
+                    k: vec![Vec::new(); heads],
+                    v: vec![Vec::new(); heads],
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let weight = projection.weight();
+        let rows = weight.size()[0] as usize;
+        // Start the threads now: an error here rather than mid-decoding.
+        drop(shared_pool()?);
+        Ok(NativeDraft {
+            d,
+            heads,
+            dh: d / heads,
+            capacity,
+            scale: draft.scale() as f32,
+            fuse: affine("fuse", d, 2 * d)?,
+            layers,
+            head: form.matrix(rows, d, &host(weight)?),
+            len: 0,
+        })
+    }
+
+    /// Positions the cache holds at most.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets every cached position from `len` on.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// The fused layer input of `t` rows of hidden states and embeddings (`[t, D]` each).
+    pub(crate) fn fuse(&self, hidden: &[f32], embedded: &[f32], t: usize) -> Result<Vec<f32>> {
+        let d = self.d;
+        let mut x = vec![0f32; t * 2 * d];
+        for (i, row) in x.chunks_exact_mut(2 * d).enumerate() {
+            row[..d].copy_from_slice(&hidden[i * d..(i + 1) * d]);
+            row[d..].copy_from_slice(&embedded[i * d..(i + 1) * d]);
+        }
+        Ok(self.fuse.apply(&x, t, &*shared_pool()?))
+    }
+
+    /// The layers over `t` fused inputs `x` (`[t, D]`) written at cache positions
+    /// `start..start + t`; row `i` attends the positions `mask` allows (`[t, start + t]`, true
+    /// where it may; `None`: every position up to its own). Returns the predicted states.
+    pub(crate) fn run(
+        &mut self,
+        x: &[f32],
+        t: usize,
+        start: usize,
+        mask: Option<&[bool]>,
+    ) -> Result<Vec<f32>> {
+        let end = start + t;
+        if end > self.capacity || x.len() != t * self.d {
+            return Err(Error::Contract {
+                component: "FeatureDraftProposer",
+                problem: format!(
+                    "a draft block of {t} rows at {start} (cache of {}, {} values)",
+                    self.capacity,
+                    x.len()
+                ),
+            });
+        }
+        if mask.is_some_and(|m| m.len() != t * end) {
+            return Err(Error::Contract {
+                component: "FeatureDraftProposer",
+                problem: format!("a draft mask that is not [{t}, {end}]"),
+            });
+        }
+        let (d, dh) = (self.d, self.dh);
+        let pool = shared_pool()?;
+        let mut x = x.to_vec();
+        let mut scratch = vec![0f32; end];
+        for layer in &mut self.layers {
+            let qkv = layer.qkv.apply(&layer.ln1.apply(&x), t, &pool);
+            for h in 0..self.heads {
+                for cache in [&mut layer.k[h], &mut layer.v[h]] {
+                    if cache.len() < end * dh {
+                        cache.resize(end * dh, 0.0);
+                    }
+                }
+                for i in 0..t {
+                    let row = &qkv[i * 3 * d..(i + 1) * 3 * d];
+                    let at = (start + i) * dh;
+                    layer.k[h][at..at + dh].copy_from_slice(&row[d + h * dh..d + (h + 1) * dh]);
+                    layer.v[h][at..at + dh]
+                        .copy_from_slice(&row[2 * d + h * dh..2 * d + (h + 1) * dh]);
+                }
+            }
+            let mut y = vec![0f32; t * d];
+            for i in 0..t {
+                let allowed = |s: usize| match mask {
+                    Some(m) => m[i * end + s],
+                    None => s <= start + i,
+                };
+                for h in 0..self.heads {
+                    let q = &qkv[i * 3 * d + h * dh..i * 3 * d + (h + 1) * dh];
+                    attend(
+                        q,
+                        1,
+                        &layer.k[h],
+                        &layer.v[h],
+                        end,
+                        dh,
+                        self.scale,
+                        &mut scratch,
+                        allowed,
+                        &mut y[i * d + h * dh..i * d + (h + 1) * dh],
+                    );
+                }
+            }
+            for (xv, pv) in x.iter_mut().zip(layer.proj.apply(&y, t, &pool)) {
+                *xv += pv;
+            }
+            let mut hidden = layer.fc1.apply(&layer.ln2.apply(&x), t, &pool);
+            for v in &mut hidden {
+                *v = 0.5 * *v * (1.0 + libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2));
+            }
+            for (xv, mv) in x.iter_mut().zip(layer.fc2.apply(&hidden, t, &pool)) {
+                *xv += mv;
+            }
+        }
+        self.len = end;
+        Ok(x)
+    }
+
+    /// Logits over the projection's columns for `t` states (`[t, D]`): `[t, columns]`.
+    pub(crate) fn logits(&self, states: &[f32], t: usize) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; t * self.head.rows];
+        self.head.product(states, t, &mut out, &*shared_pool()?);
+        Ok(out)
+    }
+
+    /// Columns of the projection.
+    pub(crate) fn columns(&self) -> usize {
+        self.head.rows
+    }
+}
