@@ -157,7 +157,7 @@ fn rows(args: &Args) -> Vec<Row> {
         None,
         false,
     ));
-    for k in [4, 5, 6, 8] {
+    for k in [2, 3, 4, 5, 6, 8] {
         out.push(row(
             "eagle chain",
             HeadsChoice::None,

@@ -529,13 +529,6 @@ fn on_device(values: &[f32], t: usize, device: Device) -> Result<Tensor> {
 /// The `width` largest entries of `logits` as (column, log-probability), most likely first
 /// (equal values: the lower column first).
 fn top_log_probs(logits: &[f32], width: usize) -> Vec<(usize, f64)> {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let log_sum = (max as f64)
-        + logits
-            .iter()
-            .map(|&v| ((v - max) as f64).exp())
-            .sum::<f64>()
-            .ln();
     let mut best: Vec<(usize, f32)> = Vec::with_capacity(width + 1);
     for (c, &v) in logits.iter().enumerate() {
         if best.len() == width && best.last().is_some_and(|&(_, b)| v <= b) {
@@ -545,6 +538,11 @@ fn top_log_probs(logits: &[f32], width: usize) -> Vec<(usize, f64)> {
         best.insert(at, (c, v));
         best.truncate(width);
     }
+    let Some(&(_, max)) = best.first() else {
+        return Vec::new();
+    };
+    // log Σ exp(v) = max + log Σ exp(v - max), the exponentials vectorised.
+    let log_sum = max as f64 + (crate::native::exp_shifted(&mut logits.to_vec(), max) as f64).ln();
     best.into_iter()
         .map(|(c, v)| (c, v as f64 - log_sum))
         .collect()

@@ -34,6 +34,7 @@ mod pool;
 
 pub use model::{NativeDescription, NativeLm, NativeOptions};
 
+pub(crate) use kernels::exp_shifted;
 pub(crate) use matrix::Matrix;
 pub(crate) use model::attend;
 pub(crate) use pool::Pool;
