@@ -249,9 +249,11 @@ fn run_row(
         Some(nodes) => {
             let info = bundle.model.info().clone();
             let emb = bundle.model.token_embeddings();
+            // One proposer built, then a fork per prompt (as a server admits requests).
+            let (_, proposers) = proposer.row_proposers(&info, emb.as_ref())?;
             let mut d = BatchBlockwise::builder(&mut bundle.model)
                 .block_size(row.k)
-                .proposer_factory(false, move || proposer.build_with(&info, emb.as_ref()))
+                .proposer_factory(false, proposers)
                 .dynamic_tree(nodes)
                 .build()?;
             prompts

@@ -182,17 +182,26 @@ proptest! {
         let emb = model.token_embeddings().unwrap().copy();
         let (d, vocab, ctx) = (case.config.d_model, case.config.vocab_size, case.config.max_context);
         let mut seed = case.proposer_seed;
+        let build = move |seed: u64| -> blockwise::Result<Box<dyn Proposer>> {
+            let draft = new_draft(d, vocab, seed)?;
+            Ok(Box::new(
+                FeatureDraftProposer::with_embeddings(draft, &emb, ctx)?
+                    .with_tree_width(width)
+                    .with_f32_matmul(forms_for(seed).0)?
+                    .with_weights(forms_for(seed).1)?,
+            ))
+        };
+        // Every other row shares one draft's weights through forks (where the form forks: the
+        // native kernels), each fork with its own cache, decoding beside the others.
+        let prototype = build(seed)?;
         let mut b = BatchBlockwise::builder(&mut model)
             .block_size(case.block_size)
             .proposer_factory(false, move || {
                 seed = seed.wrapping_add(1);
-                let draft = new_draft(d, vocab, seed)?;
-                Ok(Box::new(
-                    FeatureDraftProposer::with_embeddings(draft, &emb, ctx)?
-                        .with_tree_width(width)
-                        .with_f32_matmul(forms_for(seed).0)?
-                        .with_weights(forms_for(seed).1)?,
-                ) as Box<dyn Proposer>)
+                match (seed % 2, prototype.fork()) {
+                    (0, Some(fork)) => Ok(fork),
+                    _ => build(seed),
+                }
             });
         if let Some(n) = nodes {
             b = b.dynamic_tree(n);

@@ -20,10 +20,6 @@ pub fn run_batched(
 ) -> Result<()> {
     let info = model.info().clone();
     let embeddings = model.token_embeddings();
-    let needs_heads = config
-        .proposer
-        .build_with(&info, embeddings.as_ref())?
-        .needs_heads();
     let per_batch = args.batch.unwrap_or(1);
     for (g, group) in prompts.chunks(per_batch).enumerate() {
         let greedy = if args.compare_greedy {
@@ -37,14 +33,11 @@ pub fn run_batched(
         } else {
             None
         };
-        let proposer = config.proposer.clone();
-        let info = info.clone();
-        let emb = embeddings.as_ref().map(|e| e.shallow_clone());
+        // One proposer built, then a fork of it per row (a feature draft shares its weights).
+        let (needs_heads, proposers) = config.proposer.row_proposers(&info, embeddings.as_ref())?;
         let mut builder = BatchBlockwise::builder(&mut *model)
             .block_size(config.block_size)
-            .proposer_factory(needs_heads, move || {
-                proposer.build_with(&info, emb.as_ref())
-            });
+            .proposer_factory(needs_heads, proposers);
         if let Some(TreeArg::Shape(shape)) = &args.tree {
             builder = builder.tree(shape.clone());
         } else if let Some(TreeArg::Dynamic(nodes)) = &args.tree {

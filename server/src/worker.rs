@@ -358,18 +358,14 @@ impl Worker {
         let embeddings = self.model.token_embeddings();
         let proposer = config.decoder.proposer.clone();
         let k = config.decoder.block_size;
-        let built = proposer
-            .build_with(&info, embeddings.as_ref())
-            .map(|p| p.needs_heads())
-            .and_then(|needs_heads| {
-                let emb = embeddings.as_ref().map(|e| e.shallow_clone());
-                let factory_info = info.clone();
+        // One proposer built, then a fork of it per admitted request (a feature draft shares
+        // its weights instead of loading them again).
+        let built = proposer.row_proposers(&info, embeddings.as_ref()).and_then(
+            |(needs_heads, proposers)| {
                 let model: &mut dyn CausalLm = &mut *self.model;
                 let mut decoder = BatchBlockwise::builder(model)
                     .block_size(k)
-                    .proposer_factory(needs_heads, move || {
-                        proposer.build_with(&factory_info, emb.as_ref())
-                    })
+                    .proposer_factory(needs_heads, proposers)
                     .build()?;
                 // As many rows as greedy requests are waiting (every call computes every row,
                 // busy or not); later requests take rows as they free up, or the next batch.
@@ -380,7 +376,8 @@ impl Worker {
                 let rows = waiting.clamp(1, config.max_batch);
                 decoder.open(rows, info.max_context + 2 * k)?;
                 Ok(decoder)
-            });
+            },
+        );
         let mut decoder = match built {
             Ok(d) => d,
             Err(e) => {

@@ -8,7 +8,7 @@
 //! costs as much as the products. The guesses may differ from libtorch's by float rounding;
 //! exact acceptance keeps the output whatever they are.
 
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tch::{Kind, Tensor};
 
@@ -96,7 +96,7 @@ impl Norm {
     }
 }
 
-/// One transformer layer and its slice of the draft's cache.
+/// One transformer layer's weights.
 struct Layer {
     ln1: Norm,
     qkv: Affine,
@@ -104,28 +104,40 @@ struct Layer {
     ln2: Norm,
     fc1: Affine,
     fc2: Affine,
-    /// Keys and values per head, `[positions][head_dim]`, grown as positions are written.
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
 }
 
-/// The draft's network, its cache and its vocabulary projection, on the native kernels.
-pub(crate) struct NativeDraft {
+/// The draft's network and vocabulary projection, read-only: shared by the drafts of every
+/// sequence ([`NativeDraft::fork`]).
+struct Weights {
     d: usize,
     heads: usize,
     dh: usize,
-    capacity: usize,
     scale: f32,
     fuse: Affine,
     layers: Vec<Layer>,
     head: Matrix,
+}
+
+/// Keys and values of one layer per head, `[positions][head_dim]`, grown as positions are
+/// written.
+#[derive(Clone, Default)]
+struct LayerCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+/// The draft on the native kernels: shared weights and this sequence's cache.
+pub(crate) struct NativeDraft {
+    w: Arc<Weights>,
+    cache: Vec<LayerCache>,
+    capacity: usize,
     len: usize,
 }
 
 impl std::fmt::Debug for NativeDraft {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NativeDraft")
-            .field("layers", &self.layers.len())
+            .field("layers", &self.w.layers.len())
             .field("len", &self.len)
             .finish_non_exhaustive()
     }
@@ -186,8 +198,6 @@ impl NativeDraft {
                     ln2: norm(&format!("{p}ln2"))?,
                     fc1: affine(&format!("{p}fc1"), d_ff, d)?,
                     fc2: affine(&format!("{p}fc2"), d, d_ff)?,
-                    k: vec![Vec::new(); heads],
-                    v: vec![Vec::new(); heads],
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -195,17 +205,44 @@ impl NativeDraft {
         let rows = weight.size()[0] as usize;
         // Start the threads now: an error here rather than mid-decoding.
         drop(shared_pool()?);
+        let cache = vec![
+            LayerCache {
+                k: vec![Vec::new(); heads],
+                v: vec![Vec::new(); heads],
+            };
+            layers.len()
+        ];
         Ok(NativeDraft {
-            d,
-            heads,
-            dh: d / heads,
+            w: Arc::new(Weights {
+                d,
+                heads,
+                dh: d / heads,
+                scale: draft.scale() as f32,
+                fuse: affine("fuse", d, 2 * d)?,
+                layers,
+                head: form.matrix(rows, d, &host(weight)?),
+            }),
+            cache,
             capacity,
-            scale: draft.scale() as f32,
-            fuse: affine("fuse", d, 2 * d)?,
-            layers,
-            head: form.matrix(rows, d, &host(weight)?),
             len: 0,
         })
+    }
+
+    /// A draft for another sequence: the same weights (shared), an empty cache.
+    pub(crate) fn fork(&self) -> Self {
+        let heads = self.w.heads;
+        NativeDraft {
+            w: Arc::clone(&self.w),
+            cache: vec![
+                LayerCache {
+                    k: vec![Vec::new(); heads],
+                    v: vec![Vec::new(); heads],
+                };
+                self.w.layers.len()
+            ],
+            capacity: self.capacity,
+            len: 0,
+        }
     }
 
     /// Positions the cache holds at most.
@@ -220,13 +257,13 @@ impl NativeDraft {
 
     /// The fused layer input of `t` rows of hidden states and embeddings (`[t, D]` each).
     pub(crate) fn fuse(&self, hidden: &[f32], embedded: &[f32], t: usize) -> Result<Vec<f32>> {
-        let d = self.d;
+        let d = self.w.d;
         let mut x = vec![0f32; t * 2 * d];
         for (i, row) in x.chunks_exact_mut(2 * d).enumerate() {
             row[..d].copy_from_slice(&hidden[i * d..(i + 1) * d]);
             row[d..].copy_from_slice(&embedded[i * d..(i + 1) * d]);
         }
-        Ok(self.fuse.apply(&x, t, &*shared_pool()?))
+        Ok(self.w.fuse.apply(&x, t, &*shared_pool()?))
     }
 
     /// The layers over `t` fused inputs `x` (`[t, D]`) written at cache positions
@@ -240,7 +277,8 @@ impl NativeDraft {
         mask: Option<&[bool]>,
     ) -> Result<Vec<f32>> {
         let end = start + t;
-        if end > self.capacity || x.len() != t * self.d {
+        let w = &*self.w;
+        if end > self.capacity || x.len() != t * w.d {
             return Err(Error::Contract {
                 component: "FeatureDraftProposer",
                 problem: format!(
@@ -256,23 +294,23 @@ impl NativeDraft {
                 problem: format!("a draft mask that is not [{t}, {end}]"),
             });
         }
-        let (d, dh) = (self.d, self.dh);
+        let (d, dh) = (w.d, w.dh);
         let pool = shared_pool()?;
         let mut x = x.to_vec();
         let mut scratch = vec![0f32; end];
-        for layer in &mut self.layers {
+        for (layer, cache) in w.layers.iter().zip(&mut self.cache) {
             let qkv = layer.qkv.apply(&layer.ln1.apply(&x), t, &pool);
-            for h in 0..self.heads {
-                for cache in [&mut layer.k[h], &mut layer.v[h]] {
-                    if cache.len() < end * dh {
-                        cache.resize(end * dh, 0.0);
+            for h in 0..w.heads {
+                for c in [&mut cache.k[h], &mut cache.v[h]] {
+                    if c.len() < end * dh {
+                        c.resize(end * dh, 0.0);
                     }
                 }
                 for i in 0..t {
                     let row = &qkv[i * 3 * d..(i + 1) * 3 * d];
                     let at = (start + i) * dh;
-                    layer.k[h][at..at + dh].copy_from_slice(&row[d + h * dh..d + (h + 1) * dh]);
-                    layer.v[h][at..at + dh]
+                    cache.k[h][at..at + dh].copy_from_slice(&row[d + h * dh..d + (h + 1) * dh]);
+                    cache.v[h][at..at + dh]
                         .copy_from_slice(&row[2 * d + h * dh..2 * d + (h + 1) * dh]);
                 }
             }
@@ -282,16 +320,16 @@ impl NativeDraft {
                     Some(m) => m[i * end + s],
                     None => s <= start + i,
                 };
-                for h in 0..self.heads {
+                for h in 0..w.heads {
                     let q = &qkv[i * 3 * d + h * dh..i * 3 * d + (h + 1) * dh];
                     attend(
                         q,
                         1,
-                        &layer.k[h],
-                        &layer.v[h],
+                        &cache.k[h],
+                        &cache.v[h],
                         end,
                         dh,
-                        self.scale,
+                        w.scale,
                         &mut scratch,
                         allowed,
                         &mut y[i * d + h * dh..i * d + (h + 1) * dh],
@@ -315,13 +353,13 @@ impl NativeDraft {
 
     /// Logits over the projection's columns for `t` states (`[t, D]`): `[t, columns]`.
     pub(crate) fn logits(&self, states: &[f32], t: usize) -> Result<Vec<f32>> {
-        let mut out = vec![0f32; t * self.head.rows];
-        self.head.product(states, t, &mut out, &*shared_pool()?);
+        let mut out = vec![0f32; t * self.w.head.rows];
+        self.w.head.product(states, t, &mut out, &*shared_pool()?);
         Ok(out)
     }
 
     /// Columns of the projection.
     pub(crate) fn columns(&self) -> usize {
-        self.head.rows
+        self.w.head.rows
     }
 }

@@ -1,6 +1,8 @@
 //! The feature-level draft as a proposer: it reads the base model's final hidden states of
 //! every committed token and drafts the block autoregressively with its own small cache.
 
+use std::rc::Rc;
+
 use tch::{Device, Kind, Tensor};
 
 use super::model::{FeatureDraft, VocabProjection};
@@ -24,9 +26,10 @@ use crate::proposer::{ProposalContext, Proposer};
 /// which are dropped (an O(1) truncate) before the next proposal, when the base's states of
 /// the accepted tokens replace them.
 pub struct FeatureDraftProposer {
-    draft: FeatureDraft,
+    /// The draft and its vocabulary projection, shared with this proposer's forks.
+    draft: Rc<FeatureDraft>,
     embeddings: Tensor,
-    projection: VocabProjection,
+    projection: Rc<VocabProjection>,
     /// The libtorch draft's key/value cache (none while the native kernels compute it).
     cache: Option<KvCache>,
     /// Committed positions whose true states the cache holds.
@@ -101,12 +104,12 @@ impl FeatureDraftProposer {
         draft.to_device(device)?;
         let projection = draft.projection(embeddings)?;
         FeatureDraftProposer {
-            draft,
+            draft: Rc::new(draft),
             embeddings: embeddings
                 .f_detach()?
                 .f_to_kind(Kind::Float)?
                 .f_contiguous()?,
-            projection,
+            projection: Rc::new(projection),
             cache: None,
             fed: 0,
             pending: Vec::new(),
@@ -196,17 +199,29 @@ impl FeatureDraftProposer {
             _ => Packing::Plain,
         };
         if packing != self.packing {
-            self.draft.pack(packing)?;
-            self.projection.pack(packing)?;
+            let shared = || {
+                Error::config(
+                    "draft weights",
+                    "this proposer shares its draft with its forks; set the form before forking",
+                )
+            };
+            Rc::get_mut(&mut self.draft)
+                .ok_or_else(shared)?
+                .pack(packing)?;
+            Rc::get_mut(&mut self.projection)
+                .ok_or_else(shared)?
+                .pack(packing)?;
             self.packing = packing;
         }
         Ok(())
     }
 
-    /// The draft back (computing through its own weights again, ready for training).
-    pub fn into_draft(mut self) -> FeatureDraft {
-        self.draft.unpack();
-        self.draft
+    /// The draft back (computing through its own weights again, ready for training); `None`
+    /// while a fork of this proposer still shares it.
+    pub fn into_draft(self) -> Option<FeatureDraft> {
+        let mut draft = Rc::try_unwrap(self.draft).ok()?;
+        draft.unpack();
+        Some(draft)
     }
 
     /// Runs the draft's layers over fused inputs `x` (`[1, T, D]`) written at cache positions
@@ -398,6 +413,28 @@ impl Proposer for FeatureDraftProposer {
 
     fn needs_hidden(&self) -> bool {
         true
+    }
+
+    /// On the native kernels: a proposer sharing this one's draft weights, with an empty cache
+    /// (the per-sequence state). Through libtorch: `None` (its packed weights belong to one
+    /// proposer).
+    fn fork(&self) -> Option<Box<dyn Proposer>> {
+        let (form, native) = self.native.as_ref()?;
+        Some(Box::new(FeatureDraftProposer {
+            draft: Rc::clone(&self.draft),
+            embeddings: self.embeddings.shallow_clone(),
+            projection: Rc::clone(&self.projection),
+            cache: None,
+            fed: 0,
+            pending: Vec::new(),
+            device: self.device,
+            tree_width: self.tree_width,
+            f32_matmul: self.f32_matmul,
+            weights: self.weights,
+            packing: self.packing,
+            native: Some((*form, native.fork())),
+            max_context: self.max_context,
+        }))
     }
 
     fn observe_hidden(&mut self, hidden: &Tensor) -> Result<()> {
@@ -740,6 +777,57 @@ mod tests {
             );
         }
         std::hint::black_box(&flush);
+    }
+
+    #[test]
+    fn forks_share_the_weights_and_keep_their_own_caches() {
+        let _guard = tch::no_grad_guard();
+        let mut original = random_proposer(2)
+            .with_weights(DraftWeights::NativeInt8)
+            .unwrap();
+        let mut fork = original.fork().expect("native drafts fork");
+        assert_eq!(Rc::strong_count(&original.draft), 2);
+        // Two sequences, decoded through the trait as a batch's rows are.
+        let sequences: Vec<(Vec<i64>, Tensor)> = [(vec![3, 9, 1, 4], 7), (vec![5, 2, 8], 11)]
+            .into_iter()
+            .map(|(tokens, _)| {
+                let n = tokens.len() as i64;
+                (tokens, Tensor::randn([n, 32], (Kind::Float, Device::Cpu)))
+            })
+            .collect();
+        let proposals = |p: &mut dyn Proposer, (tokens, hidden): &(Vec<i64>, Tensor)| {
+            p.begin(tokens).unwrap();
+            p.observe_hidden(hidden).unwrap();
+            p.propose(&ProposalContext::new(tokens, 6, 4)).unwrap()
+        };
+        let next = [sequences[0].0.clone(), vec![6]].concat();
+        let later = Tensor::randn([1, 32], (Kind::Float, Device::Cpu));
+        // The first sequence and one more iteration, on the original alone.
+        let first = proposals(&mut original, &sequences[0]);
+        original.observe_hidden(&later).unwrap();
+        let second = original
+            .propose(&ProposalContext::new(&next, 2, 4))
+            .unwrap();
+        assert_eq!((first.len(), second.len()), (4, 4));
+        // The same on the fork while the original decodes the other sequence in between: the
+        // fork guesses the same, so it shares the weights and keeps its own cache.
+        assert_eq!(proposals(&mut *fork, &sequences[0]), first);
+        let other = proposals(&mut original, &sequences[1]);
+        fork.observe_hidden(&later).unwrap();
+        assert_eq!(
+            fork.propose(&ProposalContext::new(&next, 2, 4)).unwrap(),
+            second
+        );
+        assert_eq!(other.len(), 4);
+        // A shared draft can neither change its form nor be taken back.
+        let e = original
+            .with_weights(DraftWeights::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shares its draft"), "{e}");
+        // Through libtorch a proposer does not fork; alone, its draft comes back.
+        assert!(random_proposer(1).fork().is_none());
+        assert!(random_proposer(1).into_draft().is_some());
     }
 
     #[test]

@@ -100,6 +100,16 @@ impl Proposer for Chain {
         self.members[self.last].observe_tree(tree, greedy)
     }
 
+    /// A chain of the members' forks, when every member forks.
+    fn fork(&self) -> Option<Box<dyn Proposer>> {
+        let members = self
+            .members
+            .iter()
+            .map(|m| m.fork())
+            .collect::<Option<Vec<_>>>()?;
+        Some(Box::new(Chain { members, last: 0 }))
+    }
+
     /// Every member that reads hidden states gets them, whichever member proposes.
     fn observe_hidden(&mut self, hidden: &tch::Tensor) -> Result<()> {
         self.members

@@ -199,6 +199,15 @@ pub trait Proposer {
         let _ = (tree, greedy);
         Ok(())
     }
+
+    /// A proposer for another sequence that shares this one's read-only parts (a draft's
+    /// weights) and none of its per-sequence state, when it can make one cheaply; `None` (the
+    /// default): build another from its configuration. Batches and servers ask it for every
+    /// admitted row ([`ProposerConfig::row_proposers`](crate::config::ProposerConfig::row_proposers)),
+    /// so a proposer that loads or packs weights should fork.
+    fn fork(&self) -> Option<Box<dyn Proposer>> {
+        None
+    }
 }
 
 /// A proposer made from a closure (see [`from_fn`]).
@@ -267,6 +276,9 @@ impl<P: Proposer + ?Sized> Proposer for Box<P> {
     }
     fn observe_tree(&mut self, tree: &crate::decoder::DraftTree, greedy: &[i64]) -> Result<()> {
         (**self).observe_tree(tree, greedy)
+    }
+    fn fork(&self) -> Option<Box<dyn Proposer>> {
+        (**self).fork()
     }
 }
 
