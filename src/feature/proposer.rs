@@ -138,6 +138,7 @@ impl FeatureDraftProposer {
     /// output whatever they are. `OneDnn` off the CPU is refused ([`Error::InvalidConfig`]).
     pub fn with_f32_matmul(mut self, choice: F32Matmul) -> Result<Self> {
         choice.packs_own_weights(self.device)?;
+        self.unshared(choice != self.f32_matmul)?;
         self.f32_matmul = choice;
         self.repack()?;
         Ok(self)
@@ -149,7 +150,9 @@ impl FeatureDraftProposer {
     /// the rounding, and exact acceptance keeps the output whatever they are. A form that
     /// cannot run here is refused ([`Error::InvalidConfig`]).
     pub fn with_weights(mut self, weights: DraftWeights) -> Result<Self> {
-        self.weights = weights.resolve(self.device)?;
+        let weights = weights.resolve(self.device)?;
+        self.unshared(weights != self.weights)?;
+        self.weights = weights;
         self.repack()?;
         Ok(self)
     }
@@ -179,17 +182,7 @@ impl FeatureDraftProposer {
                     )),
                     None,
                 ),
-                None => {
-                    let config = self.draft.config();
-                    let shape = CacheShape {
-                        layers: config.n_layers as usize,
-                        batch: 1,
-                        heads: config.n_heads,
-                        capacity,
-                        head_dim: config.d_model / config.n_heads,
-                    };
-                    (None, Some(KvCache::new(shape, Kind::Float, self.device)?))
-                }
+                None => (None, Some(self.torch_cache()?)),
             };
         }
         let packing = match self.weights {
@@ -199,21 +192,47 @@ impl FeatureDraftProposer {
             _ => Packing::Plain,
         };
         if packing != self.packing {
-            let shared = || {
-                Error::config(
-                    "draft weights",
-                    "this proposer shares its draft with its forks; set the form before forking",
-                )
+            self.unshared(true)?;
+            let (Some(draft), Some(projection)) = (
+                Rc::get_mut(&mut self.draft),
+                Rc::get_mut(&mut self.projection),
+            ) else {
+                return Err(self.shared_error());
             };
-            Rc::get_mut(&mut self.draft)
-                .ok_or_else(shared)?
-                .pack(packing)?;
-            Rc::get_mut(&mut self.projection)
-                .ok_or_else(shared)?
-                .pack(packing)?;
+            draft.pack(packing)?;
+            projection.pack(packing)?;
             self.packing = packing;
         }
         Ok(())
+    }
+
+    /// Refuses a `change` of form while forks share the draft (they compute with its packed
+    /// weights).
+    fn unshared(&self, change: bool) -> Result<()> {
+        match change && Rc::strong_count(&self.draft) > 1 {
+            true => Err(self.shared_error()),
+            false => Ok(()),
+        }
+    }
+
+    fn shared_error(&self) -> Error {
+        Error::config(
+            "draft weights",
+            "this proposer shares its draft with its forks; set the form before forking",
+        )
+    }
+
+    /// An empty key/value cache for the libtorch draft.
+    fn torch_cache(&self) -> Result<KvCache> {
+        let config = self.draft.config();
+        let shape = CacheShape {
+            layers: config.n_layers as usize,
+            batch: 1,
+            heads: config.n_heads,
+            capacity: self.max_context + 1,
+            head_dim: config.d_model / config.n_heads,
+        };
+        KvCache::new(shape, Kind::Float, self.device)
     }
 
     /// The draft back (computing through its own weights again, ready for training); `None`
@@ -415,16 +434,19 @@ impl Proposer for FeatureDraftProposer {
         true
     }
 
-    /// On the native kernels: a proposer sharing this one's draft weights, with an empty cache
-    /// (the per-sequence state). Through libtorch: `None` (its packed weights belong to one
-    /// proposer).
+    /// A proposer sharing this one's draft (its weights and their packed copies, read-only
+    /// while it proposes), with an empty cache: the per-sequence state. `None` only when that
+    /// cache cannot be allocated.
     fn fork(&self) -> Option<Box<dyn Proposer>> {
-        let (form, native) = self.native.as_ref()?;
+        let (native, cache) = match &self.native {
+            Some((form, native)) => (Some((*form, native.fork())), None),
+            None => (None, Some(self.torch_cache().ok()?)),
+        };
         Some(Box::new(FeatureDraftProposer {
             draft: Rc::clone(&self.draft),
             embeddings: self.embeddings.shallow_clone(),
             projection: Rc::clone(&self.projection),
-            cache: None,
+            cache,
             fed: 0,
             pending: Vec::new(),
             device: self.device,
@@ -432,7 +454,7 @@ impl Proposer for FeatureDraftProposer {
             f32_matmul: self.f32_matmul,
             weights: self.weights,
             packing: self.packing,
-            native: Some((*form, native.fork())),
+            native,
             max_context: self.max_context,
         }))
     }
@@ -782,52 +804,60 @@ mod tests {
     #[test]
     fn forks_share_the_weights_and_keep_their_own_caches() {
         let _guard = tch::no_grad_guard();
-        let mut original = random_proposer(2)
-            .with_weights(DraftWeights::NativeInt8)
-            .unwrap();
-        let mut fork = original.fork().expect("native drafts fork");
-        assert_eq!(Rc::strong_count(&original.draft), 2);
-        // Two sequences, decoded through the trait as a batch's rows are.
-        let sequences: Vec<(Vec<i64>, Tensor)> = [(vec![3, 9, 1, 4], 7), (vec![5, 2, 8], 11)]
-            .into_iter()
-            .map(|(tokens, _)| {
-                let n = tokens.len() as i64;
-                (tokens, Tensor::randn([n, 32], (Kind::Float, Device::Cpu)))
-            })
-            .collect();
-        let proposals = |p: &mut dyn Proposer, (tokens, hidden): &(Vec<i64>, Tensor)| {
-            p.begin(tokens).unwrap();
-            p.observe_hidden(hidden).unwrap();
-            p.propose(&ProposalContext::new(tokens, 6, 4)).unwrap()
-        };
-        let next = [sequences[0].0.clone(), vec![6]].concat();
-        let later = Tensor::randn([1, 32], (Kind::Float, Device::Cpu));
-        // The first sequence and one more iteration, on the original alone.
-        let first = proposals(&mut original, &sequences[0]);
-        original.observe_hidden(&later).unwrap();
-        let second = original
-            .propose(&ProposalContext::new(&next, 2, 4))
-            .unwrap();
-        assert_eq!((first.len(), second.len()), (4, 4));
-        // The same on the fork while the original decodes the other sequence in between: the
-        // fork guesses the same, so it shares the weights and keeps its own cache.
-        assert_eq!(proposals(&mut *fork, &sequences[0]), first);
-        let other = proposals(&mut original, &sequences[1]);
-        fork.observe_hidden(&later).unwrap();
-        assert_eq!(
-            fork.propose(&ProposalContext::new(&next, 2, 4)).unwrap(),
-            second
-        );
-        assert_eq!(other.len(), 4);
-        // A shared draft can neither change its form nor be taken back.
-        let e = original
-            .with_weights(DraftWeights::F32)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("shares its draft"), "{e}");
-        // Through libtorch a proposer does not fork; alone, its draft comes back.
-        assert!(random_proposer(1).fork().is_none());
-        assert!(random_proposer(1).into_draft().is_some());
+        // On the native kernels and through libtorch.
+        for form in [DraftWeights::NativeInt8, DraftWeights::F32] {
+            let mut original = random_proposer(2).with_weights(form).unwrap();
+            let mut fork = original.fork().expect("drafts fork");
+            assert_eq!(Rc::strong_count(&original.draft), 2);
+            // Two sequences, decoded through the trait as a batch's rows are.
+            let sequences: Vec<(Vec<i64>, Tensor)> = [vec![3, 9, 1, 4], vec![5, 2, 8]]
+                .into_iter()
+                .map(|tokens| {
+                    let n = tokens.len() as i64;
+                    (tokens, Tensor::randn([n, 32], (Kind::Float, Device::Cpu)))
+                })
+                .collect();
+            let proposals = |p: &mut dyn Proposer, (tokens, hidden): &(Vec<i64>, Tensor)| {
+                p.begin(tokens).unwrap();
+                p.observe_hidden(hidden).unwrap();
+                p.propose(&ProposalContext::new(tokens, 6, 4)).unwrap()
+            };
+            let next = [sequences[0].0.clone(), vec![6]].concat();
+            let later = Tensor::randn([1, 32], (Kind::Float, Device::Cpu));
+            // The first sequence and one more iteration, on the original alone.
+            let first = proposals(&mut original, &sequences[0]);
+            original.observe_hidden(&later).unwrap();
+            let second = original
+                .propose(&ProposalContext::new(&next, 2, 4))
+                .unwrap();
+            assert_eq!((first.len(), second.len()), (4, 4));
+            // The same on the fork while the original decodes the other sequence in between:
+            // the fork guesses the same, so it shares the weights and keeps its own cache.
+            assert_eq!(proposals(&mut *fork, &sequences[0]), first, "{form}");
+            let other = proposals(&mut original, &sequences[1]);
+            fork.observe_hidden(&later).unwrap();
+            assert_eq!(
+                fork.propose(&ProposalContext::new(&next, 2, 4)).unwrap(),
+                second,
+                "{form}"
+            );
+            assert_eq!(other.len(), 4);
+            // A shared draft can neither change its form nor be taken back; alone again, it
+            // can.
+            let other_form = match form {
+                DraftWeights::F32 => DraftWeights::NativeF32,
+                _ => DraftWeights::F32,
+            };
+            let e = original.with_weights(other_form).unwrap_err().to_string();
+            assert!(e.contains("shares its draft"), "{e}");
+            drop(fork);
+            let original = random_proposer(1).with_weights(form).unwrap();
+            assert!(original
+                .with_weights(other_form)
+                .unwrap()
+                .into_draft()
+                .is_some());
+        }
     }
 
     #[test]

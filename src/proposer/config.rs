@@ -122,7 +122,7 @@ impl ProposerConfig {
 
     /// Proposers for the rows of a batch or a server: one built here from this configuration
     /// (as [`ProposerConfig::build_with`]) is kept, and every row gets a fork of it
-    /// ([`Proposer::fork`]: a feature draft on the native kernels shares its weights instead of
+    /// ([`Proposer::fork`]: a feature draft shares its weights and their packed copies instead of
     /// loading and packing them again, about 0.17 s a row for SmolLM2's) or, where it cannot
     /// fork, one built afresh. Returns whether the proposers read the model's proposal heads,
     /// and the factory ([`BatchBuilder::proposer_factory`](crate::decoder::BatchBuilder::proposer_factory)).
