@@ -250,7 +250,7 @@ fn run_row(
             let info = bundle.model.info().clone();
             let emb = bundle.model.token_embeddings();
             // One proposer built, then a fork per prompt (as a server admits requests).
-            let (_, proposers) = proposer.row_proposers(&info, emb.as_ref())?;
+            let proposers = proposer.row_proposers(&info, emb.as_ref())?.factory();
             let mut d = BatchBlockwise::builder(&mut bundle.model)
                 .block_size(row.k)
                 .proposer_factory(false, proposers)

@@ -50,7 +50,7 @@ def reference(args, prompts):
 
 
 def start_server(args, extra, port):
-    cmd = [os.path.join(ROOT, "target/release/blockwise-server"), "--model", args.model,
+    cmd = [args.server, "--model", args.model,
            "--dtype", args.dtype, "--addr", f"127.0.0.1:{port}", "--queue", "256",
            "--served-model-name", "m"] + extra.split()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
@@ -145,6 +145,8 @@ def level(port, prompts, want, clients, requests, max_tokens, timeout):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="models/smollm2")
+    ap.add_argument("--server", default=os.path.join(ROOT, "target/release/blockwise-server"),
+                    help="the server binary (another build to compare against)")
     ap.add_argument("--dtype", default="f32")
     ap.add_argument("--prompts", default="examples/prompts/chat24.txt")
     ap.add_argument("--levels", default="1,4,16,64")

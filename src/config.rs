@@ -12,7 +12,7 @@ use crate::acceptance::{
 use crate::error::{Error, Result};
 use crate::model::{check_tokens, ModelInfo};
 use crate::policy::PolicyConfig;
-pub use crate::proposer::ProposerConfig;
+pub use crate::proposer::{ProposerConfig, RowProposers};
 use crate::sampling::SamplingConfig;
 
 /// What to do when the sequence fills the model's context window.

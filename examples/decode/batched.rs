@@ -20,6 +20,8 @@ pub fn run_batched(
 ) -> Result<()> {
     let info = model.info().clone();
     let embeddings = model.token_embeddings();
+    // One proposer built, then a fork of it per row (a feature draft shares its weights).
+    let rows = config.proposer.row_proposers(&info, embeddings.as_ref())?;
     let per_batch = args.batch.unwrap_or(1);
     for (g, group) in prompts.chunks(per_batch).enumerate() {
         let greedy = if args.compare_greedy {
@@ -33,11 +35,9 @@ pub fn run_batched(
         } else {
             None
         };
-        // One proposer built, then a fork of it per row (a feature draft shares its weights).
-        let (needs_heads, proposers) = config.proposer.row_proposers(&info, embeddings.as_ref())?;
         let mut builder = BatchBlockwise::builder(&mut *model)
             .block_size(config.block_size)
-            .proposer_factory(needs_heads, proposers);
+            .proposer_factory(rows.needs_heads(), rows.factory());
         if let Some(TreeArg::Shape(shape)) = &args.tree {
             builder = builder.tree(shape.clone());
         } else if let Some(TreeArg::Dynamic(nodes)) = &args.tree {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use blockwise::bundle::ModelBundle;
 use blockwise::config::BlockwiseConfig;
+use blockwise::config::RowProposers;
 use blockwise::decoder::{BatchBlockwise, RowId};
 use blockwise::tokenizer::{Message, TextStream, TextTokenizer};
 use blockwise::{
@@ -254,12 +255,20 @@ pub struct Worker {
     config: WorkerConfig,
     flags: Arc<Flags>,
     pending: VecDeque<Ready>,
+    /// The proposer built for the first batch, forked for every admitted request after it.
+    rows: Option<RowProposers>,
 }
 
 impl Worker {
     /// A worker over a loaded model.
-    pub fn new(bundle: ModelBundle, config: WorkerConfig, flags: Arc<Flags>) -> Self {
+    pub fn new(bundle: ModelBundle, mut config: WorkerConfig, flags: Arc<Flags>) -> Self {
         let info = bundle.model.info().clone();
+        // `eagle` without a folder is the draft shipped for the model, as in `decode`.
+        config.decoder.proposer = config
+            .decoder
+            .proposer
+            .clone()
+            .with_shipped_draft(bundle.draft.as_deref());
         Worker {
             model: bundle.model,
             text: Text {
@@ -271,6 +280,7 @@ impl Worker {
             config,
             flags,
             pending: VecDeque::new(),
+            rows: None,
         }
     }
 
@@ -356,12 +366,20 @@ impl Worker {
             (&self.text, &self.config, &self.flags, &mut self.pending);
         let info = text.info.clone();
         let embeddings = self.model.token_embeddings();
-        let proposer = config.decoder.proposer.clone();
         let k = config.decoder.block_size;
-        // One proposer built, then a fork of it per admitted request (a feature draft shares
-        // its weights instead of loading them again).
-        let built = proposer.row_proposers(&info, embeddings.as_ref()).and_then(
-            |(needs_heads, proposers)| {
+        // One proposer built for the worker's life, then a fork of it per admitted request (a
+        // feature draft shares its weights instead of loading them again).
+        let rows = match &mut self.rows {
+            Some(rows) => Ok(&*rows),
+            slot => config
+                .decoder
+                .proposer
+                .row_proposers(&info, embeddings.as_ref())
+                .map(|rows| &*slot.insert(rows)),
+        };
+        let built = rows.and_then(|rows| {
+            let (needs_heads, proposers) = (rows.needs_heads(), rows.factory());
+            {
                 let model: &mut dyn CausalLm = &mut *self.model;
                 let mut decoder = BatchBlockwise::builder(model)
                     .block_size(k)
@@ -376,8 +394,8 @@ impl Worker {
                 let rows = waiting.clamp(1, config.max_batch);
                 decoder.open(rows, info.max_context + 2 * k)?;
                 Ok(decoder)
-            },
-        );
+            }
+        });
         let mut decoder = match built {
             Ok(d) => d,
             Err(e) => {

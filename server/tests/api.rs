@@ -464,6 +464,30 @@ async fn smollm2_chat_equals_greedy_and_a_gone_client_frees_its_row() {
     server.shutdown().await;
 }
 
+/// `--proposer eagle` names no folder: the draft shipped for SmolLM2 is attached, as `decode`
+/// attaches it, and every row of a batch (one fork of it each) answers with greedy's text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smollm2_eagle_uses_the_shipped_draft_in_every_row() {
+    let model = smollm2();
+    let server = Server::start(&model, "eagle", 3, 2, 8).await;
+    let questions = ["Why is the sky blue?", "Write a haiku about the sea."];
+    let want = greedy_texts(&model, &questions.map(|q| (q.to_string(), 20)), true);
+    let answers = futures_util::future::join_all(questions.iter().map(|q| {
+        post(
+            &server,
+            "/v1/chat/completions",
+            json!({"model": "smollm2", "max_tokens": 20,
+                   "messages": [{"role": "user", "content": q}]}),
+        )
+    }))
+    .await;
+    for ((status, body), want) in answers.into_iter().zip(&want) {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["choices"][0]["message"]["content"], want.as_str());
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_the_answers_in_flight() {
     let mut server = Server::start("embedded", "heads", 4, 2, 4).await;

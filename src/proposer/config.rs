@@ -124,22 +124,18 @@ impl ProposerConfig {
     /// (as [`ProposerConfig::build_with`]) is kept, and every row gets a fork of it
     /// ([`Proposer::fork`]: a feature draft shares its weights and their packed copies instead of
     /// loading and packing them again, about 0.17 s a row for SmolLM2's) or, where it cannot
-    /// fork, one built afresh. Returns whether the proposers read the model's proposal heads,
-    /// and the factory ([`BatchBuilder::proposer_factory`](crate::decoder::BatchBuilder::proposer_factory)).
+    /// fork, one built afresh ([`RowProposers`]).
     pub fn row_proposers(
         &self,
         target: &ModelInfo,
         embeddings: Option<&tch::Tensor>,
-    ) -> Result<(bool, crate::decoder::ProposerFactory)> {
-        let prototype = self.build_with(target, embeddings)?;
-        let needs_heads = prototype.needs_heads();
-        let (config, info) = (self.clone(), target.clone());
-        let emb = embeddings.map(|e| e.shallow_clone());
-        let make = move || match prototype.fork() {
-            Some(p) => Ok(p),
-            None => config.build_with(&info, emb.as_ref()),
-        };
-        Ok((needs_heads, Box::new(make)))
+    ) -> Result<RowProposers> {
+        Ok(RowProposers {
+            prototype: std::rc::Rc::from(self.build_with(target, embeddings)?),
+            config: self.clone(),
+            target: target.clone(),
+            embeddings: embeddings.map(|e| e.shallow_clone()),
+        })
     }
 
     /// Builds the proposer for a verified model described by `target` whose token embeddings
@@ -346,5 +342,52 @@ impl FromStr for ProposerConfig {
             }),
             _ => Err(bad()),
         }
+    }
+}
+
+/// Proposers for further sequences from one built proposer ([`ProposerConfig::row_proposers`]):
+/// its forks where it forks, else proposers built afresh from the configuration. Keep it for as
+/// long as sequences come (a server keeps it for its life), so the proposer is built once.
+pub struct RowProposers {
+    prototype: std::rc::Rc<dyn Proposer>,
+    config: ProposerConfig,
+    target: ModelInfo,
+    embeddings: Option<tch::Tensor>,
+}
+
+impl std::fmt::Debug for RowProposers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowProposers")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RowProposers {
+    /// Whether the proposers read the model's proposal heads.
+    pub fn needs_heads(&self) -> bool {
+        self.prototype.needs_heads()
+    }
+
+    /// A proposer for another sequence.
+    pub fn make(&self) -> Result<Box<dyn Proposer>> {
+        match self.prototype.fork() {
+            Some(p) => Ok(p),
+            None => self
+                .config
+                .build_with(&self.target, self.embeddings.as_ref()),
+        }
+    }
+
+    /// [`RowProposers::make`] as a batch's factory
+    /// ([`BatchBuilder::proposer_factory`](crate::decoder::BatchBuilder::proposer_factory)).
+    pub fn factory(&self) -> crate::decoder::ProposerFactory {
+        let rows = RowProposers {
+            prototype: std::rc::Rc::clone(&self.prototype),
+            config: self.config.clone(),
+            target: self.target.clone(),
+            embeddings: self.embeddings.as_ref().map(|e| e.shallow_clone()),
+        };
+        Box::new(move || rows.make())
     }
 }

@@ -12,7 +12,7 @@ mod lookahead;
 mod ngram;
 
 pub use chain::Chain;
-pub use config::ProposerConfig;
+pub use config::{ProposerConfig, RowProposers};
 pub use draft::DraftModel;
 pub use heads::HeadsProposer;
 pub use lookahead::Lookahead;
