@@ -143,11 +143,11 @@ impl std::fmt::Debug for NativeDraft {
     }
 }
 
-/// A float32 copy of `t`'s values, row-major.
-fn host(t: &Tensor) -> Result<Vec<f32>> {
+/// A float32 copy of `t`'s values, row-major, on the host.
+pub(super) fn host(t: &Tensor) -> Result<Vec<f32>> {
     Ok(Vec::try_from(
-        &t.f_to_kind(Kind::Float)?
-            .f_to_device(tch::Device::Cpu)?
+        &t.f_to_device(tch::Device::Cpu)?
+            .f_to_kind(Kind::Float)?
             .f_contiguous()?
             .f_flatten(0, -1)?,
     )?)

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use tch::{Device, Kind, Tensor};
 
 use super::model::{FeatureDraft, VocabProjection};
-use super::native::{NativeDraft, NativeForm};
+use super::native::{host, NativeDraft, NativeForm};
 use super::weights::DraftWeights;
 use crate::cache::{CacheShape, KvCache};
 use crate::decoder::DraftTree;
@@ -566,16 +566,6 @@ impl Proposer for FeatureDraftProposer {
         }
         Ok(Some(tree.best(nodes)))
     }
-}
-
-/// A float32 copy of `t`'s values, row-major, on the host.
-fn host(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(Vec::try_from(
-        &t.f_to_device(Device::Cpu)?
-            .f_to_kind(Kind::Float)?
-            .f_contiguous()?
-            .f_flatten(0, -1)?,
-    )?)
 }
 
 /// `t` rows of `D` values as a `[1, t, D]` tensor on `device`.
