@@ -9,6 +9,7 @@
 //! cargo run --release --example proposer_table -- [--model models/smollm2] [--prompts FILE]
 //!     [--count N] [--max-new-tokens N] [--dtypes f32,bf16] [--heads NAME=DIR ...]
 //!     [--draft NAME=DIR[@f32|@int8] ...] [--draft-weights auto|f32|int8] [--only TEXT]
+//!     [--min-confidence P[,P..]]
 //!     [--device cpu|cuda[:N]] [--backend torchscript|native] [--json FILE]
 //! ```
 //!
@@ -18,7 +19,9 @@
 //! `--draft shipped-f32=assets/drafts/smollm2@f32` sets the shipped draft's float32 form beside
 //! its default int8 one); `--draft-weights` sets the form of the shipped draft's rows. "first guess accepted" is the share of iterations that kept
 //! more than the model's own token: the first drafted token's acceptance rate, what a draft's
-//! first-step agreement in training predicts.
+//! first-step agreement in training predicts. `--min-confidence P,...` adds chains of the
+//! shipped draft at k = 4, 6 and 8 that stop at the first guess whose cumulative confidence is
+//! below P (`eagle~P`), one set per P.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -55,6 +58,7 @@ struct Args {
     heads: Vec<(String, PathBuf)>,
     drafts: Vec<(String, String)>,
     draft_weights: DraftWeights,
+    min_confidence: Vec<f64>,
     only: Option<String>,
     device: Device,
     backend: Backend,
@@ -71,6 +75,7 @@ fn parse() -> Result<Args> {
         heads: Vec::new(),
         drafts: Vec::new(),
         draft_weights: DraftWeights::Auto,
+        min_confidence: Vec::new(),
         only: None,
         device: Device::Cpu,
         backend: Backend::TorchScript,
@@ -108,6 +113,12 @@ fn parse() -> Result<Args> {
                 a.drafts.push((name.into(), dir.into()));
             }
             "--draft-weights" => a.draft_weights = value()?.parse()?,
+            "--min-confidence" => {
+                a.min_confidence = value()?
+                    .split(',')
+                    .map(|p| p.parse().map_err(|_| bad("--min-confidence P[,P..]")))
+                    .collect::<Result<_>>()?
+            }
             "--only" => a.only = Some(value()?),
             "--device" => a.device = blockwise::cuda::parse_device(&value()?)?,
             "--backend" => a.backend = Backend::parse(&value()?)?,
@@ -122,6 +133,7 @@ fn rows(args: &Args) -> Vec<Row> {
     let eagle = || ProposerConfig::Eagle {
         draft: None,
         weights: args.draft_weights,
+        min_confidence: 0.0,
     };
     let row = |name: &str, heads: HeadsChoice, proposer, k, tree, adaptive| Row {
         name: name.into(),
@@ -184,6 +196,18 @@ fn rows(args: &Args) -> Vec<Row> {
             Some(nodes),
             false,
         ));
+    }
+    for &p in &args.min_confidence {
+        for k in [4, 6, 8] {
+            out.push(row(
+                &format!("eagle chain ~{p}"),
+                HeadsChoice::None,
+                eagle().with_draft_min_confidence(p),
+                k,
+                None,
+                false,
+            ));
+        }
     }
     for (name, dir) in &args.drafts {
         let config: ProposerConfig = format!("eagle:{dir}")

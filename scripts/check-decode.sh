@@ -170,6 +170,8 @@ if [ -f models/smollm2/metadata.json ]; then
   smollm2_identical "eagle, float32 draft, k 5" --chat --proposer eagle --draft-weights f32 --k 5
   smollm2_identical "eagle, --tree dynamic:12" --chat --proposer eagle --k 6 --tree dynamic:12
   smollm2_identical "eagle, --batch 2" --chat --proposer eagle --k 5 --batch 2
+  smollm2_identical "eagle, --draft-confidence 0.2, k 8" --chat --proposer eagle --k 8 --draft-confidence 0.2
+  smollm2_identical "eagle~0.1, --tree dynamic:12" --chat --proposer eagle~0.1 --k 6 --tree dynamic:12
   smollm2_identical "chain of ngram and eagle, --adaptive" --chat --proposer chain:ngram,eagle --k 6 --adaptive
 fi
 # Bad input must be a clear error (exit 2), not a crash.
@@ -179,7 +181,9 @@ for args in "--batch 0" "--batch 2 --temperature 0.7" "--batch 2 --adaptive" "--
             "--proposer eagle:assets/drafts/smollm2" "--tree dynamic:0" "--tree dynamic:x" "--tree dynamic:8 --accept top-k:2" \
             "--heads no/such/dir" "--policy sometimes" \
             "--draft-weights int8 --proposer ngram" "--draft-weights int4" "--proposer eagle@int4" \
-            "--proposer eagle@f32 --draft-weights int8" \
+            "--proposer eagle@f32 --draft-weights int8" "--proposer eagle@native-int8 --draft-weights f32" \
+            "--draft-confidence 0.2 --proposer ngram" "--draft-confidence 1.5 --proposer eagle:assets/drafts/smollm2" \
+            "--draft-confidence x" "--proposer eagle:assets/drafts/smollm2~0.1 --draft-confidence 0.2" \
             "--proposer lookahead:0:3:4" "--proposer lookahead:4:1:4" "--proposer lookahead:4:3" \
             "--top-p 0.9" "--temperature 0.7 --accept top-k:2" "--temperature 1 --top-p 1.5" \
             "--temperature -1" "--temperature 1 --accept typical:0:0.3" "--temperature 1 --seed x" \

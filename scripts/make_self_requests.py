@@ -21,6 +21,19 @@ Two steps, with SmolLM2's greedy decoding between them (`make draft-answers-self
         user turns (CORPUS_DIR: chatterbot_corpus/data/english), shuffled; M of them (half from
         each source) go to HELDOUT_FILE, the rest to TRAIN_FILE. No line equals a chat24 prompt.
 
+A third, cheaper way (`make draft-answers-lists`): ask for five requests at once, so one
+decoded reply gives three or four distinct requests instead of a third of one:
+
+    .venv/bin/python scripts/make_self_requests.py ask-lists OUT_FILE N
+        N instructions asking for five requests about a WordNet noun, in 16 shapes ("Write five
+        different questions that people might ask an AI assistant about X. Put each on its
+        own line.").
+    .venv/bin/python scripts/make_self_requests.py pick-lists DECODED_JSONL TRAIN_FILE \\
+            HELDOUT_FILE M [EXCLUDE_FILE ...]
+        The numbered lines of those replies that read as a request (4 to 40 words, ending in
+        ?, . or !, not about requests themselves), each once, none equal to a chat24 prompt or
+        a line of an EXCLUDE_FILE (earlier request lists), shuffled; M go to HELDOUT_FILE.
+
 Deterministic for given arguments and decoded text.
 """
 
@@ -62,6 +75,28 @@ ASKS = [
     "Write a funny question about {x}.",
 ]
 SUFFIX = " Reply with the question or request only."
+
+LIST_ASKS = [
+    "Write five different questions that people might ask an AI assistant about {x}.",
+    "Write five different requests that people might send to an AI assistant about {x}.",
+    "Write five questions a beginner might ask about {x}.",
+    "Write five questions a curious child might ask about {x}.",
+    "Write five questions someone might ask an expert on {x}.",
+    "Write five questions starting with \"How do I\" about {x}.",
+    "Write five questions starting with \"Why\" about {x}.",
+    "Write five questions starting with \"What is\" about {x}.",
+    "Write five questions starting with \"Can you\" about {x}.",
+    "Write five everyday questions someone might ask about their {x}.",
+    "Write five questions people ask when they shop for {x}.",
+    "Write five questions comparing {x} with other things.",
+    "Write five requests asking an AI assistant to write something (a poem, a story, a letter, "
+    "a plan) about {x}.",
+    "Write five requests asking an AI assistant to explain something about {x}.",
+    "Write five requests asking an AI assistant for advice about {x}.",
+    "Write five questions about the history of {x}.",
+]
+LIST_SUFFIX = " Put each one on its own line."
+NUMBERED = re.compile(r"^\s*\d+[.)]\s*(.+?)\s*$")
 
 
 def chat24():
@@ -108,6 +143,60 @@ def clean(text):
             and not META.search(first) and "might ask" not in first:
         return first
     return None
+
+
+def ask_lists(out, n):
+    _, words = chat24()
+    nouns = [w for w, _ in wordnet_nouns(words)]
+    rng = random.Random(2029)
+    rng.shuffle(nouns)
+    lines, seen = [], set()
+    while len(lines) < n:
+        line = rng.choice(LIST_ASKS).format(x=rng.choice(nouns)) + LIST_SUFFIX
+        if line not in seen:
+            seen.add(line)
+            lines.append(line)
+    with open(out, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"{out}: {len(lines)} instructions over {len(nouns)} nouns")
+
+
+def listed(text):
+    """The requests in a reply to a list instruction: its numbered lines that read as one."""
+    found = []
+    for line in text.splitlines():
+        m = NUMBERED.match(line)
+        if not m:
+            continue
+        q = " ".join(m.group(1).strip("\"'*` ").split()).strip("\"“”'*` ")
+        if 4 <= len(q.split()) <= 40 and q[-1] in "?.!" and q[0].isalpha() \
+                and not META.search(q):
+            found.append(q[0].upper() + q[1:])
+    return found
+
+
+def pick_lists(decoded, train_path, held_path, m, excluded):
+    held_lines, _ = chat24()
+    seen = set(held_lines)
+    for path in excluded:
+        with open(path, encoding="utf-8") as f:
+            seen.update(line.strip().lower() for line in f if line.strip())
+    kept, total = [], 0
+    with open(decoded, encoding="utf-8") as f:
+        for line in f:
+            for q in listed(json.loads(line)["text"]):
+                total += 1
+                if q.lower() not in seen:
+                    seen.add(q.lower())
+                    kept.append(q)
+    rng = random.Random(2030)
+    rng.shuffle(kept)
+    held, train = kept[:m], kept[m:]
+    print(f"lists: {total} requests, {len(kept)} distinct and new, {m} held out")
+    for path, items in ((train_path, train), (held_path, held)):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(items) + "\n")
+        print(f"{path}: {len(items)} requests")
 
 
 def corpus_turns(corpus):
@@ -163,6 +252,10 @@ def main():
         ask(a[1], int(a[2]))
     elif len(a) == 6 and a[0] == "pick":
         pick(a[1], a[2], a[3], a[4], int(a[5]))
+    elif len(a) == 3 and a[0] == "ask-lists":
+        ask_lists(a[1], int(a[2]))
+    elif len(a) >= 5 and a[0] == "pick-lists":
+        pick_lists(a[1], a[2], a[3], int(a[4]), a[5:])
     else:
         sys.exit(__doc__)
 

@@ -772,6 +772,30 @@ fn lookahead_settings_out_of_range_are_config_errors() {
 }
 
 #[test]
+fn a_draft_confidence_outside_zero_to_one_is_refused_when_built() {
+    use blockwise::config::ProposerConfig;
+    let model =
+        Transformer::new_seeded(TransformerConfig::tiny(20, 1), 1, tch::Device::Cpu).unwrap();
+    for bad in ["eagle:x~1", "eagle:x~-0.5", "eagle:x~NaN"] {
+        let p: ProposerConfig = bad.parse().unwrap();
+        let Err(e) = p.build_for(&model) else {
+            panic!("{bad} was built");
+        };
+        assert!(
+            matches!(
+                e,
+                Error::InvalidConfig {
+                    field: "draft min_confidence",
+                    ..
+                }
+            ),
+            "{bad}: {e}"
+        );
+        assert!(e.to_string().contains("below 1"), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn proposer_configs_round_trip() {
     use blockwise::config::ProposerConfig;
     for s in [
@@ -788,6 +812,10 @@ fn proposer_configs_round_trip() {
         "eagle:assets/drafts/smollm2@native-bf16",
         "eagle:a@b/draft",
         "chain:ngram:1:3,eagle@f32",
+        "eagle~0.2",
+        "eagle@native-int8~0.05",
+        "eagle:a~b/draft@int8~0.5",
+        "chain:ngram:1:3,eagle~0.3",
     ] {
         let p: ProposerConfig = s.parse().unwrap();
         assert_eq!(p.to_string(), s);

@@ -52,6 +52,15 @@ fn draft_for(model: &Transformer, seed: u64, shortlist: Option<usize>) -> Featur
         .unwrap()
         .with_weights(weights)
         .unwrap()
+        .with_min_confidence(floor_for(seed))
+        .unwrap()
+}
+
+/// The draft's confidence floor, by seed: none (every guess up to the block size) half the
+/// time, else a low or a high one, so that chains cut short, trees pruned and steps with no
+/// proposal at all come up.
+fn floor_for(seed: u64) -> f64 {
+    [0.0, 0.0, 0.1, 0.5][(seed / 12 % 4) as usize]
 }
 
 /// A fresh draft, by seed: one layer, or two with every weight drawn at random (so that the
@@ -188,7 +197,8 @@ proptest! {
                 FeatureDraftProposer::with_embeddings(draft, &emb, ctx)?
                     .with_tree_width(width)
                     .with_f32_matmul(forms_for(seed).0)?
-                    .with_weights(forms_for(seed).1)?,
+                    .with_weights(forms_for(seed).1)?
+                    .with_min_confidence(floor_for(seed))?,
             ))
         };
         // Every other row shares one draft's weights through forks (where the form forks: the

@@ -15,6 +15,7 @@ pub const USAGE: &str = "\
 usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--chat]
               [--proposer heads|none|ngram[:MIN:MAX]|lookahead[:W:N:G]|draft:DIR|eagle[:DIR]|chain:A,B]
               [--draft-weights auto|f32|int8|native-f32|native-bf16|native-int8]
+              [--draft-confidence P]
               [--heads DIR|none]
               [--k N]
               [--adaptive | --policy fixed|adaptive|cost[:PER_TOKEN]]
@@ -82,6 +83,9 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
                     x86-64 CPUs with AVX2, else libtorch's int8 or f32), f32 or int8 (libtorch),
                     native-f32, native-bf16 or native-int8 (the crate's own CPU kernels); the
                     output is the same in each
+  --draft-confidence  an eagle draft proposes a guess only while the product of its
+                    probabilities along it is at least P (0 <= P < 1; default 0: every guess up
+                    to k); below P at the first guess, the step is a plain one
   --compare-greedy  also decode greedily (under --temperature: plain sampling, one token per
                     model call), report identical and speedup
   --json            one JSON object per prompt on stdout";
@@ -147,6 +151,8 @@ struct Cli {
     #[arg(long)]
     draft_weights: Option<String>,
     #[arg(long)]
+    draft_confidence: Option<f64>,
+    #[arg(long)]
     compare_greedy: bool,
     #[arg(long)]
     json: bool,
@@ -180,27 +186,65 @@ pub struct Args {
     pub tree: Option<TreeArg>,
 }
 
-/// `--proposer` with `--draft-weights` applied to its eagle drafts (refused without one, or
-/// when the proposer already names the weights).
-fn proposer(spec: Option<&str>, weights: Option<&str>) -> Result<ProposerConfig> {
-    let config: ProposerConfig = spec.map(str::parse).transpose()?.unwrap_or_default();
-    let Some(weights) = weights else {
-        return Ok(config);
-    };
-    let weights: DraftWeights = weights.parse()?;
-    if !config.reads_embeddings() {
-        return Err(bad(
-            "draft-weights",
-            format!("sets an eagle draft's weights; --proposer {config} has no eagle draft"),
-        ));
+/// `--proposer` with `--draft-weights` and `--draft-confidence` applied to its eagle drafts
+/// (refused without one, or when the proposer already names the weights or the confidence).
+fn proposer(
+    spec: Option<&str>,
+    weights: Option<&str>,
+    confidence: Option<f64>,
+) -> Result<ProposerConfig> {
+    let mut config: ProposerConfig = spec.map(str::parse).transpose()?.unwrap_or_default();
+    let named = eagles(&config);
+    for (flag, given) in [
+        ("draft-weights", weights.is_some()),
+        ("draft-confidence", confidence.is_some()),
+    ] {
+        if given && named.is_empty() {
+            return Err(bad(
+                flag,
+                format!("sets an eagle draft's setting; --proposer {config} has no eagle draft"),
+            ));
+        }
     }
-    if spec.is_some_and(|s| ["@auto", "@f32", "@int8"].iter().any(|w| s.contains(w))) {
-        return Err(bad(
-            "draft-weights",
-            "and an `@` form in --proposer both name the draft's weights; give one",
-        ));
+    if let Some(weights) = weights {
+        let weights: DraftWeights = weights.parse()?;
+        if named.iter().any(|(w, _)| *w != DraftWeights::Auto) {
+            return Err(bad(
+                "draft-weights",
+                "and an `@` form in --proposer both name the draft's weights; give one",
+            ));
+        }
+        config = config.with_draft_weights(weights);
     }
-    Ok(config.with_draft_weights(weights))
+    if let Some(p) = confidence {
+        if named.iter().any(|(_, c)| *c != 0.0) {
+            return Err(bad(
+                "draft-confidence",
+                "and a `~` confidence in --proposer both name the draft's minimum; give one",
+            ));
+        }
+        if !(0.0..1.0).contains(&p) {
+            return Err(bad(
+                "draft-confidence",
+                format!("must be at least 0 and below 1, got {p}"),
+            ));
+        }
+        config = config.with_draft_min_confidence(p);
+    }
+    Ok(config)
+}
+
+/// The weights and minimum confidence of every eagle draft in `config`.
+fn eagles(config: &ProposerConfig) -> Vec<(DraftWeights, f64)> {
+    match config {
+        ProposerConfig::Eagle {
+            weights,
+            min_confidence,
+            ..
+        } => vec![(*weights, *min_confidence)],
+        ProposerConfig::Chain(members) => members.iter().flat_map(eagles).collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn bad(flag: &'static str, problem: impl Into<String>) -> Error {
@@ -290,7 +334,11 @@ impl Args {
                 Some(dir) => HeadsChoice::Dir(PathBuf::from(dir)),
             },
             prompts,
-            proposer: proposer(cli.proposer.as_deref(), cli.draft_weights.as_deref())?,
+            proposer: proposer(
+                cli.proposer.as_deref(),
+                cli.draft_weights.as_deref(),
+                cli.draft_confidence,
+            )?,
             k: cli.k,
             accept,
             min_block: cli.min_block,

@@ -379,22 +379,20 @@ impl Worker {
         };
         let built = rows.and_then(|rows| {
             let (needs_heads, proposers) = (rows.needs_heads(), rows.factory());
-            {
-                let model: &mut dyn CausalLm = &mut *self.model;
-                let mut decoder = BatchBlockwise::builder(model)
-                    .block_size(k)
-                    .proposer_factory(needs_heads, proposers)
-                    .build()?;
-                // As many rows as greedy requests are waiting (every call computes every row,
-                // busy or not); later requests take rows as they free up, or the next batch.
-                let waiting = pending
-                    .iter()
-                    .take_while(|r| r.decode.sampling.is_none())
-                    .count();
-                let rows = waiting.clamp(1, config.max_batch);
-                decoder.open(rows, info.max_context + 2 * k)?;
-                Ok(decoder)
-            }
+            let model: &mut dyn CausalLm = &mut *self.model;
+            let mut decoder = BatchBlockwise::builder(model)
+                .block_size(k)
+                .proposer_factory(needs_heads, proposers)
+                .build()?;
+            // As many rows as greedy requests are waiting (every call computes every row,
+            // busy or not); later requests take rows as they free up, or the next batch.
+            let waiting = pending
+                .iter()
+                .take_while(|r| r.decode.sampling.is_none())
+                .count();
+            let rows = waiting.clamp(1, config.max_batch);
+            decoder.open(rows, info.max_context + 2 * k)?;
+            Ok(decoder)
         });
         let mut decoder = match built {
             Ok(d) => d,

@@ -19,5 +19,6 @@ pub use model::{
     FeatureDraft, FeatureDraftConfig, VocabProjection, DRAFT_CONFIG_FILE, DRAFT_SHORTLIST_FILE,
     DRAFT_WEIGHTS_FILE,
 };
+pub(crate) use proposer::check_min_confidence;
 pub use proposer::FeatureDraftProposer;
 pub use weights::DraftWeights;

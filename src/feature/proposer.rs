@@ -49,6 +49,9 @@ pub struct FeatureDraftProposer {
     native: Option<(NativeForm, NativeDraft)>,
     /// Context length the caches hold.
     max_context: usize,
+    /// Guesses whose cumulative probability under the draft falls below this are not
+    /// proposed (0: every guess up to the block size).
+    min_confidence: f64,
 }
 
 impl std::fmt::Debug for FeatureDraftProposer {
@@ -120,6 +123,7 @@ impl FeatureDraftProposer {
             packing: Packing::Plain,
             native: None,
             max_context,
+            min_confidence: 0.0,
         }
         .with_weights(DraftWeights::Auto)
     }
@@ -129,6 +133,19 @@ impl FeatureDraftProposer {
     pub fn with_tree_width(mut self, width: usize) -> Self {
         self.tree_width = width.max(1);
         self
+    }
+
+    /// Proposes a guess only while the product of the draft's probabilities along it (its
+    /// cumulative confidence) is at least `p`: a chain stops at its first guess below, a
+    /// dynamic tree keeps only nodes at or above, and when the first guess is below `p` nothing
+    /// is proposed and the decoder takes a plain step. The draft's probabilities track how often
+    /// its guesses are accepted (EAGLE-2's observation), so unlikely guesses stop costing
+    /// verification width. Default 0 (every guess up to the block size); `p` must be in
+    /// `0..1`, otherwise [`Error::InvalidConfig`].
+    pub fn with_min_confidence(mut self, p: f64) -> Result<Self> {
+        check_min_confidence(p)?;
+        self.min_confidence = p;
+        Ok(self)
     }
 
     /// Which CPU library the draft's float32 products run in when its weights are
@@ -456,6 +473,7 @@ impl Proposer for FeatureDraftProposer {
             packing: self.packing,
             native,
             max_context: self.max_context,
+            min_confidence: self.min_confidence,
         }))
     }
 
@@ -478,8 +496,23 @@ impl Proposer for FeatureDraftProposer {
         let Some((mut state, n)) = self.feed(ctx)? else {
             return Ok(proposal);
         };
+        let floor = self.min_confidence.ln(); // -inf when unset
+        let mut confidence = 0.0;
         loop {
-            let token = self.guess(&state)?;
+            let token = match self.min_confidence > 0.0 {
+                true => {
+                    let top = self.top(&state, 1)?;
+                    let Some(&(token, lp)) = top.first().and_then(|t| t.first()) else {
+                        return Ok(proposal);
+                    };
+                    confidence += lp;
+                    if confidence < floor {
+                        return Ok(proposal);
+                    }
+                    token
+                }
+                false => self.guess(&state)?,
+            };
             proposal.push(token);
             if proposal.len() == n {
                 return Ok(proposal);
@@ -564,7 +597,18 @@ impl Proposer for FeatureDraftProposer {
             }
             level = next_level;
         }
-        Ok(Some(tree.best(nodes)))
+        Ok(Some(tree.best(nodes, self.min_confidence.ln())))
+    }
+}
+
+/// Refuses a confidence floor outside `0..1` ([`Error::InvalidConfig`]).
+pub(crate) fn check_min_confidence(p: f64) -> Result<()> {
+    match (0.0..1.0).contains(&p) {
+        true => Ok(()),
+        false => Err(Error::config(
+            "draft min_confidence",
+            format!("must be at least 0 and below 1, got {p}"),
+        )),
     }
 }
 
@@ -619,14 +663,15 @@ impl GrownTree {
         self.token.len() - 1
     }
 
-    /// The `nodes` most confident nodes whose parents are kept, level by level.
-    fn best(&self, nodes: usize) -> DraftTree {
+    /// The `nodes` most confident nodes whose parents are kept, level by level, none with a
+    /// cumulative log-probability below `floor`.
+    fn best(&self, nodes: usize, floor: f64) -> DraftTree {
         let mut order: Vec<usize> = (0..self.token.len()).collect();
         order.sort_by(|&a, &b| self.score[b].total_cmp(&self.score[a]).then(a.cmp(&b)));
         let mut kept = vec![false; self.token.len()];
         let mut count = 0;
         for &n in &order {
-            if count == nodes {
+            if count == nodes || self.score[n] < floor {
                 break;
             }
             if self.parent[n] == 0 || kept[self.parent[n] - 1] {
@@ -789,6 +834,60 @@ mod tests {
             );
         }
         std::hint::black_box(&flush);
+    }
+
+    #[test]
+    fn a_confidence_floor_cuts_the_chain_where_the_draft_doubts() {
+        let _guard = tch::no_grad_guard();
+        let tokens = vec![3, 9, 1, 4];
+        let hidden = Tensor::randn([4, 32], (Kind::Float, Device::Cpu));
+        for form in [DraftWeights::F32, DraftWeights::NativeF32] {
+            let mut p = random_proposer(1).with_weights(form).unwrap();
+            let ctx = ProposalContext::new(&tokens, 6, 6);
+            let run = |p: &mut FeatureDraftProposer| {
+                p.begin(&tokens).unwrap();
+                p.observe_hidden(&hidden).unwrap();
+                p.propose(&ctx).unwrap()
+            };
+            let full = run(&mut p);
+            assert_eq!(full.len(), 6);
+            // The chain's cumulative log-probabilities, step by step as the draft sees them.
+            p.begin(&tokens).unwrap();
+            p.observe_hidden(&hidden).unwrap();
+            let (mut state, _) = p.feed(&ctx).unwrap().unwrap();
+            let mut cumulative = Vec::new();
+            for (i, &token) in full.iter().enumerate() {
+                let (top, lp) = p.top(&state, 1).unwrap()[0][0];
+                assert_eq!(top, token);
+                cumulative.push(cumulative.last().unwrap_or(&0.0) + lp);
+                let x = p.fuse(&state, &p.embed(&[token]).unwrap()).unwrap();
+                state = p.run(&x, p.fed + i).unwrap();
+            }
+            // A floor between two cumulative confidences keeps exactly the guesses above it;
+            // one above the first guess's proposes nothing.
+            let mut p = p.with_min_confidence(0.0).unwrap();
+            for keep in 0..=6 {
+                let above = if keep == 0 { 0.0 } else { cumulative[keep - 1] };
+                let below = cumulative.get(keep).copied().unwrap_or(f64::NEG_INFINITY);
+                let floor = ((above + below.max(above - 1.0)) / 2.0).exp();
+                p.min_confidence = floor.min(0.999_999);
+                assert_eq!(run(&mut p), full[..keep], "{form}: floor {floor}");
+            }
+        }
+        // Dynamic trees keep only nodes at or above the floor.
+        let mut p = random_proposer(1).with_min_confidence(0.999_999).unwrap();
+        p.begin(&tokens).unwrap();
+        p.observe_hidden(&hidden).unwrap();
+        let tree = p
+            .propose_tree(&ProposalContext::new(&tokens, 6, 4), 8)
+            .unwrap()
+            .unwrap();
+        assert!(tree.tokens.is_empty(), "{:?}", tree.tokens);
+        // Floors outside 0..1 are refused.
+        for bad in [1.0, -0.1, f64::NAN] {
+            let e = random_proposer(1).with_min_confidence(bad).unwrap_err();
+            assert!(e.to_string().contains("below 1"), "{e}");
+        }
     }
 
     #[test]

@@ -16,9 +16,9 @@ use crate::model::{CausalLm, ModelInfo};
 /// `{"ngram": {"min": 1, "max": 3}}`,
 /// `{"lookahead": {"window": 4, "ngram": 3, "candidates": 4}}`,
 /// `{"draft": {"model": "models/smollm2-draft"}}` or
-/// `{"eagle": {"draft": "assets/drafts/smollm2", "weights": "int8"}}` or
+/// `{"eagle": {"draft": "assets/drafts/smollm2", "weights": "int8", "min_confidence": 0.2}}` or
 /// `{"chain": [{"ngram": {"min": 1, "max": 3}}, "heads"]}`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ProposerConfig {
     /// The model's own proposal heads (combined scoring and proposal).
@@ -60,11 +60,20 @@ pub enum ProposerConfig {
         /// kernels on x86-64 CPUs with AVX2).
         #[serde(default)]
         weights: DraftWeights,
+        /// Guesses whose cumulative probability under the draft is below this are not
+        /// proposed ([`FeatureDraftProposer::with_min_confidence`]; default 0: every guess up
+        /// to the block size).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        min_confidence: f64,
     },
     /// A fallback chain ([`Chain`]): the first member with a proposal wins.
     Chain(Vec<ProposerConfig>),
     /// No proposals: greedy decoding through the blockwise loop.
     None,
+}
+
+fn is_zero(p: &f64) -> bool {
+    *p == 0.0
 }
 
 impl ProposerConfig {
@@ -85,9 +94,11 @@ impl ProposerConfig {
             ProposerConfig::Eagle {
                 draft: None,
                 weights,
+                min_confidence,
             } => ProposerConfig::Eagle {
                 draft: shipped.map(|p| p.display().to_string()),
                 weights,
+                min_confidence,
             },
             ProposerConfig::Chain(members) => ProposerConfig::Chain(
                 members
@@ -102,11 +113,39 @@ impl ProposerConfig {
     /// The same configuration with every `eagle`'s draft computing in `weights`.
     pub fn with_draft_weights(self, weights: DraftWeights) -> Self {
         match self {
-            ProposerConfig::Eagle { draft, .. } => ProposerConfig::Eagle { draft, weights },
+            ProposerConfig::Eagle {
+                draft,
+                min_confidence,
+                ..
+            } => ProposerConfig::Eagle {
+                draft,
+                weights,
+                min_confidence,
+            },
             ProposerConfig::Chain(members) => ProposerConfig::Chain(
                 members
                     .into_iter()
                     .map(|m| m.with_draft_weights(weights))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
+    /// The same configuration with every `eagle`'s draft proposing only guesses of cumulative
+    /// confidence `p` or more ([`FeatureDraftProposer::with_min_confidence`]; checked when
+    /// built).
+    pub fn with_draft_min_confidence(self, p: f64) -> Self {
+        match self {
+            ProposerConfig::Eagle { draft, weights, .. } => ProposerConfig::Eagle {
+                draft,
+                weights,
+                min_confidence: p,
+            },
+            ProposerConfig::Chain(members) => ProposerConfig::Chain(
+                members
+                    .into_iter()
+                    .map(|m| m.with_draft_min_confidence(p))
                     .collect(),
             ),
             other => other,
@@ -147,7 +186,12 @@ impl ProposerConfig {
         embeddings: Option<&tch::Tensor>,
     ) -> Result<Box<dyn Proposer>> {
         Ok(match self {
-            ProposerConfig::Eagle { draft, weights } => {
+            ProposerConfig::Eagle {
+                draft,
+                weights,
+                min_confidence,
+            } => {
+                crate::feature::check_min_confidence(*min_confidence)?;
                 let dir = draft.as_ref().ok_or_else(|| {
                     Error::config(
                         "proposer",
@@ -163,7 +207,8 @@ impl ProposerConfig {
                 let draft = FeatureDraft::load(dir, target.device)?;
                 Box::new(
                     FeatureDraftProposer::with_embeddings(draft, embeddings, target.max_context)?
-                        .with_weights(*weights)?,
+                        .with_weights(*weights)?
+                        .with_min_confidence(*min_confidence)?,
                 )
             }
             ProposerConfig::Chain(members) if !members.is_empty() => Box::new(Chain::new(
@@ -243,14 +288,21 @@ impl std::fmt::Display for ProposerConfig {
                 candidates,
             } => write!(f, "lookahead:{window}:{ngram}:{candidates}"),
             ProposerConfig::Draft { model } => write!(f, "draft:{model}"),
-            ProposerConfig::Eagle { draft, weights } => {
+            ProposerConfig::Eagle {
+                draft,
+                weights,
+                min_confidence,
+            } => {
                 f.write_str("eagle")?;
                 if let Some(d) = draft {
                     write!(f, ":{d}")?;
                 }
-                match weights {
-                    DraftWeights::Auto => Ok(()),
-                    w => write!(f, "@{w}"),
+                if *weights != DraftWeights::Auto {
+                    write!(f, "@{weights}")?;
+                }
+                match *min_confidence {
+                    0.0 => Ok(()),
+                    p => write!(f, "~{p}"),
                 }
             }
             ProposerConfig::Chain(members) => {
@@ -273,7 +325,8 @@ impl FromStr for ProposerConfig {
     /// `heads`, `none`, `ngram` (1 to 3 tokens), `ngram:MIN:MAX`, `lookahead` (W 4, N 3, G 4),
     /// `lookahead:W:N:G`, `draft:DIR`, `eagle` (the draft shipped for the model), `eagle:DIR`
     /// (either with `@` and a [`DraftWeights`] form after it: `@f32`, `@int8`, `@native-int8`,
-    /// ...) or `chain:A,B,...` whose members are any of the others.
+    /// ..., then optionally `~P`, the draft's minimum cumulative confidence:
+    /// `eagle@native-int8~0.2`) or `chain:A,B,...` whose members are any of the others.
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
             Error::config(
@@ -281,7 +334,7 @@ impl FromStr for ProposerConfig {
                 format!(
                     "`{s}` is not one of heads, none, ngram, ngram:MIN:MAX, lookahead, \
                      lookahead:W:N:G, draft:DIR, eagle, eagle:DIR (either with @FORM: @f32, \
-                     @int8, @native-int8, ...), chain:A,B"
+                     @int8, @native-int8, ..., and ~MIN_CONFIDENCE: ~0.2), chain:A,B"
                 ),
             )
         };
@@ -301,7 +354,16 @@ impl FromStr for ProposerConfig {
             }
             return Ok(ProposerConfig::Draft { model: dir.into() });
         }
-        if s == "eagle" || s.starts_with("eagle:") || s.starts_with("eagle@") {
+        if s == "eagle"
+            || ["eagle:", "eagle@", "eagle~"]
+                .iter()
+                .any(|p| s.starts_with(p))
+        {
+            // A trailing `~P` is the minimum confidence; any other `~` is the folder's.
+            let (s, min_confidence) = match s.rsplit_once('~').map(|(r, p)| (r, p.parse())) {
+                Some((rest, Ok(p))) => (rest, p),
+                _ => (s, 0.0),
+            };
             // A trailing `@` form (`@auto`, `@f32`, `@int8`, `@native-int8`, ...) is the
             // weights; any other `@` is the folder's.
             let (rest, weights) = match s.rsplit_once('@').map(|(r, w)| (r, w.parse())) {
@@ -316,7 +378,11 @@ impl FromStr for ProposerConfig {
                 },
                 None => return Err(bad()),
             };
-            return Ok(ProposerConfig::Eagle { draft, weights });
+            return Ok(ProposerConfig::Eagle {
+                draft,
+                weights,
+                min_confidence,
+            });
         }
         let parts: Vec<&str> = s.split(':').collect();
         match parts.as_slice() {
