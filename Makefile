@@ -299,10 +299,10 @@ $(DRAFT_SELF_DONE): scripts/make_self_requests.py examples/draft_answers.rs
 	touch $@
 
 # Many more requests, cheaply (scripts/make_self_requests.py ask-lists): SmolLM2 asked 4,000
-# times for five requests about a WordNet noun in 16 shapes, and answering the distinct new
-# ones (none of chat24, none of the earlier request lists), both in bf16 (about 1.4x the f32
-# answer tokens per second at batch 64 on AVX-512 BF16): shards train-lists-* (resumable) and,
-# for 128 held-out requests, chat-heldout-lists-*.
+# times for five requests about a WordNet noun in 16 shapes (5,985 distinct new ones: none of
+# chat24, none of the earlier request lists), and its answers to the first 4,096 and to 128
+# held out, both decoded in bf16 (about 1.4x the f32 answer tokens per second at batch 64 on
+# AVX-512 BF16; 36 minutes here): shards train-lists-* (resumable) and chat-heldout-lists-*.
 DRAFT_LISTS_DONE := target/draft-data/.lists-complete
 draft-answers-lists: smollm2 $(DRAFT_LISTS_DONE)
 
@@ -319,22 +319,25 @@ $(DRAFT_LISTS_DONE): scripts/make_self_requests.py examples/draft_answers.rs
 	  target/heads/smollm2-lists.txt target/heads/smollm2-lists-heldout.txt 128 \
 	  $(wildcard target/heads/smollm2-chat.txt target/heads/smollm2-wide.txt \
 	  target/heads/smollm2-more.txt target/heads/smollm2-self.txt)
-	$(call answers,smollm2-lists,train-lists,chat-heldout-lists,--dtype bf16)
+	$(call answers,smollm2-lists,train-lists,chat-heldout-lists,--dtype bf16 --limit 4096)
 	touch $@
 
 # SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), shipped in
-# assets/drafts/smollm2, where `decode --proposer eagle` finds it. Four stages: trained on the
+# assets/drafts/smollm2, where `decode --proposer eagle` finds it. Five stages: trained on the
 # teacher-forced text and answers above into target/draft-train/base, fine-tuned on the answers
 # to the WordNet requests into target/draft-train/wide (`init` in the second config), then on
 # those and the answers of draft-answers-more together into target/draft-train/more, then on
-# those and the answers to the requests of draft-answers-self (weighted three times); each
-# measured on held-out chat prompts against greedy (report-base.json, report-wide.json,
-# report-more.json, report.json).
+# those and the answers to the requests of draft-answers-self (weighted three times) into
+# target/draft-train/self, then on all of those and the answers of draft-answers-lists
+# (weighted twice; 700 steps, 22 minutes here); each measured on held-out chat prompts against
+# greedy (report-base.json, report-wide.json, report-more.json, report-self.json, report.json).
 DRAFT_CONFIG := examples/configs/smollm2-draft.json
 DRAFT_WIDE_CONFIG := examples/configs/smollm2-draft-wide.json
 DRAFT_MORE_CONFIG := examples/configs/smollm2-draft-more.json
 DRAFT_SELF_CONFIG := examples/configs/smollm2-draft-self.json
-smollm2-eagle: smollm2 draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self
+DRAFT_LISTS_CONFIG := examples/configs/smollm2-draft-lists.json
+smollm2-eagle: smollm2 draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self \
+  draft-answers-lists
 	$(CARGO) build $(PROFILE) $(FEATURES) --example train_draft
 	target/release/examples/train_draft $(DRAFT_CONFIG) --report assets/drafts/smollm2/report-base.json
 	target/release/examples/train_draft $(DRAFT_WIDE_CONFIG) --split train-wide \
@@ -342,7 +345,9 @@ smollm2-eagle: smollm2 draft-data draft-answers draft-answers-wide draft-answers
 	target/release/examples/train_draft $(DRAFT_MORE_CONFIG) --split train-wide,train-more \
 	  --report assets/drafts/smollm2/report-more.json
 	target/release/examples/train_draft $(DRAFT_SELF_CONFIG) --split train-wide,train-more,train-self \
-	  --report assets/drafts/smollm2/report.json
+	  --report assets/drafts/smollm2/report-self.json
+	target/release/examples/train_draft $(DRAFT_LISTS_CONFIG) \
+	  --split train-wide,train-more,train-self,train-lists --report assets/drafts/smollm2/report.json
 
 # The learning curve: the same draft trained on the first 25k, 100k and 400k tokens of the same
 # data (the 1M point is the shipped draft's report), each measured the same way.

@@ -330,11 +330,11 @@ fn run() -> Result<()> {
         .collect();
     let mut json_rows = Vec::new();
     println!(
-        "| dtype | proposer | k | tree nodes | prompts | mean accepted | model calls / greedy | \
-         first guess accepted | ms per token (blockwise / greedy) | speedup | identical | \
+        "| dtype | proposer | k | tree nodes | prompts | mean accepted | guesses verified / \
+         iteration | model calls / greedy | first guess accepted | ms per token (blockwise / greedy) | speedup | identical | \
          proposer ms / iteration (share of a greedy step) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &dtype in &args.dtypes {
         let load = |heads: HeadsChoice| {
             ModelBundle::load(
@@ -371,6 +371,8 @@ fn run() -> Result<()> {
             let iters: usize = m.outs.iter().map(|o| o.stats.iterations).sum();
             let calls: usize = m.outs.iter().map(|o| o.stats.model_calls).sum();
             let proposer_s: f64 = m.outs.iter().map(|o| o.stats.proposer_s).sum();
+            let proposed: usize = m.outs.iter().map(|o| o.stats.proposed).sum();
+            let verified = proposed as f64 / iters.max(1) as f64;
             let identical = m
                 .outs
                 .iter()
@@ -394,9 +396,11 @@ fn run() -> Result<()> {
                 "ms_per_token": 1e3 * m.wall_s / tokens.max(1) as f64, "greedy_ms_per_token": step_ms,
                 "speedup": greedy_s / m.wall_s, "identical": identical,
                 "proposer_ms_per_iteration": prop_ms, "first_guess_accepted": first,
+                "proposed_per_iteration": verified,
             });
             println!(
-                "| {dtype} | {} | {} | {} | {} | {:.2} | {calls} / {greedy_calls} | {first:.2} | \
+                "| {dtype} | {} | {} | {} | {} | {:.2} | {verified:.2} | {calls} / {greedy_calls} | \
+                 {first:.2} | \
                  {:.1} / {step_ms:.1} \
                  | {:.2}x | {identical}/{} | {prop_ms:.1} ({:.0}%) |",
                 row.name,
