@@ -107,14 +107,16 @@ def chat24():
     return lines, words
 
 
-def ask(out, n):
+def instructions(out, n, shapes, suffix, seed):
+    """N distinct instructions: a shape of `shapes` over a WordNet noun (none of chat24's
+    words), then `suffix`."""
     _, words = chat24()
     nouns = [w for w, _ in wordnet_nouns(words)]
-    rng = random.Random(2027)
+    rng = random.Random(seed)
     rng.shuffle(nouns)
     lines, seen = [], set()
     while len(lines) < n:
-        line = rng.choice(ASKS).format(x=rng.choice(nouns)) + SUFFIX
+        line = rng.choice(shapes).format(x=rng.choice(nouns)) + suffix
         if line not in seen:
             seen.add(line)
             lines.append(line)
@@ -143,22 +145,6 @@ def clean(text):
             and not META.search(first) and "might ask" not in first:
         return first
     return None
-
-
-def ask_lists(out, n):
-    _, words = chat24()
-    nouns = [w for w, _ in wordnet_nouns(words)]
-    rng = random.Random(2029)
-    rng.shuffle(nouns)
-    lines, seen = [], set()
-    while len(lines) < n:
-        line = rng.choice(LIST_ASKS).format(x=rng.choice(nouns)) + LIST_SUFFIX
-        if line not in seen:
-            seen.add(line)
-            lines.append(line)
-    with open(out, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"{out}: {len(lines)} instructions over {len(nouns)} nouns")
 
 
 def listed(text):
@@ -249,11 +235,11 @@ def pick(decoded, corpus, train_path, held_path, m):
 def main():
     a = sys.argv[1:]
     if len(a) == 3 and a[0] == "ask":
-        ask(a[1], int(a[2]))
+        instructions(a[1], int(a[2]), ASKS, SUFFIX, 2027)
     elif len(a) == 6 and a[0] == "pick":
         pick(a[1], a[2], a[3], a[4], int(a[5]))
     elif len(a) == 3 and a[0] == "ask-lists":
-        ask_lists(a[1], int(a[2]))
+        instructions(a[1], int(a[2]), LIST_ASKS, LIST_SUFFIX, 2029)
     elif len(a) >= 5 and a[0] == "pick-lists":
         pick_lists(a[1], a[2], a[3], int(a[4]), a[5:])
     else:

@@ -90,7 +90,7 @@ impl ProposerConfig {
     /// The same configuration with every `eagle` that names no draft folder given `shipped`
     /// (the draft shipped for the model, [`ModelBundle::draft`]).
     pub fn with_shipped_draft(self, shipped: Option<&std::path::Path>) -> Self {
-        match self {
+        self.map_eagles(&|e| match e {
             ProposerConfig::Eagle {
                 draft: None,
                 weights,
@@ -100,19 +100,13 @@ impl ProposerConfig {
                 weights,
                 min_confidence,
             },
-            ProposerConfig::Chain(members) => ProposerConfig::Chain(
-                members
-                    .into_iter()
-                    .map(|m| m.with_shipped_draft(shipped))
-                    .collect(),
-            ),
             other => other,
-        }
+        })
     }
 
     /// The same configuration with every `eagle`'s draft computing in `weights`.
     pub fn with_draft_weights(self, weights: DraftWeights) -> Self {
-        match self {
+        self.map_eagles(&|e| match e {
             ProposerConfig::Eagle {
                 draft,
                 min_confidence,
@@ -122,32 +116,31 @@ impl ProposerConfig {
                 weights,
                 min_confidence,
             },
-            ProposerConfig::Chain(members) => ProposerConfig::Chain(
-                members
-                    .into_iter()
-                    .map(|m| m.with_draft_weights(weights))
-                    .collect(),
-            ),
             other => other,
-        }
+        })
     }
 
     /// The same configuration with every `eagle`'s draft proposing only guesses of cumulative
     /// confidence `p` or more ([`FeatureDraftProposer::with_min_confidence`]; checked when
     /// built).
     pub fn with_draft_min_confidence(self, p: f64) -> Self {
-        match self {
+        self.map_eagles(&|e| match e {
             ProposerConfig::Eagle { draft, weights, .. } => ProposerConfig::Eagle {
                 draft,
                 weights,
                 min_confidence: p,
             },
-            ProposerConfig::Chain(members) => ProposerConfig::Chain(
-                members
-                    .into_iter()
-                    .map(|m| m.with_draft_min_confidence(p))
-                    .collect(),
-            ),
+            other => other,
+        })
+    }
+
+    /// `f` applied to every `eagle` of the configuration, chain members included.
+    fn map_eagles(self, f: &dyn Fn(ProposerConfig) -> ProposerConfig) -> Self {
+        match self {
+            ProposerConfig::Chain(members) => {
+                ProposerConfig::Chain(members.into_iter().map(|m| m.map_eagles(f)).collect())
+            }
+            eagle @ ProposerConfig::Eagle { .. } => f(eagle),
             other => other,
         }
     }
@@ -455,5 +448,35 @@ impl RowProposers {
             embeddings: self.embeddings.as_ref().map(|e| e.shallow_clone()),
         };
         Box::new(move || rows.make())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eagle_settings_reach_every_eagle_and_nothing_else() {
+        let config: ProposerConfig = "chain:ngram:1:3,eagle,eagle:own@int8~0.3".parse().unwrap();
+        let shipped = std::path::Path::new("assets/drafts/smollm2");
+        let config = config
+            .with_shipped_draft(Some(shipped))
+            .with_draft_weights(DraftWeights::NativeBf16)
+            .with_draft_min_confidence(0.2);
+        assert_eq!(
+            config.to_string(),
+            "chain:ngram:1:3,eagle:assets/drafts/smollm2@native-bf16~0.2,eagle:own@native-bf16~0.2"
+        );
+        // A draft that names its folder keeps it; other proposers are left as they are.
+        let alone: ProposerConfig = "eagle:own".parse().unwrap();
+        assert_eq!(
+            alone.with_shipped_draft(Some(shipped)).to_string(),
+            "eagle:own"
+        );
+        let heads = ProposerConfig::Heads
+            .with_shipped_draft(Some(shipped))
+            .with_draft_weights(DraftWeights::F32)
+            .with_draft_min_confidence(0.5);
+        assert_eq!(heads, ProposerConfig::Heads);
     }
 }
