@@ -840,6 +840,7 @@ mod tests {
     fn a_confidence_floor_cuts_the_chain_where_the_draft_doubts() {
         let _guard = tch::no_grad_guard();
         let tokens = vec![3, 9, 1, 4];
+        tch::manual_seed(5);
         let hidden = Tensor::randn([4, 32], (Kind::Float, Device::Cpu));
         for form in [DraftWeights::F32, DraftWeights::NativeF32] {
             let mut p = random_proposer(1).with_weights(form).unwrap();
@@ -866,13 +867,22 @@ mod tests {
             // A floor between two cumulative confidences keeps exactly the guesses above it;
             // one above the first guess's proposes nothing.
             let mut p = p.with_min_confidence(0.0).unwrap();
+            let mut checked = 0;
             for keep in 0..=6 {
                 let above = if keep == 0 { 0.0 } else { cumulative[keep - 1] };
                 let below = cumulative.get(keep).copied().unwrap_or(f64::NEG_INFINITY);
+                if above - below < 1e-3 {
+                    continue; // too near a tie for float32 to place a floor between them
+                }
                 let floor = ((above + below.max(above - 1.0)) / 2.0).exp();
                 p.min_confidence = floor.min(0.999_999);
                 assert_eq!(run(&mut p), full[..keep], "{form}: floor {floor}");
+                checked += 1;
             }
+            assert!(
+                checked >= 3,
+                "{form}: cumulative confidences {cumulative:?}"
+            );
         }
         // Dynamic trees keep only nodes at or above the floor.
         let mut p = random_proposer(1).with_min_confidence(0.999_999).unwrap();
