@@ -24,10 +24,10 @@ Two steps, with SmolLM2's greedy decoding between them (`make draft-answers-self
 A third, cheaper way (`make draft-answers-lists`): ask for five requests at once, so one
 decoded reply gives three or four distinct requests instead of a third of one:
 
-    .venv/bin/python scripts/make_self_requests.py ask-lists OUT_FILE N
+    .venv/bin/python scripts/make_self_requests.py ask-lists OUT_FILE N [--after M]
         N instructions asking for five requests about a WordNet noun, in 16 shapes ("Write five
         different questions that people might ask an AI assistant about X. Put each on its
-        own line.").
+        own line."); with --after M, the N after the first M of the same sequence (new ones).
     .venv/bin/python scripts/make_self_requests.py pick-lists DECODED_JSONL TRAIN_FILE \\
             HELDOUT_FILE M [EXCLUDE_FILE ...]
         The numbered lines of those replies that read as a request (4 to 40 words, ending in
@@ -107,22 +107,24 @@ def chat24():
     return lines, words
 
 
-def instructions(out, n, shapes, suffix, seed):
+def instructions(out, n, shapes, suffix, seed, after=0):
     """N distinct instructions: a shape of `shapes` over a WordNet noun (none of chat24's
-    words), then `suffix`."""
+    words), then `suffix`; the `after` first of the sequence are skipped (the sequence is the
+    same whatever N, so later runs ask new things)."""
     _, words = chat24()
     nouns = [w for w, _ in wordnet_nouns(words)]
     rng = random.Random(seed)
     rng.shuffle(nouns)
     lines, seen = [], set()
-    while len(lines) < n:
+    while len(lines) < after + n:
         line = rng.choice(shapes).format(x=rng.choice(nouns)) + suffix
         if line not in seen:
             seen.add(line)
             lines.append(line)
+    lines = lines[after:]
     with open(out, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
-    print(f"{out}: {len(lines)} instructions over {len(nouns)} nouns")
+    print(f"{out}: {len(lines)} instructions over {len(nouns)} nouns (after the first {after})")
 
 
 QUOTED = re.compile(r"[\"“]([^\"“”]{8,300}?)[\"”]")
@@ -238,8 +240,8 @@ def main():
         instructions(a[1], int(a[2]), ASKS, SUFFIX, 2027)
     elif len(a) == 6 and a[0] == "pick":
         pick(a[1], a[2], a[3], a[4], int(a[5]))
-    elif len(a) == 3 and a[0] == "ask-lists":
-        instructions(a[1], int(a[2]), LIST_ASKS, LIST_SUFFIX, 2029)
+    elif len(a) in (3, 5) and a[0] == "ask-lists" and (len(a) == 3 or a[3] == "--after"):
+        instructions(a[1], int(a[2]), LIST_ASKS, LIST_SUFFIX, 2029, int(a[4]) if len(a) == 5 else 0)
     elif len(a) >= 5 and a[0] == "pick-lists":
         pick_lists(a[1], a[2], a[3], int(a[4]), a[5:])
     else:
