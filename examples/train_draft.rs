@@ -62,6 +62,10 @@ struct Config {
     /// this many: fresh layers on top that pass their input through until trained.
     #[serde(default)]
     layers: Option<i64>,
+    /// Rotary positions in the draft's attention, with this frequency base (a fresh draft
+    /// only; a draft loaded by `init` keeps what it has).
+    #[serde(default)]
+    rope_theta: Option<f64>,
     /// Start from the draft saved in this folder instead of a fresh one (fine-tuning on new
     /// data): its width, feed-forward size and shortlist are kept, so `shortlist` and `d_ff`
     /// are refused beside it.
@@ -230,11 +234,14 @@ fn run() -> Result<()> {
         );
         let mut draft = match &config.init {
             Some(dir) => {
-                if config.shortlist.is_some() || config.d_ff.is_some() {
+                if config.shortlist.is_some()
+                    || config.d_ff.is_some()
+                    || config.rope_theta.is_some()
+                {
                     return Err(Error::config(
                         "train_draft config",
-                        "`init` keeps the saved draft's shortlist and feed-forward size: \
-                         drop `shortlist` and `d_ff`",
+                        "`init` keeps the saved draft's shortlist, feed-forward size and \
+                         positions: drop `shortlist`, `d_ff` and `rope_theta`",
                     ));
                 }
                 eprintln!("train_draft: starting from the draft in {}", dir.display());
@@ -252,6 +259,7 @@ fn run() -> Result<()> {
                 if let Some(n) = config.layers {
                     draft_config.n_layers = n;
                 }
+                draft_config.rope_theta = config.rope_theta;
                 FeatureDraft::new(draft_config, config.seed, info.device)?
             }
         };

@@ -64,15 +64,19 @@ fn floor_for(seed: u64) -> f64 {
 }
 
 /// A fresh draft, by seed: one layer, or two with every weight drawn at random (so that the
-/// second layer's cache and attention decide what it guesses).
+/// second layer's cache and attention decide what it guesses); with rotary positions in its
+/// attention for half the seeds (then its weights drawn at random too, so that positions
+/// change its guesses).
 fn new_draft(d_model: i64, vocab_size: i64, seed: u64) -> blockwise::Result<FeatureDraft> {
     let n_layers = 1 + (seed / 6 % 2) as i64;
+    let rope_theta = (seed / 48 % 2 == 1).then_some(100.0);
     let config = FeatureDraftConfig {
         n_layers,
+        rope_theta,
         ..FeatureDraftConfig::for_base(d_model, vocab_size)
     };
     let draft = FeatureDraft::new(config, seed, Device::Cpu)?;
-    if n_layers > 1 {
+    if n_layers > 1 || rope_theta.is_some() {
         tch::no_grad(|| {
             for (_, mut v) in draft.var_store().variables() {
                 let noise = Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.1;
@@ -533,6 +537,21 @@ fn mismatched_drafts_and_batches_are_refused() {
         FeatureDraft::new(bad, 0, Device::Cpu),
         Err(Error::InvalidConfig { .. })
     ));
+    // Rotary positions need a frequency base above 1 and an even head width.
+    for (d_model, n_heads, theta, says) in [
+        (32, 1, 0.5, "rope_theta"),
+        (32, 1, f64::NAN, "rope_theta"),
+        (30, 2, 1e4, "even head width"),
+    ] {
+        let bad = FeatureDraftConfig {
+            n_heads,
+            rope_theta: Some(theta),
+            ..FeatureDraftConfig::for_base(d_model, 24)
+        };
+        let err = FeatureDraft::new(bad, 0, Device::Cpu).unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+        assert!(err.to_string().contains(says), "{err}");
+    }
     // A dynamic tree together with a fixed shape, or with another criterion, is refused.
     let mut model = fixed_model(1);
     let err = BatchBlockwise::builder(&mut model)

@@ -35,6 +35,11 @@ pub struct FeatureDraftConfig {
     /// more).
     #[serde(default = "one_layer", skip_serializing_if = "is_one_layer")]
     pub n_layers: i64,
+    /// Rotary position embedding in the draft's attention: the base of its frequencies (as a
+    /// Llama's `rope_theta`), or none, where the draft sees order only through the base's
+    /// states (every draft saved before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
     /// What the draft was trained on top of (for example the export's source file), checked
     /// when it is attached to an exported model.
     #[serde(default)]
@@ -60,6 +65,7 @@ impl FeatureDraftConfig {
             d_ff: (d_model * 8 / 3).max(1),
             vocab_size,
             n_layers: 1,
+            rope_theta: None,
             base: None,
         }
     }
@@ -81,6 +87,23 @@ impl FeatureDraftConfig {
                 ),
             ));
         }
+        if let Some(theta) = self.rope_theta {
+            if !(theta.is_finite() && theta > 1.0) {
+                return Err(Error::config(
+                    "feature draft",
+                    format!("rope_theta must be a finite number above 1, got {theta}"),
+                ));
+            }
+        }
+        if (self.d_model / self.n_heads.max(1)) % 2 != 0 && self.rope_theta.is_some() {
+            return Err(Error::config(
+                "feature draft",
+                format!(
+                    "rotary positions need an even head width, got {}",
+                    self.d_model / self.n_heads.max(1)
+                ),
+            ));
+        }
         if self.d_model % self.n_heads != 0 {
             return Err(Error::config(
                 "feature draft",
@@ -95,8 +118,9 @@ impl FeatureDraftConfig {
 }
 
 /// The draft: a linear map from `[hidden, embedding]` (`2·D`) to `D`, then pre-norm transformer
-/// layers (one by default; attention without positions — the base's hidden states already
-/// carry them — and a GELU feed-forward block) whose last output is the predicted hidden state.
+/// layers (one by default; attention with rotary positions when the config names a
+/// `rope_theta`, without positions otherwise, and a GELU feed-forward block) whose last output
+/// is the predicted hidden state.
 #[derive(Debug)]
 pub struct FeatureDraft {
     vs: nn::VarStore,
@@ -419,8 +443,10 @@ impl FeatureDraft {
     }
 
     /// Queries, keys and values of layer `layer`'s input `[B, T, D]` (the fused input for the
-    /// first layer, the previous layer's output for the others).
-    pub(crate) fn qkv(&self, layer: usize, x: &Tensor) -> Result<Qkv> {
+    /// first layer, the previous layer's output for the others) at sequence positions
+    /// `positions` (`T` of them; they rotate queries and keys when the draft has rotary
+    /// positions, and only their differences matter).
+    pub(crate) fn qkv(&self, layer: usize, x: &Tensor, positions: &[i64]) -> Result<Qkv> {
         let (b, t, _) = x.size3()?;
         let h = self.config.n_heads;
         let dh = self.config.d_model / h;
@@ -430,11 +456,44 @@ impl FeatureDraft {
             .forward(&l.ln1.forward(x)?)?
             .f_view([b, t, 3, h, dh])?
             .f_permute([2, 0, 3, 1, 4])?; // [3, B, H, T, Dh]
+        let (q, k) = (qkv.f_get(0)?, qkv.f_get(1)?);
+        let (q, k) = match self.rotation(positions, x.device())? {
+            Some((cos, sin)) => (rotate(&q, &cos, &sin)?, rotate(&k, &cos, &sin)?),
+            None => (q, k),
+        };
         Ok(Qkv {
-            q: qkv.f_get(0)?,
-            k: qkv.f_get(1)?,
+            q,
+            k,
             v: qkv.f_get(2)?,
         })
+    }
+
+    /// The rotary frequencies of one head (`Dh / 2`, Llama's convention), when the draft has
+    /// rotary positions.
+    pub(crate) fn rope_inv_freq(&self) -> Option<Vec<f64>> {
+        let theta = self.config.rope_theta?;
+        let dh = self.config.d_model / self.config.n_heads;
+        Some(
+            (0..dh / 2)
+                .map(|i| theta.powf(-(2 * i) as f64 / dh as f64))
+                .collect(),
+        )
+    }
+
+    /// Cosines and sines `[T, Dh / 2]` (float32) of `positions`' angles, when the draft has
+    /// rotary positions.
+    fn rotation(&self, positions: &[i64], device: Device) -> Result<Option<(Tensor, Tensor)>> {
+        let Some(freq) = self.rope_inv_freq() else {
+            return Ok(None);
+        };
+        let angles: Vec<f32> = positions
+            .iter()
+            .flat_map(|&p| freq.iter().map(move |&f| (p as f32) * (f as f32)))
+            .collect();
+        let angles = Tensor::from_slice(&angles)
+            .f_view([positions.len() as i64, freq.len() as i64])?
+            .f_to_device(device)?;
+        Ok(Some((angles.f_cos()?, angles.f_sin()?)))
     }
 
     /// The scale of attention scores.
@@ -476,6 +535,20 @@ impl FeatureDraft {
         }
         Ok(scores.f_softmax(-1, Kind::Float)?.f_matmul(values)?)
     }
+}
+
+/// Rotates heads `x` (`[B, H, T, Dh]`) by the angles whose cosines and sines are `cos`, `sin`
+/// (`[T, Dh / 2]`): element `i` and `i + Dh / 2` of each head turn together (Llama's halves).
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = cos.size()[1];
+    let (a, b) = (x.f_narrow(-1, 0, half)?, x.f_narrow(-1, half, half)?);
+    Ok(Tensor::f_cat(
+        &[
+            a.f_mul(cos)?.f_sub(&b.f_mul(sin)?)?,
+            b.f_mul(cos)?.f_add(&a.f_mul(sin)?)?,
+        ],
+        -1,
+    )?)
 }
 
 /// The base model's vocabulary projection as the draft uses it: float32 rows of the token
@@ -602,7 +675,8 @@ mod tests {
     fn layer_output(draft: &FeatureDraft, hidden: &Tensor, embedded: &Tensor) -> Tensor {
         let mut x = draft.fuse(hidden, embedded).unwrap();
         for l in 0..draft.n_layers() {
-            let qkv = draft.qkv(l, &x).unwrap();
+            let t = x.size()[1];
+            let qkv = draft.qkv(l, &x, &(0..t).collect::<Vec<_>>()).unwrap();
             let attended = draft.attend(&qkv.q, &qkv.k, &qkv.v, None).unwrap();
             x = draft.finish(l, &x, &attended).unwrap();
         }

@@ -113,6 +113,8 @@ struct Weights {
     heads: usize,
     dh: usize,
     scale: f32,
+    /// Rotary frequencies of one head (`Dh / 2`), empty for a draft without positions.
+    rope_inv_freq: Vec<f32>,
     fuse: Affine,
     layers: Vec<Layer>,
     head: Matrix,
@@ -218,6 +220,12 @@ impl NativeDraft {
                 heads,
                 dh: d / heads,
                 scale: draft.scale() as f32,
+                rope_inv_freq: draft
+                    .rope_inv_freq()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|f| f as f32)
+                    .collect(),
                 fuse: affine("fuse", d, 2 * d)?,
                 layers,
                 head: form.matrix(rows, d, &host(weight)?),
@@ -275,6 +283,7 @@ impl NativeDraft {
         t: usize,
         start: usize,
         mask: Option<&[bool]>,
+        positions: &[i64],
     ) -> Result<Vec<f32>> {
         let end = start + t;
         let w = &*self.w;
@@ -285,6 +294,15 @@ impl NativeDraft {
                     "a draft block of {t} rows at {start} (cache of {}, {} values)",
                     self.capacity,
                     x.len()
+                ),
+            });
+        }
+        if positions.len() != t {
+            return Err(Error::Contract {
+                component: "FeatureDraftProposer",
+                problem: format!(
+                    "{} positions for a draft block of {t} rows",
+                    positions.len()
                 ),
             });
         }
@@ -299,7 +317,21 @@ impl NativeDraft {
         let mut x = x.to_vec();
         let mut scratch = vec![0f32; end];
         for (layer, cache) in w.layers.iter().zip(&mut self.cache) {
-            let qkv = layer.qkv.apply(&layer.ln1.apply(&x), t, &pool);
+            let mut qkv = layer.qkv.apply(&layer.ln1.apply(&x), t, &pool);
+            if !w.rope_inv_freq.is_empty() {
+                let half = dh / 2;
+                let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
+                for (i, row) in qkv.chunks_exact_mut(3 * d).enumerate() {
+                    // Angles as libtorch's path computes them: f32 position times f32 frequency.
+                    for (j, &f) in w.rope_inv_freq.iter().enumerate() {
+                        let a = positions[i] as f32 * f;
+                        (cos[j], sin[j]) = (a.cos(), a.sin());
+                    }
+                    for head in row[..2 * d].chunks_exact_mut(dh) {
+                        crate::native::rope(head, &cos, &sin);
+                    }
+                }
+            }
             for h in 0..w.heads {
                 for c in [&mut cache.k[h], &mut cache.v[h]] {
                     if c.len() < end * dh {

@@ -264,16 +264,26 @@ impl FeatureDraftProposer {
     /// `start..start + T`, each attending every position up to its own; returns the predicted
     /// states `[1, T, D]`.
     fn run(&mut self, x: &Tensor, start: usize) -> Result<Tensor> {
-        self.run_layers(x, start, None)
+        let t = x.size()[1];
+        let positions: Vec<i64> = (start as i64..start as i64 + t).collect();
+        self.run_layers(x, start, None, &positions)
     }
 
     /// Every layer in turn, each writing its keys and values at `start..start + T` of its own
     /// slice of the cache and attending under `mask` (`[T, start + T]`, true where a row may
-    /// attend; `None`: every position up to its own).
-    fn run_layers(&mut self, x: &Tensor, start: usize, mask: Option<&[bool]>) -> Result<Tensor> {
+    /// attend; `None`: every position up to its own), the rows at sequence positions
+    /// `positions` (a cache slot's position is its index, except in a tree, where rows of one
+    /// depth share theirs).
+    fn run_layers(
+        &mut self,
+        x: &Tensor,
+        start: usize,
+        mask: Option<&[bool]>,
+        positions: &[i64],
+    ) -> Result<Tensor> {
         let t = x.size()[1] as usize;
         if let Some((_, native)) = &mut self.native {
-            let states = native.run(&host(x)?, t, start, mask)?;
+            let states = native.run(&host(x)?, t, start, mask, positions)?;
             return on_device(&states, t, self.device);
         }
         let mask = match (mask, t) {
@@ -296,7 +306,7 @@ impl FeatureDraftProposer {
         })?;
         let mut x = x.shallow_clone();
         for layer in 0..self.draft.n_layers() {
-            let qkv = self.draft.qkv(layer, &x)?;
+            let qkv = self.draft.qkv(layer, &x, positions)?;
             let (keys, values) = cache.write(layer, start, &qkv.k, &qkv.v)?;
             let attended = self.draft.attend(&qkv.q, &keys, &values, mask.as_ref())?;
             x = self.draft.finish(layer, &x, &attended)?;
@@ -352,8 +362,8 @@ impl FeatureDraftProposer {
                 problem: format!("handed {fresh} hidden states for a sequence of {len} tokens"),
             });
         }
-        // The draft's attention has no positions of its own, so when it was not handed every
-        // committed state (a chain member that missed some) it starts over from what it has.
+        // When the draft was not handed every committed state (a chain member that missed some)
+        // it starts over from what it has: its cache slots stay contiguous positions.
         if self.fed + fresh != len {
             self.fed = 0;
         }
@@ -583,7 +593,13 @@ impl Proposer for FeatureDraftProposer {
                     a = tree.parent[a - 1];
                 }
             }
-            let states = self.run_layers(&x, start, Some(&mask))?;
+            // A node of depth `d` drafts the token `d` places after the root's: its input sits
+            // at the committed length plus `d - 1`.
+            let positions: Vec<i64> = frontier
+                .iter()
+                .map(|&n| (base + tree.depth[n] - 1) as i64)
+                .collect();
+            let states = self.run_layers(&x, start, Some(&mask), &positions)?;
             written += f;
             let tops = self.top(&states, width)?;
             let mut next_level = Vec::new();
@@ -702,8 +718,14 @@ mod tests {
 
     /// A draft of `n_layers` layers whose every weight is drawn at random.
     fn random_proposer(n_layers: i64) -> FeatureDraftProposer {
+        random_proposer_with(n_layers, None)
+    }
+
+    /// [`random_proposer`] with rotary positions of base `rope_theta` (or none).
+    fn random_proposer_with(n_layers: i64, rope_theta: Option<f64>) -> FeatureDraftProposer {
         let config = FeatureDraftConfig {
             n_layers,
+            rope_theta,
             ..FeatureDraftConfig::for_base(32, 40)
         };
         let draft = FeatureDraft::new(config, 0, Device::Cpu).unwrap();
@@ -743,7 +765,8 @@ mod tests {
             mask[q * 7..q * 7 + 3].iter_mut().for_each(|m| *m = true);
             mask[q * 7 + 5 + q] = true;
         }
-        let rows = p.run_layers(&inputs[2], 5, Some(&mask)).unwrap();
+        // Tree rows of one depth share a position.
+        let rows = p.run_layers(&inputs[2], 5, Some(&mask), &[5, 5]).unwrap();
         let top = p.top(&rows, 3).unwrap();
         let guess = p.guess(&rows.narrow(1, 1, 1)).unwrap();
         out.push(rows);
@@ -753,12 +776,12 @@ mod tests {
     #[test]
     fn the_native_kernels_compute_what_libtorch_computes() {
         let _guard = tch::no_grad_guard();
-        for n_layers in [1, 2] {
+        for (n_layers, rope_theta) in [(1, None), (2, None), (1, Some(1e4)), (2, Some(50.0))] {
             let inputs: Vec<Tensor> = [5, 5, 2]
                 .iter()
                 .map(|&t| Tensor::randn([1, t, 32], (Kind::Float, Device::Cpu)))
                 .collect();
-            let mut p = random_proposer(n_layers);
+            let mut p = random_proposer_with(n_layers, rope_theta);
             assert!(p.native.is_none() && p.cache.is_some());
             let (torch, torch_top, torch_guess) = compute(&mut p, &inputs);
             // The same weights on the native kernels (a fresh, empty cache).
@@ -973,8 +996,14 @@ mod tests {
     #[test]
     fn the_cached_layers_give_what_one_pass_over_the_sequence_gives() {
         let _guard = tch::no_grad_guard();
-        for n_layers in [1, 2, 3] {
-            let mut p = random_proposer(n_layers);
+        for (n_layers, rope_theta) in [
+            (1, None),
+            (2, None),
+            (3, None),
+            (1, Some(1e4)),
+            (2, Some(1e4)),
+        ] {
+            let mut p = random_proposer_with(n_layers, rope_theta);
             let x = Tensor::randn([1, 6, 32], (Kind::Float, Device::Cpu));
             let whole = p.run(&x, 0).unwrap();
             // Again from an empty cache: two positions, then one at a time, as decoding feeds
@@ -991,5 +1020,43 @@ mod tests {
             let moved = f64::try_from((&whole - &x).abs().max()).unwrap();
             assert!(moved > 1e-2, "{n_layers} layers: {moved}");
         }
+    }
+
+    #[test]
+    fn rotary_positions_count_only_their_differences() {
+        let _guard = tch::no_grad_guard();
+        for weights in [DraftWeights::F32, DraftWeights::NativeF32] {
+            let mut p = random_proposer_with(2, Some(100.0))
+                .with_weights(weights)
+                .unwrap();
+            let x = Tensor::randn([1, 6, 32], (Kind::Float, Device::Cpu));
+            let at = |p: &mut FeatureDraftProposer, positions: &[i64]| {
+                p.truncate_cache(0);
+                p.run_layers(&x, 0, None, positions).unwrap()
+            };
+            let from_zero = at(&mut p, &[0, 1, 2, 3, 4, 5]);
+            // Every position moved by the same amount: the same states.
+            let moved = at(&mut p, &[40, 41, 42, 43, 44, 45]);
+            let diff = max_diff(&from_zero, &moved);
+            assert!(
+                diff < 1e-4,
+                "{weights:?}: shifted positions changed the states by {diff}"
+            );
+            // Other differences between them: other states (the first row sees itself alone).
+            let spread = at(&mut p, &[0, 2, 4, 6, 8, 10]);
+            assert!(max_diff(&from_zero.narrow(1, 0, 1), &spread.narrow(1, 0, 1)) < 1e-5);
+            let diff = max_diff(&from_zero, &spread);
+            assert!(
+                diff > 1e-3,
+                "{weights:?}: spread positions changed the states by {diff}"
+            );
+        }
+        // A draft without positions ignores them.
+        let mut p = random_proposer(1);
+        let x = Tensor::randn([1, 3, 32], (Kind::Float, Device::Cpu));
+        let a = p.run_layers(&x, 0, None, &[0, 1, 2]).unwrap();
+        p.truncate_cache(0);
+        let b = p.run_layers(&x, 0, None, &[7, 3, 9]).unwrap();
+        assert_eq!(max_diff(&a, &b), 0.0);
     }
 }

@@ -36,7 +36,7 @@ pub use model::{NativeDescription, NativeLm, NativeOptions};
 
 pub(crate) use kernels::exp_shifted;
 pub(crate) use matrix::Matrix;
-pub(crate) use model::attend;
+pub(crate) use model::{attend, rope};
 pub(crate) use pool::Pool;
 
 /// Whether the native kernels run vectorised here (x86-64 with AVX2 and FMA); elsewhere they

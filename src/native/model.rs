@@ -414,7 +414,7 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// Llama's rotation of one head (`x[i], x[i + half]` by the position's angle `i`).
-fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+pub(crate) fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     let half = cos.len();
     for i in 0..half {
         let (a, b) = (x[i], x[i + half]);

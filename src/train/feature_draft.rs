@@ -213,6 +213,8 @@ fn unrolled(draft: &FeatureDraft, w: &Windows, unroll: usize) -> Result<Vec<(Ten
     let (_, t, _) = w.hidden.size3()?;
     let device = w.hidden.device();
     let pos = Tensor::f_arange(t, (Kind::Int64, device))?;
+    // Every pass computes at the window's own positions (rotary positions count differences).
+    let positions: Vec<i64> = (0..t).collect();
     let same_seq = w.seg.f_unsqueeze(2)?.f_eq_tensor(&w.seg.f_unsqueeze(1)?)?; // [B, T, T]
     let target_ok = w.seg_next.f_eq_tensor(&w.seg)?;
     let starts = shift(&w.seg, 1, 1, -1.0)?
@@ -242,7 +244,7 @@ fn unrolled(draft: &FeatureDraft, w: &Windows, unroll: usize) -> Result<Vec<(Ten
             .f_unsqueeze(1)?; // [B,1,T,T]
         let mut x = draft.fuse(&input, &w.next_embedded)?;
         for (layer, keys) in keys.iter_mut().enumerate() {
-            let qkv = draft.qkv(layer, &x)?;
+            let qkv = draft.qkv(layer, &x, &positions)?;
             keys.push((qkv.k.shallow_clone(), qkv.v.shallow_clone()));
             let attended = unrolled_attention(&qkv.q, keys, &mask1, &w.seg, d, draft.scale())?;
             x = draft.finish(layer, &x, &attended)?;
@@ -596,4 +598,103 @@ fn agreement(
         .iter()
         .map(|&(c, n)| c as f64 / n.max(1) as f64)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feature::FeatureDraftConfig;
+
+    /// A two-layer draft with every weight drawn at random, with or without rotary positions.
+    fn random_draft(rope_theta: Option<f64>) -> FeatureDraft {
+        let config = FeatureDraftConfig {
+            n_layers: 2,
+            rope_theta,
+            ..FeatureDraftConfig::for_base(32, 40)
+        };
+        let draft = FeatureDraft::new(config, 0, Device::Cpu).unwrap();
+        tch::manual_seed(4);
+        let mut vars: Vec<(String, Tensor)> = draft.var_store().variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        tch::no_grad(|| {
+            for (_, mut v) in vars {
+                v.copy_(&(Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.2));
+            }
+        });
+        draft
+    }
+
+    /// The state a decoding chain predicts `d` draft steps after it starts at position `s`:
+    /// the true inputs of positions `0..=s` first, then one row at a time, each the last
+    /// prediction with the next embedding, at the next position, attending everything before.
+    fn chain_state(draft: &FeatureDraft, w: &Windows, s: i64, d: i64) -> Tensor {
+        let mut cache: Vec<(Tensor, Tensor)> = Vec::new();
+        let mut step = |x: &Tensor, from: i64| -> Tensor {
+            let t = x.size()[1];
+            let positions: Vec<i64> = (from..from + t).collect();
+            let mut x = x.shallow_clone();
+            for layer in 0..draft.n_layers() {
+                let qkv = draft.qkv(layer, &x, &positions).unwrap();
+                let (k, v) = match cache.get(layer) {
+                    Some((k, v)) => (Tensor::cat(&[k, &qkv.k], 2), Tensor::cat(&[v, &qkv.v], 2)),
+                    None => (qkv.k.shallow_clone(), qkv.v.shallow_clone()),
+                };
+                let mask =
+                    crate::transformer::layers::causal_mask(from as usize, t as usize, Device::Cpu)
+                        .unwrap();
+                let attended = draft.attend(&qkv.q, &k, &v, Some(&mask)).unwrap();
+                match cache.get_mut(layer) {
+                    Some(slot) => *slot = (k, v),
+                    None => cache.push((k, v)),
+                }
+                x = draft.finish(layer, &x, &attended).unwrap();
+            }
+            x.narrow(1, t - 1, 1)
+        };
+        let x = draft
+            .fuse(
+                &w.hidden.narrow(1, 0, s + 1),
+                &w.next_embedded.narrow(1, 0, s + 1),
+            )
+            .unwrap();
+        let mut state = step(&x, 0);
+        for i in 1..d {
+            let x = draft
+                .fuse(&state, &w.next_embedded.narrow(1, s + i, 1))
+                .unwrap();
+            state = step(&x, s + i);
+        }
+        state.squeeze()
+    }
+
+    #[test]
+    fn unrolled_passes_predict_what_decoding_chains_predict() {
+        let _guard = tch::no_grad_guard();
+        for rope_theta in [None, Some(100.0)] {
+            let draft = random_draft(rope_theta);
+            let t = 8;
+            let zeros = Tensor::zeros([1, t], (Kind::Int64, Device::Cpu));
+            let w = Windows {
+                hidden: Tensor::randn([1, t, 32], (Kind::Float, Device::Cpu)),
+                target_hidden: Tensor::randn([1, t, 32], (Kind::Float, Device::Cpu)),
+                next_embedded: Tensor::randn([1, t, 32], (Kind::Float, Device::Cpu)),
+                target_token: zeros.shallow_clone(),
+                seg: zeros.shallow_clone(),
+                seg_next: zeros,
+            };
+            let passes = unrolled(&draft, &w, 3).unwrap();
+            // Pass d at window position p continues the chain that started at p - (d - 1).
+            for (i, (out, _)) in passes.iter().enumerate() {
+                let d = i as i64 + 1;
+                for p in d - 1..t {
+                    let expected = chain_state(&draft, &w, p - (d - 1), d);
+                    let diff = f64::try_from((out.get(0).get(p) - &expected).abs().max()).unwrap();
+                    assert!(
+                        diff < 1e-4,
+                        "rope {rope_theta:?}, pass {d}, position {p}: differs by {diff}"
+                    );
+                }
+            }
+        }
+    }
 }
