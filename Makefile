@@ -298,6 +298,25 @@ $(DRAFT_SELF_DONE): scripts/make_self_requests.py examples/draft_answers.rs
 	$(call answers,smollm2-self,train-self,chat-heldout-self)
 	touch $@
 
+# $(call list_answers,NAME,ASK_FLAGS,ASK_BATCH,ANSWER_FLAGS,EXCLUDE): SmolLM2 asked 4,000 times
+# for five requests (make_self_requests.py ask-lists ASK_FLAGS, decoded ASK_BATCH rows at a time
+# in bf16), the distinct new ones picked (none of chat24, none of the files EXCLUDE that exist),
+# and its bf16 answers to the first 4,096 and to 128 held out: shards train-NAME-* and
+# chat-heldout-NAME-* (ANSWER_FLAGS: more draft_answers flags).
+define list_answers
+@test -f /usr/share/wordnet/index.noun || \
+  { apt-get update -qq && apt-get install -y -qq wordnet-base; }
+$(CARGO) build $(PROFILE) $(FEATURES) --example decode
+.venv/bin/python scripts/make_self_requests.py ask-lists target/heads/smollm2-$(1)-ask.txt 4000 $(2)
+test -s target/heads/smollm2-$(1)-ask.jsonl || { target/release/examples/decode \
+  --model models/smollm2 --chat --proposer none --batch $(3) --max-new-tokens 128 --dtype bf16 \
+  --json --prompt-file target/heads/smollm2-$(1)-ask.txt > target/heads/smollm2-$(1)-ask.part && \
+  mv target/heads/smollm2-$(1)-ask.part target/heads/smollm2-$(1)-ask.jsonl; }
+.venv/bin/python scripts/make_self_requests.py pick-lists target/heads/smollm2-$(1)-ask.jsonl \
+  target/heads/smollm2-$(1).txt target/heads/smollm2-$(1)-heldout.txt 128 $(wildcard $(5))
+$(call answers,smollm2-$(1),train-$(1),chat-heldout-$(1),--dtype bf16 --limit 4096 $(4))
+endef
+
 # Many more requests, cheaply (scripts/make_self_requests.py ask-lists): SmolLM2 asked 4,000
 # times for five requests about a WordNet noun in 16 shapes (5,985 distinct new ones: none of
 # chat24, none of the earlier request lists), and its answers to the first 4,096 and to 128
@@ -307,19 +326,8 @@ DRAFT_LISTS_DONE := target/draft-data/.lists-complete
 draft-answers-lists: smollm2 $(DRAFT_LISTS_DONE)
 
 $(DRAFT_LISTS_DONE): scripts/make_self_requests.py examples/draft_answers.rs
-	@test -f /usr/share/wordnet/index.noun || \
-	  { apt-get update -qq && apt-get install -y -qq wordnet-base; }
-	$(CARGO) build $(PROFILE) $(FEATURES) --example decode
-	.venv/bin/python scripts/make_self_requests.py ask-lists target/heads/smollm2-lists-ask.txt 4000
-	test -s target/heads/smollm2-lists-ask.jsonl || { target/release/examples/decode \
-	  --model models/smollm2 --chat --proposer none --batch 64 --max-new-tokens 128 --dtype bf16 \
-	  --json --prompt-file target/heads/smollm2-lists-ask.txt > target/heads/smollm2-lists-ask.part && \
-	  mv target/heads/smollm2-lists-ask.part target/heads/smollm2-lists-ask.jsonl; }
-	.venv/bin/python scripts/make_self_requests.py pick-lists target/heads/smollm2-lists-ask.jsonl \
-	  target/heads/smollm2-lists.txt target/heads/smollm2-lists-heldout.txt 128 \
-	  $(wildcard target/heads/smollm2-chat.txt target/heads/smollm2-wide.txt \
+	$(call list_answers,lists,,64,,target/heads/smollm2-chat.txt target/heads/smollm2-wide.txt \
 	  target/heads/smollm2-more.txt target/heads/smollm2-self.txt)
-	$(call answers,smollm2-lists,train-lists,chat-heldout-lists,--dtype bf16 --limit 4096)
 	touch $@
 
 # The next 4,000 list instructions of the same sequence (`ask-lists --after 4000`: new nouns and
@@ -330,21 +338,9 @@ DRAFT_LISTS2_DONE := target/draft-data/.lists2-complete
 draft-answers-lists2: smollm2 $(DRAFT_LISTS2_DONE)
 
 $(DRAFT_LISTS2_DONE): scripts/make_self_requests.py examples/draft_answers.rs
-	@test -f /usr/share/wordnet/index.noun || \
-	  { apt-get update -qq && apt-get install -y -qq wordnet-base; }
-	$(CARGO) build $(PROFILE) $(FEATURES) --example decode
-	.venv/bin/python scripts/make_self_requests.py ask-lists target/heads/smollm2-lists2-ask.txt 4000 \
-	  --after 4000
-	test -s target/heads/smollm2-lists2-ask.jsonl || { target/release/examples/decode \
-	  --model models/smollm2 --chat --proposer none --batch 128 --max-new-tokens 128 --dtype bf16 \
-	  --json --prompt-file target/heads/smollm2-lists2-ask.txt > target/heads/smollm2-lists2-ask.part && \
-	  mv target/heads/smollm2-lists2-ask.part target/heads/smollm2-lists2-ask.jsonl; }
-	.venv/bin/python scripts/make_self_requests.py pick-lists target/heads/smollm2-lists2-ask.jsonl \
-	  target/heads/smollm2-lists2.txt target/heads/smollm2-lists2-heldout.txt 128 \
-	  $(wildcard target/heads/smollm2-chat.txt target/heads/smollm2-wide.txt \
-	  target/heads/smollm2-more.txt target/heads/smollm2-self.txt target/heads/smollm2-lists.txt \
-	  target/heads/smollm2-lists-heldout.txt)
-	$(call answers,smollm2-lists2,train-lists2,chat-heldout-lists2,--dtype bf16 --limit 4096 --batch 256)
+	$(call list_answers,lists2,--after 4000,128,--batch 256,target/heads/smollm2-chat.txt \
+	  target/heads/smollm2-wide.txt target/heads/smollm2-more.txt target/heads/smollm2-self.txt \
+	  target/heads/smollm2-lists.txt target/heads/smollm2-lists-heldout.txt)
 	touch $@
 
 # SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), shipped in
