@@ -1059,4 +1059,50 @@ mod tests {
         let b = p.run_layers(&x, 0, None, &[7, 3, 9]).unwrap();
         assert_eq!(max_diff(&a, &b), 0.0);
     }
+
+    #[test]
+    fn a_tree_branch_computes_what_a_chain_along_it_computes() {
+        let _guard = tch::no_grad_guard();
+        for weights in [DraftWeights::F32, DraftWeights::NativeF32] {
+            for rope_theta in [None, Some(100.0)] {
+                let mut p = random_proposer_with(2, rope_theta)
+                    .with_weights(weights)
+                    .unwrap();
+                let prefix = Tensor::randn([1, 5, 32], (Kind::Float, Device::Cpu));
+                let (x0, other, x1) = (
+                    Tensor::randn([1, 1, 32], (Kind::Float, Device::Cpu)),
+                    Tensor::randn([1, 1, 32], (Kind::Float, Device::Cpu)),
+                    Tensor::randn([1, 1, 32], (Kind::Float, Device::Cpu)),
+                );
+                // A chain: the committed prefix, then two drafted positions.
+                p.run(&prefix, 0).unwrap();
+                p.run(&x0, 5).unwrap();
+                let chain = p.run(&x1, 6).unwrap();
+                // A tree over the same prefix: two siblings at depth 1 (slots 5 and 6, both at
+                // position 5), then the first one's child at depth 2 (slot 7, position 6),
+                // seeing the prefix, its parent and itself.
+                p.truncate_cache(5);
+                let mut mask = vec![false; 2 * 7];
+                for q in 0..2 {
+                    mask[q * 7..q * 7 + 5].iter_mut().for_each(|m| *m = true);
+                    mask[q * 7 + 5 + q] = true;
+                }
+                p.run_layers(&Tensor::cat(&[&x0, &other], 1), 5, Some(&mask), &[5, 5])
+                    .unwrap();
+                let mut mask = vec![true; 8];
+                mask[6] = false;
+                let tree = p.run_layers(&x1, 7, Some(&mask), &[6]).unwrap();
+                let diff = max_diff(&chain, &tree);
+                assert!(
+                    diff < 1e-4,
+                    "{weights:?}, rope {rope_theta:?}: differs by {diff}"
+                );
+                // At the slot's own position instead, a rotary draft computes something else.
+                if rope_theta.is_some() {
+                    let wrong = p.run_layers(&x1, 7, Some(&mask), &[7]).unwrap();
+                    assert!(max_diff(&chain, &wrong) > 1e-3, "{weights:?}");
+                }
+            }
+        }
+    }
 }
