@@ -21,7 +21,7 @@ FIXTURES_DIR := target/fixtures
 
 .PHONY: demo test serve load-test openai-client venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures families gemma3 \
 	corpus train-pair pair-demo train-embedded ablation-embedded smollm2-heads classify generate generate-table \
-	draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self draft-answers-lists draft-answers-lists2 smollm2-eagle draft-curve smollm2-heads-states smollm2-heads-self draft-layers eagle-table
+	draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self draft-answers-lists draft-answers-lists2 draft-answers-lists2-rest smollm2-eagle draft-curve smollm2-heads-states smollm2-heads-self draft-layers eagle-table
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -221,13 +221,15 @@ $(DRAFT_DATA_DONE): scripts/make_draft_data.py
 # minutes on 2 cores), and answers to 128 further requests, chat-heldout-*, for measuring.
 # $(call answers,PROMPTS,TRAIN,HELDOUT[,FLAGS]): SmolLM2's answers to target/heads/PROMPTS.txt
 # and PROMPTS-heldout.txt into the shards TRAIN-* and HELDOUT-* of target/draft-data (FLAGS:
-# more draft_answers flags, such as --dtype bf16).
+# more draft_answers flags, such as --dtype bf16). ANSWERS_FLAGS (say `make draft-answers-wide
+# ANSWERS_FLAGS="--dtype bf16 --batch 256"`) adds flags to every set's answers, last.
+ANSWERS_FLAGS ?=
 define answers
 $(CARGO) build $(PROFILE) $(FEATURES) --example draft_answers
 target/release/examples/draft_answers --prompts target/heads/$(1).txt \
-  --out target/draft-data/$(2) --new-tokens 128 --batch 64 --shard 256 $(4)
+  --out target/draft-data/$(2) --new-tokens 128 --batch 64 --shard 256 $(4) $(ANSWERS_FLAGS)
 target/release/examples/draft_answers --prompts target/heads/$(1)-heldout.txt \
-  --out target/draft-data/$(3) --new-tokens 128 --batch 64 --shard 128 $(4)
+  --out target/draft-data/$(3) --new-tokens 128 --batch 64 --shard 128 $(4) $(ANSWERS_FLAGS)
 endef
 
 DRAFT_ANSWERS_DONE := target/draft-data/.answers-complete
@@ -301,8 +303,8 @@ $(DRAFT_SELF_DONE): scripts/make_self_requests.py examples/draft_answers.rs
 # $(call list_answers,NAME,ASK_FLAGS,ASK_BATCH,ANSWER_FLAGS,EXCLUDE): SmolLM2 asked 4,000 times
 # for five requests (make_self_requests.py ask-lists ASK_FLAGS, decoded ASK_BATCH rows at a time
 # in bf16), the distinct new ones picked (none of chat24, none of the files EXCLUDE that exist),
-# and its bf16 answers to the first 4,096 and to 128 held out: shards train-NAME-* and
-# chat-heldout-NAME-* (ANSWER_FLAGS: more draft_answers flags).
+# and its bf16 answers to them (ANSWER_FLAGS: more draft_answers flags, such as --limit N for
+# the first N only) and to 128 held out: shards train-NAME-* and chat-heldout-NAME-*.
 define list_answers
 @test -f /usr/share/wordnet/index.noun || \
   { apt-get update -qq && apt-get install -y -qq wordnet-base; }
@@ -314,7 +316,7 @@ test -s target/heads/smollm2-$(1)-ask.jsonl || { target/release/examples/decode 
   mv target/heads/smollm2-$(1)-ask.part target/heads/smollm2-$(1)-ask.jsonl; }
 .venv/bin/python scripts/make_self_requests.py pick-lists target/heads/smollm2-$(1)-ask.jsonl \
   target/heads/smollm2-$(1).txt target/heads/smollm2-$(1)-heldout.txt 128 $(wildcard $(5))
-$(call answers,smollm2-$(1),train-$(1),chat-heldout-$(1),--dtype bf16 --limit 4096 $(4))
+$(call answers,smollm2-$(1),train-$(1),chat-heldout-$(1),--dtype bf16 $(4))
 endef
 
 # Many more requests, cheaply (scripts/make_self_requests.py ask-lists): SmolLM2 asked 4,000
@@ -326,7 +328,7 @@ DRAFT_LISTS_DONE := target/draft-data/.lists-complete
 draft-answers-lists: smollm2 $(DRAFT_LISTS_DONE)
 
 $(DRAFT_LISTS_DONE): scripts/make_self_requests.py examples/draft_answers.rs
-	$(call list_answers,lists,,64,,target/heads/smollm2-chat.txt target/heads/smollm2-wide.txt \
+	$(call list_answers,lists,,64,--limit 4096,target/heads/smollm2-chat.txt target/heads/smollm2-wide.txt \
 	  target/heads/smollm2-more.txt target/heads/smollm2-self.txt)
 	touch $@
 
@@ -338,9 +340,22 @@ DRAFT_LISTS2_DONE := target/draft-data/.lists2-complete
 draft-answers-lists2: smollm2 $(DRAFT_LISTS2_DONE)
 
 $(DRAFT_LISTS2_DONE): scripts/make_self_requests.py examples/draft_answers.rs
-	$(call list_answers,lists2,--after 4000,128,--batch 256,target/heads/smollm2-chat.txt \
+	$(call list_answers,lists2,--after 4000,128,--limit 4096 --batch 256,target/heads/smollm2-chat.txt \
 	  target/heads/smollm2-wide.txt target/heads/smollm2-more.txt target/heads/smollm2-self.txt \
 	  target/heads/smollm2-lists.txt target/heads/smollm2-lists-heldout.txt)
+	touch $@
+
+# The 1,868 requests of draft-answers-lists2 beyond the 4,096 it answers, answered the same way:
+# shards train-lists2-00016 to -00023 (the first 16 are kept; resumable; about 10 minutes on a
+# 2-core Xeon with AMX).
+DRAFT_LISTS2_REST_DONE := target/draft-data/.lists2-rest-complete
+draft-answers-lists2-rest: smollm2 draft-answers-lists2 $(DRAFT_LISTS2_REST_DONE)
+
+$(DRAFT_LISTS2_REST_DONE): examples/draft_answers.rs
+	$(CARGO) build $(PROFILE) $(FEATURES) --example draft_answers
+	target/release/examples/draft_answers --prompts target/heads/smollm2-lists2.txt \
+	  --out target/draft-data/train-lists2 --new-tokens 128 --batch 256 --shard 256 --dtype bf16 \
+	  $(ANSWERS_FLAGS)
 	touch $@
 
 # SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), shipped in

@@ -37,6 +37,12 @@ pub struct DraftTrainConfig {
     pub unroll: usize,
     /// Weight of the hidden-state regression (smooth L1) next to the token cross-entropy.
     pub reg_weight: f64,
+    /// Weight of the base's whole distribution over the shortlist (the softmax of its own
+    /// projection of the next true state) against its argmax alone in the token loss: 0 trains
+    /// on the greedy token only, 1 on the distribution only (the soft targets EAGLE trains on,
+    /// which tell the draft how close the runners-up were).
+    #[serde(default)]
+    pub soft_targets: f64,
     /// Learning rate over the run.
     pub lr: LrSchedule,
     /// AdamW, gradient clipping, weight decay.
@@ -62,6 +68,7 @@ impl Default for DraftTrainConfig {
             seq_len: 256,
             unroll: 3,
             reg_weight: 1.0,
+            soft_targets: 0.0,
             lr: LrSchedule {
                 peak: 1e-3,
                 warmup_steps: 30,
@@ -91,6 +98,12 @@ impl DraftTrainConfig {
             return Err(Error::config(
                 "reg_weight",
                 format!("must be a finite weight >= 0, got {}", self.reg_weight),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.soft_targets) {
+            return Err(Error::config(
+                "soft_targets",
+                format!("must be a weight in [0, 1], got {}", self.soft_targets),
             ));
         }
         Ok(())
@@ -310,6 +323,16 @@ fn batch_loss(
 ) -> Result<(Tensor, Vec<(i64, i64)>)> {
     let passes = unrolled(draft, w, config.unroll)?;
     let targets = projection.columns(&w.target_token)?;
+    let w_soft = config.soft_targets;
+    // The base's distribution over the shortlist after each position `[B*T, V]`.
+    let soft = match w_soft > 0.0 {
+        true => {
+            let logits = projection.logits(&w.target_hidden)?;
+            let v = logits.size()[2];
+            Some(logits.f_view([-1, v])?.f_softmax(-1, Kind::Float)?)
+        }
+        false => None,
+    };
     let mut total = Tensor::f_zeros([], (Kind::Float, w.hidden.device()))?;
     let mut hits = Vec::with_capacity(passes.len());
     for (out, ok) in &passes {
@@ -325,8 +348,20 @@ fn batch_loss(
             hits.push((0, 0));
             continue;
         }
-        let ce = flat.f_cross_entropy_loss::<Tensor>(&tgt, None, Reduction::Mean, -100, 0.0)?;
+        let mut ce = flat.f_cross_entropy_loss::<Tensor>(&tgt, None, Reduction::Mean, -100, 0.0)?;
         let okf = ok.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?;
+        if let Some(p) = &soft {
+            let counted = i64::try_from(ok.f_sum(Kind::Int64)?)?.max(1) as f64;
+            let soft_ce = p
+                .f_mul(&flat.f_log_softmax(-1, Kind::Float)?)?
+                .f_sum_dim_intlist(-1, false, Kind::Float)?
+                .f_mul(&okf.f_flatten(0, -1)?)?
+                .f_sum(Kind::Float)?
+                .f_div_scalar(-counted)?;
+            ce = ce
+                .f_mul_scalar(1.0 - w_soft)?
+                .f_add(&soft_ce.f_mul_scalar(w_soft)?)?;
+        }
         let reg = out
             .f_smooth_l1_loss(&w.target_hidden, Reduction::None, 1.0)?
             .f_mul(&okf)?
@@ -695,6 +730,68 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn soft_targets_weigh_the_base_distribution_against_its_argmax() {
+        let _guard = tch::no_grad_guard();
+        let draft = random_draft(None);
+        let embeddings = Tensor::randn([40, 32], (Kind::Float, Device::Cpu));
+        let projection = draft.projection(&embeddings).unwrap();
+        let t = 8;
+        // Two sequences in the window: the position before the boundary has no target.
+        let seg = Tensor::from_slice(&[0i64, 0, 0, 0, 0, 1, 1, 1]).view([1, t]);
+        let seg_next = Tensor::from_slice(&[0i64, 0, 0, 0, 1, 1, 1, 1]).view([1, t]);
+        let w = Windows {
+            hidden: Tensor::randn([1, t, 32], (Kind::Float, Device::Cpu)),
+            target_hidden: Tensor::randn([1, t, 32], (Kind::Float, Device::Cpu)),
+            next_embedded: Tensor::randn([1, t, 32], (Kind::Float, Device::Cpu)),
+            target_token: Tensor::from_slice(&[3i64, 7, 1, 0, 5, 9, 2, 4]).view([1, t]),
+            seg,
+            seg_next,
+        };
+        let loss = |soft_targets: f64| {
+            let config = DraftTrainConfig {
+                unroll: 1,
+                reg_weight: 0.0,
+                soft_targets,
+                ..DraftTrainConfig::default()
+            };
+            f64::try_from(batch_loss(&draft, &projection, &w, &config).unwrap().0).unwrap()
+        };
+        let (hard, soft, half) = (loss(0.0), loss(1.0), loss(0.5));
+        // The soft loss by hand: cross-entropy of the draft's distribution against the
+        // base's (its projection of the next true state), over the positions with a target.
+        let (out, ok) = &unrolled(&draft, &w, 1).unwrap()[0];
+        let p = projection
+            .logits(&w.target_hidden)
+            .unwrap()
+            .softmax(-1, Kind::Float);
+        let log_q = projection.logits(out).unwrap().log_softmax(-1, Kind::Float);
+        let per_position = (p * log_q).sum_dim_intlist(-1, false, Kind::Float).neg();
+        let okf = ok.to_kind(Kind::Float);
+        let expected =
+            f64::try_from((per_position * &okf).sum(Kind::Float) / okf.sum(Kind::Float)).unwrap();
+        assert!(
+            (soft - expected).abs() < 1e-5,
+            "soft loss {soft}, by hand {expected}"
+        );
+        assert!(
+            (hard - soft).abs() > 1e-3,
+            "hard {hard} and soft {soft} agree"
+        );
+        assert!(
+            (half - (hard + soft) / 2.0).abs() < 1e-5,
+            "{half} is not the mean of {hard} and {soft}"
+        );
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let config = DraftTrainConfig {
+                soft_targets: bad,
+                ..DraftTrainConfig::default()
+            };
+            let e = config.validate().unwrap_err().to_string();
+            assert!(e.contains("soft_targets"), "{e}");
         }
     }
 }
