@@ -328,11 +328,13 @@ fn run() -> Result<()> {
     let (mut chat_agreement, mut answer_agreement) = (None, None);
     if let Ok(chat) = DraftData::load(&config.data, "chat-heldout", None) {
         let unroll = config.train.unroll.max(4);
-        let a = evaluate_feature_draft(&draft, &embeddings, &chat, 256, unroll, 64)?;
+        // 128 windows of 256 positions, spread over every held-out answer set present.
+        let a = evaluate_feature_draft(&draft, &embeddings, &chat, 256, unroll, 128)?;
         eprintln!("train_draft: held-out chat agreement per draft step {a:?}");
         chat_agreement = Some(a);
         if chat.prompt_lens.is_some() {
-            let a = evaluate_feature_draft_on_answers(&draft, &embeddings, &chat, 256, unroll, 64)?;
+            let a =
+                evaluate_feature_draft_on_answers(&draft, &embeddings, &chat, 256, unroll, 128)?;
             eprintln!("train_draft: the same on answer positions only {a:?}");
             answer_agreement = Some(a);
         }

@@ -518,8 +518,8 @@ pub fn train_feature_draft(
 }
 
 /// Top-1 agreement of the draft with the base's greedy token on `data` (for example held-out
-/// data), per unrolled draft step, over consecutive windows of `seq_len` positions (at most
-/// `max_windows` of them). Positions whose target lies outside the shortlist count as misses.
+/// data), per unrolled draft step, over windows of `seq_len` positions (all of them, or
+/// `max_windows` spread evenly over the data). Positions whose target lies outside the shortlist count as misses.
 /// Every position counts, prompts included: see [`evaluate_feature_draft_on_answers`].
 pub fn evaluate_feature_draft(
     draft: &FeatureDraft,
@@ -579,6 +579,17 @@ pub fn evaluate_feature_draft_on_answers(
     )
 }
 
+/// Starts of at most `max_windows` windows of `t` positions over `n` positions: consecutive
+/// windows from the start where all fit, otherwise that many spread evenly over the whole
+/// (so data made of several sets is measured on all of them, not on the first alone).
+fn window_starts(n: usize, t: usize, max_windows: usize) -> Vec<i64> {
+    let available = n.saturating_sub(1) / t;
+    let count = available.min(max_windows);
+    (0..count)
+        .map(|i| (i * available / count * t) as i64)
+        .collect()
+}
+
 /// Agreement per draft step; with `from` (`[N]`), a pass-`d` output at position `p` counts
 /// only when `p - (d - 1) >= from[p]`.
 fn agreement(
@@ -598,9 +609,7 @@ fn agreement(
     let projection = draft.projection(&embeddings)?;
     let seg = segments(data);
     let mut hits = vec![(0i64, 0i64); unroll.max(1)];
-    let windows = ((data.len() - 1) / t).min(max_windows);
-    for i in 0..windows {
-        let start = (i * t) as i64;
+    for start in window_starts(data.len(), t, max_windows) {
         let w = gather(data, &seg, &embeddings, &[start], t as i64, device)?;
         let passes = unrolled(draft, &w, unroll.max(1))?;
         let targets = projection.columns(&w.target_token)?;
@@ -731,6 +740,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn measuring_windows_cover_the_whole_data_when_capped() {
+        // All fit: consecutive from the start.
+        assert_eq!(
+            window_starts(1001, 100, 64),
+            (0..10).map(|i| i * 100).collect::<Vec<_>>()
+        );
+        // Capped: spread over all 40 windows, the last quarter included.
+        let starts = window_starts(4001, 100, 8);
+        assert_eq!(starts, vec![0, 500, 1000, 1500, 2000, 2500, 3000, 3500]);
+        assert!(
+            starts.windows(2).all(|w| w[1] - w[0] >= 100),
+            "windows overlap"
+        );
+        assert!(window_starts(50, 100, 8).is_empty());
+        assert!(window_starts(4001, 100, 0).is_empty());
     }
 
     #[test]
