@@ -325,13 +325,12 @@ fn batch_loss(
     let targets = projection.columns(&w.target_token)?;
     let w_soft = config.soft_targets;
     // The base's distribution over the shortlist after each position `[B*T, V]`.
-    let soft = match w_soft > 0.0 {
-        true => {
-            let logits = projection.logits(&w.target_hidden)?;
-            let v = logits.size()[2];
-            Some(logits.f_view([-1, v])?.f_softmax(-1, Kind::Float)?)
-        }
-        false => None,
+    let soft = if w_soft > 0.0 {
+        let logits = projection.logits(&w.target_hidden)?;
+        let v = logits.size()[2];
+        Some(logits.f_view([-1, v])?.f_softmax(-1, Kind::Float)?)
+    } else {
+        None
     };
     let mut total = Tensor::f_zeros([], (Kind::Float, w.hidden.device()))?;
     let mut hits = Vec::with_capacity(passes.len());
@@ -519,8 +518,8 @@ pub fn train_feature_draft(
 
 /// Top-1 agreement of the draft with the base's greedy token on `data` (for example held-out
 /// data), per unrolled draft step, over windows of `seq_len` positions (all of them, or
-/// `max_windows` spread evenly over the data). Positions whose target lies outside the shortlist count as misses.
-/// Every position counts, prompts included: see [`evaluate_feature_draft_on_answers`].
+/// `max_windows` spread evenly over the data). Positions whose target lies outside the
+/// shortlist count as misses. Every position counts, prompts included: see [`evaluate_feature_draft_on_answers`].
 pub fn evaluate_feature_draft(
     draft: &FeatureDraft,
     embeddings: &Tensor,
