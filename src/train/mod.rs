@@ -56,7 +56,7 @@ pub use distill::distill;
 pub use draft_data::DraftData;
 pub use feature_draft::{
     evaluate_feature_draft, evaluate_feature_draft_on_answers, train_feature_draft, DraftLog,
-    DraftReport, DraftTrainConfig,
+    DraftReport, DraftTrainConfig, Products,
 };
 pub use heads::{
     mean_accepted_with_heads, train_heads, HeadLoss, HeadsLog, HeadsReport, HeadsTrainConfig,

@@ -7,12 +7,14 @@ use crate::error::Result;
 use crate::matmul::{PackedLinear, Packing};
 
 /// A dense layer `y = x Wᵀ + b`, optionally through a packed copy of its weights (oneDNN
-/// float32 or int8) for inference.
+/// float32 or int8) for inference, or with its product in a narrower float kind (mixed
+/// precision for training).
 #[derive(Debug)]
 pub(crate) struct Linear {
     weight: Tensor,
     bias: Tensor,
     packed: Option<PackedLinear>,
+    products: Option<Kind>,
 }
 
 impl Linear {
@@ -22,7 +24,16 @@ impl Linear {
             weight: l.ws,
             bias: l.bs.expect("nn::linear has a bias by default"),
             packed: None,
+            products: None,
         }
+    }
+
+    /// Computes the unpacked product `x Wᵀ` in `kind` from now on (`None`: in the weights' own
+    /// kind), casting inputs and weights to it and the result back, the bias added after. The
+    /// weights stay what they are (float32 masters that training updates); gradients flow
+    /// through the casts.
+    pub(crate) fn set_products(&mut self, kind: Option<Kind>) {
+        self.products = kind;
     }
 
     /// Computes through a packed copy of the current weights (CPU only) from now on; with
@@ -41,7 +52,14 @@ impl Linear {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.packed {
             Some(p) => p.apply(x),
-            None => Ok(x.f_linear(&self.weight, Some(&self.bias))?),
+            None => match self.products {
+                None => Ok(x.f_linear(&self.weight, Some(&self.bias))?),
+                Some(kind) => Ok(x
+                    .f_to_kind(kind)?
+                    .f_linear::<Tensor>(&self.weight.f_to_kind(kind)?, None)?
+                    .f_to_kind(x.kind())?
+                    .f_add(&self.bias)?),
+            },
         }
     }
 }
