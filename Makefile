@@ -21,7 +21,7 @@ FIXTURES_DIR := target/fixtures
 
 .PHONY: demo test serve load-test openai-client venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures families gemma3 \
 	corpus train-pair pair-demo train-embedded ablation-embedded smollm2-heads classify generate generate-table \
-	draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self draft-answers-lists draft-answers-lists2 draft-answers-lists2-rest smollm2-eagle draft-curve smollm2-heads-states smollm2-heads-self draft-layers eagle-table
+	draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self draft-answers-lists draft-answers-lists2 draft-answers-lists2-rest draft-answers-lists3 smollm2-eagle draft-curve smollm2-heads-states smollm2-heads-self draft-layers eagle-table
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -356,6 +356,20 @@ $(DRAFT_LISTS2_REST_DONE): examples/draft_answers.rs
 	target/release/examples/draft_answers --prompts target/heads/smollm2-lists2.txt \
 	  --out target/draft-data/train-lists2 --new-tokens 128 --batch 256 --shard 256 --dtype bf16 \
 	  $(ANSWERS_FLAGS)
+	touch $@
+
+# The 4,000 list instructions after those (`ask-lists --after 8000`), asked 128 and answered 256
+# rows at a time in bf16 as draft-answers-lists2 does, every distinct new request answered (none
+# of the earlier lists' nor their held-out ones'): shards train-lists3-* (resumable) and
+# chat-heldout-lists3-*.
+DRAFT_LISTS3_DONE := target/draft-data/.lists3-complete
+draft-answers-lists3: smollm2 $(DRAFT_LISTS3_DONE)
+
+$(DRAFT_LISTS3_DONE): scripts/make_self_requests.py examples/draft_answers.rs
+	$(call list_answers,lists3,--after 8000,128,--batch 256,target/heads/smollm2-chat.txt \
+	  target/heads/smollm2-wide.txt target/heads/smollm2-more.txt target/heads/smollm2-self.txt \
+	  target/heads/smollm2-lists.txt target/heads/smollm2-lists-heldout.txt \
+	  target/heads/smollm2-lists2.txt target/heads/smollm2-lists2-heldout.txt)
 	touch $@
 
 # SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), shipped in
