@@ -377,14 +377,15 @@ fn batch_loss(
         }
         let mut ce = flat.f_cross_entropy_loss::<Tensor>(&tgt, None, Reduction::Mean, -100, 0.0)?;
         let okf = ok.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?;
+        // Positions whose chain stays in one sequence (the regression's and soft loss's count).
+        let counted = i64::try_from(ok.f_sum(Kind::Int64)?)?.max(1);
         if let Some(p) = &soft {
-            let counted = i64::try_from(ok.f_sum(Kind::Int64)?)?.max(1) as f64;
             let soft_ce = p
                 .f_mul(&flat.f_log_softmax(-1, Kind::Float)?)?
                 .f_sum_dim_intlist(-1, false, Kind::Float)?
                 .f_mul(&okf.f_flatten(0, -1)?)?
                 .f_sum(Kind::Float)?
-                .f_div_scalar(-counted)?;
+                .f_div_scalar(-(counted as f64))?;
             ce = ce
                 .f_mul_scalar(1.0 - w_soft)?
                 .f_add(&soft_ce.f_mul_scalar(w_soft)?)?;
@@ -393,7 +394,7 @@ fn batch_loss(
             .f_smooth_l1_loss(&w.target_hidden, Reduction::None, 1.0)?
             .f_mul(&okf)?
             .f_sum(Kind::Float)?
-            .f_div_scalar((i64::try_from(ok.f_sum(Kind::Int64)?)?.max(1) * out.size()[2]) as f64)?;
+            .f_div_scalar((counted * out.size()[2]) as f64)?;
         total = total.f_add(&ce.f_add(&reg.f_mul_scalar(config.reg_weight)?)?)?;
         let correct = flat
             .f_argmax(-1, false)?
