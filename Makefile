@@ -373,7 +373,7 @@ $(DRAFT_LISTS3_DONE): scripts/make_self_requests.py examples/draft_answers.rs
 	touch $@
 
 # SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), shipped in
-# assets/drafts/smollm2, where `decode --proposer eagle` finds it. Six stages: trained on the
+# assets/drafts/smollm2, where `decode --proposer eagle` finds it. Seven stages: trained on the
 # teacher-forced text and answers above into target/draft-train/base, fine-tuned on the answers
 # to the WordNet requests into target/draft-train/wide (`init` in the second config), then on
 # those and the answers of draft-answers-more together into target/draft-train/more, then on
@@ -381,18 +381,21 @@ $(DRAFT_LISTS3_DONE): scripts/make_self_requests.py examples/draft_answers.rs
 # target/draft-train/self, then on all of those and the answers of draft-answers-lists
 # (weighted twice; 700 steps, 22 minutes here) into target/draft-train/lists, then on the
 # WordNet, everyday and second list answers (draft-answers-lists2 and -lists2-rest) together
-# (700 steps, 14 minutes on a 2-core Xeon); each measured on held-out chat prompts against
-# greedy (report-base.json, report-wide.json, report-more.json, report-self.json,
-# report-lists.json, report.json). The shipped sixth stage read WordNet and everyday answers
-# decoded with ANSWERS_FLAGS="--dtype bf16 --batch 256" (the earlier stages' were f32).
+# (700 steps, 14 minutes on a 2-core Xeon) into target/draft-train/mix, then on those, the
+# everyday answers of draft-answers and the third list answers (draft-answers-lists3) together
+# (2,000 steps with bf16 products); each measured on held-out chat prompts against greedy
+# (report-base.json, report-wide.json, report-more.json, report-self.json, report-lists.json,
+# report-mix.json, report.json). The shipped sixth and seventh stages read WordNet and everyday
+# answers decoded with ANSWERS_FLAGS="--dtype bf16 --batch 256" (the earlier stages' were f32).
 DRAFT_CONFIG := examples/configs/smollm2-draft.json
 DRAFT_WIDE_CONFIG := examples/configs/smollm2-draft-wide.json
 DRAFT_MORE_CONFIG := examples/configs/smollm2-draft-more.json
 DRAFT_SELF_CONFIG := examples/configs/smollm2-draft-self.json
 DRAFT_LISTS_CONFIG := examples/configs/smollm2-draft-lists.json
 DRAFT_MIX_CONFIG := examples/configs/smollm2-draft-mix.json
+DRAFT_ALL_CONFIG := examples/configs/smollm2-draft-all.json
 smollm2-eagle: smollm2 draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self \
-  draft-answers-lists draft-answers-lists2 draft-answers-lists2-rest
+  draft-answers-lists draft-answers-lists2 draft-answers-lists2-rest draft-answers-lists3
 	$(CARGO) build $(PROFILE) $(FEATURES) --example train_draft
 	target/release/examples/train_draft $(DRAFT_CONFIG) --report assets/drafts/smollm2/report-base.json
 	target/release/examples/train_draft $(DRAFT_WIDE_CONFIG) --split train-wide \
@@ -404,6 +407,9 @@ smollm2-eagle: smollm2 draft-data draft-answers draft-answers-wide draft-answers
 	target/release/examples/train_draft $(DRAFT_LISTS_CONFIG) \
 	  --split train-wide,train-more,train-self,train-lists --report assets/drafts/smollm2/report-lists.json
 	target/release/examples/train_draft $(DRAFT_MIX_CONFIG) --split train-wide,train-more,train-lists2 \
+	  --report assets/drafts/smollm2/report-mix.json
+	target/release/examples/train_draft $(DRAFT_ALL_CONFIG) \
+	  --split train-answers,train-wide,train-more,train-lists2,train-lists3 \
 	  --report assets/drafts/smollm2/report.json
 
 # The learning curve: the same draft trained on the first 25k, 100k and 400k tokens of the same
