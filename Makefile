@@ -21,7 +21,7 @@ FIXTURES_DIR := target/fixtures
 
 .PHONY: demo test serve load-test openai-client venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures families gemma3 \
 	corpus train-pair pair-demo train-embedded ablation-embedded smollm2-heads classify generate generate-table \
-	draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self draft-answers-lists draft-answers-lists2 draft-answers-lists2-rest draft-answers-lists3 draft-answers-lists4 smollm2-eagle draft-curve smollm2-heads-states smollm2-heads-self draft-layers eagle-table
+	draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self draft-answers-lists draft-answers-lists2 draft-answers-lists2-rest draft-answers-lists3 smollm2-eagle draft-curve smollm2-heads-states smollm2-heads-self draft-layers eagle-table
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -370,19 +370,6 @@ $(DRAFT_LISTS3_DONE): scripts/make_self_requests.py examples/draft_answers.rs
 	  target/heads/smollm2-wide.txt target/heads/smollm2-more.txt target/heads/smollm2-self.txt \
 	  target/heads/smollm2-lists.txt target/heads/smollm2-lists-heldout.txt \
 	  target/heads/smollm2-lists2.txt target/heads/smollm2-lists2-heldout.txt)
-	touch $@
-
-# The 4,000 list instructions after those (`ask-lists --after 12000`), the same way: shards
-# train-lists4-* and chat-heldout-lists4-* (data for a next stage; not in smollm2-eagle yet).
-DRAFT_LISTS4_DONE := target/draft-data/.lists4-complete
-draft-answers-lists4: smollm2 $(DRAFT_LISTS4_DONE)
-
-$(DRAFT_LISTS4_DONE): scripts/make_self_requests.py examples/draft_answers.rs
-	$(call list_answers,lists4,--after 12000,128,--batch 256,target/heads/smollm2-chat.txt \
-	  target/heads/smollm2-wide.txt target/heads/smollm2-more.txt target/heads/smollm2-self.txt \
-	  target/heads/smollm2-lists.txt target/heads/smollm2-lists-heldout.txt \
-	  target/heads/smollm2-lists2.txt target/heads/smollm2-lists2-heldout.txt \
-	  target/heads/smollm2-lists3.txt target/heads/smollm2-lists3-heldout.txt)
 	touch $@
 
 # SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), shipped in
