@@ -115,6 +115,11 @@ def instructions(out, n, shapes, suffix, seed, after=0):
     nouns = [w for w, _ in wordnet_nouns(words)]
     rng = random.Random(seed)
     rng.shuffle(nouns)
+    # At most one line per shape and noun: past that the sequence has nothing new to give.
+    distinct = len(set(shapes)) * len(set(nouns))
+    if after + n > distinct:
+        sys.exit(f"{out}: {after} + {n} instructions asked, but {len(set(shapes))} shapes over "
+                 f"{len(set(nouns))} nouns give at most {distinct} (add shapes or nouns)")
     lines, seen = [], set()
     while len(lines) < after + n:
         line = rng.choice(shapes).format(x=rng.choice(nouns)) + suffix
