@@ -73,8 +73,9 @@ pub enum Products {
     #[default]
     F32,
     /// bfloat16 inputs and weights, products accumulated by libtorch and cast back to float32
-    /// (mixed precision). On a 2-core Intel Xeon with AMX a step measured several times faster;
-    /// on CPUs without bfloat16 instructions it is slower than `f32`.
+    /// (mixed precision). On a 2-core Intel Xeon with AMX a step of the shipped settings
+    /// took 0.73 s against 1.19 s; on CPUs without bfloat16 instructions it is not measured
+    /// and may be slower than `f32`.
     Bf16,
 }
 
