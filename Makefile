@@ -21,7 +21,7 @@ FIXTURES_DIR := target/fixtures
 
 .PHONY: demo test serve load-test openai-client venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures families gemma3 \
 	corpus train-pair pair-demo train-embedded ablation-embedded smollm2-heads classify generate generate-table \
-	draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self draft-answers-lists draft-answers-lists2 draft-answers-lists2-rest draft-answers-lists3 smollm2-eagle draft-curve smollm2-heads-states smollm2-heads-self draft-layers eagle-table
+	draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self draft-answers-lists draft-answers-lists2 draft-answers-lists2-rest draft-answers-lists3 draft-answers-questions smollm2-eagle draft-curve smollm2-heads-states smollm2-heads-self draft-layers eagle-table
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -309,7 +309,8 @@ define list_answers
 @test -f /usr/share/wordnet/index.noun || \
   { apt-get update -qq && apt-get install -y -qq wordnet-base; }
 $(CARGO) build $(PROFILE) $(FEATURES) --example decode
-.venv/bin/python scripts/make_self_requests.py ask-lists target/heads/smollm2-$(1)-ask.txt 4000 $(2)
+.venv/bin/python scripts/make_self_requests.py $(or $(6),ask-lists) target/heads/smollm2-$(1)-ask.txt \
+  $(or $(7),4000) $(2)
 test -s target/heads/smollm2-$(1)-ask.jsonl || { target/release/examples/decode \
   --model models/smollm2 --chat --proposer none --batch $(3) --max-new-tokens 128 --dtype bf16 \
   --json --prompt-file target/heads/smollm2-$(1)-ask.txt > target/heads/smollm2-$(1)-ask.part && \
@@ -370,6 +371,22 @@ $(DRAFT_LISTS3_DONE): scripts/make_self_requests.py examples/draft_answers.rs
 	  target/heads/smollm2-wide.txt target/heads/smollm2-more.txt target/heads/smollm2-self.txt \
 	  target/heads/smollm2-lists.txt target/heads/smollm2-lists-heldout.txt \
 	  target/heads/smollm2-lists2.txt target/heads/smollm2-lists2-heldout.txt)
+	touch $@
+
+# A fourth list of requests in 16 new question shapes (`ask-questions`: openings such as "Where",
+# "Should I", "What happens if" and askers such as a teenager or a worried person, over the same
+# nouns; a sequence of its own), 3,000 instructions asked 128 and the first 6,144 requests answered 256 rows
+# at a time in bf16 as draft-answers-lists3 does, none of the earlier lists' nor their held-out
+# ones': shards train-questions-* (resumable) and chat-heldout-questions-*.
+DRAFT_QUESTIONS_DONE := target/draft-data/.questions-complete
+draft-answers-questions: smollm2 $(DRAFT_QUESTIONS_DONE)
+
+$(DRAFT_QUESTIONS_DONE): scripts/make_self_requests.py examples/draft_answers.rs
+	$(call list_answers,questions,,128,--limit 6144 --batch 256,target/heads/smollm2-chat.txt \
+	  target/heads/smollm2-wide.txt target/heads/smollm2-more.txt target/heads/smollm2-self.txt \
+	  target/heads/smollm2-lists.txt target/heads/smollm2-lists-heldout.txt \
+	  target/heads/smollm2-lists2.txt target/heads/smollm2-lists2-heldout.txt \
+	  target/heads/smollm2-lists3.txt target/heads/smollm2-lists3-heldout.txt,ask-questions,3000)
 	touch $@
 
 # SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), shipped in

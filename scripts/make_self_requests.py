@@ -28,6 +28,10 @@ decoded reply gives three or four distinct requests instead of a third of one:
         N instructions asking for five requests about a WordNet noun, in 16 shapes ("Write five
         different questions that people might ask an AI assistant about X. Put each on its
         own line."); with --after M, the N after the first M of the same sequence (new ones).
+    .venv/bin/python scripts/make_self_requests.py ask-questions OUT_FILE N [--after M]
+        The same in 16 other shapes, question openings and askers the first ones leave out
+        ("Write five questions starting with "Where" about X."), a sequence of its own (another
+        15,280 instructions); its replies are picked the same way.
     .venv/bin/python scripts/make_self_requests.py pick-lists DECODED_JSONL TRAIN_FILE \\
             HELDOUT_FILE M [EXCLUDE_FILE ...]
         The numbered lines of those replies that read as a request (4 to 40 words, ending in
@@ -94,6 +98,28 @@ LIST_ASKS = [
     "Write five requests asking an AI assistant to explain something about {x}.",
     "Write five requests asking an AI assistant for advice about {x}.",
     "Write five questions about the history of {x}.",
+]
+# The same five-at-a-time asking in 16 other shapes: question openings and askers the first
+# shapes do not use. (Shapes asking for tasks, "Write five requests asking an AI assistant to
+# write an email that mentions X", were tried first: SmolLM2 answers them with titles and
+# example sentences, not requests, about one usable line per instruction against these' two.)
+QUESTION_ASKS = [
+    "Write five questions starting with \"Where\" about {x}.",
+    "Write five questions starting with \"When\" about {x}.",
+    "Write five questions starting with \"Which\" about {x}.",
+    "Write five questions starting with \"Who\" about {x}.",
+    "Write five questions starting with \"Is it\" about {x}.",
+    "Write five questions starting with \"Should I\" about {x}.",
+    "Write five questions starting with \"Do\" about {x}.",
+    "Write five questions starting with \"How much\" or \"How many\" about {x}.",
+    "Write five questions starting with \"What are the best\" about {x}.",
+    "Write five questions starting with \"What happens if\" about {x}.",
+    "Write five questions a teenager might ask about {x}.",
+    "Write five questions a teacher might ask a class about {x}.",
+    "Write five questions someone might ask a friend about {x}.",
+    "Write five questions a worried person might ask about {x}.",
+    "Write five questions someone might ask before buying or using {x}.",
+    "Write five questions a writer might ask about {x}.",
 ]
 LIST_SUFFIX = " Put each one on its own line."
 NUMBERED = re.compile(r"^\s*\d+[.)]\s*(.+?)\s*$")
@@ -247,6 +273,8 @@ def main():
         pick(a[1], a[2], a[3], a[4], int(a[5]))
     elif len(a) in (3, 5) and a[0] == "ask-lists" and (len(a) == 3 or a[3] == "--after"):
         instructions(a[1], int(a[2]), LIST_ASKS, LIST_SUFFIX, 2029, int(a[4]) if len(a) == 5 else 0)
+    elif len(a) in (3, 5) and a[0] == "ask-questions" and (len(a) == 3 or a[3] == "--after"):
+        instructions(a[1], int(a[2]), QUESTION_ASKS, LIST_SUFFIX, 2031, int(a[4]) if len(a) == 5 else 0)
     elif len(a) >= 5 and a[0] == "pick-lists":
         pick_lists(a[1], a[2], a[3], int(a[4]), a[5:])
     else:
