@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::feature::{FeatureDraftConfig, DRAFT_CONFIG_FILE};
 use crate::heads::{HeadsConfig, WithHeads, HEADS_CONFIG_FILE};
 use crate::model::CausalLm;
-use crate::native::{NativeLm, NativeOptions};
+use crate::native::{Bf16Inputs, NativeLm, NativeOptions};
 use crate::tokenizer::{ByteTokenizer, ChatTemplate, HfTokenizer, TextTokenizer, END_OF_TEXT};
 use crate::torchscript::{ExportMetadata, F32Matmul, LoadOptions, ModuleForm, TorchScriptLm};
 use crate::transformer::{Transformer, CONFIG_FILE};
@@ -38,6 +38,10 @@ pub struct BundleOptions {
     /// What computes an exported model: its TorchScript module (default) or the crate's native
     /// CPU decoder ([`Backend::Native`]).
     pub backend: Backend,
+    /// What the native decoder multiplies bf16 weights with (default auto: bfloat16 inputs
+    /// where the CPU has bfloat16 dot products; see [`Bf16Inputs`]). Another choice is refused
+    /// with the TorchScript backend and with weights other than bf16.
+    pub bf16_inputs: Bf16Inputs,
 }
 
 /// What computes an exported model.
@@ -47,7 +51,8 @@ pub enum Backend {
     #[default]
     TorchScript,
     /// The crate's own CPU kernels ([`NativeLm`]): plain Llama-shaped exports, f32, bf16 or
-    /// int8 weights (f32 activations), CPU only. Loading it sets libtorch's intra-op threads to one: libtorch's
+    /// int8 weights (f32 activations; bf16 products' inputs rounded to bf16 where the CPU has
+    /// bf16 dot products, see [`Bf16Inputs`]), CPU only. Loading it sets libtorch's intra-op threads to one: libtorch's
     /// OpenMP workers spin for milliseconds after each parallel operation, on the cores the
     /// native decoder's threads need (SmolLM2's f32 step measured 23-28 ms with them against
     /// 13-17 ms without, on a 2-core AMD EPYC).
@@ -172,6 +177,7 @@ fn load_native(dir: &Path, options: &BundleOptions) -> Result<NativeLm> {
         &NativeOptions {
             dtype: options.dtype,
             max_context: options.max_context,
+            bf16_inputs: options.bf16_inputs,
             ..NativeOptions::default()
         },
     )?;
@@ -188,6 +194,7 @@ impl Default for BundleOptions {
             heads: HeadsChoice::Auto,
             f32_matmul: F32Matmul::Auto,
             backend: Backend::TorchScript,
+            bf16_inputs: Bf16Inputs::Auto,
         }
     }
 }
@@ -302,6 +309,14 @@ impl ModelBundle {
             .dtypes
             .get(&options.dtype.to_string())
             .is_some_and(|f| f.cached.is_none() && f.uncached.is_some());
+        if options.backend == Backend::TorchScript && options.bf16_inputs != Bf16Inputs::Auto {
+            return Err(Error::config(
+                "bf16_inputs",
+                "chooses what the native decoder multiplies bf16 weights with; a TorchScript \
+                 export's bf16 products are libtorch's (drop --bf16-inputs or use --backend \
+                 native)",
+            ));
+        }
         let model: Box<dyn CausalLm> = match options.backend {
             Backend::TorchScript => Box::new(TorchScriptLm::load(
                 dir,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use blockwise::bundle::{Backend, BundleOptions, ModelBundle};
 use blockwise::feature::{FeatureDraft, FeatureDraftProposer};
-use blockwise::native::{NativeLm, NativeOptions};
+use blockwise::native::{Bf16Inputs, NativeLm, NativeOptions};
 use blockwise::testing::{Conformance, RandomProposer};
 use blockwise::torchscript::{F32Matmul, LoadOptions, Oracle, TorchScriptLm};
 use blockwise::{
@@ -33,22 +33,39 @@ fn native(dtype: DType, max_context: usize) -> NativeLm {
             dtype,
             max_context: Some(max_context),
             threads: Some(2),
+            ..NativeOptions::default()
         },
     )
     .expect("load SmolLM2 natively")
 }
 
 fn bundle(dtype: DType) -> ModelBundle {
+    bundle_with(dtype, Bf16Inputs::Auto)
+}
+
+fn bundle_with(dtype: DType, bf16_inputs: Bf16Inputs) -> ModelBundle {
     ModelBundle::load(
         dir().to_str().unwrap(),
         &BundleOptions {
             dtype,
             max_context: Some(512),
             backend: Backend::Native,
+            bf16_inputs,
             ..BundleOptions::default()
         },
     )
     .expect("load SmolLM2 with the native backend")
+}
+
+/// The weight forms: f32, bf16 times f32 inputs, bf16 with the CPU's bf16 dot products where
+/// it has them (else f32 inputs again), int8.
+fn forms() -> [(DType, Bf16Inputs); 4] {
+    [
+        (DType::F32, Bf16Inputs::Auto),
+        (DType::Bf16, Bf16Inputs::F32),
+        (DType::Bf16, Bf16Inputs::Auto),
+        (DType::Int8, Bf16Inputs::Auto),
+    ]
 }
 
 fn oracles(b: &ModelBundle) -> Vec<Oracle> {
@@ -109,18 +126,18 @@ fn greedy_equals_transformers_in_float32() {
     }
 }
 
-/// bf16 and int8 weights (f32 activations): transformers' f32 greedy output, or a divergence
-/// where the f32 model's two best logits are within 1.0 (bf16 rounding moves logits by up to
-/// ~2.8).
+/// bf16 weights (with f32 inputs, and with bf16 dot products where the CPU has them) and int8
+/// weights: transformers' f32 greedy output, or a divergence where the f32 model's two best
+/// logits are within 1.0 (bf16 rounding moves logits by up to ~2.8).
 #[test]
 fn bf16_and_int8_weights_follow_float32_greedy_or_diverge_at_a_near_tie() {
-    for dtype in [DType::Bf16, DType::Int8] {
-        follows_float32_greedy_or_diverges_at_a_near_tie(dtype);
+    for (dtype, inputs) in &forms()[1..] {
+        follows_float32_greedy_or_diverges_at_a_near_tie(*dtype, *inputs);
     }
 }
 
-fn follows_float32_greedy_or_diverges_at_a_near_tie(dtype: DType) {
-    let mut b = bundle(dtype);
+fn follows_float32_greedy_or_diverges_at_a_near_tie(dtype: DType, inputs: Bf16Inputs) {
+    let mut b = bundle_with(dtype, inputs);
     let mut f = native(DType::F32, 512);
     let mut diverged = 0;
     for o in oracles(&b) {
@@ -157,17 +174,21 @@ fn follows_float32_greedy_or_diverges_at_a_near_tie(dtype: DType) {
             o.prompt
         );
     }
-    eprintln!("bf16 weights diverged from f32 greedy on {diverged} oracle prompts (near-ties)");
+    eprintln!(
+        "{dtype} weights ({inputs} inputs) diverged from f32 greedy on {diverged} oracle prompts \
+         (near-ties)"
+    );
 }
 
 /// Blockwise chains (feature draft, n-gram), dynamic trees and batched rows on the native
 /// model return its own greedy output exactly: every row of a block is computed as a one-token
-/// step would compute it, in f32 and with bf16 and int8 weights.
+/// step would compute it, in f32 and with bf16 (both inputs) and int8 weights.
 #[test]
 fn blockwise_trees_and_batches_equal_native_greedy() {
     let _g = tch::no_grad_guard();
-    for dtype in [DType::F32, DType::Bf16, DType::Int8] {
-        let mut b = bundle(dtype);
+    for (form, inputs) in forms() {
+        let dtype = format!("{form} ({inputs} inputs)");
+        let mut b = bundle_with(form, inputs);
         let draft = b.draft.clone().expect("the shipped SmolLM2 draft");
         let prompts: Vec<Vec<i64>> = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/prompts/chat24.txt"),
@@ -291,6 +312,25 @@ fn options_it_cannot_honour_are_refused() {
         })),
         "backend"
     );
+    // A choice of bf16 products' inputs with f32 weights, and with the TorchScript backend.
+    assert_eq!(
+        field(load(BundleOptions {
+            bf16_inputs: Bf16Inputs::F32,
+            ..Default::default()
+        })),
+        "bf16_inputs"
+    );
+    let torchscript = ModelBundle::load(
+        dir().to_str().unwrap(),
+        &BundleOptions {
+            dtype: DType::Bf16,
+            bf16_inputs: Bf16Inputs::F32,
+            ..Default::default()
+        },
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert_eq!(field(torchscript), "bf16_inputs");
     let builtin = ModelBundle::load(
         "embedded",
         &BundleOptions {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use blockwise::bundle::{Backend, HeadsChoice};
 use blockwise::config::{AcceptanceConfig, ProposerConfig, VerifierConfig};
 use blockwise::feature::DraftWeights;
+use blockwise::native::Bf16Inputs;
 use blockwise::policy::PolicyConfig;
 use blockwise::torchscript::F32Matmul;
 use blockwise::{DType, Error, Result, SamplingConfig, TreeShape};
@@ -25,7 +26,7 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
               [--tie-guard M]
               [--batch N] [--tree SHAPE|dynamic:NODES]
               [--dtype f32|bf16|f16|int8] [--device cpu|cuda[:N]] [--f32-matmul auto|blas|onednn]
-              [--backend torchscript|native] [--compare-greedy] [--json]
+              [--backend torchscript|native] [--bf16-inputs auto|f32|bf16] [--compare-greedy] [--json]
 
   --model           `embedded` (default: the model shipped in assets/embedded, trained on
                     the King James Bible, with trained heads), a folder
@@ -79,6 +80,9 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --backend         torchscript (default: the exported module) or native (the crate's own CPU
                     kernels, blockwise::native: Llama-shaped exports, --dtype f32, bf16 or
                     int8 weights with f32 activations; 2-3x as fast a step on 2 cores)
+  --bf16-inputs     auto (default), f32 or bf16: what the native backend multiplies --dtype bf16
+                    weights with; auto rounds a product's inputs to bf16 where the CPU has
+                    bf16 dot products (AVX-512 BF16), f32 keeps them f32 on every CPU
   --draft-weights   the form an eagle draft's products run in: auto (default: native-int8 on
                     x86-64 CPUs with AVX2, else libtorch's int8 or f32), f32 or int8 (libtorch),
                     native-f32, native-bf16 or native-int8 (the crate's own CPU kernels); the
@@ -148,6 +152,8 @@ struct Cli {
     f32_matmul: String,
     #[arg(long, default_value = "torchscript")]
     backend: String,
+    #[arg(long, default_value = "auto")]
+    bf16_inputs: String,
     #[arg(long)]
     draft_weights: Option<String>,
     #[arg(long)]
@@ -178,6 +184,7 @@ pub struct Args {
     pub device: Device,
     pub f32_matmul: F32Matmul,
     pub backend: Backend,
+    pub bf16_inputs: Bf16Inputs,
     pub chat: bool,
     pub compare_greedy: bool,
     pub json: bool,
@@ -359,6 +366,7 @@ impl Args {
             device,
             f32_matmul: F32Matmul::parse(&cli.f32_matmul)?,
             backend: Backend::parse(&cli.backend)?,
+            bf16_inputs: Bf16Inputs::parse(&cli.bf16_inputs)?,
             chat: cli.chat,
             compare_greedy: cli.compare_greedy,
             json: cli.json,

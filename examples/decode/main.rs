@@ -109,6 +109,7 @@ fn run(args: Args) -> Result<()> {
         heads: args.heads.clone(),
         f32_matmul: args.f32_matmul,
         backend: args.backend,
+        bf16_inputs: args.bf16_inputs,
     };
     let mut bundle = ModelBundle::load(&args.model, &options)?;
     let config = BlockwiseConfig {

@@ -26,10 +26,11 @@
 use half::bf16;
 
 use super::kernels::SendPtr;
+use super::pairs::{self, PAIR_CHUNK};
 use super::pool::Pool;
 
 /// Weight rows interleaved per group.
-const GROUP: usize = 4;
+pub(super) const GROUP: usize = 4;
 /// Columns per chunk: one AVX-512 register of float32.
 const CHUNK: usize = 16;
 /// Elements of one chunk of a group.
@@ -37,7 +38,7 @@ const BLOCK: usize = GROUP * CHUNK;
 /// Input rows per pass over the weights: with AVX-512, 4 x 6 accumulators, 4 weight registers
 /// and an input one fill 29 of the 32 registers (AVX-512VL lets the final 256-bit sums use
 /// registers 16-31; without it LLVM kept accumulators on the stack).
-const ROWS: usize = 6;
+pub(super) const ROWS: usize = 6;
 /// Groups per tile: every pass of up to [`ROWS`] input rows goes over a tile's weights (from
 /// memory the first time, from the L2 cache after: 64 rows of 1,536 float32 columns are 393 KB)
 /// while its inputs stay in the L1 cache. Measured: 16 groups beat 4 and 64 on blocks of 8-16
@@ -49,7 +50,7 @@ const TILE_GROUPS: usize = 16;
 pub(crate) struct Matrix {
     pub(crate) rows: usize,
     pub(crate) cols: usize,
-    /// `cols` rounded up to a multiple of [`CHUNK`].
+    /// `cols` rounded up to a multiple of the layout's chunk ([`CHUNK`], [`PAIR_CHUNK`]).
     padded: usize,
     data: Data,
 }
@@ -59,6 +60,9 @@ enum Data {
     F32(Vec<f32>),
     /// bfloat16 bit patterns (the upper half of an f32).
     Bf16(Vec<u16>),
+    /// bfloat16 bit patterns packed in chunks of [`PAIR_CHUNK`] for bfloat16 dot products
+    /// (inputs rounded to bfloat16; [`pairs`]).
+    Bf16Pairs(Vec<u16>),
     /// int8 with one float32 scale per row: `W[j, k] = q[j, k] · scale[j]`.
     I8 {
         q: Vec<i8>,
@@ -72,11 +76,29 @@ impl Matrix {
         Self::packed(rows, cols, data, Data::F32, |v| v)
     }
 
-    /// A bfloat16 matrix rounded (to nearest, ties to even) from row-major float32 data.
+    /// A bfloat16 matrix rounded (to nearest, ties to even) from row-major float32 data,
+    /// multiplied with float32 inputs.
     pub(crate) fn bf16_from_f32(rows: usize, cols: usize, data: &[f32]) -> Self {
         Self::packed(rows, cols, data, Data::Bf16, |v| {
             bf16::from_f32(v).to_bits()
         })
+    }
+
+    /// The same weights multiplied with inputs rounded to bfloat16, by the CPU's bfloat16 dot
+    /// products ([`pairs`]; plain Rust, far slower, where it has none: see
+    /// [`pairs::available`]).
+    pub(crate) fn bf16_pairs_from_f32(rows: usize, cols: usize, data: &[f32]) -> Self {
+        assert_eq!(data.len(), rows * cols, "matrix data of the wrong length");
+        let padded = cols.div_ceil(PAIR_CHUNK) * PAIR_CHUNK;
+        let w = pack(rows, cols, padded, PAIR_CHUNK, |j, c| {
+            bf16::from_f32(data[j * cols + c]).to_bits()
+        });
+        Matrix {
+            rows,
+            cols,
+            padded,
+            data: Data::Bf16Pairs(w),
+        }
     }
 
     /// Symmetric int8 per row, as the export's int8 form quantises (`scale = max |w| / 127`,
@@ -88,7 +110,7 @@ impl Matrix {
             .map(|r| (r.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0).max(1e-12))
             .collect();
         let padded = cols.div_ceil(CHUNK) * CHUNK;
-        let q = pack(rows, cols, padded, |j, c| {
+        let q = pack(rows, cols, padded, CHUNK, |j, c| {
             (data[j * cols + c] / scale[j])
                 .round_ties_even()
                 .clamp(-127.0, 127.0) as i8
@@ -114,7 +136,9 @@ impl Matrix {
             rows,
             cols,
             padded,
-            data: wrap(pack(rows, cols, padded, |j, c| convert(data[j * cols + c]))),
+            data: wrap(pack(rows, cols, padded, CHUNK, |j, c| {
+                convert(data[j * cols + c])
+            })),
         }
     }
 
@@ -122,14 +146,21 @@ impl Matrix {
     pub(crate) fn bytes(&self) -> usize {
         match &self.data {
             Data::F32(v) => v.len() * 4,
-            Data::Bf16(v) => v.len() * 2,
+            Data::Bf16(v) | Data::Bf16Pairs(v) => v.len() * 2,
             Data::I8 { q, scale } => q.len() + scale.len() * 4,
         }
     }
 
     /// Where element `(r, c)` lies in the packed data.
     fn at(&self, r: usize, c: usize) -> usize {
-        (r / GROUP) * GROUP * self.padded + (c / CHUNK) * BLOCK + (r % GROUP) * CHUNK + c % CHUNK
+        let chunk = match self.data {
+            Data::Bf16Pairs(_) => PAIR_CHUNK,
+            _ => CHUNK,
+        };
+        (r / GROUP) * GROUP * self.padded
+            + (c / chunk) * GROUP * chunk
+            + (r % GROUP) * chunk
+            + c % chunk
     }
 
     /// Row `r` as float32 (an embedding lookup from a tied table).
@@ -138,7 +169,7 @@ impl Matrix {
             let i = self.at(r, c);
             *o = match &self.data {
                 Data::F32(v) => v[i],
-                Data::Bf16(v) => f32::from_bits((v[i] as u32) << 16),
+                Data::Bf16(v) | Data::Bf16Pairs(v) => f32::from_bits((v[i] as u32) << 16),
                 Data::I8 { q, scale } => q[i] as f32 * scale[r],
             };
         }
@@ -149,7 +180,7 @@ impl Matrix {
     pub(crate) fn product(&self, x: &[f32], m: usize, out: &mut [f32], pool: &Pool) {
         assert_eq!(x.len(), m * self.cols, "input of the wrong length");
         assert_eq!(out.len(), m * self.rows, "output of the wrong length");
-        let xs = self.padded_input(x, m);
+        let xs = self.input(x, m);
         let groups = self.rows.div_ceil(GROUP);
         let per = groups.div_ceil(pool.threads());
         let out_ptr = SendPtr(out.as_mut_ptr());
@@ -167,9 +198,18 @@ impl Matrix {
     pub(crate) fn product_here(&self, x: &[f32], m: usize, out: &mut [f32]) {
         assert_eq!(x.len(), m * self.cols, "input of the wrong length");
         assert_eq!(out.len(), m * self.rows, "output of the wrong length");
-        let xs = self.padded_input(x, m);
+        let xs = self.input(x, m);
         // SAFETY: `out` has `m * rows` elements, checked above.
         unsafe { self.product_groups(&xs, m, out.as_mut_ptr(), 0, self.rows.div_ceil(GROUP)) }
+    }
+
+    /// `x` as the kernels read it: rounded to bfloat16 for dot products, padded with zeros to
+    /// `padded` columns.
+    fn input<'a>(&self, x: &'a [f32], m: usize) -> Input<'a> {
+        match self.data {
+            Data::Bf16Pairs(_) => Input::Bf16(pairs::round_inputs(x, m, self.cols, self.padded)),
+            _ => Input::F32(self.padded_input(x, m)),
+        }
     }
 
     /// `x` with its rows padded with zeros to `padded` columns (borrowed when no padding is
@@ -189,28 +229,41 @@ impl Matrix {
     }
 
     /// Outputs of row groups `lo..hi` for every input row, written through `out` (`[m, rows]`).
-    unsafe fn product_groups(&self, x: &[f32], m: usize, out: *mut f32, lo: usize, hi: usize) {
+    unsafe fn product_groups(&self, x: &Input, m: usize, out: *mut f32, lo: usize, hi: usize) {
         let (n, kp) = (self.rows, self.padded);
-        match &self.data {
-            Data::F32(w) => groups(w, n, kp, x, m, out, lo, hi, None),
-            Data::Bf16(w) => groups(w, n, kp, x, m, out, lo, hi, None),
-            Data::I8 { q, scale } => groups(q, n, kp, x, m, out, lo, hi, Some(scale)),
+        match (&self.data, x) {
+            (Data::F32(w), Input::F32(x)) => groups(w, n, kp, x, m, out, lo, hi, None, dots),
+            (Data::Bf16(w), Input::F32(x)) => groups(w, n, kp, x, m, out, lo, hi, None, dots),
+            (Data::I8 { q, scale }, Input::F32(x)) => {
+                groups(q, n, kp, x, m, out, lo, hi, Some(scale), dots)
+            }
+            (Data::Bf16Pairs(w), Input::Bf16(x)) => {
+                groups(w, n, kp, x, m, out, lo, hi, None, pairs::dots)
+            }
+            _ => unreachable!("Matrix::input gives each form its inputs"),
         }
     }
 }
 
-/// The packed layout (module docs) of a `[rows, cols]` matrix whose element `(j, c)` is
-/// `value(j, c)`, zeros in the padding, in memory backed by 2 MB pages where the system allows.
+/// A product's inputs as its form's kernels read them.
+enum Input<'a> {
+    F32(std::borrow::Cow<'a, [f32]>),
+    Bf16(Vec<u16>),
+}
+
+/// The packed layout (module docs) of a `[rows, cols]` matrix in chunks of `width` columns,
+/// whose element `(j, c)` is `value(j, c)`, zeros in the padding, in memory backed by 2 MB pages where the system allows.
 fn pack<T: Copy + Default>(
     rows: usize,
     cols: usize,
     padded: usize,
+    width: usize,
     value: impl Fn(usize, usize) -> T,
 ) -> Vec<T> {
     let groups = rows.div_ceil(GROUP);
     let items = (0..groups).flat_map(move |q| {
-        (0..padded / CHUNK).flat_map(move |chunk| {
-            (0..BLOCK).map(move |e| (q * GROUP + e / CHUNK, chunk * CHUNK + e % CHUNK))
+        (0..padded / width).flat_map(move |chunk| {
+            (0..GROUP * width).map(move |e| (q * GROUP + e / width, chunk * width + e % width))
         })
     });
     huge_pages(
@@ -253,18 +306,21 @@ fn huge_pages<T: Copy>(items: impl Iterator<Item = T>, len: usize) -> Vec<T> {
 
 /// Row groups `lo..hi` of packed weights `w` (`n` outputs, `kp` padded columns) times the `m`
 /// rows of `x` (`[m, kp]`): for each tile of [`TILE_GROUPS`] groups, the input rows in passes
-/// of up to [`ROWS`] (the first pass reads the tile from memory, the others from the cache).
+/// of up to [`ROWS`] (the first pass reads the tile from memory, the others from the cache),
+/// each group's outputs computed by `dots` (inputs, rows, padded columns, the group's weights,
+/// outputs, whether to fetch the next group).
 #[allow(clippy::too_many_arguments)]
-unsafe fn groups<T: Weight>(
+unsafe fn groups<X, T>(
     w: &[T],
     n: usize,
     kp: usize,
-    x: &[f32],
+    x: &[X],
     m: usize,
     out: *mut f32,
     lo: usize,
     hi: usize,
     scale: Option<&[f32]>,
+    dots: impl Fn(&[X], usize, usize, &[T], &mut [[f32; ROWS]; GROUP], bool),
 ) {
     let mut acc = [[0f32; ROWS]; GROUP];
     let mut q0 = lo;
@@ -593,11 +649,15 @@ mod tests {
         Pool::new(2).unwrap()
     }
 
+    /// Weight forms: f32, bf16, int8, bf16 with bf16 dot products.
+    const FORMS: usize = 4;
+
     fn form(form: usize, n: usize, k: usize, w: &[f32]) -> Matrix {
         match form {
             0 => Matrix::f32(n, k, w),
             1 => Matrix::bf16_from_f32(n, k, w),
-            _ => Matrix::i8_from_f32(n, k, w),
+            2 => Matrix::i8_from_f32(n, k, w),
+            _ => Matrix::bf16_pairs_from_f32(n, k, w),
         }
     }
 
@@ -614,15 +674,20 @@ mod tests {
         ] {
             let w = data(n * k, 1);
             let x = data(m * k, 2);
-            for f in 0..3 {
+            for f in 0..FORMS {
                 let mat = form(f, n, k, &w);
                 let mut out = vec![0f32; m * n];
                 mat.product(&x, m, &mut out, &pool);
                 let mut row = vec![0f32; k];
+                // The dot-product form multiplies the inputs rounded to bfloat16.
+                let xf: Vec<f32> = match f {
+                    3 => x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
+                    _ => x.clone(),
+                };
                 for j in 0..n {
                     mat.row_f32(j, &mut row);
                     for i in 0..m {
-                        let want: f64 = (0..k).map(|c| x[i * k + c] as f64 * row[c] as f64).sum();
+                        let want: f64 = (0..k).map(|c| xf[i * k + c] as f64 * row[c] as f64).sum();
                         let got = out[i * n + j] as f64;
                         assert!(
                             (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
@@ -640,7 +705,7 @@ mod tests {
         let (n, k) = (7, 40);
         let w = data(n * k, 9);
         let mut row = vec![0f32; k];
-        for f in 0..3 {
+        for f in 0..FORMS {
             let mat = form(f, n, k, &w);
             for j in 0..n {
                 mat.row_f32(j, &mut row);
@@ -648,7 +713,7 @@ mod tests {
                     let v = w[j * k + c];
                     let want = match f {
                         0 => v,
-                        1 => bf16::from_f32(v).to_f32(),
+                        1 | 3 => bf16::from_f32(v).to_f32(),
                         _ => row[c],
                     };
                     assert_eq!(row[c], want, "form {f} [{j},{c}]");
@@ -665,7 +730,7 @@ mod tests {
         let pool = pool();
         for &(n, k) in &[(40, 576), (19, 1536), (9, 45)] {
             let w = data(n * k, 3);
-            for f in 0..3 {
+            for f in 0..FORMS {
                 let mat = form(f, n, k, &w);
                 for m in [2, 4, 5, 11] {
                     let x = data(m * k, 4 + m as u32);
@@ -726,7 +791,7 @@ mod tests {
         let pool = Pool::new(2).unwrap();
         let (n, k) = (49152, 576);
         let data: Vec<f32> = (0..n * k).map(|i| (i % 13) as f32 * 0.01).collect();
-        for f in 0..3 {
+        for f in 0..FORMS {
             let w = form(f, n, k, &data);
             for m in [1, 2, 4, 8, 16, 32] {
                 let x = vec![0.5f32; m * k];
@@ -760,7 +825,10 @@ mod tests {
             (576, 1536),
             (49152, 576),
         ];
-        for (f, name) in ["f32", "bf16", "int8"].iter().enumerate() {
+        for (f, name) in ["f32", "bf16", "int8", "bf16 dot products"]
+            .iter()
+            .enumerate()
+        {
             let mats: Vec<Matrix> = (0..30 * 4 + 1)
                 .map(|i| {
                     let (n, k) = if i == 120 { shapes[4] } else { shapes[i % 4] };

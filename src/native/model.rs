@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{CModule, Device, Kind, Tensor};
 
+use super::inputs::Bf16Inputs;
 use super::kernels::{exp_shifted, scores, silu_mul, weighted_sums, SendPtr};
 use super::matrix::Matrix;
 use super::pool::Pool;
@@ -38,12 +39,17 @@ pub struct NativeDescription {
 pub struct NativeOptions {
     /// Weights in float32 ([`DType::F32`], the default), rounded to bfloat16 ([`DType::Bf16`]),
     /// or quantised to int8 with a float32 scale per output row ([`DType::Int8`], as the
-    /// export's int8 form quantises); activations are float32 in every form.
+    /// export's int8 form quantises); activations are float32 in every form, except the inputs
+    /// of bf16 weights' products under [`Bf16Inputs`].
     pub dtype: DType,
     /// Context to allocate the cache for (default: the model's, at most 2048).
     pub max_context: Option<usize>,
     /// Threads of the products (default: one per core).
     pub threads: Option<usize>,
+    /// What bf16 weights are multiplied with (default: bfloat16 inputs where the CPU has
+    /// bfloat16 dot products; see [`Bf16Inputs`]). A choice other than `Auto` with other
+    /// weights is refused.
+    pub bf16_inputs: Bf16Inputs,
 }
 
 impl Default for NativeOptions {
@@ -52,6 +58,7 @@ impl Default for NativeOptions {
             dtype: DType::F32,
             max_context: None,
             threads: None,
+            bf16_inputs: Bf16Inputs::Auto,
         }
     }
 }
@@ -211,11 +218,12 @@ impl NativeLm {
             return Err(Error::config(
                 "dtype",
                 format!(
-                    "the native decoder keeps f32, bf16 or int8 weights (activations f32), not {}",
+                    "the native decoder keeps f32, bf16 or int8 weights, not {}",
                     options.dtype
                 ),
             ));
         }
+        let pairs = options.bf16_inputs.rounds(options.dtype)?;
         let desc = meta.native.clone().ok_or_else(|| {
             Error::config(
                 "backend",
@@ -289,6 +297,7 @@ impl NativeLm {
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix> {
             let data = take(&params, &path, name, [rows, cols], true)?;
             Ok(match options.dtype {
+                DType::Bf16 if pairs => Matrix::bf16_pairs_from_f32(rows, cols, &data),
                 DType::Bf16 => Matrix::bf16_from_f32(rows, cols, &data),
                 DType::Int8 => Matrix::i8_from_f32(rows, cols, &data),
                 _ => Matrix::f32(rows, cols, &data),
@@ -314,6 +323,7 @@ impl NativeLm {
         } else {
             let data = take(&params, &path, "embed.weight", [d.vocab, dd], false)?;
             Some(match options.dtype {
+                DType::Bf16 if pairs => Matrix::bf16_pairs_from_f32(d.vocab, dd, &data),
                 DType::Bf16 => Matrix::bf16_from_f32(d.vocab, dd, &data),
                 DType::Int8 => Matrix::i8_from_f32(d.vocab, dd, &data),
                 _ => Matrix::f32(d.vocab, dd, &data),

@@ -246,6 +246,7 @@ impl ProposerConfig {
                     heads: crate::bundle::HeadsChoice::None,
                     f32_matmul: Default::default(),
                     backend: Default::default(),
+                    bf16_inputs: Default::default(),
                 };
                 let draft = ModelBundle::load(model, &options)?.model;
                 Box::new(DraftModel::new(draft, target.vocab_size)?)
