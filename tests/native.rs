@@ -180,6 +180,64 @@ fn follows_float32_greedy_or_diverges_at_a_near_tie(dtype: DType, inputs: Bf16In
     );
 }
 
+/// Every row of a block scores bit for bit as the one-token step at its position would, in every
+/// weight form: what makes blockwise decoding on this model return its greedy output. (A block
+/// row also spans the later slots of its block, masked: the softmax must not let them change
+/// the order of its sum.)
+#[test]
+fn block_rows_score_as_one_token_steps_bit_for_bit() {
+    let _g = tch::no_grad_guard();
+    for (form, inputs) in forms() {
+        let mut b = bundle_with(form, inputs);
+        let prompt = b
+            .encode_prompt(
+                "Write a short story about a robot who learns to paint.",
+                true,
+            )
+            .unwrap();
+        let p = prompt.len();
+        let m = &mut b.model;
+        let last = |o: &blockwise::ModelOutput, r: i64| o.logits.select(1, r).squeeze();
+        let mut steps = vec![last(
+            &m.forward(&Tensor::from_slice(&prompt).unsqueeze(0), 0)
+                .unwrap(),
+            -1,
+        )];
+        let mut tokens = Vec::new();
+        for i in 0..24 {
+            let t = steps[i].argmax(0, false).int64_value(&[]);
+            tokens.push(t);
+            let o = m
+                .forward(&Tensor::from_slice(&[t]).unsqueeze(0), p + i)
+                .unwrap();
+            steps.push(last(&o, -1));
+        }
+        for block in [2, 5] {
+            m.truncate(0).unwrap();
+            m.forward(&Tensor::from_slice(&prompt).unsqueeze(0), 0)
+                .unwrap();
+            for start in (0..tokens.len() - block + 1).step_by(block) {
+                let o = m
+                    .forward(
+                        &Tensor::from_slice(&tokens[start..start + block]).unsqueeze(0),
+                        p + start,
+                    )
+                    .unwrap();
+                for r in 0..block {
+                    let diff = (last(&o, r as i64) - &steps[start + r + 1])
+                        .abs()
+                        .max()
+                        .double_value(&[]);
+                    assert_eq!(
+                        diff, 0.0,
+                        "{form} ({inputs} inputs): row {r} of a block of {block} at {start}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Blockwise chains (feature draft, n-gram), dynamic trees and batched rows on the native
 /// model return its own greedy output exactly: every row of a block is computed as a one-token
 /// step would compute it, in f32 and with bf16 (both inputs) and int8 weights.

@@ -465,21 +465,55 @@ pub(crate) fn attend(
         r0 += g;
     }
     for row in scratch[..rep * n].chunks_exact_mut(n) {
-        let mut max = f32::NEG_INFINITY;
-        for (s, sc) in row.iter_mut().enumerate() {
-            if allowed(s) {
-                *sc *= scale;
-                max = max.max(*sc);
-            } else {
-                *sc = f32::NEG_INFINITY;
-            }
-        }
-        let sum = exp_shifted(row, max);
-        for sc in row.iter_mut() {
-            *sc /= sum;
-        }
+        softmax_allowed(row, scale, &allowed);
     }
     weighted_sums(&scratch[..rep * n], rep, values, n, dh, out);
+}
+
+/// `row`'s scores scaled, softmax over the slots `allowed` picks, zero elsewhere. The allowed
+/// scores are gathered to the front in slot order first, so that each gets the exponential and
+/// the place in the sum that a row holding only them (a one-token step's) gives it: the vector
+/// kernel's lanes and tail depend on a row's length, and a block's or tree's row also spans
+/// slots it may not see.
+fn softmax_allowed(row: &mut [f32], scale: f32, allowed: impl Fn(usize) -> bool) {
+    let n = row.len();
+    let mut max = f32::NEG_INFINITY;
+    let mut c = 0;
+    // Whether the allowed slots are exactly the first `c` (a causal row): nothing to move back.
+    let mut prefix = true;
+    let mut slots = Vec::new();
+    for s in 0..n {
+        if allowed(s) {
+            let v = row[s] * scale;
+            max = max.max(v);
+            row[c] = v;
+            if prefix && c != s {
+                prefix = false;
+                slots.extend(0..c);
+            }
+            if !prefix {
+                slots.push(s);
+            }
+            c += 1;
+        }
+    }
+    let sum = exp_shifted(&mut row[..c], max);
+    for v in &mut row[..c] {
+        *v /= sum;
+    }
+    if prefix {
+        row[c..].fill(0.0);
+        return;
+    }
+    // Back to their slots, last first (each slot is at or after its gathered place).
+    for j in (0..c).rev() {
+        let v = row[j];
+        let to = slots[j];
+        let from = if j + 1 < c { slots[j + 1] } else { n };
+        row[to + 1..from].fill(0.0);
+        row[to] = v;
+    }
+    row[..slots[0]].fill(0.0);
 }
 
 /// One pass of `B` rows of `T` tokens (`tokens`, `positions`: `[B, T]`) written at slots
@@ -646,5 +680,47 @@ impl CausalLm for NativeLm {
 
     fn as_masked(&mut self) -> Option<&mut dyn crate::masked::MaskedLm> {
         Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::native::kernels::tests::data;
+
+    /// A row's softmax over the slots it may see equals, bit for bit, the softmax of a row that
+    /// holds only those slots (a one-token step's): whatever the masked slots around them and the
+    /// row's length (the vector kernel's lanes and tail), with zeros where it may not see.
+    #[test]
+    fn a_masked_row_softmaxes_as_the_row_of_its_allowed_slots() {
+        for n in [1, 5, 8, 9, 17, 33, 70] {
+            let scores = data(n, n as u32);
+            // Allowed: a prefix (a causal block row), every other slot, a prefix plus a few
+            // later slots (a tree row), the last slot only.
+            let masks: Vec<Box<dyn Fn(usize) -> bool>> = vec![
+                Box::new(|s| s <= n / 2),
+                Box::new(|s| s % 2 == 0),
+                Box::new(|s| s < n / 3 || s % 5 == 4),
+                Box::new(|s| s + 1 == n),
+            ];
+            for allowed in &masks {
+                let kept: Vec<usize> = (0..n).filter(|&s| allowed(s)).collect();
+                if kept.is_empty() {
+                    continue; // a row always sees at least itself
+                }
+                let mut alone: Vec<f32> = kept.iter().map(|&s| scores[s]).collect();
+                softmax_allowed(&mut alone, 0.125, |_| true);
+                let mut row = scores.clone();
+                softmax_allowed(&mut row, 0.125, allowed);
+                for s in 0..n {
+                    match kept.iter().position(|&k| k == s) {
+                        Some(j) => assert_eq!(row[s].to_bits(), alone[j].to_bits(), "n={n} {s}"),
+                        None => assert_eq!(row[s], 0.0, "n={n} slot {s} is masked"),
+                    }
+                }
+                let total: f32 = row.iter().sum();
+                assert!((total - 1.0).abs() < 1e-5, "n={n}: {total}");
+            }
+        }
     }
 }
