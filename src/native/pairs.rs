@@ -44,10 +44,23 @@ pub(super) fn round_inputs(x: &[f32], m: usize, cols: usize, kp: usize) -> Vec<u
     let mut xs = vec![0u16; m * kp];
     for (dst, src) in xs.chunks_exact_mut(kp).zip(x.chunks_exact(cols.max(1))) {
         for (d, &v) in dst.iter_mut().zip(src) {
-            *d = half::bf16::from_f32(v).to_bits();
+            *d = round(v);
         }
     }
     xs
+}
+
+/// `v` rounded to bfloat16, to nearest, ties to even (a NaN stays a NaN): `half`'s rounding in
+/// a form the compiler vectorises.
+#[inline]
+fn round(v: f32) -> u16 {
+    let b = v.to_bits();
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    if v.is_nan() {
+        ((b >> 16) as u16) | 0x40
+    } else {
+        rounded
+    }
 }
 
 /// `out[j][r] = x[r] · w[j]` for the four packed weight rows `w` (`[kp / 32][4][32]`) and `g`
@@ -214,6 +227,30 @@ mod simd {
 mod tests {
     use super::*;
     use crate::native::kernels::tests::data;
+
+    /// The rounding equals `half`'s (to nearest, ties to even), NaN and infinities included.
+    #[test]
+    fn inputs_round_as_half_rounds() {
+        let mut values = data(4096, 15);
+        values.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+        ]);
+        values.extend([
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            -(1.0 + 1.0 / 256.0),
+            1e-40,
+        ]);
+        for v in values {
+            assert_eq!(round(v), half::bf16::from_f32(v).to_bits(), "{v:e}");
+        }
+        assert!(f32::from_bits((round(f32::NAN) as u32) << 16).is_nan());
+    }
 
     fn bits(v: &[f32]) -> Vec<u16> {
         v.iter()
