@@ -11,6 +11,8 @@ setting's (greedy, usually) and whether every output equals the first setting's.
 
 Each run is one `decode --json` process (its model load is not timed: the time is the sum of
 the rows' `wall_s`). Prints a markdown table; `--json FILE` also writes every run's figures.
+`--reference NAME=OTHER` checks setting NAME's outputs against setting OTHER's instead of the
+first's (settings of another model form, whose greedy output is their own).
 """
 
 import argparse
@@ -46,12 +48,19 @@ def main():
         "--setting", action="append", required=True, help="NAME=ARGS (the first is the baseline)"
     )
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--reference", action="append", default=[],
+        help="NAME=OTHER: check NAME's outputs against OTHER's (default: the first setting's)",
+    )
     ap.add_argument("--json", help="write every run's figures here")
     args = ap.parse_args()
     settings = [s.split("=", 1) for s in args.setting]
     if any(len(s) != 2 for s in settings):
         sys.exit("--setting takes NAME=ARGS")
     runs = {name: [] for name, _ in settings}
+    refs = dict(r.split("=", 1) for r in args.reference)
+    if any(r not in runs or n not in runs for n, r in refs.items()):
+        sys.exit("--reference takes NAME=OTHER, both names of settings")
     for r in range(args.rounds):
         for name, setting in settings:
             runs[name].append(run(args.common, setting))
@@ -59,14 +68,16 @@ def main():
                   file=sys.stderr)
     base_name = settings[0][0]
     base = statistics.median(x["ms_per_token"] for x in runs[base_name])
-    reference = runs[base_name][0]["outputs"]
+    def reference(name):
+        return runs[refs.get(name, base_name)][0]["outputs"]
+
     print(f"| setting | tokens per call | ms per token (median of {args.rounds}; each round) "
-          f"| speedup over {base_name} | identical to {base_name} |")
+          f"| speedup over {base_name} | identical to {base_name} (or its reference) |")
     print("|---|---|---|---|---|")
     for name, _ in settings:
         ms = [x["ms_per_token"] for x in runs[name]]
         med = statistics.median(ms)
-        same = all(x["outputs"] == reference for x in runs[name])
+        same = all(x["outputs"] == reference(name) for x in runs[name])
         rounds = ", ".join(f"{m:.1f}" for m in ms)
         print(f"| {name} | {runs[name][0]['tokens_per_call']:.2f} | {med:.1f} ({rounds}) "
               f"| {base / med:.2f}x | {'yes' if same else 'no'} |")
@@ -76,15 +87,15 @@ def main():
                 {
                     "ms_per_token": x["ms_per_token"],
                     "tokens_per_call": x["tokens_per_call"],
-                    "identical": x["outputs"] == reference,
+                    "identical": x["outputs"] == reference(name),
                 }
                 for x in rs
             ]
             for name, rs in runs.items()
         }
         with open(args.json, "w") as f:
-            json.dump({"common": args.common, "settings": dict(settings), "runs": figures}, f,
-                      indent=1)
+            json.dump({"common": args.common, "settings": dict(settings), "references": refs,
+                       "runs": figures}, f, indent=1)
 
 
 if __name__ == "__main__":

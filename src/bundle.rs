@@ -38,9 +38,9 @@ pub struct BundleOptions {
     /// What computes an exported model: its TorchScript module (default) or the crate's native
     /// CPU decoder ([`Backend::Native`]).
     pub backend: Backend,
-    /// What the native decoder multiplies bf16 weights with (default auto: bfloat16 inputs
-    /// where the CPU has bfloat16 dot products; see [`Bf16Inputs`]). Another choice is refused
-    /// with the TorchScript backend and with weights other than bf16.
+    /// What the native decoder multiplies bf16 weights with (default float32; bfloat16 by the
+    /// CPU's dot products: see [`Bf16Inputs`]). Bfloat16 is refused with the TorchScript
+    /// backend and with weights other than bf16.
     pub bf16_inputs: Bf16Inputs,
 }
 
@@ -51,8 +51,8 @@ pub enum Backend {
     #[default]
     TorchScript,
     /// The crate's own CPU kernels ([`NativeLm`]): plain Llama-shaped exports, f32, bf16 or
-    /// int8 weights (f32 activations; bf16 products' inputs rounded to bf16 where the CPU has
-    /// bf16 dot products, see [`Bf16Inputs`]), CPU only. Loading it sets libtorch's intra-op threads to one: libtorch's
+    /// int8 weights (f32 activations; or bf16 weights times bf16 inputs by the CPU's dot
+    /// products, see [`Bf16Inputs`]), CPU only. Loading it sets libtorch's intra-op threads to one: libtorch's
     /// OpenMP workers spin for milliseconds after each parallel operation, on the cores the
     /// native decoder's threads need (SmolLM2's f32 step measured 23-28 ms with them against
     /// 13-17 ms without, on a 2-core AMD EPYC).
@@ -194,7 +194,7 @@ impl Default for BundleOptions {
             heads: HeadsChoice::Auto,
             f32_matmul: F32Matmul::Auto,
             backend: Backend::TorchScript,
-            bf16_inputs: Bf16Inputs::Auto,
+            bf16_inputs: Bf16Inputs::F32,
         }
     }
 }
@@ -309,7 +309,7 @@ impl ModelBundle {
             .dtypes
             .get(&options.dtype.to_string())
             .is_some_and(|f| f.cached.is_none() && f.uncached.is_some());
-        if options.backend == Backend::TorchScript && options.bf16_inputs != Bf16Inputs::Auto {
+        if options.backend == Backend::TorchScript && options.bf16_inputs != Bf16Inputs::F32 {
             return Err(Error::config(
                 "bf16_inputs",
                 "chooses what the native decoder multiplies bf16 weights with; a TorchScript \

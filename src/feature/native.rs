@@ -28,10 +28,6 @@ impl NativeForm {
     fn matrix(self, rows: usize, cols: usize, data: &[f32]) -> Matrix {
         match self {
             NativeForm::F32 => Matrix::f32(rows, cols, data),
-            // The CPU's bfloat16 dot products where it has them (inputs rounded to bfloat16).
-            NativeForm::Bf16 if crate::native::Bf16Inputs::available() => {
-                Matrix::bf16_pairs_from_f32(rows, cols, data)
-            }
             NativeForm::Bf16 => Matrix::bf16_from_f32(rows, cols, data),
             NativeForm::Int8 => Matrix::i8_from_f32(rows, cols, data),
         }

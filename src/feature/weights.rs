@@ -33,9 +33,8 @@ pub enum DraftWeights {
     /// Float32 weights on the crate's own CPU kernels (`blockwise::native`'s products,
     /// attention and norms, no libtorch operator per step). CPU only.
     NativeF32,
-    /// Bfloat16 weights on the native kernels: multiplied by the CPU's bfloat16 dot products
-    /// (inputs rounded to bfloat16) where it has them (AVX-512 BF16), else each widened exactly
-    /// to float32 as it is used. CPU only.
+    /// Bfloat16 weights (each widened exactly to float32 as it is used) on the native kernels.
+    /// CPU only.
     NativeBf16,
     /// Int8 weights with one float32 scale per output row on the native kernels, float32
     /// inputs. CPU only.

@@ -8,34 +8,34 @@ use crate::error::{Error, Result};
 
 /// What the native decoder multiplies bfloat16 weights ([`DType::Bf16`]) with.
 ///
-/// With float32 inputs each weight is widened to float32 as it is read and multiplied in
-/// float32; with bfloat16 inputs the inputs of each product are rounded to bfloat16 once and
-/// the CPU's bfloat16 dot products (`vdpbf16ps`, AVX-512 BF16) multiply two pairs per float32
-/// lane, half the arithmetic per weight, which is what bounds a verify block's cost
-/// (docs/benchmarks.md, "bf16 dot products"). Either way every row of a block is computed as a
-/// one-token step computes it, so blockwise decoding returns this model's greedy output; the two
-/// choices' greedy outputs differ from each other where rounding the inputs moves a near-tie.
+/// With float32 inputs (the default) each weight is widened to float32 as it is read and
+/// multiplied in float32. With bfloat16 inputs the inputs of each product are rounded to
+/// bfloat16 once and the CPU's bfloat16 dot products (`vdpbf16ps`, AVX-512 BF16) multiply two
+/// pairs per float32 lane. Measured on a 2-core Intel Xeon with AVX-512 BF16
+/// (docs/benchmarks.md, "bf16 dot products"): a one-token step about 1.2x faster, a verify
+/// block of 4-6 rows slower, so blockwise decoding keeps the default. Either way every row of a
+/// block is computed as a one-token step computes it, so blockwise decoding returns this model's
+/// greedy output; the two choices' greedy outputs differ from each other where rounding the
+/// inputs moves a near-tie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Bf16Inputs {
-    /// bfloat16 where the CPU has bfloat16 dot products, float32 elsewhere.
+    /// float32, on every CPU.
     #[default]
-    Auto,
-    /// float32 on every CPU.
     F32,
-    /// bfloat16, by the CPU's dot products (refused on a CPU without AVX-512 BF16).
+    /// bfloat16, by the CPU's dot products (refused on a CPU without AVX-512 BF16, and with
+    /// weights that are not bf16).
     Bf16,
 }
 
 impl Bf16Inputs {
-    /// Parses `auto`, `f32` or `bf16`.
+    /// Parses `f32` or `bf16`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
-            "auto" => Ok(Bf16Inputs::Auto),
             "f32" => Ok(Bf16Inputs::F32),
             "bf16" => Ok(Bf16Inputs::Bf16),
             other => Err(Error::config(
                 "bf16_inputs",
-                format!("is `{other}`; expected auto, f32 or bf16"),
+                format!("is `{other}`; expected f32 or bf16"),
             )),
         }
     }
@@ -46,18 +46,15 @@ impl Bf16Inputs {
     }
 
     /// Whether products with weights in `dtype` round their inputs to bfloat16 under this
-    /// choice on this CPU; an error for a choice other than `Auto` with weights that are not
-    /// bfloat16, and for `Bf16` on a CPU without the instructions.
+    /// choice; an error for `Bf16` with weights that are not bfloat16 and on a CPU without the
+    /// instructions.
     pub(crate) fn rounds(self, dtype: DType) -> Result<bool> {
         match (self, dtype) {
-            (Bf16Inputs::Auto, DType::Bf16) => Ok(Self::available()),
-            (Bf16Inputs::Auto, _) => Ok(false),
-            (Bf16Inputs::F32, DType::Bf16) => Ok(false),
+            (Bf16Inputs::F32, _) => Ok(false),
             (Bf16Inputs::Bf16, DType::Bf16) if Self::available() => Ok(true),
             (Bf16Inputs::Bf16, DType::Bf16) => Err(Error::config(
                 "bf16_inputs",
-                "is bf16, but this CPU has no bfloat16 dot products (AVX-512 BF16); use auto or \
-                 f32",
+                "is bf16, but this CPU has no bfloat16 dot products (AVX-512 BF16); use f32",
             )),
             (choice, other) => Err(Error::config(
                 "bf16_inputs",
@@ -70,7 +67,6 @@ impl Bf16Inputs {
 impl fmt::Display for Bf16Inputs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Bf16Inputs::Auto => "auto",
             Bf16Inputs::F32 => "f32",
             Bf16Inputs::Bf16 => "bf16",
         })
@@ -83,23 +79,19 @@ mod tests {
 
     #[test]
     fn choices_parse_and_conflicts_are_refused() {
-        for c in [Bf16Inputs::Auto, Bf16Inputs::F32, Bf16Inputs::Bf16] {
+        for c in [Bf16Inputs::F32, Bf16Inputs::Bf16] {
             assert_eq!(Bf16Inputs::parse(&c.to_string()).unwrap(), c);
         }
         let e = Bf16Inputs::parse("fp16").unwrap_err().to_string();
-        assert!(e.contains("fp16") && e.contains("auto, f32 or bf16"), "{e}");
-        // Only bf16 weights have a choice to make.
-        assert!(!Bf16Inputs::Auto.rounds(DType::F32).unwrap());
-        assert!(!Bf16Inputs::Auto.rounds(DType::Int8).unwrap());
-        for c in [Bf16Inputs::F32, Bf16Inputs::Bf16] {
-            let e = c.rounds(DType::F32).unwrap_err().to_string();
+        assert!(e.contains("fp16") && e.contains("f32 or bf16"), "{e}");
+        // The default leaves every form as it is; bf16 inputs need bf16 weights.
+        for d in [DType::F32, DType::Bf16, DType::Int8] {
+            assert!(!Bf16Inputs::F32.rounds(d).unwrap());
+        }
+        for d in [DType::F32, DType::Int8] {
+            let e = Bf16Inputs::Bf16.rounds(d).unwrap_err().to_string();
             assert!(e.contains("bf16 weights only"), "{e}");
         }
-        assert!(!Bf16Inputs::F32.rounds(DType::Bf16).unwrap());
-        assert_eq!(
-            Bf16Inputs::Auto.rounds(DType::Bf16).unwrap(),
-            Bf16Inputs::available()
-        );
         match Bf16Inputs::Bf16.rounds(DType::Bf16) {
             Ok(r) => assert!(r && Bf16Inputs::available()),
             Err(e) => {

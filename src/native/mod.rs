@@ -15,8 +15,8 @@
 //! soft-caps or per-head norms; SmolLM2, Llama 2/3). Activations are float32; the weights are
 //! float32 ([`DType::F32`](crate::DType::F32)), rounded once to bfloat16
 //! ([`DType::Bf16`](crate::DType::Bf16): half the bytes per step; each weight widened exactly
-//! to float32 as it is used, or, on CPUs with AVX-512 BF16, multiplied with the product's
-//! inputs rounded to bfloat16 by the CPU's dot products: [`Bf16Inputs`]), or int8 with a float32 scale per output row
+//! to float32 as it is used, or, by choice on CPUs with AVX-512 BF16, multiplied with the
+//! product's inputs rounded to bfloat16 by the CPU's dot products: [`Bf16Inputs`]), or int8 with a float32 scale per output row
 //! ([`DType::Int8`](crate::DType::Int8): a quarter of the bytes; each dot product of the
 //! integers is scaled once).
 //!

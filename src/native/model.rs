@@ -46,9 +46,8 @@ pub struct NativeOptions {
     pub max_context: Option<usize>,
     /// Threads of the products (default: one per core).
     pub threads: Option<usize>,
-    /// What bf16 weights are multiplied with (default: bfloat16 inputs where the CPU has
-    /// bfloat16 dot products; see [`Bf16Inputs`]). A choice other than `Auto` with other
-    /// weights is refused.
+    /// What bf16 weights are multiplied with (default float32; see [`Bf16Inputs`]). Bfloat16
+    /// inputs with other weights are refused.
     pub bf16_inputs: Bf16Inputs,
 }
 
@@ -58,7 +57,7 @@ impl Default for NativeOptions {
             dtype: DType::F32,
             max_context: None,
             threads: None,
-            bf16_inputs: Bf16Inputs::Auto,
+            bf16_inputs: Bf16Inputs::F32,
         }
     }
 }
