@@ -22,7 +22,8 @@
 //!
 //! Exactness: every row of a block, of a batch and of a candidate tree is computed with the
 //! same operations in the same order as a one-token step (the products' order of additions
-//! does not depend on the number of rows: `src/native/matrix.rs`), so blockwise and tree decoding with this
+//! does not depend on the number of rows: `src/native/matrix.rs`; a row's softmax runs over the
+//! slots it may see only, gathered in order), so blockwise and tree decoding with this
 //! model return its greedy output bit for bit. Its greedy output is the exported model's up to
 //! float32 rounding: the crate's tests compare logits with the f32 module (within the export's
 //! 2e-3) and greedy tokens with transformers' (equal, or diverging only at a near-tie).
