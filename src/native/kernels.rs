@@ -187,6 +187,15 @@ pub(super) mod simd {
         })
     }
 
+    /// The 16 lanes of `v` summed as [`hsum`] sums 8: lane `l` plus lane `l + 8` first.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    #[inline]
+    pub(crate) unsafe fn hsum16(v: __m512) -> f32 {
+        let lo = _mm512_castps512_ps256(v);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+        hsum(_mm256_add_ps(lo, hi))
+    }
+
     /// The lanes summed in the portable tree's order: (l, l + 4), then (l, l + 2), then (0, 1).
     #[target_feature(enable = "avx2,fma")]
     #[inline]

@@ -405,11 +405,17 @@ fn portable_dots<T: Weight>(
                     *a = wv.mul_add(x[r * kp + chunk * CHUNK + l], *a);
                 }
             }
-            let s: [f32; 8] = std::array::from_fn(|l| a[l] + a[l + 8]);
-            let q = [s[0] + s[4], s[1] + s[5], s[2] + s[6], s[3] + s[7]];
-            *o = (q[0] + q[2]) + (q[1] + q[3]);
+            *o = lane_sum(&a);
         }
     }
+}
+
+/// The 16 lanes of an accumulator summed in the kernels' fixed tree: lane `l` plus lane
+/// `l + 8`, then the [`hsum`](super::kernels::simd) tree: `(l, l + 4)`, `(l, l + 2)`, `(0, 1)`.
+pub(super) fn lane_sum(a: &[f32; CHUNK]) -> f32 {
+    let s: [f32; 8] = std::array::from_fn(|l| a[l] + a[l + 8]);
+    let q = [s[0] + s[4], s[1] + s[5], s[2] + s[6], s[3] + s[7]];
+    (q[0] + q[2]) + (q[1] + q[3])
 }
 
 /// Weight element types: float32, bfloat16 bit patterns and int8, each widened exactly to
@@ -505,7 +511,7 @@ mod simd {
     use std::arch::x86_64::*;
 
     use super::{BLOCK, CHUNK, GROUP, ROWS};
-    use crate::native::kernels::simd::hsum;
+    use crate::native::kernels::simd::{hsum, hsum16};
 
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
     #[inline]
@@ -590,10 +596,7 @@ mod simd {
                 }
                 for (j, a) in [a0, a1, a2, a3].iter().enumerate() {
                     for r in 0..G {
-                        let v = a[r];
-                        let lo = _mm512_castps512_ps256(v);
-                        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-                        out[j][r] = hsum(_mm256_add_ps(lo, hi));
+                        out[j][r] = hsum16(a[r]);
                     }
                 }
             }

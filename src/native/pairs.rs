@@ -17,7 +17,7 @@
 //! (the tests hold the instruction to it); decoding only takes this path where the
 //! instruction exists.
 
-use super::matrix::{GROUP, ROWS};
+use super::matrix::{lane_sum, GROUP, ROWS};
 
 /// Columns per chunk: one AVX-512 register of bfloat16 pairs.
 pub(super) const PAIR_CHUNK: usize = 32;
@@ -124,9 +124,7 @@ pub(super) fn portable_dots(
                     }
                 }
             }
-            let s: [f32; 8] = std::array::from_fn(|l| a[l] + a[l + 8]);
-            let q = [s[0] + s[4], s[1] + s[5], s[2] + s[6], s[3] + s[7]];
-            *o = (q[0] + q[2]) + (q[1] + q[3]);
+            *o = lane_sum(&a);
         }
     }
 }
@@ -136,7 +134,7 @@ mod simd {
     use std::arch::x86_64::*;
 
     use super::{PAIR_BLOCK, PAIR_CHUNK};
-    use crate::native::kernels::simd::hsum;
+    use crate::native::kernels::simd::hsum16;
     use crate::native::matrix::{GROUP, ROWS};
 
     /// Dispatches on the row count (see [`group`]).
@@ -214,10 +212,7 @@ mod simd {
         }
         for (j, a) in [a0, a1, a2, a3].iter().enumerate() {
             for r in 0..G {
-                let v = a[r];
-                let lo = _mm512_castps512_ps256(v);
-                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-                out[j][r] = hsum(_mm256_add_ps(lo, hi));
+                out[j][r] = hsum16(a[r]);
             }
         }
     }
