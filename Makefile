@@ -375,9 +375,11 @@ $(DRAFT_LISTS3_DONE): scripts/make_self_requests.py examples/draft_answers.rs
 
 # A fourth list of requests in 16 new question shapes (`ask-questions`: openings such as "Where",
 # "Should I", "What happens if" and askers such as a teenager or a worried person, over the same
-# nouns; a sequence of its own), 3,000 instructions asked 128 and the first 6,144 requests answered 256 rows
-# at a time in bf16 as draft-answers-lists3 does, none of the earlier lists' nor their held-out
-# ones': shards train-questions-* (resumable) and chat-heldout-questions-*.
+# nouns; a sequence of its own), 3,000 instructions asked 128 and the first 6,144 requests
+# answered 256 rows at a time in bf16 as draft-answers-lists3 does, none of the earlier lists'
+# nor their held-out ones': shards train-questions-* (resumable) and chat-heldout-questions-*
+# (4,085 and 128 requests, about 30 minutes on a 2-core Xeon). Not in smollm2-eagle: a stage
+# trained on them did not gain on chat24 (docs/feature-draft.md, "Question-shaped requests").
 DRAFT_QUESTIONS_DONE := target/draft-data/.questions-complete
 draft-answers-questions: smollm2 $(DRAFT_QUESTIONS_DONE)
 
