@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use blockwise::bundle::{Backend, BundleOptions, HeadsChoice, ModelBundle};
 use blockwise::config::{BlockwiseConfig, ProposerConfig};
+use blockwise::native::Bf16Inputs;
 use blockwise::policy::PolicyConfig;
 use blockwise::torchscript::F32Matmul;
 use blockwise::DType;
@@ -52,6 +53,10 @@ struct Cli {
     /// Llama-shaped exports, f32, bf16 or int8 weights).
     #[arg(long, default_value = "torchscript")]
     backend: String,
+    /// f32 or bf16: what the native backend multiplies bf16 weights with (bf16: the CPU's bf16
+    /// dot products, AVX-512 BF16 only; a faster one-token step, slower verify blocks).
+    #[arg(long, default_value = "f32")]
+    bf16_inputs: String,
     /// Proposal heads folder, or `none` (default: the export's own, or those shipped for it).
     #[arg(long)]
     heads: Option<String>,
@@ -115,6 +120,7 @@ fn main() {
         heads,
         f32_matmul: F32Matmul::parse(&cli.f32_matmul).unwrap_or_else(|e| fail(e)),
         backend: Backend::parse(&cli.backend).unwrap_or_else(|e| fail(e)),
+        bf16_inputs: Bf16Inputs::parse(&cli.bf16_inputs).unwrap_or_else(|e| fail(e)),
     };
     let model_name = cli.served_model_name.clone().unwrap_or_else(|| {
         PathBuf::from(&cli.model)
