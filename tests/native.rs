@@ -58,7 +58,7 @@ fn bundle_with(dtype: DType, bf16_inputs: Bf16Inputs) -> ModelBundle {
 }
 
 /// The weight forms: f32, bf16 times f32 inputs, int8, and bf16 by the CPU's bf16 dot products
-/// where it has them.
+/// and by its AMX tiles where it has them.
 fn forms() -> Vec<(DType, Bf16Inputs)> {
     let mut forms = vec![
         (DType::F32, Bf16Inputs::F32),
@@ -69,6 +69,11 @@ fn forms() -> Vec<(DType, Bf16Inputs)> {
         forms.push((DType::Bf16, Bf16Inputs::Bf16));
     } else {
         eprintln!("no AVX-512 BF16 here: bf16 dot products not checked");
+    }
+    if Bf16Inputs::Tiles.is_supported() {
+        forms.push((DType::Bf16, Bf16Inputs::Tiles));
+    } else {
+        eprintln!("no AMX tiles here: bf16 tiles not checked");
     }
     forms
 }
@@ -375,25 +380,38 @@ fn options_it_cannot_honour_are_refused() {
         })),
         "backend"
     );
-    // A choice of bf16 products' inputs with f32 weights, and with the TorchScript backend.
-    assert_eq!(
-        field(load(BundleOptions {
-            bf16_inputs: Bf16Inputs::Bf16,
-            ..Default::default()
-        })),
-        "bf16_inputs"
-    );
-    let torchscript = ModelBundle::load(
-        dir().to_str().unwrap(),
-        &BundleOptions {
-            dtype: DType::Bf16,
-            bf16_inputs: Bf16Inputs::Bf16,
-            ..Default::default()
-        },
-    )
-    .map(|_| ())
-    .unwrap_err();
-    assert_eq!(field(torchscript), "bf16_inputs");
+    // A choice of bf16 products' inputs with f32 weights, with the TorchScript backend, and
+    // on a machine without the instructions.
+    for choice in [Bf16Inputs::Bf16, Bf16Inputs::Tiles] {
+        assert_eq!(
+            field(load(BundleOptions {
+                bf16_inputs: choice,
+                ..Default::default()
+            })),
+            "bf16_inputs"
+        );
+        let torchscript = ModelBundle::load(
+            dir().to_str().unwrap(),
+            &BundleOptions {
+                dtype: DType::Bf16,
+                bf16_inputs: choice,
+                ..Default::default()
+            },
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert_eq!(field(torchscript), "bf16_inputs");
+        if !choice.is_supported() {
+            assert_eq!(
+                field(load(BundleOptions {
+                    dtype: DType::Bf16,
+                    bf16_inputs: choice,
+                    ..Default::default()
+                })),
+                "bf16_inputs"
+            );
+        }
+    }
     let builtin = ModelBundle::load(
         "embedded",
         &BundleOptions {

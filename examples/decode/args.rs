@@ -26,7 +26,7 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
               [--tie-guard M]
               [--batch N] [--tree SHAPE|dynamic:NODES]
               [--dtype f32|bf16|f16|int8] [--device cpu|cuda[:N]] [--f32-matmul auto|blas|onednn]
-              [--backend torchscript|native] [--bf16-inputs f32|bf16] [--compare-greedy] [--json]
+              [--backend torchscript|native] [--bf16-inputs f32|bf16|tiles] [--compare-greedy] [--json]
 
   --model           `embedded` (default: the model shipped in assets/embedded, trained on
                     the King James Bible, with trained heads), a folder
@@ -80,9 +80,11 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --backend         torchscript (default: the exported module) or native (the crate's own CPU
                     kernels, blockwise::native: Llama-shaped exports, --dtype f32, bf16 or
                     int8 weights with f32 activations; 2-3x as fast a step on 2 cores)
-  --bf16-inputs     f32 (default) or bf16: what the native backend multiplies --dtype bf16
-                    weights with; bf16 rounds a product's inputs to bf16 for the CPU's bf16 dot
-                    products (AVX-512 BF16 only): a faster one-token step, slower verify blocks
+  --bf16-inputs     f32 (default), bf16 or tiles: what the native backend multiplies --dtype
+                    bf16 weights with; bf16 rounds a product's inputs to bf16 for the CPU's bf16
+                    dot products (AVX-512 BF16 only): a faster one-token step, slower verify
+                    blocks; tiles rounds them for the CPU's AMX tiles (Intel CPUs with
+                    amx_bf16, Linux): a faster step, and blocks of up to 16 tokens at its cost
   --draft-weights   the form an eagle draft's products run in: auto (default: native-int8 on
                     x86-64 CPUs with AVX2, else libtorch's int8 or f32), f32 or int8 (libtorch),
                     native-f32, native-bf16 or native-int8 (the crate's own CPU kernels); the

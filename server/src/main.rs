@@ -53,8 +53,10 @@ struct Cli {
     /// Llama-shaped exports, f32, bf16 or int8 weights).
     #[arg(long, default_value = "torchscript")]
     backend: String,
-    /// f32 or bf16: what the native backend multiplies bf16 weights with (bf16: the CPU's bf16
-    /// dot products, AVX-512 BF16 only; a faster one-token step, slower verify blocks).
+    /// f32, bf16 or tiles: what the native backend multiplies bf16 weights with (bf16: the
+    /// CPU's bf16 dot products, AVX-512 BF16 only; a faster one-token step, slower verify
+    /// blocks; tiles: its AMX tiles, amx_bf16 on Linux; blocks of up to 16 rows at a step's
+    /// cost).
     #[arg(long, default_value = "f32")]
     bf16_inputs: String,
     /// Proposal heads folder, or `none` (default: the export's own, or those shipped for it).

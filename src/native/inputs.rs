@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::pairs;
+use super::{pairs, tiles};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
@@ -25,17 +25,32 @@ pub enum Bf16Inputs {
     /// bfloat16, by the CPU's dot products (refused on a CPU without AVX-512 BF16, and with
     /// weights that are not bf16).
     Bf16,
+    /// bfloat16, by the CPU's AMX tiles (refused on a CPU or system without AMX-BF16 tiles,
+    /// and with weights that are not bf16).
+    Tiles,
+}
+
+/// How the native decoder packs and multiplies bf16 weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Packing {
+    /// Widened to float32 (and every other dtype's own form).
+    Widened,
+    /// bfloat16 dot products.
+    Pairs,
+    /// AMX tiles.
+    Tiles,
 }
 
 impl Bf16Inputs {
-    /// Parses `f32` or `bf16`.
+    /// Parses `f32`, `bf16` or `tiles`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "f32" => Ok(Bf16Inputs::F32),
             "bf16" => Ok(Bf16Inputs::Bf16),
+            "tiles" => Ok(Bf16Inputs::Tiles),
             other => Err(Error::config(
                 "bf16_inputs",
-                format!("is `{other}`; expected f32 or bf16"),
+                format!("is `{other}`; expected f32, bf16 or tiles"),
             )),
         }
     }
@@ -45,16 +60,32 @@ impl Bf16Inputs {
         pairs::available()
     }
 
-    /// Whether products with weights in `dtype` round their inputs to bfloat16 under this
-    /// choice; an error for `Bf16` with weights that are not bfloat16 and on a CPU without the
+    /// Whether this machine can compute this choice: always for `F32`, with AVX-512 BF16 for
+    /// `Bf16`, with AMX-BF16 tiles granted by the operating system (Linux) for `Tiles`.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Bf16Inputs::F32 => true,
+            Bf16Inputs::Bf16 => pairs::available(),
+            Bf16Inputs::Tiles => tiles::available(),
+        }
+    }
+
+    /// How products with weights in `dtype` are computed under this choice; an error for a
+    /// bfloat16 choice with weights that are not bfloat16 and on a machine without the
     /// instructions.
-    pub(crate) fn rounds(self, dtype: DType) -> Result<bool> {
+    pub(crate) fn packing(self, dtype: DType) -> Result<Packing> {
         match (self, dtype) {
-            (Bf16Inputs::F32, _) => Ok(false),
-            (Bf16Inputs::Bf16, DType::Bf16) if Self::available() => Ok(true),
+            (Bf16Inputs::F32, _) => Ok(Packing::Widened),
+            (Bf16Inputs::Bf16, DType::Bf16) if self.is_supported() => Ok(Packing::Pairs),
+            (Bf16Inputs::Tiles, DType::Bf16) if self.is_supported() => Ok(Packing::Tiles),
             (Bf16Inputs::Bf16, DType::Bf16) => Err(Error::config(
                 "bf16_inputs",
                 "is bf16, but this CPU has no bfloat16 dot products (AVX-512 BF16); use f32",
+            )),
+            (Bf16Inputs::Tiles, DType::Bf16) => Err(Error::config(
+                "bf16_inputs",
+                "is tiles, but this machine has no AMX bfloat16 tiles (amx_bf16, granted by \
+                 Linux); use bf16 or f32",
             )),
             (choice, other) => Err(Error::config(
                 "bf16_inputs",
@@ -69,6 +100,7 @@ impl fmt::Display for Bf16Inputs {
         f.write_str(match self {
             Bf16Inputs::F32 => "f32",
             Bf16Inputs::Bf16 => "bf16",
+            Bf16Inputs::Tiles => "tiles",
         })
     }
 }
@@ -79,24 +111,39 @@ mod tests {
 
     #[test]
     fn choices_parse_and_conflicts_are_refused() {
-        for c in [Bf16Inputs::F32, Bf16Inputs::Bf16] {
+        for c in [Bf16Inputs::F32, Bf16Inputs::Bf16, Bf16Inputs::Tiles] {
             assert_eq!(Bf16Inputs::parse(&c.to_string()).unwrap(), c);
         }
         let e = Bf16Inputs::parse("fp16").unwrap_err().to_string();
-        assert!(e.contains("fp16") && e.contains("f32 or bf16"), "{e}");
+        assert!(
+            e.contains("fp16") && e.contains("f32, bf16 or tiles"),
+            "{e}"
+        );
         // The default leaves every form as it is; bf16 inputs need bf16 weights.
         for d in [DType::F32, DType::Bf16, DType::Int8] {
-            assert!(!Bf16Inputs::F32.rounds(d).unwrap());
+            assert_eq!(Bf16Inputs::F32.packing(d).unwrap(), Packing::Widened);
         }
-        for d in [DType::F32, DType::Int8] {
-            let e = Bf16Inputs::Bf16.rounds(d).unwrap_err().to_string();
-            assert!(e.contains("bf16 weights only"), "{e}");
+        for c in [Bf16Inputs::Bf16, Bf16Inputs::Tiles] {
+            for d in [DType::F32, DType::Int8] {
+                let e = c.packing(d).unwrap_err().to_string();
+                assert!(
+                    e.contains("bf16 weights only") && e.contains(&c.to_string()),
+                    "{e}"
+                );
+            }
         }
-        match Bf16Inputs::Bf16.rounds(DType::Bf16) {
-            Ok(r) => assert!(r && Bf16Inputs::available()),
+        match Bf16Inputs::Bf16.packing(DType::Bf16) {
+            Ok(p) => assert!(p == Packing::Pairs && Bf16Inputs::available()),
             Err(e) => {
                 assert!(!Bf16Inputs::available());
                 assert!(e.to_string().contains("AVX-512 BF16"), "{e}");
+            }
+        }
+        match Bf16Inputs::Tiles.packing(DType::Bf16) {
+            Ok(p) => assert!(p == Packing::Tiles && Bf16Inputs::Tiles.is_supported()),
+            Err(e) => {
+                assert!(!Bf16Inputs::Tiles.is_supported());
+                assert!(e.to_string().contains("AMX"), "{e}");
             }
         }
     }

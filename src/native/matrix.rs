@@ -28,6 +28,7 @@ use half::bf16;
 use super::kernels::SendPtr;
 use super::pairs::{self, PAIR_CHUNK};
 use super::pool::Pool;
+use super::tiles::{self, TILE_OUT};
 
 /// Weight rows interleaved per group.
 pub(super) const GROUP: usize = 4;
@@ -63,6 +64,8 @@ enum Data {
     /// bfloat16 bit patterns packed in chunks of [`PAIR_CHUNK`] for bfloat16 dot products
     /// (inputs rounded to bfloat16; [`pairs`]).
     Bf16Pairs(Vec<u16>),
+    /// bfloat16 bit patterns packed for AMX tiles (inputs rounded to bfloat16; [`tiles`]).
+    Bf16Tiles(Vec<u16>),
     /// int8 with one float32 scale per row: `W[j, k] = q[j, k] · scale[j]`.
     I8 {
         q: Vec<i8>,
@@ -98,6 +101,22 @@ impl Matrix {
             cols,
             padded,
             data: Data::Bf16Pairs(w),
+        }
+    }
+
+    /// The same weights multiplied with inputs rounded to bfloat16 on the CPU's AMX tiles
+    /// ([`tiles`]; only where [`tiles::available`]: there is no portable form).
+    pub(crate) fn bf16_tiles_from_f32(rows: usize, cols: usize, data: &[f32]) -> Self {
+        assert_eq!(data.len(), rows * cols, "matrix data of the wrong length");
+        let padded = cols.div_ceil(PAIR_CHUNK) * PAIR_CHUNK;
+        let w = tiles::pack(rows, cols, padded, |j, c| {
+            bf16::from_f32(data[j * cols + c]).to_bits()
+        });
+        Matrix {
+            rows,
+            cols,
+            padded,
+            data: Data::Bf16Tiles(w),
         }
     }
 
@@ -146,7 +165,7 @@ impl Matrix {
     pub(crate) fn bytes(&self) -> usize {
         match &self.data {
             Data::F32(v) => v.len() * 4,
-            Data::Bf16(v) | Data::Bf16Pairs(v) => v.len() * 2,
+            Data::Bf16(v) | Data::Bf16Pairs(v) | Data::Bf16Tiles(v) => v.len() * 2,
             Data::I8 { q, scale } => q.len() + scale.len() * 4,
         }
     }
@@ -155,6 +174,7 @@ impl Matrix {
     fn at(&self, r: usize, c: usize) -> usize {
         let chunk = match self.data {
             Data::Bf16Pairs(_) => PAIR_CHUNK,
+            Data::Bf16Tiles(_) => return tiles::at(r, c, self.padded),
             _ => CHUNK,
         };
         (r / GROUP) * GROUP * self.padded
@@ -169,7 +189,9 @@ impl Matrix {
             let i = self.at(r, c);
             *o = match &self.data {
                 Data::F32(v) => v[i],
-                Data::Bf16(v) | Data::Bf16Pairs(v) => f32::from_bits((v[i] as u32) << 16),
+                Data::Bf16(v) | Data::Bf16Pairs(v) | Data::Bf16Tiles(v) => {
+                    f32::from_bits((v[i] as u32) << 16)
+                }
                 Data::I8 { q, scale } => q[i] as f32 * scale[r],
             };
         }
@@ -182,7 +204,12 @@ impl Matrix {
         assert_eq!(out.len(), m * self.rows, "output of the wrong length");
         let xs = self.input(x, m);
         let groups = self.rows.div_ceil(GROUP);
-        let per = groups.div_ceil(pool.threads());
+        // Tiles split the outputs in whole groups of TILE_OUT.
+        let unit = match self.data {
+            Data::Bf16Tiles(_) => TILE_OUT / GROUP,
+            _ => 1,
+        };
+        let per = groups.div_ceil(pool.threads()).div_ceil(unit) * unit;
         let out_ptr = SendPtr(out.as_mut_ptr());
         pool.run(&|p| {
             let lo = (p * per).min(groups);
@@ -207,7 +234,9 @@ impl Matrix {
     /// `padded` columns.
     fn input<'a>(&self, x: &'a [f32], m: usize) -> Input<'a> {
         match self.data {
-            Data::Bf16Pairs(_) => Input::Bf16(pairs::round_inputs(x, m, self.cols, self.padded)),
+            Data::Bf16Pairs(_) | Data::Bf16Tiles(_) => {
+                Input::Bf16(pairs::round_inputs(x, m, self.cols, self.padded))
+            }
             _ => Input::F32(self.padded_input(x, m)),
         }
     }
@@ -239,6 +268,11 @@ impl Matrix {
             }
             (Data::Bf16Pairs(w), Input::Bf16(x)) => {
                 groups(w, n, kp, x, m, out, lo, hi, None, pairs::dots)
+            }
+            (Data::Bf16Tiles(w), Input::Bf16(x)) => {
+                // Group bounds in whole tile groups (`product` splits on them).
+                let unit = TILE_OUT / GROUP;
+                tiles::product(w, n, kp, x, m, out, lo / unit, hi.div_ceil(unit))
             }
             _ => unreachable!("Matrix::input gives each form its inputs"),
         }
@@ -652,15 +686,22 @@ mod tests {
         Pool::new(2).unwrap()
     }
 
-    /// Weight forms: f32, bf16, int8, bf16 with bf16 dot products.
-    const FORMS: usize = 4;
+    /// Weight forms: f32, bf16, int8, bf16 with bf16 dot products, and bf16 on AMX tiles
+    /// where this machine has them (tiles have no portable form).
+    const FORMS: usize = 5;
+
+    /// The forms this machine computes.
+    fn forms() -> std::ops::Range<usize> {
+        0..if tiles::available() { FORMS } else { FORMS - 1 }
+    }
 
     fn form(form: usize, n: usize, k: usize, w: &[f32]) -> Matrix {
         match form {
             0 => Matrix::f32(n, k, w),
             1 => Matrix::bf16_from_f32(n, k, w),
             2 => Matrix::i8_from_f32(n, k, w),
-            _ => Matrix::bf16_pairs_from_f32(n, k, w),
+            3 => Matrix::bf16_pairs_from_f32(n, k, w),
+            _ => Matrix::bf16_tiles_from_f32(n, k, w),
         }
     }
 
@@ -674,17 +715,19 @@ mod tests {
             (33, 7, 6),
             (16, 1536, 9),
             (5, 24, 2),
+            (130, 70, 17),
+            (64, 64, 33),
         ] {
             let w = data(n * k, 1);
             let x = data(m * k, 2);
-            for f in 0..FORMS {
+            for f in forms() {
                 let mat = form(f, n, k, &w);
                 let mut out = vec![0f32; m * n];
                 mat.product(&x, m, &mut out, &pool);
                 let mut row = vec![0f32; k];
-                // The dot-product form multiplies the inputs rounded to bfloat16.
+                // The dot-product and tile forms multiply the inputs rounded to bfloat16.
                 let xf: Vec<f32> = match f {
-                    3 => x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
+                    3 | 4 => x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
                     _ => x.clone(),
                 };
                 for j in 0..n {
@@ -708,7 +751,7 @@ mod tests {
         let (n, k) = (7, 40);
         let w = data(n * k, 9);
         let mut row = vec![0f32; k];
-        for f in 0..FORMS {
+        for f in forms() {
             let mat = form(f, n, k, &w);
             for j in 0..n {
                 mat.row_f32(j, &mut row);
@@ -716,7 +759,7 @@ mod tests {
                     let v = w[j * k + c];
                     let want = match f {
                         0 => v,
-                        1 | 3 => bf16::from_f32(v).to_f32(),
+                        1 | 3 | 4 => bf16::from_f32(v).to_f32(),
                         _ => row[c],
                     };
                     assert_eq!(row[c], want, "form {f} [{j},{c}]");
@@ -731,11 +774,11 @@ mod tests {
     #[test]
     fn a_row_of_a_block_equals_its_one_row_product() {
         let pool = pool();
-        for &(n, k) in &[(40, 576), (19, 1536), (9, 45)] {
+        for &(n, k) in &[(40, 576), (19, 1536), (9, 45), (130, 64)] {
             let w = data(n * k, 3);
-            for f in 0..FORMS {
+            for f in forms() {
                 let mat = form(f, n, k, &w);
-                for m in [2, 4, 5, 11] {
+                for m in [2, 4, 5, 11, 16, 17, 40] {
                     let x = data(m * k, 4 + m as u32);
                     let mut block = vec![0f32; m * n];
                     mat.product(&x, m, &mut block, &pool);
@@ -794,7 +837,7 @@ mod tests {
         let pool = Pool::new(2).unwrap();
         let (n, k) = (49152, 576);
         let data: Vec<f32> = (0..n * k).map(|i| (i % 13) as f32 * 0.01).collect();
-        for f in 0..FORMS {
+        for f in forms() {
             let w = form(f, n, k, &data);
             for m in [1, 2, 4, 8, 16, 32] {
                 let x = vec![0.5f32; m * k];
@@ -828,9 +871,10 @@ mod tests {
             (576, 1536),
             (49152, 576),
         ];
-        for (f, name) in ["f32", "bf16", "int8", "bf16 dot products"]
-            .iter()
+        for (f, name) in ["f32", "bf16", "int8", "bf16 dot products", "bf16 tiles"]
+            .into_iter()
             .enumerate()
+            .take(forms().end)
         {
             let mats: Vec<Matrix> = (0..30 * 4 + 1)
                 .map(|i| {

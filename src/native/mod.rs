@@ -16,7 +16,8 @@
 //! float32 ([`DType::F32`](crate::DType::F32)), rounded once to bfloat16
 //! ([`DType::Bf16`](crate::DType::Bf16): half the bytes per step; each weight widened exactly
 //! to float32 as it is used, or, by choice on CPUs with AVX-512 BF16, multiplied with the
-//! product's inputs rounded to bfloat16 by the CPU's dot products: [`Bf16Inputs`]), or int8 with a float32 scale per output row
+//! product's inputs rounded to bfloat16 by the CPU's dot products or, on CPUs with AMX, its
+//! tile unit: [`Bf16Inputs`]), or int8 with a float32 scale per output row
 //! ([`DType::Int8`](crate::DType::Int8): a quarter of the bytes; each dot product of the
 //! integers is scaled once).
 //!
@@ -35,6 +36,7 @@ mod matrix;
 mod model;
 mod pairs;
 mod pool;
+mod tiles;
 
 pub use inputs::Bf16Inputs;
 pub use model::{NativeDescription, NativeLm, NativeOptions};

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{CModule, Device, Kind, Tensor};
 
-use super::inputs::Bf16Inputs;
+use super::inputs::{Bf16Inputs, Packing};
 use super::kernels::{exp_shifted, scores, silu_mul, weighted_sums, SendPtr};
 use super::matrix::Matrix;
 use super::pool::Pool;
@@ -222,7 +222,7 @@ impl NativeLm {
                 ),
             ));
         }
-        let pairs = options.bf16_inputs.rounds(options.dtype)?;
+        let packing = options.bf16_inputs.packing(options.dtype)?;
         let desc = meta.native.clone().ok_or_else(|| {
             Error::config(
                 "backend",
@@ -296,7 +296,12 @@ impl NativeLm {
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix> {
             let data = take(&params, &path, name, [rows, cols], true)?;
             Ok(match options.dtype {
-                DType::Bf16 if pairs => Matrix::bf16_pairs_from_f32(rows, cols, &data),
+                DType::Bf16 if packing == Packing::Pairs => {
+                    Matrix::bf16_pairs_from_f32(rows, cols, &data)
+                }
+                DType::Bf16 if packing == Packing::Tiles => {
+                    Matrix::bf16_tiles_from_f32(rows, cols, &data)
+                }
                 DType::Bf16 => Matrix::bf16_from_f32(rows, cols, &data),
                 DType::Int8 => Matrix::i8_from_f32(rows, cols, &data),
                 _ => Matrix::f32(rows, cols, &data),
@@ -322,7 +327,12 @@ impl NativeLm {
         } else {
             let data = take(&params, &path, "embed.weight", [d.vocab, dd], false)?;
             Some(match options.dtype {
-                DType::Bf16 if pairs => Matrix::bf16_pairs_from_f32(d.vocab, dd, &data),
+                DType::Bf16 if packing == Packing::Pairs => {
+                    Matrix::bf16_pairs_from_f32(d.vocab, dd, &data)
+                }
+                DType::Bf16 if packing == Packing::Tiles => {
+                    Matrix::bf16_tiles_from_f32(d.vocab, dd, &data)
+                }
                 DType::Bf16 => Matrix::bf16_from_f32(d.vocab, dd, &data),
                 DType::Int8 => Matrix::i8_from_f32(d.vocab, dd, &data),
                 _ => Matrix::f32(d.vocab, dd, &data),
