@@ -3,19 +3,20 @@
 //! lengths given), through the crate's TorchScript adapter.
 //!
 //! ```text
-//! cargo run --release --example cache_cost -- models/smollm2 [f32|bf16] [repeats] [PASTS] [WIDTHS] [torchscript|native]
+//! cargo run --release --example cache_cost -- models/smollm2 [f32|bf16] [repeats] [PASTS] [WIDTHS] [torchscript|native] [f32|bf16|tiles]
 //! cargo run --release --example cache_cost -- models/smollm2 bf16 20 128 1,2,3,4,6,8
 //! ```
 //!
 //! The last argument picks the backend: the TorchScript module (default) or the crate's native
-//! decoder (`blockwise::native`).
+//! decoder (`blockwise::native`); after it, what the native decoder multiplies bf16 weights with
+//! ([`Bf16Inputs`](blockwise::native::Bf16Inputs), default f32).
 //!
 //! Prints one markdown row per past length.
 
 use std::time::Instant;
 
 use blockwise::model::{prefill, token_tensor};
-use blockwise::native::{NativeLm, NativeOptions};
+use blockwise::native::{Bf16Inputs, NativeLm, NativeOptions};
 use blockwise::torchscript::{LoadOptions, TorchScriptLm};
 use blockwise::{CausalLm, DType, Result};
 
@@ -33,12 +34,14 @@ fn main() -> Result<()> {
     let longest =
         pasts.iter().max().copied().unwrap_or(0) + widths.iter().max().copied().unwrap_or(1);
     let backend = args.next().unwrap_or_else(|| "torchscript".into());
+    let bf16_inputs = Bf16Inputs::parse(&args.next().unwrap_or_else(|| "f32".into()))?;
     let mut model: Box<dyn CausalLm> = match backend.as_str() {
         "native" => Box::new(NativeLm::load(
             &dir,
             &NativeOptions {
                 dtype,
                 max_context: Some(longest),
+                bf16_inputs,
                 ..NativeOptions::default()
             },
         )?),

@@ -2,7 +2,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::model::{output, run, Cache, Mask, NativeLm};
+use super::model::{output, Cache, Mask, NativeLm};
 use crate::error::{Error, Result};
 use crate::masked::{check_batch, check_masked_input, MaskedLm};
 use crate::model::{CausalLm, ModelOutput};
@@ -60,18 +60,17 @@ impl MaskedLm for NativeLm {
         let pos: Vec<i64> = Vec::try_from(&host(positions, Kind::Int64)?)?;
         let allowed: Vec<u8> = Vec::try_from(&host(mask, Kind::Uint8)?)?;
         let allowed: Vec<bool> = allowed.into_iter().map(|v| v != 0).collect();
-        let (logits, hidden) = run(
+        let out = output(
             &self.w,
             cache,
             &ids,
             &pos,
-            b,
-            t,
+            (b, t),
             start,
             Mask::Explicit(&allowed),
-        );
+        )?;
         self.batch_len = start + t;
-        output(logits, hidden, b, t, &self.w.dims)
+        Ok(out)
     }
 
     fn compact(&mut self, index: &Tensor) -> Result<()> {

@@ -396,18 +396,33 @@ impl NativeLm {
     }
 }
 
-/// Logits and hidden states of a pass as tensors `[B, T, V]`, `[B, T, D]`.
+/// Logits and hidden states of a pass as tensors `[B, T, V]`, `[B, T, D]`: `run` writes the
+/// logits straight into the tensor's memory (a block's logits are 200 KB a row for SmolLM2, and
+/// a copy of them cost a 16-row verify call about a millisecond).
 pub(super) fn output(
-    logits: Vec<f32>,
-    hidden: Vec<f32>,
-    b: usize,
-    t: usize,
-    d: &Dims,
+    w: &Weights,
+    cache: &mut Cache,
+    tokens: &[i64],
+    positions: &[i64],
+    (b, t): (usize, usize),
+    start: usize,
+    mask: Mask<'_>,
 ) -> Result<ModelOutput> {
-    let (b, t) = (b as i64, t as i64);
+    let d = &w.dims;
+    let logits = Tensor::f_empty(
+        [b as i64, t as i64, d.vocab as i64],
+        (Kind::Float, Device::Cpu),
+    )?;
+    assert!(logits.is_contiguous(), "a fresh tensor is contiguous");
+    // SAFETY: a fresh contiguous float32 tensor of `b * t * vocab` elements that nothing else
+    // refers to yet; `run` writes every element (float32 has no invalid bit patterns).
+    let data = unsafe {
+        std::slice::from_raw_parts_mut(logits.data_ptr() as *mut f32, b * t * d.vocab)
+    };
+    let hidden = run(w, cache, tokens, positions, b, t, start, mask, data);
     Ok(ModelOutput::with_hidden(
-        tensor(&logits, [b, t, d.vocab as i64])?,
-        tensor(&hidden, [b, t, d.hidden as i64])?,
+        logits,
+        tensor(&hidden, [b as i64, t as i64, d.hidden as i64])?,
     ))
 }
 
@@ -526,7 +541,8 @@ fn softmax_allowed(row: &mut [f32], scale: f32, allowed: impl Fn(usize) -> bool)
 }
 
 /// One pass of `B` rows of `T` tokens (`tokens`, `positions`: `[B, T]`) written at slots
-/// `start..start + T` of `cache`: logits `[B T, V]` and final hidden states `[B T, D]`.
+/// `start..start + T` of `cache`: logits `[B T, V]` into `logits`, and the final hidden states
+/// `[B T, D]` returned.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     w: &Weights,
@@ -537,7 +553,8 @@ pub(super) fn run(
     t: usize,
     start: usize,
     mask: Mask<'_>,
-) -> (Vec<f32>, Vec<f32>) {
+    logits: &mut [f32],
+) -> Vec<f32> {
     let d = w.dims;
     let (dh, dd, h, kvh) = (d.head_dim, d.hidden, d.heads, d.kv_heads);
     let rep = h / kvh;
@@ -637,9 +654,8 @@ pub(super) fn run(
     }
     let mut hidden = vec![0f32; n * dd];
     rms_norm(&x, &w.norm, w.eps, &mut hidden);
-    let mut logits = vec![0f32; n * d.vocab];
-    w.lm_head.product(&hidden, n, &mut logits, &w.pool);
-    (logits, hidden)
+    w.lm_head.product(&hidden, n, logits, &w.pool);
+    hidden
 }
 
 impl CausalLm for NativeLm {
@@ -652,18 +668,17 @@ impl CausalLm for NativeLm {
         check_block(start, t, self.len, self.info.max_context)?;
         let ids: Vec<i64> = Vec::try_from(&tokens.f_flatten(0, -1)?.f_to_device(Device::Cpu)?)?;
         let positions: Vec<i64> = (start as i64..(start + t) as i64).collect();
-        let (logits, hidden) = run(
+        let out = output(
             &self.w,
             &mut self.cache,
             &ids,
             &positions,
-            1,
-            t,
+            (1, t),
             start,
             Mask::Causal,
-        );
+        )?;
         self.len = start + t;
-        output(logits, hidden, 1, t, &self.w.dims)
+        Ok(out)
     }
 
     fn cached_len(&self) -> usize {

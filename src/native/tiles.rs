@@ -37,7 +37,9 @@ pub(crate) fn available() -> bool {
         static HAS: OnceLock<bool> = OnceLock::new();
         *HAS.get_or_init(|| {
             // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
-            // SAFETY: CPUID leaf 7 exists on every x86-64 CPU with AVX2, checked first.
+            // SAFETY: CPUID leaf 7 exists on every x86-64 CPU with AVX2, checked first (the
+            // intrinsic is safe in newer Rust).
+            #[allow(unused_unsafe)]
             let leaf = std::is_x86_feature_detected!("avx2")
                 .then(|| unsafe { std::arch::x86_64::__cpuid_count(7, 0) });
             let has = leaf.is_some_and(|l| l.edx & (1 << 22) != 0 && l.edx & (1 << 24) != 0);
@@ -171,7 +173,6 @@ mod amx {
     ) {
         let mut sums = [[0f32; TILE_OUT]; TILE_ROWS];
         let mut loaded = 0;
-        let mut cfg = config(1);
         for q in lo..hi {
             let wq = w.as_ptr().add(q * TILE_OUT * kp);
             let passes = m.div_ceil(TILE_ROWS);
@@ -179,7 +180,7 @@ mod amx {
             for p in 0..passes {
                 let g = m / passes + usize::from(p < m % passes);
                 if g != loaded {
-                    cfg = config(g);
+                    let cfg = config(g);
                     // SAFETY: `cfg` is a valid palette-1 configuration; tiles were granted.
                     asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack));
                     loaded = g;

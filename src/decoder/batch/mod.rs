@@ -20,7 +20,7 @@ use crate::masked::MaskedLm;
 use crate::model::{check_tokens, CausalLm};
 use crate::proposer::{NoProposer, ProposalContext, Proposer};
 use crate::stats::{DecodeStats, StopReason};
-use crate::verifier::ranked_candidates;
+use crate::verifier::{host_argmax, ranked_candidates};
 use session::Live;
 
 /// Makes one proposer per row (proposers such as n-gram lookup or a draft model keep per-sequence
@@ -562,14 +562,23 @@ impl<M: CausalLm> BatchBlockwise<M> {
             });
         }
         let width = width.min(vocab as usize);
-        let ranked = ranked_candidates(&out.logits, width)?; // [B, T, width]
-        let finite = out
-            .logits
-            .f_isfinite()?
-            .f_all_dim(-1, true)?
-            .f_to_kind(Kind::Int64)?;
-        let packed = Tensor::f_cat(&[finite, ranked], 2)?.f_to_device(tch::Device::Cpu)?;
-        let flat: Vec<i64> = Vec::try_from(&packed.f_flatten(0, -1)?)?;
+        // Per node: whether its logits are finite, then its ranked candidates.
+        let flat: Vec<i64> = match host_argmax(&out.logits, b * t).filter(|_| width <= 1) {
+            Some(best) => best
+                .into_iter()
+                .flat_map(|(finite, at)| [i64::from(finite), at])
+                .collect(),
+            None => {
+                let ranked = ranked_candidates(&out.logits, width)?; // [B, T, width]
+                let finite = out
+                    .logits
+                    .f_isfinite()?
+                    .f_all_dim(-1, true)?
+                    .f_to_kind(Kind::Int64)?;
+                let packed = Tensor::f_cat(&[finite, ranked], 2)?.f_to_device(tch::Device::Cpu)?;
+                Vec::try_from(&packed.f_flatten(0, -1)?)?
+            }
+        };
         let mut per_row = Vec::with_capacity(b);
         for (r, row_flat) in flat.chunks(t * (width + 1)).enumerate() {
             let used = parts[r].as_ref().map_or(0, |p| p.tree.len());
