@@ -416,9 +416,8 @@ pub(super) fn output(
     assert!(logits.is_contiguous(), "a fresh tensor is contiguous");
     // SAFETY: a fresh contiguous float32 tensor of `b * t * vocab` elements that nothing else
     // refers to yet; `run` writes every element (float32 has no invalid bit patterns).
-    let data = unsafe {
-        std::slice::from_raw_parts_mut(logits.data_ptr() as *mut f32, b * t * d.vocab)
-    };
+    let data =
+        unsafe { std::slice::from_raw_parts_mut(logits.data_ptr() as *mut f32, b * t * d.vocab) };
     let hidden = run(w, cache, tokens, positions, b, t, start, mask, data);
     Ok(ModelOutput::with_hidden(
         logits,
@@ -459,9 +458,11 @@ pub(crate) fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 
 /// The `rep` query heads `q` (`[rep, dh]`) that share one key/value head, over the first `n`
 /// slots (`keys`, `values`: `[slots, dh]` from slot 0) that `allowed` picks: softmax of the
-/// scaled scores, then the weighted sums of values into `out` (`[rep, dh]`). Slots in order, and
-/// each head's numbers independent of the others', so a query gets the same attention
-/// whichever block it came in.
+/// scaled scores, then the weighted sums of values into `out` (`[rep, dh]`). Only the allowed
+/// slots are scored and summed, in slot order (gathered to the front of `scratch` unless they
+/// are the first ones, as a causal row's are), and each head's numbers are independent of the
+/// others', so a query gets the same attention whichever block or tree it came in, and a tree
+/// row pays nothing for the slots it may not see (a batch's dead slots, its siblings).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend(
     q: &[f32],
@@ -471,10 +472,38 @@ pub(crate) fn attend(
     n: usize,
     dh: usize,
     scale: f32,
-    scratch: &mut [f32],
+    scratch: &mut Vec<f32>,
     allowed: impl Fn(usize) -> bool,
     out: &mut [f32],
 ) {
+    let (mut c, mut prefix) = (0, true);
+    for s in 0..n {
+        if allowed(s) {
+            prefix &= s == c;
+            c += 1;
+        }
+    }
+    if c == 0 {
+        out[..rep * dh].fill(0.0);
+        return;
+    }
+    let need = rep * c + if prefix { 0 } else { 2 * c * dh };
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    let (scores_buf, rest) = scratch.split_at_mut(rep * c);
+    let (keys, values) = if prefix {
+        (keys, values)
+    } else {
+        let (gk, gv) = rest.split_at_mut(c * dh);
+        let mut j = 0;
+        for s in (0..n).filter(|&s| allowed(s)) {
+            gk[j * dh..(j + 1) * dh].copy_from_slice(&keys[s * dh..(s + 1) * dh]);
+            gv[j * dh..(j + 1) * dh].copy_from_slice(&values[s * dh..(s + 1) * dh]);
+            j += 1;
+        }
+        (&gk[..], &gv[..c * dh])
+    };
     let mut r0 = 0;
     while r0 < rep {
         let g = (rep - r0).min(4);
@@ -482,16 +511,16 @@ pub(crate) fn attend(
             &q[r0 * dh..(r0 + g) * dh],
             g,
             keys,
-            n,
+            c,
             dh,
-            &mut scratch[r0 * n..(r0 + g) * n],
+            &mut scores_buf[r0 * c..(r0 + g) * c],
         );
         r0 += g;
     }
-    for row in scratch[..rep * n].chunks_exact_mut(n) {
-        softmax_allowed(row, scale, &allowed);
+    for row in scores_buf.chunks_exact_mut(c) {
+        softmax_allowed(row, scale, |_| true);
     }
-    weighted_sums(&scratch[..rep * n], rep, values, n, dh, out);
+    weighted_sums(scores_buf, rep, values, c, dh, out);
 }
 
 /// `row`'s scores scaled, softmax over the slots `allowed` picks, zero elsewhere. The allowed
@@ -602,7 +631,7 @@ pub(super) fn run(
         let y_ptr = SendPtr(y.as_mut_ptr());
         let (cache_ref, qkv_ref, mask_ref) = (&*cache, &qkv[..], &mask);
         w.pool.run(&|p| {
-            let mut scratch = vec![0f32; rep * end];
+            let mut scratch = Vec::new();
             for pair in (p * per)..((p + 1) * per).min(pairs) {
                 let (i, g) = (pair / kvh, pair % kvh);
                 let (bi, ti) = (i / t, i % t);

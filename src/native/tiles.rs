@@ -185,14 +185,18 @@ mod amx {
                     asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack));
                     loaded = g;
                 }
-                pass(wq, kp, x.as_ptr().add(r0 * kp), &mut sums);
+                let xq = x.as_ptr().add(r0 * kp);
+                let dst = out.add(r0 * n + q * TILE_OUT);
                 let cols = (n - q * TILE_OUT).min(TILE_OUT);
-                for (r, row) in sums.iter().enumerate().take(g) {
-                    std::ptr::copy_nonoverlapping(
-                        row.as_ptr(),
-                        out.add((r0 + r) * n + q * TILE_OUT),
-                        cols,
-                    );
+                if cols == TILE_OUT {
+                    // A whole group: the tiles are stored straight into the outputs' rows.
+                    pass(wq, kp, xq, dst, n);
+                } else {
+                    // The last, padded group: through a buffer, its real outputs copied.
+                    pass(wq, kp, xq, sums.as_mut_ptr() as *mut f32, TILE_OUT);
+                    for (r, row) in sums.iter().enumerate().take(g) {
+                        std::ptr::copy_nonoverlapping(row.as_ptr(), dst.add(r * n), cols);
+                    }
                 }
                 r0 += g;
             }
@@ -202,14 +206,10 @@ mod amx {
         }
     }
 
-    /// One group's 64 outputs for the configured rows of `x` (`kp` columns apart) into `sums`.
+    /// One group's 64 outputs for the configured rows of `x` (`kp` columns apart) into the rows
+    /// of `dst` (`stride` floats apart).
     #[inline(always)]
-    unsafe fn pass(
-        wq: *const u16,
-        kp: usize,
-        x: *const u16,
-        sums: &mut [[f32; TILE_OUT]; TILE_ROWS],
-    ) {
+    unsafe fn pass(wq: *const u16, kp: usize, x: *const u16, dst: *mut f32, stride: usize) {
         asm!(
             "tilezero tmm0",
             "tilezero tmm1",
@@ -242,7 +242,7 @@ mod amx {
             );
             c += PAIR_CHUNK;
         }
-        let s = sums.as_mut_ptr() as *mut f32;
+        let s = dst;
         asm!(
             "tilestored [{s0} + {ss}*1], tmm0",
             "tilestored [{s1} + {ss}*1], tmm1",
@@ -252,7 +252,7 @@ mod amx {
             s1 = in(reg) s.add(TILE_COLS),
             s2 = in(reg) s.add(2 * TILE_COLS),
             s3 = in(reg) s.add(3 * TILE_COLS),
-            ss = in(reg) TILE_OUT * 4,
+            ss = in(reg) stride * 4,
             options(nostack)
         );
     }

@@ -9,11 +9,11 @@ mod scores;
 
 pub use cached::CachedVerifier;
 pub use recompute::RecomputeVerifier;
-pub(crate) use scores::{host_argmax, ranked_candidates};
 pub use scores::{
     head_outputs, heads_at, rank_rows, top2_margins, BlockScores, HeadOutputs, LogitRows,
     ScoreRequest, Step,
 };
+pub(crate) use scores::{host_argmax, ranked_candidates};
 
 use crate::error::Result;
 use crate::model::CausalLm;
