@@ -317,7 +317,7 @@ fn pack<T: Copy + Default>(
 /// and with 4 KB pages the hardware prefetcher stops at every page boundary. Measured on a
 /// 2-core AMD EPYC: a one-row product of SmolLM2's LM head at 28 GB/s with 2 MB pages against
 /// 22 GB/s without.
-fn huge_pages<T: Copy>(items: impl Iterator<Item = T>, len: usize) -> Vec<T> {
+pub(super) fn huge_pages<T: Copy>(items: impl Iterator<Item = T>, len: usize) -> Vec<T> {
     const HUGE: usize = 1 << 21;
     let size = std::mem::size_of::<T>();
     let mut v: Vec<T> = Vec::with_capacity(len + HUGE / size);

@@ -75,7 +75,8 @@ pub(super) fn at(r: usize, c: usize, kp: usize) -> usize {
 }
 
 /// The packed layout of a `[rows, cols]` matrix whose element `(j, c)` is `value(j, c)`
-/// (bfloat16 bits), zeros in the padding, `kp` columns.
+/// (bfloat16 bits), zeros in the padding, `kp` columns: written in memory order, one 16-output
+/// tile after another.
 pub(super) fn pack(
     rows: usize,
     cols: usize,
@@ -83,13 +84,19 @@ pub(super) fn pack(
     value: impl Fn(usize, usize) -> u16,
 ) -> Vec<u16> {
     let padded_rows = rows.div_ceil(TILE_OUT) * TILE_OUT;
-    let mut w = vec![0u16; padded_rows * kp];
-    for r in 0..rows {
-        for c in 0..cols {
-            w[at(r, c, kp)] = value(r, c);
-        }
-    }
-    w
+    let items = (0..padded_rows / TILE_COLS).flat_map(move |tile| {
+        (0..kp / PAIR_CHUNK).flat_map(move |chunk| {
+            (0..PAIR_CHUNK * TILE_COLS).map(move |e| {
+                // Element `e` of a chunk: pair `e / 32`, output `e / 2 % 16`, half `e % 2`.
+                let r = tile * TILE_COLS + e / 2 % TILE_COLS;
+                (r, chunk * PAIR_CHUNK + 2 * (e / (2 * TILE_COLS)) + e % 2)
+            })
+        })
+    });
+    super::matrix::huge_pages(
+        items.map(|(r, c)| if r < rows && c < cols { value(r, c) } else { 0 }),
+        padded_rows * kp,
+    )
 }
 
 /// Outputs of groups `lo..hi` (of [`TILE_OUT`] outputs) for the `m` rows of `x` (`[m, kp]`,
