@@ -22,13 +22,23 @@ impl SendPtr {
 }
 
 /// `scores[r, s] = q[r] · keys[s]` for the `m` query rows `q` (`[m, k]`) and `n` keys
-/// (`[n, k]`): attention's scores, each in the same order of additions (one query gets the same
-/// score whatever the others).
-pub(crate) fn scores(q: &[f32], m: usize, keys: &[f32], n: usize, k: usize, out: &mut [f32]) {
-    assert!(q.len() >= m * k && keys.len() >= n * k && out.len() >= m * n && m <= 4);
+/// (`[n, k]`; with `slots`, key `s` is row `slots[s]` of `keys`): attention's scores, each in the
+/// same order of additions (one query gets the same score whatever the others, and a key the
+/// same wherever it lies).
+pub(crate) fn scores(
+    q: &[f32],
+    m: usize,
+    keys: &[f32],
+    (n, slots): (usize, Option<&[usize]>),
+    k: usize,
+    out: &mut [f32],
+) {
+    assert!(q.len() >= m * k && out.len() >= m * n && m <= 4);
+    assert!(slots.is_none_or(|l| l.len() == n), "one slot per key");
     let mut acc = [0f32; 4];
     for s in 0..n {
-        let key = &keys[s * k..(s + 1) * k];
+        let at = slots.map_or(s, |l| l[s]);
+        let key = &keys[at * k..(at + 1) * k];
         dots(q, m, k, key, &mut acc);
         for (r, &v) in acc.iter().enumerate().take(m) {
             out[r * n + s] = v;
@@ -48,23 +58,31 @@ fn dots(x: &[f32], g: usize, k: usize, w: &[f32], out: &mut [f32; 4]) {
 }
 
 /// `out[r] = Σₛ p[r, s] · values[s]` for `m` rows of weights `p` (`[m, n]`, zeros skipped)
-/// over `n` values (`[n, k]`): attention's weighted sums, the values in slot order.
+/// over `n` values (`[n, k]`; with `slots`, value `s` is row `slots[s]` of `values`):
+/// attention's weighted sums, the values in order.
 pub(crate) fn weighted_sums(
     p: &[f32],
     m: usize,
     values: &[f32],
-    n: usize,
+    (n, slots): (usize, Option<&[usize]>),
     k: usize,
     out: &mut [f32],
 ) {
-    assert!(p.len() >= m * n && values.len() >= n * k && out.len() >= m * k);
+    assert!(p.len() >= m * n && out.len() >= m * k);
+    match slots {
+        None => assert!(values.len() >= n * k, "values of the wrong length"),
+        Some(l) => assert!(
+            l.len() == n && l.iter().all(|&at| (at + 1) * k <= values.len()),
+            "one slot per weight, inside `values`"
+        ),
+    }
     #[cfg(target_arch = "x86_64")]
     if simd::available() {
-        // SAFETY: AVX2 and FMA were detected; lengths are checked above.
-        unsafe { simd::weighted_sums(p, m, values, n, k, out) };
+        // SAFETY: AVX2 and FMA were detected; lengths and slots are checked above.
+        unsafe { simd::weighted_sums(p, m, values, (n, slots), k, out) };
         return;
     }
-    portable::weighted_sums(p, m, values, n, k, out);
+    portable::weighted_sums(p, m, values, (n, slots), k, out);
 }
 
 /// `out[i] = gate[i] · σ(gate[i]) · up[i]` (SiLU-gated MLP), the exponential vectorised.
@@ -105,13 +123,14 @@ mod portable {
         p: &[f32],
         m: usize,
         values: &[f32],
-        n: usize,
+        (n, slots): (usize, Option<&[usize]>),
         k: usize,
         out: &mut [f32],
     ) {
         out[..m * k].fill(0.0);
         for s in 0..n {
-            let v = &values[s * k..(s + 1) * k];
+            let at = slots.map_or(s, |l| l[s]);
+            let v = &values[at * k..(at + 1) * k];
             for r in 0..m {
                 let w = p[r * n + s];
                 if w != 0.0 {
@@ -351,7 +370,7 @@ pub(super) mod simd {
         p: &[f32],
         m: usize,
         values: &[f32],
-        n: usize,
+        (n, slots): (usize, Option<&[usize]>),
         k: usize,
         out: &mut [f32],
     ) {
@@ -368,7 +387,7 @@ pub(super) mod simd {
                             continue;
                         }
                         let wv = _mm256_set1_ps(w);
-                        let v = values.as_ptr().add(s * k + c0);
+                        let v = values.as_ptr().add(slots.map_or(s, |l| l[s]) * k + c0);
                         for (j, a) in acc.iter_mut().enumerate() {
                             *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.add(8 * j)), *a);
                         }
@@ -383,7 +402,7 @@ pub(super) mod simd {
         }
         out[..m * k].fill(0.0);
         for s in 0..n {
-            let v = values.as_ptr().add(s * k);
+            let v = values.as_ptr().add(slots.map_or(s, |l| l[s]) * k);
             for r in 0..m {
                 let w = p[r * n + s];
                 if w == 0.0 {
@@ -432,10 +451,10 @@ pub(super) mod tests {
             let q = data(m * k, 1);
             let keys = data(n * k, 2);
             let mut all = vec![0f32; m * n];
-            scores(&q, m, &keys, n, k, &mut all);
+            scores(&q, m, &keys, (n, None), k, &mut all);
             for r in 0..m {
                 let mut one = vec![0f32; n];
-                scores(&q[r * k..(r + 1) * k], 1, &keys, n, k, &mut one);
+                scores(&q[r * k..(r + 1) * k], 1, &keys, (n, None), k, &mut one);
                 assert_eq!(&all[r * n..(r + 1) * n], &one[..], "k={k} row {r}");
                 for s in 0..n {
                     let want: f64 = (0..k)
@@ -447,6 +466,37 @@ pub(super) mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Keys and values picked by a slot list give bit for bit what the same rows gathered
+    /// contiguously give: a tree row's attention over its slots equals a step's over its cache.
+    #[test]
+    fn slot_lists_equal_gathered_rows() {
+        for k in [8, 24, 64, 128] {
+            let (m, all) = (3, 13);
+            let slots = [0usize, 2, 3, 7, 12];
+            let n = slots.len();
+            let q = data(m * k, 5);
+            let keys = data(all * k, 6);
+            let values = data(all * k, 7);
+            let gather = |t: &[f32]| -> Vec<f32> {
+                slots.iter().flat_map(|&s| t[s * k..(s + 1) * k].to_vec()).collect()
+            };
+            let (gk, gv) = (gather(&keys), gather(&values));
+            let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+            scores(&q, m, &keys, (n, Some(&slots)), k, &mut a);
+            scores(&q, m, &gk, (n, None), k, &mut b);
+            assert_eq!(a, b, "scores k={k}");
+            let mut p = data(m * n, 8);
+            p[1] = 0.0;
+            let (mut a, mut b) = (vec![0f32; m * k], vec![0f32; m * k]);
+            weighted_sums(&p, m, &values, (n, Some(&slots)), k, &mut a);
+            weighted_sums(&p, m, &gv, (n, None), k, &mut b);
+            assert_eq!(a, b, "weighted sums k={k}");
+            let mut c = vec![0f32; m * k];
+            portable::weighted_sums(&p, m, &values, (n, Some(&slots)), k, &mut c);
+            assert_eq!(a, c, "portable weighted sums k={k}");
         }
     }
 
@@ -499,8 +549,8 @@ pub(super) mod tests {
             let values = data(n * k, 4);
             let mut a = vec![0f32; m * k];
             let mut b = vec![0f32; m * k];
-            unsafe { simd::weighted_sums(&p, m, &values, n, k, &mut a) };
-            portable::weighted_sums(&p, m, &values, n, k, &mut b);
+            unsafe { simd::weighted_sums(&p, m, &values, (n, None), k, &mut a) };
+            portable::weighted_sums(&p, m, &values, (n, None), k, &mut b);
             assert_eq!(a, b, "k={k}");
         }
     }

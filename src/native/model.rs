@@ -459,10 +459,10 @@ pub(crate) fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 /// The `rep` query heads `q` (`[rep, dh]`) that share one key/value head, over the first `n`
 /// slots (`keys`, `values`: `[slots, dh]` from slot 0) that `allowed` picks: softmax of the
 /// scaled scores, then the weighted sums of values into `out` (`[rep, dh]`). Only the allowed
-/// slots are scored and summed, in slot order (gathered to the front of `scratch` unless they
-/// are the first ones, as a causal row's are), and each head's numbers are independent of the
-/// others', so a query gets the same attention whichever block or tree it came in, and a tree
-/// row pays nothing for the slots it may not see (a batch's dead slots, its siblings).
+/// slots are scored and summed, in slot order (by a list of them unless they are the first
+/// ones, as a causal row's are), and each head's numbers are independent of the others', so a
+/// query gets the same attention whichever block or tree it came in, and a tree row pays
+/// nothing for the slots it may not see (a batch's dead slots, its siblings).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend(
     q: &[f32],
@@ -476,10 +476,18 @@ pub(crate) fn attend(
     allowed: impl Fn(usize) -> bool,
     out: &mut [f32],
 ) {
+    // The allowed slots: a count when they are the first ones, else their list.
     let (mut c, mut prefix) = (0, true);
+    let mut list = Vec::new();
     for s in 0..n {
         if allowed(s) {
-            prefix &= s == c;
+            if prefix && s != c {
+                prefix = false;
+                list.extend(0..c);
+            }
+            if !prefix {
+                list.push(s);
+            }
             c += 1;
         }
     }
@@ -487,23 +495,11 @@ pub(crate) fn attend(
         out[..rep * dh].fill(0.0);
         return;
     }
-    let need = rep * c + if prefix { 0 } else { 2 * c * dh };
-    if scratch.len() < need {
-        scratch.resize(need, 0.0);
+    let slots = (c, (!prefix).then_some(&list[..]));
+    if scratch.len() < rep * c {
+        scratch.resize(rep * c, 0.0);
     }
-    let (scores_buf, rest) = scratch.split_at_mut(rep * c);
-    let (keys, values) = if prefix {
-        (keys, values)
-    } else {
-        let (gk, gv) = rest.split_at_mut(c * dh);
-        let mut j = 0;
-        for s in (0..n).filter(|&s| allowed(s)) {
-            gk[j * dh..(j + 1) * dh].copy_from_slice(&keys[s * dh..(s + 1) * dh]);
-            gv[j * dh..(j + 1) * dh].copy_from_slice(&values[s * dh..(s + 1) * dh]);
-            j += 1;
-        }
-        (&gk[..], &gv[..c * dh])
-    };
+    let scores_buf = &mut scratch[..rep * c];
     let mut r0 = 0;
     while r0 < rep {
         let g = (rep - r0).min(4);
@@ -511,7 +507,7 @@ pub(crate) fn attend(
             &q[r0 * dh..(r0 + g) * dh],
             g,
             keys,
-            c,
+            slots,
             dh,
             &mut scores_buf[r0 * c..(r0 + g) * c],
         );
@@ -520,7 +516,7 @@ pub(crate) fn attend(
     for row in scores_buf.chunks_exact_mut(c) {
         softmax_allowed(row, scale, |_| true);
     }
-    weighted_sums(scores_buf, rep, values, c, dh, out);
+    weighted_sums(scores_buf, rep, values, slots, dh, out);
 }
 
 /// `row`'s scores scaled, softmax over the slots `allowed` picks, zero elsewhere. The allowed
