@@ -481,7 +481,10 @@ pub(super) mod tests {
             let keys = data(all * k, 6);
             let values = data(all * k, 7);
             let gather = |t: &[f32]| -> Vec<f32> {
-                slots.iter().flat_map(|&s| t[s * k..(s + 1) * k].to_vec()).collect()
+                slots
+                    .iter()
+                    .flat_map(|&s| t[s * k..(s + 1) * k].to_vec())
+                    .collect()
             };
             let (gk, gv) = (gather(&keys), gather(&values));
             let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);

@@ -105,6 +105,7 @@ pub(super) fn pack(
 /// # Safety
 /// [`available`] must be true; `w` holds the packed `[n, kp]` matrix, `x` `m * kp` elements,
 /// `out` `m * n` writable ones, and no other thread writes the outputs of groups `lo..hi`.
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn product(
     w: &[u16],
     n: usize,
