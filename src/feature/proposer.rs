@@ -1075,8 +1075,8 @@ mod tests {
                     Tensor::randn([1, 1, 32], (Kind::Float, Device::Cpu)),
                 );
                 // A chain: the committed prefix, then two drafted positions.
-                p.run(&prefix, 0).unwrap();
-                p.run(&x0, 5).unwrap();
+                let _ = p.run(&prefix, 0).unwrap();
+                let _ = p.run(&x0, 5).unwrap();
                 let chain = p.run(&x1, 6).unwrap();
                 // A tree over the same prefix: two siblings at depth 1 (slots 5 and 6, both at
                 // position 5), then the first one's child at depth 2 (slot 7, position 6),
@@ -1087,7 +1087,8 @@ mod tests {
                     mask[q * 7..q * 7 + 5].iter_mut().for_each(|m| *m = true);
                     mask[q * 7 + 5 + q] = true;
                 }
-                p.run_layers(&Tensor::cat(&[&x0, &other], 1), 5, Some(&mask), &[5, 5])
+                let _ = p
+                    .run_layers(&Tensor::cat(&[&x0, &other], 1), 5, Some(&mask), &[5, 5])
                     .unwrap();
                 let mut mask = vec![true; 8];
                 mask[6] = false;
