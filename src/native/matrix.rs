@@ -108,6 +108,9 @@ impl Matrix {
     /// ([`tiles`]; only where [`tiles::available`]: there is no portable form).
     pub(crate) fn bf16_tiles_from_f32(rows: usize, cols: usize, data: &[f32]) -> Self {
         assert_eq!(data.len(), rows * cols, "matrix data of the wrong length");
+        // Callers check first (`Bf16Inputs::packing`): without tiles the product would be an
+        // illegal instruction.
+        assert!(tiles::available(), "AMX tiles are not available here");
         let padded = cols.div_ceil(PAIR_CHUNK) * PAIR_CHUNK;
         let w = tiles::pack(rows, cols, padded, |j, c| {
             bf16::from_f32(data[j * cols + c]).to_bits()
