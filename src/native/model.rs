@@ -476,26 +476,12 @@ pub(crate) fn attend(
     allowed: impl Fn(usize) -> bool,
     out: &mut [f32],
 ) {
-    // The allowed slots: a count when they are the first ones, else their list.
-    let (mut c, mut prefix) = (0, true);
-    let mut list = Vec::new();
-    for s in 0..n {
-        if allowed(s) {
-            if prefix && s != c {
-                prefix = false;
-                list.extend(0..c);
-            }
-            if !prefix {
-                list.push(s);
-            }
-            c += 1;
-        }
-    }
+    let (c, list) = allowed_slots(n, allowed);
     if c == 0 {
         out[..rep * dh].fill(0.0);
         return;
     }
-    let slots = (c, (!prefix).then_some(&list[..]));
+    let slots = (c, list.as_deref());
     if scratch.len() < rep * c {
         scratch.resize(rep * c, 0.0);
     }
@@ -519,6 +505,21 @@ pub(crate) fn attend(
     weighted_sums(scores_buf, rep, values, slots, dh, out);
 }
 
+/// The slots `0..n` that `allowed` picks, in order: how many, and their list unless they are
+/// the first ones (a causal row's), which need no gathering.
+fn allowed_slots(n: usize, allowed: impl Fn(usize) -> bool) -> (usize, Option<Vec<usize>>) {
+    let (mut c, mut list) = (0, None::<Vec<usize>>);
+    for s in (0..n).filter(|&s| allowed(s)) {
+        match &mut list {
+            Some(l) => l.push(s),
+            None if s != c => list = Some((0..c).chain([s]).collect()),
+            None => {}
+        }
+        c += 1;
+    }
+    (c, list)
+}
+
 /// `row`'s scores scaled, softmax over the slots `allowed` picks, zero elsewhere. The allowed
 /// scores are gathered to the front in slot order first, so that each gets the exponential and
 /// the place in the sum that a row holding only them (a one-token step's) gives it: the vector
@@ -526,34 +527,22 @@ pub(crate) fn attend(
 /// slots it may not see.
 fn softmax_allowed(row: &mut [f32], scale: f32, allowed: impl Fn(usize) -> bool) {
     let n = row.len();
+    let (c, slots) = allowed_slots(n, allowed);
     let mut max = f32::NEG_INFINITY;
-    let mut c = 0;
-    // Whether the allowed slots are exactly the first `c` (a causal row): nothing to move back.
-    let mut prefix = true;
-    let mut slots = Vec::new();
-    for s in 0..n {
-        if allowed(s) {
-            let v = row[s] * scale;
-            max = max.max(v);
-            row[c] = v;
-            if prefix && c != s {
-                prefix = false;
-                slots.extend(0..c);
-            }
-            if !prefix {
-                slots.push(s);
-            }
-            c += 1;
-        }
+    for j in 0..c {
+        // Each allowed slot is at or after its gathered place: nothing is overwritten unread.
+        let v = row[slots.as_ref().map_or(j, |l| l[j])] * scale;
+        max = max.max(v);
+        row[j] = v;
     }
     let sum = exp_shifted(&mut row[..c], max);
     for v in &mut row[..c] {
         *v /= sum;
     }
-    if prefix {
+    let Some(slots) = slots else {
         row[c..].fill(0.0);
         return;
-    }
+    };
     // Back to their slots, last first (each slot is at or after its gathered place).
     for j in (0..c).rev() {
         let v = row[j];

@@ -116,16 +116,47 @@ pub(super) unsafe fn product(
     lo: usize,
     hi: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        debug_assert!(available() && x.len() >= m * kp && w.len() >= hi * TILE_OUT * kp);
-        // SAFETY: forwarded from the caller.
-        unsafe { amx::product(w, n, kp, x, m, out, lo, hi) }
-    }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (w, n, kp, x, m, out, lo, hi);
         unreachable!("AMX tiles are refused where the CPU has none");
+    }
+    // For each group the rows in passes of up to 16 (the group's weights, 64 outputs of `kp`
+    // columns, stay in the L2 cache between passes).
+    #[cfg(target_arch = "x86_64")]
+    {
+        debug_assert!(available() && x.len() >= m * kp && w.len() >= hi * TILE_OUT * kp);
+        let mut sums = [[0f32; TILE_OUT]; TILE_ROWS];
+        let mut loaded = 0;
+        for q in lo..hi {
+            let wq = w.as_ptr().add(q * TILE_OUT * kp);
+            let passes = m.div_ceil(TILE_ROWS);
+            let mut r0 = 0;
+            for p in 0..passes {
+                let g = m / passes + usize::from(p < m % passes);
+                if g != loaded {
+                    amx::configure(g);
+                    loaded = g;
+                }
+                let xq = x.as_ptr().add(r0 * kp);
+                let dst = out.add(r0 * n + q * TILE_OUT);
+                let cols = (n - q * TILE_OUT).min(TILE_OUT);
+                if cols == TILE_OUT {
+                    // A whole group: the tiles are stored straight into the outputs' rows.
+                    amx::pass(wq, kp, xq, dst, n);
+                } else {
+                    // The last, padded group: through a buffer, its real outputs copied.
+                    amx::pass(wq, kp, xq, sums.as_mut_ptr() as *mut f32, TILE_OUT);
+                    for (r, row) in sums.iter().enumerate().take(g) {
+                        std::ptr::copy_nonoverlapping(row.as_ptr(), dst.add(r * n), cols);
+                    }
+                }
+                r0 += g;
+            }
+        }
+        if loaded != 0 {
+            amx::release();
+        }
     }
 }
 
@@ -133,7 +164,7 @@ pub(super) unsafe fn product(
 mod amx {
     use std::arch::asm;
 
-    use super::{PAIR_CHUNK, TILE_COLS, TILE_OUT, TILE_ROWS};
+    use super::{PAIR_CHUNK, TILE_COLS, TILE_ROWS};
 
     /// The tile configuration `ldtilecfg` reads (palette 1).
     #[repr(C, align(64))]
@@ -166,58 +197,28 @@ mod amx {
         c
     }
 
-    /// See [`super::product`]: for each group, the rows in passes of up to 16 (the group's
-    /// weights, 64 outputs of `kp` columns, stay in the L2 cache between passes).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn product(
-        w: &[u16],
-        n: usize,
-        kp: usize,
-        x: &[u16],
-        m: usize,
-        out: *mut f32,
-        lo: usize,
-        hi: usize,
-    ) {
-        let mut sums = [[0f32; TILE_OUT]; TILE_ROWS];
-        let mut loaded = 0;
-        for q in lo..hi {
-            let wq = w.as_ptr().add(q * TILE_OUT * kp);
-            let passes = m.div_ceil(TILE_ROWS);
-            let mut r0 = 0;
-            for p in 0..passes {
-                let g = m / passes + usize::from(p < m % passes);
-                if g != loaded {
-                    let cfg = config(g);
-                    // SAFETY: `cfg` is a valid palette-1 configuration; tiles were granted.
-                    asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack));
-                    loaded = g;
-                }
-                let xq = x.as_ptr().add(r0 * kp);
-                let dst = out.add(r0 * n + q * TILE_OUT);
-                let cols = (n - q * TILE_OUT).min(TILE_OUT);
-                if cols == TILE_OUT {
-                    // A whole group: the tiles are stored straight into the outputs' rows.
-                    pass(wq, kp, xq, dst, n);
-                } else {
-                    // The last, padded group: through a buffer, its real outputs copied.
-                    pass(wq, kp, xq, sums.as_mut_ptr() as *mut f32, TILE_OUT);
-                    for (r, row) in sums.iter().enumerate().take(g) {
-                        std::ptr::copy_nonoverlapping(row.as_ptr(), dst.add(r * n), cols);
-                    }
-                }
-                r0 += g;
-            }
-        }
-        if loaded != 0 {
-            asm!("tilerelease", options(nostack));
-        }
+    /// Configures the tiles for passes of `g` rows (this thread's tile state).
+    pub(super) unsafe fn configure(g: usize) {
+        let cfg = config(g);
+        // SAFETY: `cfg` is a valid palette-1 configuration; tiles were granted (`available`).
+        asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack));
+    }
+
+    /// Returns this thread's tiles to their initial state.
+    pub(super) unsafe fn release() {
+        asm!("tilerelease", options(nostack));
     }
 
     /// One group's 64 outputs for the configured rows of `x` (`kp` columns apart) into the rows
     /// of `dst` (`stride` floats apart).
     #[inline(always)]
-    unsafe fn pass(wq: *const u16, kp: usize, x: *const u16, dst: *mut f32, stride: usize) {
+    pub(super) unsafe fn pass(
+        wq: *const u16,
+        kp: usize,
+        x: *const u16,
+        dst: *mut f32,
+        stride: usize,
+    ) {
         asm!(
             "tilezero tmm0",
             "tilezero tmm1",
