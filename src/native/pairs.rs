@@ -64,7 +64,7 @@ fn round(v: f32) -> u16 {
 }
 
 /// `out[j][r] = x[r] · w[j]` for the four packed weight rows `w` (`[kp / 32][4][32]`) and `g`
-/// rows of `x` (`[g, kp]`, bfloat16), `1 <= g <= ROWS`; `fetch` asks for the next group's
+/// rows of `x` (`[g, kp]`, bfloat16), `1 <= g <= ROWS`; `fetch` asks for later groups'
 /// weights ahead (the first pass over a tile).
 pub(super) fn dots(
     x: &[u16],
@@ -135,7 +135,7 @@ mod simd {
 
     use super::{PAIR_BLOCK, PAIR_CHUNK};
     use crate::native::kernels::simd::hsum16;
-    use crate::native::matrix::{GROUP, ROWS};
+    use crate::native::matrix::{FETCH_AHEAD, GROUP, ROWS};
 
     /// Dispatches on the row count (see [`group`]).
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma,avx512bf16")]
@@ -184,16 +184,16 @@ mod simd {
         let mut a1 = [_mm512_setzero_ps(); G];
         let mut a2 = [_mm512_setzero_ps(); G];
         let mut a3 = [_mm512_setzero_ps(); G];
-        // The next group's weights, fetched into the cache while this one computes (past the
-        // last group the lines are not the weights': a prefetch never faults).
-        let next = w.wrapping_add(GROUP * kp);
+        // Weights FETCH_AHEAD groups on, asked into the L2 cache while this group computes
+        // (past the last group the lines are not the weights': a prefetch never faults).
+        let next = w.wrapping_add(FETCH_AHEAD * GROUP * kp);
         let lines = PAIR_BLOCK * 2 / 64;
         let mut c = 0;
         while c < kp {
             if FETCH {
                 let pf = next.wrapping_add(c * GROUP) as *const i8;
                 for l in 0..lines {
-                    _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(l * 64));
+                    _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(l * 64));
                 }
             }
             let wc = w.add(c * GROUP);
