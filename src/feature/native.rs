@@ -8,7 +8,7 @@
 //! costs as much as the products. The guesses may differ from libtorch's by float rounding;
 //! exact acceptance keeps the output whatever they are.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use tch::{Kind, Tensor};
 
@@ -41,18 +41,17 @@ struct Affine {
 }
 
 /// The threads every native draft of the process computes on: up to four (a draft step reads a
-/// few megabytes; more threads only wait on each other), one draft step at a time. Shared so
-/// that the drafts of a batch's rows do not each keep spinning workers of their own.
-fn shared_pool() -> Result<MutexGuard<'static, Pool>> {
-    static POOL: OnceLock<std::result::Result<Mutex<Pool>, String>> = OnceLock::new();
+/// few megabytes; more threads only wait on each other). The process's pool of that many
+/// ([`Pool::shared`]): the drafts of a batch's rows, and a native base model of as many threads,
+/// do not each keep spinning workers of their own.
+fn shared_pool() -> Result<&'static Pool> {
+    static POOL: OnceLock<std::result::Result<Arc<Pool>, String>> = OnceLock::new();
     let pool = POOL.get_or_init(|| {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        Pool::new(threads)
-            .map(Mutex::new)
-            .map_err(|e| e.to_string())
+        Pool::shared(threads).map_err(|e| e.to_string())
     });
     match pool {
-        Ok(p) => Ok(p.lock().unwrap_or_else(|e| e.into_inner())),
+        Ok(p) => Ok(p),
         Err(e) => Err(Error::config(
             "threads",
             format!("could not start the native draft's: {e}"),
@@ -206,7 +205,7 @@ impl NativeDraft {
         let weight = projection.weight();
         let rows = weight.size()[0] as usize;
         // Start the threads now: an error here rather than mid-decoding.
-        drop(shared_pool()?);
+        shared_pool()?;
         let cache = vec![
             LayerCache {
                 k: vec![Vec::new(); heads],

@@ -99,7 +99,8 @@ pub(super) struct Weights {
     /// RoPE's cos and sin, `[max_context, Dh / 2]` each.
     cos: Vec<f32>,
     sin: Vec<f32>,
-    pool: Pool,
+    /// The process's pool of `threads` threads (shared with native drafts of that count).
+    pool: std::sync::Arc<Pool>,
 }
 
 /// Keys and values of `rows` sequences of `slots` slots each, `[L, rows, KVH, slots, Dh]`.
@@ -353,7 +354,7 @@ impl NativeLm {
                 sin.push(a.sin() * scaling);
             }
         }
-        let pool = Pool::new(threads)
+        let pool = Pool::shared(threads)
             .map_err(|e| Error::config("threads", format!("could not start them: {e}")))?;
         let w = Weights {
             dims: d,
