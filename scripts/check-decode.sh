@@ -173,6 +173,8 @@ if [ -f models/smollm2/metadata.json ]; then
   smollm2_identical "eagle, --draft-confidence 0.2, k 8" --chat --proposer eagle --k 8 --draft-confidence 0.2
   smollm2_identical "eagle~0.1, --tree dynamic:12" --chat --proposer eagle~0.1 --k 6 --tree dynamic:12
   smollm2_identical "chain of ngram and eagle, --adaptive" --chat --proposer chain:ngram,eagle --k 6 --adaptive
+  smollm2_identical "lookup first, then eagle, k 3, native f32 (the setting docs recommend for chat)" --chat \
+    --proposer chain:ngram:3:3,eagle --k 3 --backend native
 fi
 # Bad input must be a clear error (exit 2), not a crash.
 for args in "--batch 0" "--batch 2 --temperature 0.7" "--batch 2 --adaptive" "--tree 2,0" \
