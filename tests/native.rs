@@ -328,6 +328,60 @@ fn blockwise_trees_and_batches_equal_native_greedy() {
     }
 }
 
+/// Two native models decoding on two threads at once share the process's thread pool (their
+/// products take turns on it) and still give each its own greedy output: what a server that
+/// decodes requests side by side does.
+#[test]
+fn two_models_decoding_at_once_equal_greedy() {
+    let _g = tch::no_grad_guard();
+    let prompts: [Vec<i64>; 2] = [vec![1, 504, 3575, 282, 4649, 314], vec![1, 2683, 253, 1125]];
+    let cfg = DecodeConfig::new(24);
+    let mut models = [native(DType::F32, 128), native(DType::F32, 128)];
+    let greedy: Vec<Vec<i64>> = prompts
+        .iter()
+        .map(|p| {
+            GreedyDecoder::new(&mut models[0])
+                .decode(p, &cfg)
+                .unwrap()
+                .tokens
+        })
+        .collect();
+    let outs: Vec<Vec<Vec<i64>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = models
+            .iter_mut()
+            .map(|m| {
+                let (prompts, cfg) = (&prompts, &cfg);
+                s.spawn(move || {
+                    let mut outs = Vec::new();
+                    for round in 0..3 {
+                        for p in prompts {
+                            let out = if round % 2 == 0 {
+                                GreedyDecoder::new(&mut *m).decode(p, cfg).unwrap()
+                            } else {
+                                Blockwise::builder(&mut *m)
+                                    .block_size(4)
+                                    .proposer(NGram::new(1, 3).unwrap())
+                                    .build()
+                                    .unwrap()
+                                    .decode(p, cfg)
+                                    .unwrap()
+                            };
+                            outs.push(out.tokens);
+                        }
+                    }
+                    outs
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (t, outs) in outs.iter().enumerate() {
+        for (i, out) in outs.iter().enumerate() {
+            assert_eq!(out, &greedy[i % 2], "thread {t}, decode {i}");
+        }
+    }
+}
+
 #[test]
 fn conformance_suite_passes_on_the_native_model() {
     let mut m = native(DType::F32, 64);

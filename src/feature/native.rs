@@ -270,7 +270,7 @@ impl NativeDraft {
             row[..d].copy_from_slice(&hidden[i * d..(i + 1) * d]);
             row[d..].copy_from_slice(&embedded[i * d..(i + 1) * d]);
         }
-        Ok(self.w.fuse.apply(&x, t, &*shared_pool()?))
+        Ok(self.w.fuse.apply(&x, t, shared_pool()?))
     }
 
     /// The layers over `t` fused inputs `x` (`[t, D]`) written at cache positions
@@ -316,7 +316,7 @@ impl NativeDraft {
         let mut x = x.to_vec();
         let mut scratch = vec![0f32; end];
         for (layer, cache) in w.layers.iter().zip(&mut self.cache) {
-            let mut qkv = layer.qkv.apply(&layer.ln1.apply(&x), t, &pool);
+            let mut qkv = layer.qkv.apply(&layer.ln1.apply(&x), t, pool);
             if !w.rope_inv_freq.is_empty() {
                 let half = dh / 2;
                 let (mut cos, mut sin) = (vec![0f32; half], vec![0f32; half]);
@@ -367,14 +367,14 @@ impl NativeDraft {
                     );
                 }
             }
-            for (xv, pv) in x.iter_mut().zip(layer.proj.apply(&y, t, &pool)) {
+            for (xv, pv) in x.iter_mut().zip(layer.proj.apply(&y, t, pool)) {
                 *xv += pv;
             }
-            let mut hidden = layer.fc1.apply(&layer.ln2.apply(&x), t, &pool);
+            let mut hidden = layer.fc1.apply(&layer.ln2.apply(&x), t, pool);
             for v in &mut hidden {
                 *v = 0.5 * *v * (1.0 + libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2));
             }
-            for (xv, mv) in x.iter_mut().zip(layer.fc2.apply(&hidden, t, &pool)) {
+            for (xv, mv) in x.iter_mut().zip(layer.fc2.apply(&hidden, t, pool)) {
                 *xv += mv;
             }
         }
@@ -385,7 +385,7 @@ impl NativeDraft {
     /// Logits over the projection's columns for `t` states (`[t, D]`): `[t, columns]`.
     pub(crate) fn logits(&self, states: &[f32], t: usize) -> Result<Vec<f32>> {
         let mut out = vec![0f32; t * self.w.head.rows];
-        self.w.head.product(states, t, &mut out, &*shared_pool()?);
+        self.w.head.product(states, t, &mut out, shared_pool()?);
         Ok(out)
     }
 
