@@ -136,6 +136,29 @@ proptest! {
         assert_rows_equal(&reference, &outs, &decode, k)?;
     }
 
+    /// A dynamic-tree decoder whose proposer builds no tree verifies its chain of up to `k`
+    /// tokens, more than the tree's nodes: the batch's cache has room for it (near the end of
+    /// the context too, with the fewest slots), and every row equals greedy decoding of it alone.
+    #[test]
+    fn chains_in_a_dynamic_tree_decoder_equal_rows_alone(
+        (case, prompts) in batch_case(),
+        nodes in 1usize..4,
+    ) {
+        let mut model = case.model().expect("model");
+        let reference = greedy_alone(&mut model, &prompts, &case.decode);
+        let k = case.block_size;
+        let outs = BatchBlockwise::builder(&mut model)
+            .block_size(k)
+            .dynamic_tree(nodes)
+            .proposer_factory(false, || Ok(Box::new(NGram::new(1, 3)?) as Box<dyn Proposer>))
+            .slots(1)
+            .build()
+            .expect("build")
+            .decode_batch(&prompts, &case.decode)
+            .expect("batch");
+        assert_rows_equal(&reference, &outs, &case.decode, k.max(nodes + 1))?;
+    }
+
     /// Lookahead decoding in its one-call form: the Jacobi window and the pool's candidates in
     /// one dynamic tree per row, every row equal to greedy decoding of it alone.
     #[test]

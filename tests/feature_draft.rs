@@ -173,7 +173,8 @@ proptest! {
 
     /// Batched rows drafting chains or dynamic trees (EAGLE-2) with the feature draft: every row
     /// equals greedy decoding of its prompt alone, with and without cache compaction and
-    /// chunked prefill.
+    /// chunked prefill; with `lookup_first`, n-gram lookup and the draft in a `Chain` (its
+    /// continuation merged into the draft's tree).
     #[test]
     fn batched_chains_and_dynamic_trees_equal_greedy(
         case in model_case(),
@@ -182,6 +183,7 @@ proptest! {
         width in 1usize..5,
         tight_slots in any::<bool>(),
         chunk in prop_oneof![Just(None), Just(Some(1usize)), Just(Some(3))],
+        lookup_first in any::<bool>(),
     ) {
         let mut model = case.model().unwrap();
         let mut prompts = vec![case.prompt.clone()];
@@ -197,13 +199,17 @@ proptest! {
         let mut seed = case.proposer_seed;
         let build = move |seed: u64| -> blockwise::Result<Box<dyn Proposer>> {
             let draft = new_draft(d, vocab, seed)?;
-            Ok(Box::new(
+            let draft: Box<dyn Proposer> = Box::new(
                 FeatureDraftProposer::with_embeddings(draft, &emb, ctx)?
                     .with_tree_width(width)
                     .with_f32_matmul(forms_for(seed).0)?
                     .with_weights(forms_for(seed).1)?
                     .with_min_confidence(floor_for(seed))?,
-            ))
+            );
+            Ok(match lookup_first {
+                true => Box::new(Chain::new(vec![Box::new(NGram::new(1, 3)?), draft])),
+                false => draft,
+            })
         };
         // Every other row shares one draft's weights through forks (where the form forks: the
         // native kernels), each fork with its own cache, decoding beside the others.

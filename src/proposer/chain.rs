@@ -1,16 +1,26 @@
 //! A fallback chain of proposers.
 
 use super::{Proposal, ProposalContext, Proposer};
+use crate::decoder::DraftTree;
 use crate::error::Result;
 use crate::sampling::Sampler;
 
 /// Asks each proposer in turn and uses the first non-empty proposal (for example n-gram lookup
 /// first, the model's heads when nothing matches). Every member sees `begin` and `observe`
 /// (and, when it reads them, the hidden states of every committed token).
+///
+/// In a dynamic tree ([`Proposer::propose_tree`]) the members' guesses are verified together
+/// instead, merged where they share a prefix: in member order, a member that builds trees fills
+/// the node budget left, and one that builds none (n-gram lookup, heads, a draft model) adds
+/// its chain, at most half the budget left. So `chain:ngram,eagle` verifies lookup's
+/// continuation beside the feature draft's tree. With nothing proposed there is no tree, and
+/// the decoder verifies [`Proposer::propose`]'s (empty) chain.
 pub struct Chain {
     members: Vec<Box<dyn Proposer>>,
     /// The member whose proposal was used last.
     last: usize,
+    /// The members whose guesses went into the last tree.
+    in_tree: Vec<usize>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -24,7 +34,11 @@ impl std::fmt::Debug for Chain {
 impl Chain {
     /// The members, first asked first.
     pub fn new(members: Vec<Box<dyn Proposer>>) -> Self {
-        Chain { members, last: 0 }
+        Chain {
+            members,
+            last: 0,
+            in_tree: Vec::new(),
+        }
     }
 }
 
@@ -78,26 +92,52 @@ impl Proposer for Chain {
         self.members.iter().any(|p| p.needs_hidden())
     }
 
-    /// The first member's tree that holds a node.
+    /// Every member's guesses in one tree (the type's docs): `nodes` at most.
     fn propose_tree(
         &mut self,
         ctx: &ProposalContext<'_>,
         nodes: usize,
-    ) -> Result<Option<crate::decoder::DraftTree>> {
+    ) -> Result<Option<DraftTree>> {
+        let mut tree = DraftTree::chain(&[]);
+        self.in_tree.clear();
+        let mut built = false;
         for (i, p) in self.members.iter_mut().enumerate() {
-            if let Some(tree) = p.propose_tree(ctx, nodes)? {
-                if !tree.is_empty() {
-                    self.last = i;
-                    return Ok(Some(tree));
+            let left = nodes - tree.len();
+            if left == 0 {
+                break;
+            }
+            let added = match p.propose_tree(ctx, left)? {
+                Some(t) => {
+                    built = true;
+                    merge(&mut tree, &t, left)
                 }
+                None => {
+                    let mut guess = p.propose(ctx)?;
+                    guess.truncate(ctx.max_tokens);
+                    merge(&mut tree, &DraftTree::chain(&guess), left.div_ceil(2))
+                }
+            };
+            if added > 0 {
+                if self.in_tree.is_empty() {
+                    self.last = i;
+                }
+                self.in_tree.push(i);
             }
         }
-        Ok(None)
+        // Nothing proposed: the decoder verifies the fallback chain instead.
+        Ok((built || !tree.is_empty()).then_some(tree))
     }
 
-    /// The member whose proposal was verified hears what the model said about it.
-    fn observe_tree(&mut self, tree: &crate::decoder::DraftTree, greedy: &[i64]) -> Result<()> {
-        self.members[self.last].observe_tree(tree, greedy)
+    /// Every member whose guesses were verified hears what the model said about the block.
+    fn observe_tree(&mut self, tree: &DraftTree, greedy: &[i64]) -> Result<()> {
+        let members = if self.in_tree.is_empty() {
+            vec![self.last]
+        } else {
+            self.in_tree.clone()
+        };
+        members
+            .into_iter()
+            .try_for_each(|i| self.members[i].observe_tree(tree, greedy))
     }
 
     /// A chain of the members' forks, when every member forks.
@@ -107,7 +147,7 @@ impl Proposer for Chain {
             .iter()
             .map(|m| m.fork())
             .collect::<Option<Vec<_>>>()?;
-        Some(Box::new(Chain { members, last: 0 }))
+        Some(Box::new(Chain::new(members)))
     }
 
     /// Every member that reads hidden states gets them, whichever member proposes.
@@ -116,5 +156,114 @@ impl Proposer for Chain {
             .iter_mut()
             .filter(|p| p.needs_hidden())
             .try_for_each(|p| p.observe_hidden(hidden))
+    }
+}
+
+/// Adds the nodes of `from` that `into` lacks (the same token under the same parent is one
+/// node), at most `limit` of them, parents before children; a node left out leaves out what
+/// hangs under it. Returns how many were added.
+fn merge(into: &mut DraftTree, from: &DraftTree, limit: usize) -> usize {
+    let mut added = 0;
+    // Where each node of `from` is in `into` (index + 1; 0 for the root), None when left out.
+    let mut at: Vec<Option<usize>> = vec![Some(0)];
+    for (&token, &parent) in from.tokens.iter().zip(&from.parents) {
+        let placed = at.get(parent).copied().flatten().and_then(|p| {
+            let same = (0..into.len()).find(|&j| into.parents[j] == p && into.tokens[j] == token);
+            same.map(|j| j + 1).or_else(|| {
+                (added < limit).then(|| {
+                    into.tokens.push(token);
+                    into.parents.push(p);
+                    added += 1;
+                    into.len()
+                })
+            })
+        });
+        at.push(placed);
+    }
+    added
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proposer::{from_fn, NGram};
+
+    /// A member that builds trees: under the next token, `a` then `b` beside `c`.
+    struct Fixed(DraftTree);
+
+    impl Proposer for Fixed {
+        fn propose(&mut self, _ctx: &ProposalContext<'_>) -> Result<Vec<i64>> {
+            Ok(self.0.tokens[..1].to_vec())
+        }
+
+        fn propose_tree(
+            &mut self,
+            _ctx: &ProposalContext<'_>,
+            nodes: usize,
+        ) -> Result<Option<DraftTree>> {
+            let n = nodes.min(self.0.len());
+            Ok(Some(DraftTree {
+                tokens: self.0.tokens[..n].to_vec(),
+                parents: self.0.parents[..n].to_vec(),
+            }))
+        }
+    }
+
+    fn tree(tokens: &[i64], parents: &[usize]) -> DraftTree {
+        DraftTree {
+            tokens: tokens.to_vec(),
+            parents: parents.to_vec(),
+        }
+    }
+
+    #[test]
+    fn merging_shares_prefixes_and_keeps_to_the_limit() {
+        let mut t = tree(&[5, 6, 7], &[0, 1, 1]);
+        // 5 -> 6 is there; 5 -> 8 and 8 -> 9 are new.
+        assert_eq!(merge(&mut t, &DraftTree::chain(&[5, 8, 9]), 4), 2);
+        assert_eq!(t, tree(&[5, 6, 7, 8, 9], &[0, 1, 1, 1, 4]));
+        // At most one new node: 4 is added, what hangs under it is not.
+        let mut t = tree(&[5], &[0]);
+        assert_eq!(merge(&mut t, &DraftTree::chain(&[4, 3, 2]), 1), 1);
+        assert_eq!(t, tree(&[5, 4], &[0, 0]));
+        // Nothing new.
+        assert_eq!(merge(&mut t, &DraftTree::chain(&[5]), 3), 0);
+    }
+
+    #[test]
+    fn a_tree_holds_every_members_guesses_within_the_budget() {
+        // Lookup finds "1 2" after "1 2" once before: it proposes what followed, 3 4 ...
+        let context = [1i64, 2, 3, 4, 9, 1];
+        let ctx = ProposalContext::new(&context, 2, 4);
+        let members: Vec<Box<dyn Proposer>> = vec![
+            Box::new(NGram::new(1, 3).unwrap()),
+            Box::new(Fixed(tree(&[3, 7, 8, 6], &[0, 1, 1, 0]))),
+        ];
+        let mut chain = Chain::new(members);
+        chain.begin(&context).unwrap();
+        let t = chain.propose_tree(&ctx, 6).unwrap().unwrap();
+        // Lookup's chain 3 4 9 takes at most 3 of 6 nodes; the tree member builds a tree of
+        // the 3 left, 3 7 8, whose 3 is lookup's: it adds 7 and 8.
+        assert_eq!(t, tree(&[3, 4, 9, 7, 8], &[0, 1, 2, 1, 1]));
+        assert_eq!(chain.in_tree, vec![0, 1]);
+        // A small budget: lookup gets half (rounded up), the tree member the rest: its one
+        // node is lookup's first.
+        let t = chain.propose_tree(&ctx, 3).unwrap().unwrap();
+        assert_eq!(t, tree(&[3, 4], &[0, 1]));
+        let t = chain.propose_tree(&ctx, 4).unwrap().unwrap();
+        assert_eq!(t, tree(&[3, 4, 7], &[0, 1, 1]));
+        // Members without trees of their own: their chains, each at most half the budget left.
+        let mut plain = Chain::new(vec![
+            Box::new(NGram::new(1, 3).unwrap()) as Box<dyn Proposer>,
+            Box::new(from_fn(|_: &ProposalContext<'_>| vec![5, 6])),
+        ]);
+        plain.begin(&context).unwrap();
+        let t = plain.propose_tree(&ctx, 8).unwrap().unwrap();
+        // (Lookup's continuation, 3 4 9 1, fits in half of 8.)
+        assert_eq!(t, tree(&[3, 4, 9, 1, 5, 6], &[0, 1, 2, 3, 0, 5]));
+        // Nothing proposed: no tree (the decoder verifies the fallback chain, empty too).
+        let mut none = Chain::new(vec![Box::new(from_fn(|_: &ProposalContext<'_>| vec![]))
+            as Box<dyn Proposer>]);
+        assert_eq!(none.propose_tree(&ctx, 8).unwrap(), None);
     }
 }

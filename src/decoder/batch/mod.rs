@@ -312,11 +312,12 @@ impl<M: CausalLm> BatchBlockwise<M> {
         self.model
     }
 
-    /// Widest block a row may send: the tree's nodes plus the root, or `k`.
+    /// Widest block a row may send: the tree's nodes plus the root, or `k`. A dynamic-tree
+    /// decoder also sends chains of up to `k` (from a proposer that builds no tree).
     fn max_block(&self) -> usize {
         match (&self.tree, self.dynamic) {
             (Some(t), _) => t.nodes() + 1,
-            (None, Some(nodes)) => nodes + 1,
+            (None, Some(nodes)) => (nodes + 1).max(self.block_size),
             (None, None) => self.block_size,
         }
     }
