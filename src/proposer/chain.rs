@@ -262,8 +262,9 @@ mod tests {
         // (Lookup's continuation, 3 4 9 1, fits in half of 8.)
         assert_eq!(t, tree(&[3, 4, 9, 1, 5, 6], &[0, 1, 2, 3, 0, 5]));
         // Nothing proposed: no tree (the decoder verifies the fallback chain, empty too).
-        let mut none = Chain::new(vec![Box::new(from_fn(|_: &ProposalContext<'_>| vec![]))
-            as Box<dyn Proposer>]);
+        let mut none = Chain::new(vec![
+            Box::new(from_fn(|_: &ProposalContext<'_>| vec![])) as Box<dyn Proposer>
+        ]);
         assert_eq!(none.propose_tree(&ctx, 8).unwrap(), None);
     }
 }
