@@ -56,6 +56,30 @@ fn greedy_alone(
         .collect()
 }
 
+/// `prompts` decoded as one batch with a dynamic tree of `nodes` nodes (and `slots` cache slots
+/// per row where given), each row's proposer from `factory`.
+fn dynamic_tree_rows(
+    model: &mut Transformer,
+    prompts: &[Vec<i64>],
+    decode: &DecodeConfig,
+    k: usize,
+    nodes: usize,
+    slots: Option<usize>,
+    factory: impl FnMut() -> blockwise::Result<Box<dyn Proposer>> + 'static,
+) -> Vec<DecodeOutput> {
+    let mut b = BatchBlockwise::builder(model)
+        .block_size(k)
+        .dynamic_tree(nodes)
+        .proposer_factory(false, factory);
+    if let Some(s) = slots {
+        b = b.slots(s);
+    }
+    b.build()
+        .expect("build")
+        .decode_batch(prompts, decode)
+        .expect("batch")
+}
+
 fn assert_rows_equal(
     reference: &[DecodeOutput],
     outs: &[DecodeOutput],
@@ -147,15 +171,9 @@ proptest! {
         let mut model = case.model().expect("model");
         let reference = greedy_alone(&mut model, &prompts, &case.decode);
         let k = case.block_size;
-        let outs = BatchBlockwise::builder(&mut model)
-            .block_size(k)
-            .dynamic_tree(nodes)
-            .proposer_factory(false, || Ok(Box::new(NGram::new(1, 3)?) as Box<dyn Proposer>))
-            .slots(1)
-            .build()
-            .expect("build")
-            .decode_batch(&prompts, &case.decode)
-            .expect("batch");
+        let outs = dynamic_tree_rows(&mut model, &prompts, &case.decode, k, nodes, Some(1), || {
+            Ok(Box::new(NGram::new(1, 3)?) as Box<dyn Proposer>)
+        });
         assert_rows_equal(&reference, &outs, &case.decode, k.max(nodes + 1))?;
     }
 
@@ -172,16 +190,9 @@ proptest! {
         let mut model = case.model().expect("model");
         let reference = greedy_alone(&mut model, &prompts, &case.decode);
         let k = case.block_size;
-        let outs = BatchBlockwise::builder(&mut model)
-            .block_size(k)
-            .dynamic_tree(nodes)
-            .proposer_factory(false, move || {
-                Ok(Box::new(Lookahead::new(window, ngram, candidates)?) as Box<dyn Proposer>)
-            })
-            .build()
-            .expect("build")
-            .decode_batch(&prompts, &case.decode)
-            .expect("batch");
+        let outs = dynamic_tree_rows(&mut model, &prompts, &case.decode, k, nodes, None, move || {
+            Ok(Box::new(Lookahead::new(window, ngram, candidates)?) as Box<dyn Proposer>)
+        });
         assert_rows_equal(&reference, &outs, &case.decode, k)?;
     }
 
