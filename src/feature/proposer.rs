@@ -924,6 +924,24 @@ mod tests {
     }
 
     #[test]
+    fn lookup_before_the_draft_forks_sharing_the_weights() {
+        // A batch row or a server request gets a fork of `chain:ngram,eagle`; before n-gram
+        // lookup forked, the whole chain (the draft's weights included) was built again.
+        let original = random_proposer(1);
+        let weights = Rc::clone(&original.draft);
+        let chain = crate::proposer::Chain::new(vec![
+            Box::new(crate::proposer::NGram::new(3, 3).unwrap()),
+            Box::new(original),
+        ]);
+        let fork = chain.fork().expect("every member forks");
+        assert!(fork.needs_hidden());
+        // Here, in the chain's draft and in the fork's.
+        assert_eq!(Rc::strong_count(&weights), 3);
+        drop(fork);
+        assert_eq!(Rc::strong_count(&weights), 2);
+    }
+
+    #[test]
     fn forks_share_the_weights_and_keep_their_own_caches() {
         let _guard = tch::no_grad_guard();
         // On the native kernels and through libtorch.

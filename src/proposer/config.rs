@@ -480,4 +480,23 @@ mod tests {
             .with_draft_min_confidence(0.5);
         assert_eq!(heads, ProposerConfig::Heads);
     }
+
+    #[test]
+    fn row_proposers_fork_instead_of_being_built_again() {
+        // A chain forks only when every member does: an n-gram member that could not made
+        // `chain:ngram,eagle` load and pack the draft again for every row (about 0.17 s each).
+        let info = ModelInfo::new(50, 64);
+        for text in [
+            "none",
+            "ngram",
+            "ngram:2:4",
+            "lookahead:3:2:2",
+            "heads",
+            "chain:ngram,heads",
+        ] {
+            let config: ProposerConfig = text.parse().unwrap();
+            let built = config.build_with(&info, None).unwrap();
+            assert!(built.fork().is_some(), "{text} does not fork");
+        }
+    }
 }

@@ -15,6 +15,11 @@ use crate::sampling::Sampler;
 pub struct HeadsProposer;
 
 impl Proposer for HeadsProposer {
+    /// Holds no state: every row may have its own.
+    fn fork(&self) -> Option<Box<dyn Proposer>> {
+        Some(Box::new(HeadsProposer))
+    }
+
     fn propose(&mut self, ctx: &ProposalContext<'_>) -> Result<Vec<i64>> {
         let heads = ctx.heads.ok_or(Error::MissingCapability {
             component: "HeadsProposer",

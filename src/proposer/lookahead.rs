@@ -158,6 +158,13 @@ fn insert_path(tree: &mut DraftTree, tokens: &[i64], nodes: usize) {
 }
 
 impl Proposer for Lookahead {
+    /// The same settings, an empty pool and window (a batch row's or a chain member's fork).
+    fn fork(&self) -> Option<Box<dyn Proposer>> {
+        Some(Box::new(
+            Lookahead::new(self.window, self.ngram, self.candidates).ok()?,
+        ))
+    }
+
     fn begin(&mut self, prompt: &[i64]) -> Result<()> {
         self.seq = prompt.to_vec();
         self.guesses.clear();
@@ -285,6 +292,31 @@ mod tests {
         let window = p.propose(&ctx).unwrap();
         assert_eq!(window.len(), 3);
         assert!(window.iter().all(|t| [5, 6, 7, 1, 8].contains(t)));
+    }
+
+    #[test]
+    fn a_fork_has_the_settings_and_an_empty_pool() {
+        let mut p = Lookahead::new(3, 2, 2).unwrap();
+        p.begin(&[5, 6, 7, 1, 5, 9]).unwrap();
+        let mut fork = p.fork().unwrap();
+        let mut fresh = Lookahead::new(3, 2, 2).unwrap();
+        let seq = [4, 2, 4, 3, 8];
+        fork.begin(&seq).unwrap();
+        fresh.begin(&seq).unwrap();
+        // 4 was followed by 2 and 3 here, by nothing in the original's prompt; 5 by nothing
+        // here (the window: W tokens).
+        for next in [4, 5] {
+            let ctx = ProposalContext::new(&seq, next, 4);
+            assert_eq!(fork.propose(&ctx).unwrap(), fresh.propose(&ctx).unwrap());
+        }
+        let ctx = ProposalContext::new(&seq, 4, 4);
+        assert_eq!(fork.propose(&ctx).unwrap(), vec![3]);
+        assert_eq!(
+            fork.propose(&ProposalContext::new(&seq, 5, 4))
+                .unwrap()
+                .len(),
+            3
+        );
     }
 
     #[test]

@@ -291,4 +291,8 @@ impl Proposer for NoProposer {
     fn propose(&mut self, _ctx: &ProposalContext<'_>) -> Result<Vec<i64>> {
         Ok(Vec::new())
     }
+
+    fn fork(&self) -> Option<Box<dyn Proposer>> {
+        Some(Box::new(NoProposer))
+    }
 }

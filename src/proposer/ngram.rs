@@ -127,6 +127,11 @@ impl Proposer for NGram {
         }
         Ok(Vec::new())
     }
+
+    /// The same n-gram lengths, nothing indexed (a batch row's or a chain member's fork).
+    fn fork(&self) -> Option<Box<dyn Proposer>> {
+        Some(Box::new(NGram::new(self.min_n, self.max_n).ok()?))
+    }
 }
 
 #[cfg(test)]
@@ -140,6 +145,33 @@ mod tests {
         assert!(e.to_string().contains("max <= 64"), "{e}");
         assert!(NGram::new(1, MAX_NGRAM).is_ok());
         assert!(NGram::new(1, MAX_NGRAM + 1).is_err());
+    }
+
+    #[test]
+    fn a_fork_keeps_the_lengths_and_none_of_the_sequence() {
+        let mut g = NGram::new(2, 3).unwrap();
+        g.begin(&[1, 2, 3, 4, 1, 2]).unwrap();
+        let mut f = g.fork().unwrap();
+        // The fork's own sequence: "7 8" was followed by 9 5; a one-token match ("5" then 6)
+        // is below its shortest length, as for the original.
+        let seq = [7, 8, 9, 5, 6, 7];
+        f.begin(&seq).unwrap();
+        assert_eq!(
+            f.propose(&ProposalContext::new(&seq, 8, 2)).unwrap(),
+            vec![9, 5]
+        );
+        let seq = [5, 6, 1];
+        f.begin(&seq).unwrap();
+        assert!(f
+            .propose(&ProposalContext::new(&seq, 5, 2))
+            .unwrap()
+            .is_empty());
+        // The original still proposes from its own: "1 2" then 3 4.
+        let own = [1, 2, 3, 4, 1];
+        assert_eq!(
+            g.propose(&ProposalContext::new(&own, 2, 2)).unwrap(),
+            vec![3, 4]
+        );
     }
 
     #[test]
