@@ -175,6 +175,8 @@ if [ -f models/smollm2/metadata.json ]; then
   smollm2_identical "chain of ngram and eagle, --adaptive" --chat --proposer chain:ngram,eagle --k 6 --adaptive
   smollm2_identical "lookup first, then eagle, k 3, native f32 (the setting docs recommend for chat)" --chat \
     --proposer chain:ngram:3:3,eagle --k 3 --backend native
+  smollm2_identical "lookup merged into the draft's 5-node tree, k 4, native f32" --chat \
+    --proposer chain:ngram:3:3,eagle --k 4 --tree dynamic:5 --backend native
 fi
 # Bad input must be a clear error (exit 2), not a crash.
 for args in "--batch 0" "--batch 2 --temperature 0.7" "--batch 2 --adaptive" "--tree 2,0" \

@@ -47,6 +47,8 @@ pub(super) const ROWS: usize = 6;
 /// cost 1.25-1.27x one row in float32; into the L2 cache 2, 4 or 8 groups ahead, 1.04-1.10x,
 /// and one row 5-10% faster. A request into L1 holds one of the core's few line-fill buffers
 /// until the line arrives; the L2 has more room for requests in flight. 2, 4 and 8 were alike.
+/// On a 2-core AMD EPYC (`avx512_bf16`, no AMX) the same change made one f32 row 7% faster and a
+/// block of 4-5 rows 1.08-1.11x one row's cost instead of 1.14-1.21x (docs/benchmarks.md).
 pub(super) const FETCH_AHEAD: usize = 4;
 /// Groups per tile: every pass of up to [`ROWS`] input rows goes over a tile's weights (from
 /// memory the first time, from the L2 cache after: 64 rows of 1,536 float32 columns are 393 KB)
