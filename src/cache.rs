@@ -120,9 +120,10 @@ impl KvCache {
     }
 
     /// Keeps, in every row `b`, the cached slots `index[b]` (`[B, n]` int64, in that order) as
-    /// slots `0..n`, and sets the length to `n`. One gather per layer: for compacting a cache
-    /// whose rows hold positions they no longer attend (rejected tree branches, the rejected
-    /// tails of batched blocks).
+    /// slots `0..n`, and sets the length to `n`. One gather per layer, of the slots from the
+    /// first one some row moves ([`in_place_prefix`](crate::masked::in_place_prefix)) on: for
+    /// compacting a cache whose rows hold positions they no longer attend (rejected tree
+    /// branches, the rejected tails of batched blocks).
     pub fn compact(&mut self, index: &Tensor) -> Result<()> {
         let size = index.size();
         let n = size.get(1).copied().unwrap_or(0);
@@ -138,13 +139,20 @@ impl KvCache {
                 ),
             });
         }
-        for buffer in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            let [b, h, _, d] = buffer.size()[..] else {
-                continue;
-            };
-            let idx = index.f_view([b, 1, n, 1])?.f_expand([b, h, n, d], false)?;
-            let kept = buffer.f_gather(2, &idx, false)?;
-            buffer.f_narrow(2, 0, n)?.f_copy_(&kept)?;
+        // Slots every row keeps in place are not copied: only `p..n` is gathered.
+        let p = crate::masked::in_place_prefix(index)? as i64;
+        if p < n {
+            let tail = index.f_narrow(1, p, n - p)?;
+            for buffer in self.keys.iter_mut().chain(self.values.iter_mut()) {
+                let [b, h, _, d] = buffer.size()[..] else {
+                    continue;
+                };
+                let idx = tail
+                    .f_view([b, 1, n - p, 1])?
+                    .f_expand([b, h, n - p, d], false)?;
+                let kept = buffer.f_gather(2, &idx, false)?;
+                buffer.f_narrow(2, p, n - p)?.f_copy_(&kept)?;
+            }
         }
         self.len = n as usize;
         Ok(())

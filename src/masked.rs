@@ -38,8 +38,46 @@ pub trait MaskedLm: CausalLm {
     ) -> Result<ModelOutput>;
 
     /// Keeps, in every row `b`, the slots `index[b]` (`[B, n]` int64, each `< slots_used()`)
-    /// as slots `0..n`, in that order; later slots are forgotten.
+    /// as slots `0..n`, in that order; later slots are forgotten. Entries with `index[b][j] ==
+    /// j` keep their slot where it is, and an implementation should move only the others
+    /// ([`in_place_prefix`] gives how many leading slots every row keeps in place): the batch
+    /// decoder compacts after every call whose accepted slots are all it has to move.
     fn compact(&mut self, index: &Tensor) -> Result<()>;
+}
+
+/// How many leading slots every row of a [`MaskedLm::compact`] index (`[B, n]` int64) keeps in
+/// place: the first `j` with `index[b][j] != j` in any row, or `n`. Slots before it need no
+/// copy, so an implementation can gather only slots `p..n` (one small host copy of the index).
+pub fn in_place_prefix(index: &Tensor) -> Result<usize> {
+    let size = index.size();
+    let n = match size[..] {
+        [_, n] => n.max(0) as usize,
+        _ => {
+            return Err(Error::Contract {
+                component: "compaction",
+                problem: format!("index of shape {size:?}, expected [rows, slots]"),
+            })
+        }
+    };
+    if n == 0 {
+        return Ok(0);
+    }
+    let flat: Vec<i64> = Vec::try_from(
+        &index
+            .f_to_device(tch::Device::Cpu)?
+            .f_to_kind(Kind::Int64)?
+            .f_flatten(0, -1)?,
+    )?;
+    Ok(flat
+        .chunks(n)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .position(|(j, &s)| s != j as i64)
+                .unwrap_or(n)
+        })
+        .min()
+        .unwrap_or(n))
 }
 
 impl<M: MaskedLm + ?Sized> MaskedLm for &mut M {

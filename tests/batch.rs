@@ -571,3 +571,135 @@ fn a_batch_session_refuses_misuse() {
     d.open(2, 16).unwrap();
     assert_eq!((d.capacity(), d.busy_rows()), (2, 0));
 }
+
+/// Rejected slots do not pile up: before each call, the last call's accepted slots are moved
+/// over its rejected ones (a copy of a few slots), so a row is attended as one run of slots and
+/// the slots used never exceed the sequence plus one block. Chains of random guesses (mostly
+/// rejected) and trees of random heads, batches of one and of three.
+#[test]
+fn rejected_slots_are_compacted_away_before_the_next_call() {
+    for (tree, rows) in [(None, 1), (Some("3,2,1"), 1), (None, 3), (Some("2,2"), 3)] {
+        let mut model =
+            Transformer::new_seeded(TransformerConfig::tiny(40, 4), 6, tch::Device::Cpu)
+                .expect("model");
+        let mut b = BatchBlockwise::builder(&mut model)
+            .block_size(4)
+            .proposer(blockwise::testing::RandomProposer::new(40, 5));
+        if let Some(shape) = tree {
+            b = b.tree(shape.parse().expect("shape"));
+        }
+        let mut d = b.build().expect("build");
+        d.open(rows, 120).expect("open");
+        let prompts: Vec<Vec<i64>> = (0..rows as i64).map(|r| vec![1, 2, r + 3]).collect();
+        let config = DecodeConfig::new(40);
+        let ids: Vec<RowId> = prompts
+            .iter()
+            .map(|p| d.admit(p, &config).expect("admit"))
+            .collect();
+        let mut emitted = vec![0usize; rows];
+        let (mut calls, mut rejected) = (0, false);
+        while d.busy_rows() > 0 {
+            for update in d.step().expect("step") {
+                let r = ids.iter().position(|&id| id == update.row).expect("a row");
+                emitted[r] += update.tokens.len();
+            }
+            calls += 1;
+            let used = MaskedLm::slots_used(&**d.model());
+            let longest = (0..rows)
+                .map(|r| prompts[r].len() + emitted[r])
+                .max()
+                .unwrap();
+            rejected |= used > longest + 1;
+            // Every row's block spans at most the tree's nodes (16 for 3,2,1).
+            assert!(
+                used <= longest + 16,
+                "{tree:?}, {rows} rows, call {calls}: {used} slots used for at most {longest} \
+                 kept"
+            );
+        }
+        assert!(
+            rejected,
+            "{tree:?}, {rows} rows: no call left a rejected slot"
+        );
+    }
+}
+
+/// A model whose compaction keeps the first slots whatever the index says.
+struct Truncating(Transformer);
+
+impl blockwise::CausalLm for Truncating {
+    fn info(&self) -> &blockwise::ModelInfo {
+        self.0.info()
+    }
+    fn forward(
+        &mut self,
+        tokens: &tch::Tensor,
+        start: usize,
+    ) -> blockwise::Result<blockwise::ModelOutput> {
+        self.0.forward(tokens, start)
+    }
+    fn cached_len(&self) -> usize {
+        self.0.cached_len()
+    }
+    fn truncate(&mut self, len: usize) -> blockwise::Result<()> {
+        self.0.truncate(len)
+    }
+}
+
+impl MaskedLm for Truncating {
+    fn begin_batch(&mut self, batch: usize, slots: usize) -> blockwise::Result<()> {
+        self.0.begin_batch(batch, slots)
+    }
+    fn slots_used(&self) -> usize {
+        self.0.slots_used()
+    }
+    fn slot_capacity(&self) -> usize {
+        self.0.slot_capacity()
+    }
+    fn forward_masked(
+        &mut self,
+        tokens: &tch::Tensor,
+        positions: &tch::Tensor,
+        mask: &tch::Tensor,
+    ) -> blockwise::Result<blockwise::ModelOutput> {
+        self.0.forward_masked(tokens, positions, mask)
+    }
+    fn compact(&mut self, index: &tch::Tensor) -> blockwise::Result<()> {
+        let [rows, n] = index.size()[..] else {
+            unreachable!("a 2-d index")
+        };
+        let first = tch::Tensor::arange(n, (tch::Kind::Int64, tch::Device::Cpu))
+            .unsqueeze(0)
+            .repeat([rows, 1]);
+        self.0.compact(&first)
+    }
+}
+
+/// The test kit's compaction check passes on the built-in transformer (float64, several
+/// shapes and seeds) and catches a compaction that ignores its index.
+#[test]
+fn compaction_keeps_what_attention_sees() {
+    for (vocab, heads, seed) in [(16, 0, 1), (40, 3, 2), (97, 1, 3)] {
+        let mut m = Transformer::new_seeded(
+            TransformerConfig::tiny(vocab, heads),
+            seed,
+            tch::Device::Cpu,
+        )
+        .expect("model");
+        blockwise::testing::check_compaction(&mut m, 1e-9).expect("compaction");
+    }
+    let e = blockwise::testing::check_compaction(&mut Truncating(tiny_with_vocab(16)), 1e-9)
+        .unwrap_err();
+    assert_eq!(
+        e.invariant,
+        blockwise::testing::invariants::COMPACTION,
+        "{e}"
+    );
+    assert!(e.detail.contains("logits moved"), "{e}");
+    let e = blockwise::testing::check_compaction(&mut tiny(), 1e-9).unwrap_err();
+    assert!(e.detail.contains("vocabulary of 16"), "{e}");
+}
+
+fn tiny_with_vocab(vocab: i64) -> Transformer {
+    Transformer::new_seeded(TransformerConfig::tiny(vocab, 0), 4, tch::Device::Cpu).expect("model")
+}

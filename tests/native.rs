@@ -395,6 +395,17 @@ fn conformance_suite_passes_on_the_native_model() {
         .unwrap();
 }
 
+/// Compaction moves only the slots out of place, and a query scores bit for bit the same over
+/// its kept slots compacted as over them scattered, in every weight form.
+#[test]
+fn compaction_keeps_what_attention_sees_bit_for_bit() {
+    for dtype in [DType::F32, DType::Bf16, DType::Int8] {
+        let mut m = native(dtype, 64);
+        blockwise::testing::check_compaction(&mut m, 0.0)
+            .unwrap_or_else(|e| panic!("{dtype:?}: {e}"));
+    }
+}
+
 /// What the native backend cannot do is refused with a typed error naming the option.
 #[test]
 fn options_it_cannot_honour_are_refused() {

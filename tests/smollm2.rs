@@ -347,6 +347,22 @@ fn chunked_prefill_gives_the_same_logits() {
     }
 }
 
+/// The masked export's compaction: a query scores the same over its kept slots compacted to the
+/// front as over them scattered among dead ones (float32, up to the masked softmax's rounding).
+#[test]
+fn compaction_keeps_what_attention_sees() {
+    let mut m = TorchScriptLm::load(
+        dir(),
+        &LoadOptions {
+            max_context: Some(64),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let masked = m.as_masked().expect("the masked export");
+    blockwise::testing::check_compaction(masked, 1e-3).unwrap();
+}
+
 /// The oracle prompts (different lengths) as one batch through the masked export, with the
 /// shipped heads as chains and as a tree: every row is transformers' greedy continuation.
 #[test]

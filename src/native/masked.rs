@@ -103,19 +103,36 @@ impl MaskedLm for NativeLm {
                 problem: format!("slot {bad} is not one of the {used} slots used"),
             });
         }
+        // Only the slots that change place are copied (all read before any is written): a row
+        // already at the front, or whose new slots are its only ones out of place, costs
+        // nothing or a few slots, so a decoder may compact after every call.
+        let moves: Vec<Vec<(usize, usize)>> = idx
+            .chunks(n.max(1))
+            .take(cache.rows)
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .filter(|&(to, &from)| from as usize != to)
+                    .map(|(to, &from)| (to, from as usize))
+                    .collect()
+            })
+            .collect();
         let dh = d.head_dim;
-        let mut kept = vec![0f32; n * dh];
+        let most = moves.iter().map(Vec::len).max().unwrap_or(0);
+        let mut kept = vec![0f32; most * dh];
         for l in 0..d.layers {
-            for b in 0..cache.rows {
-                let slots = &idx[b * n..(b + 1) * n];
+            for (b, row) in moves.iter().enumerate().filter(|(_, m)| !m.is_empty()) {
                 for g in 0..d.kv_heads {
                     let base = cache.base(&d, l, b, g);
                     for buf in [&mut cache.k, &mut cache.v] {
-                        for (j, &s) in slots.iter().enumerate() {
-                            let from = base + s as usize * dh;
+                        for (j, &(_, from)) in row.iter().enumerate() {
+                            let from = base + from * dh;
                             kept[j * dh..(j + 1) * dh].copy_from_slice(&buf[from..from + dh]);
                         }
-                        buf[base..base + n * dh].copy_from_slice(&kept);
+                        for (j, &(to, _)) in row.iter().enumerate() {
+                            let to = base + to * dh;
+                            buf[to..to + dh].copy_from_slice(&kept[j * dh..(j + 1) * dh]);
+                        }
                     }
                 }
             }

@@ -52,6 +52,10 @@ pub mod invariants {
     pub const REPEATABLE: &str = "a second decode on the same model equals the first";
     /// A decoder or the model returned an error where the case is valid input.
     pub const DECODE: &str = "decoding a valid case returns no error";
+    /// A query scored over scattered kept slots by mask scores the same after
+    /// `MaskedLm::compact` moved them to the front ([`check_compaction`](super::check_compaction)).
+    pub const COMPACTION: &str =
+        "MaskedLm::compact: a query scores the same over its kept slots compacted";
 }
 
 fn fail(invariant: &'static str, detail: String) -> std::result::Result<(), ConformanceFailure> {

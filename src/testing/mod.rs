@@ -18,6 +18,7 @@
 
 mod checks;
 mod contract;
+mod masked;
 mod panics;
 mod proposers;
 mod sampling;
@@ -28,6 +29,7 @@ pub use checks::{
     check_cache_consistency, check_combined_calls, check_loop_invariants, check_same_output,
     invariants, ConformanceFailure,
 };
+pub use masked::check_compaction;
 pub use proposers::{OracleProposer, RandomProposer};
 pub use sampling::{check_sampling, chi_square, sequence_distribution, ChiSquare, MAX_SEQUENCES};
 pub use suite::{Conformance, ConformanceCase};

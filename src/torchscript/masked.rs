@@ -161,12 +161,17 @@ impl MaskedLm for TorchScriptLm {
             });
         }
         let n = size[1];
-        let idx = index
-            .f_view([1, b, 1, n, 1])?
-            .f_expand([l, b, h, n, d], false)?;
-        for buffer in [k, v] {
-            let kept = buffer.f_gather(3, &idx, false)?;
-            buffer.f_narrow(3, 0, n)?.f_copy_(&kept)?;
+        // Slots every row keeps in place are not copied: only `p..n` is gathered.
+        let p = crate::masked::in_place_prefix(index)? as i64;
+        if p < n {
+            let idx = index
+                .f_narrow(1, p, n - p)?
+                .f_view([1, b, 1, n - p, 1])?
+                .f_expand([l, b, h, n - p, d], false)?;
+            for buffer in [k, v] {
+                let kept = buffer.f_gather(3, &idx, false)?;
+                buffer.f_narrow(3, p, n - p)?.f_copy_(&kept)?;
+            }
         }
         m.len = n as usize;
         Ok(())
