@@ -505,9 +505,8 @@ impl<M: CausalLm> BatchBlockwise<M> {
         // there are dead slots and the only live ones out of place are a few per row (the last
         // call's accepted ones, moved over its rejected ones; none when it kept a prefix, and
         // then the rejected tail is only forgotten): a row whose slots are one run from slot 0
-        // is attended as one, and one scattered among dead slots cost a native call about 5%
-        // more (a 4-token SmolLM2 call after 200 tokens with 120 dead slots among them, bf16
-        // and f32).
+        // is attended as one, and one scattered among dead slots cost a native SmolLM2 call
+        // 3-8% more (docs/batching.md, "Dead slots").
         let longest = rows
             .iter()
             .flatten()
