@@ -347,6 +347,12 @@ pub struct BlockwiseConfig {
     /// one-token call (see [`BlockwiseBuilder::tie_guard`](crate::decoder::BlockwiseBuilder::tie_guard)).
     #[serde(default)]
     pub tie_guard: Option<f64>,
+    /// Verify a tree instead of a chain: `{"shape": [3, 2, 1]}` or `{"dynamic": 5}`
+    /// ([`TreeConfig`](crate::decoder::TreeConfig)). Trees are verified by
+    /// [`BatchBlockwise`](crate::decoder::BatchBlockwise) ([`BatchBuilder::config`](crate::decoder::BatchBuilder::config));
+    /// [`Blockwise::from_config`](crate::decoder::Blockwise::from_config) refuses them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<crate::decoder::TreeConfig>,
 }
 
 fn default_acceptance() -> AcceptanceConfig {
@@ -364,6 +370,7 @@ impl BlockwiseConfig {
             verifier: VerifierConfig::Cached,
             policy: PolicyConfig::Fixed,
             tie_guard: None,
+            tree: None,
         }
     }
 

@@ -703,3 +703,139 @@ fn compaction_keeps_what_attention_sees() {
 fn tiny_with_vocab(vocab: i64) -> Transformer {
     Transformer::new_seeded(TransformerConfig::tiny(vocab, 0), 4, tch::Device::Cpu).expect("model")
 }
+
+/// A `BlockwiseConfig` with a tree, from JSON: the batch decoder it configures verifies that
+/// tree (a shape over the heads, or the proposer's dynamic trees) and decodes greedy's tokens,
+/// exactly what the builder's own calls give; what a batch cannot do is refused, naming the
+/// field; and `Blockwise::from_config` refuses a tree.
+#[test]
+fn a_config_with_a_tree_builds_the_batch_decoder_it_names() {
+    use blockwise::config::{BlockwiseConfig, VerifierConfig};
+    use blockwise::decoder::TreeConfig;
+    use blockwise::policy::PolicyConfig;
+
+    let prompts: Vec<Vec<i64>> = (0..3).map(|i| vec![i, i + 2, 7]).collect();
+    let decode = DecodeConfig::new(24);
+    let mut plain = tiny();
+    let want: Vec<Vec<i64>> = prompts
+        .iter()
+        .map(|p| {
+            GreedyDecoder::new(&mut plain)
+                .decode(p, &decode)
+                .unwrap()
+                .tokens
+        })
+        .collect();
+    for (json, tree) in [
+        (
+            r#"{"block_size": 4, "tree": {"shape": [3, 2, 1]}}"#,
+            TreeConfig::Shape("3,2,1".parse().unwrap()),
+        ),
+        (
+            r#"{"block_size": 4, "proposer": {"ngram": {"min": 1, "max": 2}}, "tree": {"dynamic": 6}}"#,
+            TreeConfig::Dynamic(6),
+        ),
+    ] {
+        let config = BlockwiseConfig::from_json(json).unwrap();
+        assert_eq!(config.tree.as_ref(), Some(&tree), "{json}");
+        let back = BlockwiseConfig::from_json(&serde_json::to_string(&config).unwrap()).unwrap();
+        assert_eq!(back, config);
+        assert_eq!(tree.to_string().parse::<TreeConfig>().unwrap(), tree);
+        let mut model = tiny();
+        let info = blockwise::CausalLm::info(&model).clone();
+        let rows = config.proposer.row_proposers(&info, None).unwrap();
+        let outs = BatchBlockwise::builder(&mut model)
+            .proposer_factory(rows.needs_heads(), rows.factory())
+            .config(&config, None)
+            .unwrap()
+            .build()
+            .unwrap()
+            .decode_batch(&prompts, &decode)
+            .unwrap();
+        for (out, want) in outs.iter().zip(&want) {
+            assert_eq!(&out.tokens, want, "{json}");
+        }
+        // The same decoder from the builder's own calls takes as many calls: the tree was used.
+        let by_hand = BatchBlockwise::builder(&mut model)
+            .block_size(4)
+            .proposer_factory(rows.needs_heads(), rows.factory());
+        let by_hand = match &tree {
+            TreeConfig::Shape(s) => by_hand.tree(s.clone()),
+            TreeConfig::Dynamic(n) => by_hand.dynamic_tree(*n),
+        };
+        let again = by_hand
+            .build()
+            .unwrap()
+            .decode_batch(&prompts, &decode)
+            .unwrap();
+        for (a, b) in outs.iter().zip(&again) {
+            assert_eq!(a.stats.model_calls, b.stats.model_calls, "{json}");
+        }
+        let e = Blockwise::from_config(&mut model, &config, None).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidConfig { field: "tree", .. })
+                && e.to_string().contains("BatchBlockwise"),
+            "{e}"
+        );
+    }
+    let tree = || BlockwiseConfig {
+        tree: Some(TreeConfig::Dynamic(4)),
+        proposer: blockwise::config::ProposerConfig::Ngram { min: 1, max: 2 },
+        ..BlockwiseConfig::heads(4)
+    };
+    let refused: Vec<(BlockwiseConfig, &str)> = vec![
+        (
+            BlockwiseConfig {
+                policy: PolicyConfig::CostAware { per_token: None },
+                ..tree()
+            },
+            "policy",
+        ),
+        (
+            BlockwiseConfig {
+                tie_guard: Some(0.5),
+                ..tree()
+            },
+            "tie_guard",
+        ),
+        (
+            BlockwiseConfig {
+                verifier: VerifierConfig::Recompute,
+                ..BlockwiseConfig::heads(4)
+            },
+            "verifier",
+        ),
+        (
+            BlockwiseConfig {
+                min_block: Some(2),
+                ..tree()
+            },
+            "acceptance",
+        ),
+        (
+            BlockwiseConfig {
+                tree: Some(TreeConfig::Shape("2,2".parse().unwrap())),
+                ..tree()
+            },
+            "tree",
+        ),
+    ];
+    for (config, field) in refused {
+        let e = BatchBlockwise::builder(tiny())
+            .config(&config, None)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(&e, Error::InvalidConfig { field: f, .. } if *f == field),
+            "{field}: {e}"
+        );
+    }
+    for bad in ["dynamic:", "dynamic:x", "3,0", ""] {
+        let e = bad.parse::<TreeConfig>().unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidConfig { field: "tree", .. }),
+            "{bad}: {e}"
+        );
+    }
+    assert!(BlockwiseConfig::from_json(r#"{"block_size": 4, "tree": {"wide": 3}}"#).is_err());
+}

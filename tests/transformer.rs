@@ -142,6 +142,7 @@ fn configs_round_trip_through_json() {
             policy: Default::default(),
             verifier: VerifierConfig::Recompute,
             tie_guard: Some(0.5),
+            tree: None,
         };
         let json = serde_json::to_string(&b).unwrap();
         assert_eq!(BlockwiseConfig::from_json(&json).unwrap(), b, "{json}");

@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use blockwise::bundle::{Backend, HeadsChoice};
 use blockwise::config::{AcceptanceConfig, ProposerConfig, VerifierConfig};
+use blockwise::decoder::TreeConfig;
 use blockwise::feature::DraftWeights;
 use blockwise::native::Bf16Inputs;
 use blockwise::policy::PolicyConfig;
 use blockwise::torchscript::F32Matmul;
-use blockwise::{DType, Error, Result, SamplingConfig, TreeShape};
+use blockwise::{DType, Error, Result, SamplingConfig};
 use clap::Parser;
 use tch::Device;
 
@@ -192,7 +193,7 @@ pub struct Args {
     pub json: bool,
     pub sampling: Option<SamplingConfig>,
     pub batch: Option<usize>,
-    pub tree: Option<TreeArg>,
+    pub tree: Option<TreeConfig>,
 }
 
 /// `--proposer` with `--draft-weights` and `--draft-confidence` applied to its eagle drafts
@@ -374,7 +375,7 @@ impl Args {
             json: cli.json,
             sampling,
             batch: cli.batch,
-            tree: cli.tree.as_deref().map(TreeArg::parse).transpose()?,
+            tree: cli.tree.as_deref().map(str::parse).transpose()?,
         };
         if args.batch.is_some() || args.tree.is_some() {
             args.check_batched()?;
@@ -407,7 +408,7 @@ impl Args {
                 "verifies against the model's cache; drop --verifier",
             ));
         }
-        if matches!(self.tree, Some(TreeArg::Dynamic(_)))
+        if matches!(self.tree, Some(TreeConfig::Dynamic(_)))
             && (self.accept != AcceptanceConfig::Exact || self.min_block.is_some())
         {
             return Err(bad(
@@ -415,7 +416,7 @@ impl Args {
                 "dynamic trees are verified exactly; drop --accept and --min-block",
             ));
         }
-        if matches!(self.tree, Some(TreeArg::Shape(_)))
+        if matches!(self.tree, Some(TreeConfig::Shape(_)))
             && (self.proposer != ProposerConfig::Heads
                 || self.accept != AcceptanceConfig::Exact
                 || self.min_block.is_some())
@@ -427,27 +428,5 @@ impl Args {
             ));
         }
         Ok(())
-    }
-}
-
-/// `--tree`: a fixed shape over the heads' candidates, or a node budget for trees the proposer
-/// grows itself.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TreeArg {
-    Shape(TreeShape),
-    Dynamic(usize),
-}
-
-impl TreeArg {
-    fn parse(s: &str) -> Result<Self> {
-        match s.strip_prefix("dynamic:") {
-            Some(n) => n.parse().map(TreeArg::Dynamic).map_err(|_| {
-                bad(
-                    "--tree",
-                    "dynamic:NODES needs a number of nodes, e.g. dynamic:16",
-                )
-            }),
-            None => Ok(TreeArg::Shape(s.parse()?)),
-        }
     }
 }

@@ -1,11 +1,12 @@
-//! `--batch N` / `--tree SHAPE`: the prompts decoded N at a time by `BatchBlockwise`.
+//! `--batch N` / `--tree SHAPE|dynamic:NODES`: the prompts decoded N at a time by
+//! `BatchBlockwise`, built from the run's `BlockwiseConfig` (its tree included).
 
 use blockwise::compare::Comparison;
 use blockwise::config::BlockwiseConfig;
 use blockwise::decoder::BatchBlockwise;
 use blockwise::{BlockwiseDecoder, CausalLm, DecodeConfig, DecodeOutput, GreedyDecoder, Result};
 
-use crate::args::{Args, TreeArg};
+use crate::args::Args;
 
 /// One output per prompt, in order, each with its comparison when `--compare-greedy` asks.
 /// Every prompt of a batch reports the batch's wall time; its speedup is the greedy time of the
@@ -35,20 +36,9 @@ pub fn run_batched(
         } else {
             None
         };
-        let mut builder = BatchBlockwise::builder(&mut *model)
-            .block_size(config.block_size)
-            .proposer_factory(rows.needs_heads(), rows.factory());
-        if let Some(TreeArg::Shape(shape)) = &args.tree {
-            builder = builder.tree(shape.clone());
-        } else if let Some(TreeArg::Dynamic(nodes)) = &args.tree {
-            builder = builder.dynamic_tree(*nodes);
-        } else {
-            builder = builder.criterion(
-                config
-                    .acceptance
-                    .build(config.min_block, embeddings.as_ref())?,
-            );
-        }
+        let builder = BatchBlockwise::builder(&mut *model)
+            .proposer_factory(rows.needs_heads(), rows.factory())
+            .config(config, embeddings.as_ref())?;
         let outs = builder.build()?.decode_batch(group, decode)?;
         let first = g * per_batch;
         match greedy {

@@ -123,6 +123,7 @@ fn run(args: Args) -> Result<()> {
         verifier: args.verifier,
         policy: args.policy,
         tie_guard: args.tie_guard,
+        tree: args.tree.clone(),
     };
     let embeddings = bundle.model.token_embeddings();
     let mut decode = DecodeConfig::new(args.max_new_tokens).with_eos(bundle.eos.clone());

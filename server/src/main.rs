@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use blockwise::bundle::{Backend, BundleOptions, HeadsChoice, ModelBundle};
 use blockwise::config::{BlockwiseConfig, ProposerConfig};
+use blockwise::decoder::TreeConfig;
 use blockwise::native::Bf16Inputs;
 use blockwise::policy::PolicyConfig;
 use blockwise::torchscript::F32Matmul;
@@ -35,6 +36,12 @@ struct Cli {
     /// Block size: at most k - 1 proposals per block.
     #[arg(long, default_value_t = 4)]
     k: usize,
+    /// Verify a tree per greedy request instead of a chain: SHAPE = widths per depth over the
+    /// heads' candidates (3,2,1, with --proposer heads), or dynamic:NODES = trees the proposer
+    /// grows by its own confidence (eagle), at most NODES nodes and k - 1 deep. Sampled
+    /// requests decode chains.
+    #[arg(long)]
+    tree: Option<String>,
     /// Size each block by recent acceptance and measured costs (decodes one request at a time:
     /// needs --max-batch 1).
     #[arg(long)]
@@ -133,6 +140,17 @@ fn main() {
     decoder.proposer = proposer;
     if cli.adaptive {
         decoder.policy = PolicyConfig::CostAware { per_token: None };
+    }
+    if let Some(tree) = &cli.tree {
+        if cli.adaptive {
+            fail("--tree verifies fixed-size trees; drop --adaptive");
+        }
+        decoder.tree = Some(tree.parse().unwrap_or_else(|e| fail(e)));
+        if let Some(TreeConfig::Shape(_)) = &decoder.tree {
+            if decoder.proposer != ProposerConfig::Heads {
+                fail("--tree SHAPE branches on the heads' candidates; drop --proposer or use --tree dynamic:NODES");
+            }
+        }
     }
     let config = WorkerConfig {
         decoder,

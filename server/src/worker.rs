@@ -304,7 +304,10 @@ impl Worker {
             let Some(front) = self.pending.front() else {
                 continue;
             };
-            if front.decode.sampling.is_some() || self.config.max_batch == 1 {
+            // Greedy requests go through the batch decoder when batches or trees are asked
+            // for (trees are verified by it alone); sampled ones decode one at a time.
+            let batched = self.config.max_batch > 1 || self.config.decoder.tree.is_some();
+            if front.decode.sampling.is_some() || !batched {
                 let ready = self.pending.pop_front().expect("a front");
                 self.serve_alone(ready);
             } else {
@@ -345,8 +348,13 @@ impl Worker {
         let embeddings = self.model.token_embeddings();
         let tokenizer = &*self.text.tokenizer;
         let model: &mut dyn CausalLm = &mut *self.model;
-        let result = Blockwise::from_config(model, &self.config.decoder, embeddings.as_ref())
-            .and_then(|mut decoder| {
+        // Sampled requests decode chains: trees are verified greedily, by the batch decoder.
+        let chains = BlockwiseConfig {
+            tree: None,
+            ..self.config.decoder.clone()
+        };
+        let result =
+            Blockwise::from_config(model, &chains, embeddings.as_ref()).and_then(|mut decoder| {
                 let (ids, decode) = (answer.ready.ids.clone(), answer.ready.decode.clone());
                 decoder.decode_streaming(&ids, &decode, &mut |tokens| {
                     answer.push(tokenizer, tokens);
@@ -381,8 +389,8 @@ impl Worker {
             let (needs_heads, proposers) = (rows.needs_heads(), rows.factory());
             let model: &mut dyn CausalLm = &mut *self.model;
             let mut decoder = BatchBlockwise::builder(model)
-                .block_size(k)
                 .proposer_factory(needs_heads, proposers)
+                .config(&config.decoder, embeddings.as_ref())?
                 .build()?;
             // As many rows as greedy requests are waiting (every call computes every row,
             // busy or not); later requests take rows as they free up, or the next batch.

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use blockwise::bundle::{BundleOptions, ModelBundle};
+use blockwise::config::BlockwiseConfig;
 use blockwise::tokenizer::Message;
 use blockwise::{BlockwiseDecoder, DecodeConfig, GreedyDecoder};
 use common::{client, event_text, events, open_stream, post, Server};
@@ -486,6 +487,45 @@ async fn smollm2_eagle_uses_the_shipped_draft_in_every_row() {
         assert_eq!(body["choices"][0]["message"]["content"], want.as_str());
     }
     server.shutdown().await;
+}
+
+/// `--proposer chain:ngram,eagle --tree dynamic:5` (the fastest f32 setting on a CPU): every
+/// greedy request is verified as the draft's and lookup's merged tree, in a batch of two and
+/// alone (`--max-batch 1` still goes through the batch decoder, which alone verifies trees),
+/// and answers with greedy's text; a sampled request decodes chains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smollm2_trees_answer_with_greedy_text() {
+    let model = smollm2();
+    let questions = ["Why is the sky blue?", "Write a haiku about the sea."];
+    let want = greedy_texts(&model, &questions.map(|q| (q.to_string(), 20)), true);
+    for max_batch in [2, 1] {
+        let mut decoder = BlockwiseConfig::heads(4);
+        decoder.proposer = "chain:ngram:3:3,eagle".parse().unwrap();
+        decoder.tree = Some("dynamic:5".parse().unwrap());
+        let server = Server::start_with(&model, decoder, max_batch, 8).await;
+        let answers = futures_util::future::join_all(questions.iter().map(|q| {
+            post(
+                &server,
+                "/v1/chat/completions",
+                json!({"model": "smollm2", "max_tokens": 20,
+                       "messages": [{"role": "user", "content": q}]}),
+            )
+        }))
+        .await;
+        for ((status, body), want) in answers.into_iter().zip(&want) {
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["choices"][0]["message"]["content"], want.as_str());
+        }
+        let (status, body) = post(
+            &server,
+            "/v1/chat/completions",
+            json!({"model": "smollm2", "max_tokens": 8, "temperature": 0.7, "seed": 3,
+                   "messages": [{"role": "user", "content": questions[0]}]}),
+        )
+        .await;
+        assert_eq!(status, 200, "sampled under a tree: {body}");
+        server.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -185,12 +185,22 @@ impl<M: CausalLm> Blockwise<M> {
     }
 
     /// Builds a decoder from configuration. `embeddings` (`[V, D]`) serve embedding-distance
-    /// acceptance; pass `None` otherwise.
+    /// acceptance; pass `None` otherwise. A configuration with a tree is refused (trees are
+    /// verified by [`BatchBlockwise`](crate::decoder::BatchBlockwise)).
     pub fn from_config(
         model: M,
         config: &BlockwiseConfig,
         embeddings: Option<&Tensor>,
     ) -> Result<Self> {
+        if let Some(tree) = &config.tree {
+            return Err(Error::config(
+                "tree",
+                format!(
+                    "Blockwise verifies chains; a tree ({tree}) is verified by BatchBlockwise \
+                     (BatchBlockwise::builder(model).config(..))"
+                ),
+            ));
+        }
         let criterion = config.acceptance.build(config.min_block, embeddings)?;
         let mut builder = Blockwise::builder(model)
             .block_size(config.block_size)

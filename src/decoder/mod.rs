@@ -6,7 +6,7 @@ mod greedy;
 mod sampled;
 mod tree;
 
-pub use batch::{BatchBlockwise, BatchBuilder, ProposerFactory, RowId, RowUpdate};
+pub use batch::{BatchBlockwise, BatchBuilder, ProposerFactory, RowId, RowUpdate, TreeConfig};
 pub use blockwise::{Blockwise, BlockwiseBuilder};
 pub use greedy::GreedyDecoder;
 pub use tree::{DraftTree, TreeShape, MAX_TREE_NODES};

@@ -27,6 +27,16 @@ impl Server {
     ) -> Server {
         let mut decoder = BlockwiseConfig::heads(k);
         decoder.proposer = proposer.parse::<ProposerConfig>().expect("proposer");
+        Server::start_with(model, decoder, max_batch, queue).await
+    }
+
+    /// A server decoding with `decoder` (block size, proposer, tree ...).
+    pub async fn start_with(
+        model: &str,
+        decoder: BlockwiseConfig,
+        max_batch: usize,
+        queue: usize,
+    ) -> Server {
         let config = WorkerConfig {
             decoder,
             max_batch,

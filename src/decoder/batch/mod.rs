@@ -3,8 +3,10 @@
 //! [`session`]: [`BatchBlockwise::decode_batch`] opens a batch, admits every prompt and steps it
 //! to the end; a server admits and cancels rows between steps.
 
+mod config;
 mod session;
 
+pub use config::TreeConfig;
 pub use session::{RowId, RowUpdate};
 
 use std::time::Instant;
