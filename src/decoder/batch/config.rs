@@ -48,6 +48,16 @@ impl std::str::FromStr for TreeConfig {
                     format!("`{s}`: dynamic:NODES needs a number of nodes, e.g. dynamic:16"),
                 )
             }),
+            None if s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b == b',' || b == b' ') =>
+            {
+                Err(Error::config(
+                    "tree",
+                    format!("`{s}` is neither widths such as 3,2,1 nor dynamic:NODES"),
+                ))
+            }
             None => Ok(TreeConfig::Shape(s.parse()?)),
         }
     }
