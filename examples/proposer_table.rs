@@ -134,6 +134,7 @@ fn rows(args: &Args) -> Vec<Row> {
         draft: None,
         weights: args.draft_weights,
         min_confidence: 0.0,
+        tree_width: blockwise::feature::DEFAULT_TREE_WIDTH,
     };
     let row = |name: &str, heads: HeadsChoice, proposer, k, tree, adaptive| Row {
         name: name.into(),

@@ -718,3 +718,79 @@ fn answer_agreement_counts_only_the_guesses_decoding_asks_for() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `{"eagle": {"tree_width": W}}` (`decode --draft-tree-width W`) reaches the draft the
+/// configuration builds for every row: with width 1 its dynamic trees are chains (at most k - 1
+/// nodes), with width 3 they branch (more nodes per call, under the same budget), and both
+/// decode greedy's tokens. Width 0 is refused.
+#[test]
+fn a_configured_tree_width_shapes_the_drafts_trees() {
+    use blockwise::config::ProposerConfig;
+    let mut model = fixed_model(2);
+    let dir = std::env::temp_dir().join(format!("blockwise-width-{}", std::process::id()));
+    new_draft(32, 24, 5).unwrap().save(&dir).unwrap();
+    let prompts: Vec<Vec<i64>> = (0..3).map(|i| vec![i + 1, 2 * i + 3, 5]).collect();
+    let decode = DecodeConfig::new(30);
+    let want: Vec<Vec<i64>> = prompts
+        .iter()
+        .map(|p| {
+            GreedyDecoder::new(&mut model)
+                .decode(p, &decode)
+                .unwrap()
+                .tokens
+        })
+        .collect();
+    let info = model.info().clone();
+    let embeddings = model.token_embeddings();
+    let mut per_call = Vec::new();
+    for width in [1, 3] {
+        let json = format!(
+            r#"{{"eagle": {{"draft": "{}", "weights": "f32", "tree_width": {width}}}}}"#,
+            dir.display()
+        );
+        let config: ProposerConfig = serde_json::from_str(&json).unwrap();
+        let rows = config.row_proposers(&info, embeddings.as_ref()).unwrap();
+        let outs = BatchBlockwise::builder(&mut model)
+            .block_size(4)
+            .proposer_factory(rows.needs_heads(), rows.factory())
+            .dynamic_tree(8)
+            .build()
+            .unwrap()
+            .decode_batch(&prompts, &decode)
+            .unwrap();
+        let (mut proposed, mut iterations) = (0, 0);
+        for (out, want) in outs.iter().zip(&want) {
+            assert_eq!(&out.tokens, want, "width {width}");
+            proposed += out.stats.proposed;
+            iterations += out.stats.iterations;
+        }
+        per_call.push(proposed as f64 / iterations as f64);
+    }
+    assert!(
+        per_call[0] <= 3.0,
+        "width 1 proposed {} nodes per call",
+        per_call[0]
+    );
+    assert!(
+        per_call[1] > 3.0,
+        "width 3 proposed {} nodes per call",
+        per_call[1]
+    );
+    let zero: ProposerConfig = serde_json::from_str(&format!(
+        r#"{{"eagle": {{"draft": "{}", "tree_width": 0}}}}"#,
+        dir.display()
+    ))
+    .unwrap();
+    let e = zero.build_for(&model).err().expect("width 0");
+    assert!(
+        matches!(
+            e,
+            Error::InvalidConfig {
+                field: "tree_width",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

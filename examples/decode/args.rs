@@ -17,7 +17,7 @@ pub const USAGE: &str = "\
 usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--chat]
               [--proposer heads|none|ngram[:MIN:MAX]|lookahead[:W:N:G]|draft:DIR|eagle[:DIR]|chain:A,B]
               [--draft-weights auto|f32|int8|native-f32|native-bf16|native-int8]
-              [--draft-confidence P]
+              [--draft-confidence P] [--draft-tree-width W]
               [--heads DIR|none]
               [--k N]
               [--adaptive | --policy fixed|adaptive|cost[:PER_TOKEN]]
@@ -93,6 +93,9 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --draft-confidence  an eagle draft proposes a guess only while the product of its
                     probabilities along it is at least P (0 <= P < 1; default 0: every guess up
                     to k); below P at the first guess, the step is a plain one
+  --draft-tree-width  children per node of the trees an eagle draft grows under --tree
+                    dynamic:NODES (default 4; wider accepts a little more at large budgets, for
+                    a draft that costs more: for machines where a wide call is cheap)
   --compare-greedy  also decode greedily (under --temperature: plain sampling, one token per
                     model call), report identical and speedup
   --json            one JSON object per prompt on stdout";
@@ -162,6 +165,8 @@ struct Cli {
     #[arg(long)]
     draft_confidence: Option<f64>,
     #[arg(long)]
+    draft_tree_width: Option<usize>,
+    #[arg(long)]
     compare_greedy: bool,
     #[arg(long)]
     json: bool,
@@ -196,18 +201,21 @@ pub struct Args {
     pub tree: Option<TreeConfig>,
 }
 
-/// `--proposer` with `--draft-weights` and `--draft-confidence` applied to its eagle drafts
-/// (refused without one, or when the proposer already names the weights or the confidence).
+/// `--proposer` with `--draft-weights`, `--draft-confidence` and `--draft-tree-width` applied
+/// to its eagle drafts (refused without one, or when the proposer already names the weights or
+/// the confidence).
 fn proposer(
     spec: Option<&str>,
     weights: Option<&str>,
     confidence: Option<f64>,
+    tree_width: Option<usize>,
 ) -> Result<ProposerConfig> {
     let mut config: ProposerConfig = spec.map(str::parse).transpose()?.unwrap_or_default();
     let named = eagles(&config);
     for (flag, given) in [
         ("draft-weights", weights.is_some()),
         ("draft-confidence", confidence.is_some()),
+        ("draft-tree-width", tree_width.is_some()),
     ] {
         if given && named.is_empty() {
             return Err(bad(
@@ -240,6 +248,12 @@ fn proposer(
             ));
         }
         config = config.with_draft_min_confidence(p);
+    }
+    if let Some(w) = tree_width {
+        if w == 0 {
+            return Err(bad("draft-tree-width", "must be at least 1"));
+        }
+        config = config.with_draft_tree_width(w);
     }
     Ok(config)
 }
@@ -348,6 +362,7 @@ impl Args {
                 cli.proposer.as_deref(),
                 cli.draft_weights.as_deref(),
                 cli.draft_confidence,
+                cli.draft_tree_width,
             )?,
             k: cli.k,
             accept,
@@ -377,6 +392,12 @@ impl Args {
             batch: cli.batch,
             tree: cli.tree.as_deref().map(str::parse).transpose()?,
         };
+        if cli.draft_tree_width.is_some() && !matches!(args.tree, Some(TreeConfig::Dynamic(_))) {
+            return Err(bad(
+                "draft-tree-width",
+                "shapes the trees an eagle draft grows; add --tree dynamic:NODES",
+            ));
+        }
         if args.batch.is_some() || args.tree.is_some() {
             args.check_batched()?;
         }

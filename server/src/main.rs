@@ -42,6 +42,10 @@ struct Cli {
     /// requests decode chains.
     #[arg(long)]
     tree: Option<String>,
+    /// Children per node of the trees an eagle draft grows under --tree dynamic:NODES
+    /// (default 4).
+    #[arg(long)]
+    draft_tree_width: Option<usize>,
     /// Size each block by recent acceptance and measured costs (decodes one request at a time:
     /// needs --max-batch 1).
     #[arg(long)]
@@ -141,11 +145,23 @@ fn main() {
     if cli.adaptive {
         decoder.policy = PolicyConfig::CostAware { per_token: None };
     }
+    if cli.draft_tree_width.is_some() && cli.tree.is_none() {
+        fail("--draft-tree-width shapes the trees an eagle draft grows; add --tree dynamic:NODES");
+    }
     if let Some(tree) = &cli.tree {
         if cli.adaptive {
             fail("--tree verifies fixed-size trees; drop --adaptive");
         }
         decoder.tree = Some(tree.parse().unwrap_or_else(|e| fail(e)));
+        if let Some(w) = cli.draft_tree_width {
+            if !matches!(decoder.tree, Some(TreeConfig::Dynamic(_)))
+                || !decoder.proposer.reads_embeddings()
+                || w == 0
+            {
+                fail("--draft-tree-width needs an eagle draft in --proposer, --tree dynamic:NODES, and a width of at least 1");
+            }
+            decoder.proposer = decoder.proposer.clone().with_draft_tree_width(w);
+        }
         if let Some(TreeConfig::Shape(_)) = &decoder.tree {
             if decoder.proposer != ProposerConfig::Heads {
                 fail("--tree SHAPE branches on the heads' candidates; drop --proposer or use --tree dynamic:NODES");

@@ -20,5 +20,5 @@ pub use model::{
     DRAFT_WEIGHTS_FILE,
 };
 pub(crate) use proposer::check_min_confidence;
-pub use proposer::FeatureDraftProposer;
+pub use proposer::{FeatureDraftProposer, DEFAULT_TREE_WIDTH};
 pub use weights::DraftWeights;

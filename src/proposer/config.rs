@@ -65,6 +65,14 @@ pub enum ProposerConfig {
         /// to the block size).
         #[serde(default, skip_serializing_if = "is_zero")]
         min_confidence: f64,
+        /// Children per node of the dynamic trees it grows (`--tree dynamic:NODES`; default
+        /// [`DEFAULT_TREE_WIDTH`](crate::feature::DEFAULT_TREE_WIDTH), at least 1;
+        /// [`FeatureDraftProposer::with_tree_width`]). Chains do not read it.
+        #[serde(
+            default = "default_tree_width",
+            skip_serializing_if = "is_default_tree_width"
+        )]
+        tree_width: usize,
     },
     /// A fallback chain ([`Chain`]): the first member with a proposal wins.
     Chain(Vec<ProposerConfig>),
@@ -74,6 +82,14 @@ pub enum ProposerConfig {
 
 fn is_zero(p: &f64) -> bool {
     *p == 0.0
+}
+
+fn default_tree_width() -> usize {
+    crate::feature::DEFAULT_TREE_WIDTH
+}
+
+fn is_default_tree_width(w: &usize) -> bool {
+    *w == crate::feature::DEFAULT_TREE_WIDTH
 }
 
 impl ProposerConfig {
@@ -90,33 +106,24 @@ impl ProposerConfig {
     /// The same configuration with every `eagle` that names no draft folder given `shipped`
     /// (the draft shipped for the model, [`ModelBundle::draft`]).
     pub fn with_shipped_draft(self, shipped: Option<&std::path::Path>) -> Self {
-        self.map_eagles(&|e| match e {
-            ProposerConfig::Eagle {
-                draft: None,
-                weights,
-                min_confidence,
-            } => ProposerConfig::Eagle {
-                draft: shipped.map(|p| p.display().to_string()),
-                weights,
-                min_confidence,
-            },
-            other => other,
+        self.map_eagles(&|mut e| {
+            if let ProposerConfig::Eagle {
+                draft: d @ None, ..
+            } = &mut e
+            {
+                *d = shipped.map(|p| p.display().to_string());
+            }
+            e
         })
     }
 
     /// The same configuration with every `eagle`'s draft computing in `weights`.
     pub fn with_draft_weights(self, weights: DraftWeights) -> Self {
-        self.map_eagles(&|e| match e {
-            ProposerConfig::Eagle {
-                draft,
-                min_confidence,
-                ..
-            } => ProposerConfig::Eagle {
-                draft,
-                weights,
-                min_confidence,
-            },
-            other => other,
+        self.map_eagles(&|mut e| {
+            if let ProposerConfig::Eagle { weights: w, .. } = &mut e {
+                *w = weights;
+            }
+            e
         })
     }
 
@@ -124,13 +131,22 @@ impl ProposerConfig {
     /// confidence `p` or more ([`FeatureDraftProposer::with_min_confidence`]; checked when
     /// built).
     pub fn with_draft_min_confidence(self, p: f64) -> Self {
-        self.map_eagles(&|e| match e {
-            ProposerConfig::Eagle { draft, weights, .. } => ProposerConfig::Eagle {
-                draft,
-                weights,
-                min_confidence: p,
-            },
-            other => other,
+        self.map_eagles(&|mut e| {
+            if let ProposerConfig::Eagle { min_confidence, .. } = &mut e {
+                *min_confidence = p;
+            }
+            e
+        })
+    }
+
+    /// The same configuration with every `eagle`'s dynamic trees `width` children wide
+    /// ([`FeatureDraftProposer::with_tree_width`]; checked when built).
+    pub fn with_draft_tree_width(self, width: usize) -> Self {
+        self.map_eagles(&|mut e| {
+            if let ProposerConfig::Eagle { tree_width, .. } = &mut e {
+                *tree_width = width;
+            }
+            e
         })
     }
 
@@ -183,8 +199,15 @@ impl ProposerConfig {
                 draft,
                 weights,
                 min_confidence,
+                tree_width,
             } => {
                 crate::feature::check_min_confidence(*min_confidence)?;
+                if *tree_width == 0 {
+                    return Err(Error::config(
+                        "tree_width",
+                        "an eagle draft's trees need at least 1 child per node",
+                    ));
+                }
                 let dir = draft.as_ref().ok_or_else(|| {
                     Error::config(
                         "proposer",
@@ -201,7 +224,8 @@ impl ProposerConfig {
                 Box::new(
                     FeatureDraftProposer::with_embeddings(draft, embeddings, target.max_context)?
                         .with_weights(*weights)?
-                        .with_min_confidence(*min_confidence)?,
+                        .with_min_confidence(*min_confidence)?
+                        .with_tree_width(*tree_width),
                 )
             }
             ProposerConfig::Chain(members) if !members.is_empty() => Box::new(Chain::new(
@@ -286,6 +310,7 @@ impl std::fmt::Display for ProposerConfig {
                 draft,
                 weights,
                 min_confidence,
+                ..
             } => {
                 f.write_str("eagle")?;
                 if let Some(d) = draft {
@@ -376,6 +401,7 @@ impl FromStr for ProposerConfig {
                 draft,
                 weights,
                 min_confidence,
+                tree_width: crate::feature::DEFAULT_TREE_WIDTH,
             });
         }
         let parts: Vec<&str> = s.split(':').collect();
@@ -479,6 +505,47 @@ mod tests {
             .with_draft_weights(DraftWeights::F32)
             .with_draft_min_confidence(0.5);
         assert_eq!(heads, ProposerConfig::Heads);
+    }
+
+    #[test]
+    fn a_tree_width_reaches_every_eagle_and_round_trips() {
+        let config: ProposerConfig = "chain:ngram,eagle,eagle:own".parse().unwrap();
+        let wide = config.clone().with_draft_tree_width(6);
+        let ProposerConfig::Chain(members) = &wide else {
+            panic!("a chain")
+        };
+        let widths: Vec<usize> = members
+            .iter()
+            .filter_map(|m| match m {
+                ProposerConfig::Eagle { tree_width, .. } => Some(*tree_width),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(widths, [6, 6]);
+        assert_eq!(members[0], ProposerConfig::Ngram { min: 1, max: 3 });
+        let json = serde_json::to_string(&wide).unwrap();
+        assert!(json.contains(r#""tree_width":6"#), "{json}");
+        assert_eq!(serde_json::from_str::<ProposerConfig>(&json).unwrap(), wide);
+        // The default width is not written, and reads back as the default.
+        let json = serde_json::to_string(&config).unwrap();
+        assert!(!json.contains("tree_width"), "{json}");
+        let back: ProposerConfig = serde_json::from_str(r#"{"eagle": {}}"#).unwrap();
+        assert_eq!(back, "eagle".parse().unwrap());
+        let e = serde_json::from_str::<ProposerConfig>(r#"{"eagle": {"tree_width": 0}}"#)
+            .unwrap()
+            .build_with(&ModelInfo::new(50, 64), None)
+            .err()
+            .expect("width 0");
+        assert!(
+            matches!(
+                e,
+                Error::InvalidConfig {
+                    field: "tree_width",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
