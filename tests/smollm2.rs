@@ -300,16 +300,21 @@ fn shipped_heads_attach_by_default_and_stay_exact() {
     );
 }
 
-#[test]
-fn conformance_suite_passes_on_the_adapter() {
-    let mut m = TorchScriptLm::load(
+/// SmolLM2's float32 export with a context of 64.
+fn adapter_of_64() -> TorchScriptLm {
+    TorchScriptLm::load(
         dir(),
         &LoadOptions {
             max_context: Some(64),
             ..Default::default()
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn conformance_suite_passes_on_the_adapter() {
+    let mut m = adapter_of_64();
     let vocab = m.info().vocab_size;
     Conformance::new()
         .cases(8)
@@ -351,14 +356,7 @@ fn chunked_prefill_gives_the_same_logits() {
 /// front as over them scattered among dead ones (float32, up to the masked softmax's rounding).
 #[test]
 fn compaction_keeps_what_attention_sees() {
-    let mut m = TorchScriptLm::load(
-        dir(),
-        &LoadOptions {
-            max_context: Some(64),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut m = adapter_of_64();
     let masked = m.as_masked().expect("the masked export");
     blockwise::testing::check_compaction(masked, 1e-3).unwrap();
 }

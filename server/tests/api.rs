@@ -465,6 +465,23 @@ async fn smollm2_chat_equals_greedy_and_a_gone_client_frees_its_row() {
     server.shutdown().await;
 }
 
+/// Asks SmolLM2 every question at once (20 tokens each) and checks each answer is `want`'s.
+async fn assert_chat_answers(server: &Server, questions: &[&str], want: &[String]) {
+    let answers = futures_util::future::join_all(questions.iter().map(|q| {
+        post(
+            server,
+            "/v1/chat/completions",
+            json!({"model": "smollm2", "max_tokens": 20,
+                   "messages": [{"role": "user", "content": q}]}),
+        )
+    }))
+    .await;
+    for ((status, body), want) in answers.into_iter().zip(want) {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["choices"][0]["message"]["content"], want.as_str());
+    }
+}
+
 /// `--proposer eagle` names no folder: the draft shipped for SmolLM2 is attached, as `decode`
 /// attaches it, and every row of a batch (one fork of it each) answers with greedy's text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,19 +490,7 @@ async fn smollm2_eagle_uses_the_shipped_draft_in_every_row() {
     let server = Server::start(&model, "eagle", 3, 2, 8).await;
     let questions = ["Why is the sky blue?", "Write a haiku about the sea."];
     let want = greedy_texts(&model, &questions.map(|q| (q.to_string(), 20)), true);
-    let answers = futures_util::future::join_all(questions.iter().map(|q| {
-        post(
-            &server,
-            "/v1/chat/completions",
-            json!({"model": "smollm2", "max_tokens": 20,
-                   "messages": [{"role": "user", "content": q}]}),
-        )
-    }))
-    .await;
-    for ((status, body), want) in answers.into_iter().zip(&want) {
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(body["choices"][0]["message"]["content"], want.as_str());
-    }
+    assert_chat_answers(&server, &questions, &want).await;
     server.shutdown().await;
 }
 
@@ -503,19 +508,7 @@ async fn smollm2_trees_answer_with_greedy_text() {
         decoder.proposer = "chain:ngram:3:3,eagle".parse().unwrap();
         decoder.tree = Some("dynamic:5".parse().unwrap());
         let server = Server::start_with(&model, decoder, max_batch, 8).await;
-        let answers = futures_util::future::join_all(questions.iter().map(|q| {
-            post(
-                &server,
-                "/v1/chat/completions",
-                json!({"model": "smollm2", "max_tokens": 20,
-                       "messages": [{"role": "user", "content": q}]}),
-            )
-        }))
-        .await;
-        for ((status, body), want) in answers.into_iter().zip(&want) {
-            assert_eq!(status, 200, "{body}");
-            assert_eq!(body["choices"][0]["message"]["content"], want.as_str());
-        }
+        assert_chat_answers(&server, &questions, &want).await;
         let (status, body) = post(
             &server,
             "/v1/chat/completions",
