@@ -41,7 +41,8 @@ pub trait MaskedLm: CausalLm {
     /// as slots `0..n`, in that order; later slots are forgotten. Entries with `index[b][j] ==
     /// j` keep their slot where it is, and an implementation should move only the others
     /// ([`in_place_prefix`] gives how many leading slots every row keeps in place): the batch
-    /// decoder compacts after every call whose accepted slots are all it has to move.
+    /// decoder compacts before almost every call, when the last call's accepted slots are
+    /// about all it has to move.
     fn compact(&mut self, index: &Tensor) -> Result<()>;
 }
 

@@ -138,18 +138,22 @@ pub fn check_compaction(
         }
         call(model, tokens, positions, mask, 2)
     };
+    // Compacts to `index` (`[B, kept]`) and checks that `kept` slots are left in use.
+    let compact = |model: &mut dyn MaskedLm, index: &Tensor, kept: usize| {
+        model.compact(index).map_err(model_err)?;
+        match model.slots_used() {
+            left if left == kept => Ok(()),
+            left => Err(fail(format!(
+                "compact to {kept} slots left slots_used() = {left}"
+            ))),
+        }
+    };
     let before = query(model, true).map_err(model_err)?;
     let restore = Tensor::from_slice(&(0..used as i64).collect::<Vec<_>>())
         .view([1, used as i64])
         .repeat([b as i64, 1])
         .to_device(device);
-    model.compact(&restore).map_err(model_err)?;
-    if model.slots_used() != used {
-        return Err(fail(format!(
-            "compact to {used} slots left slots_used() = {}",
-            model.slots_used()
-        )));
-    }
+    compact(model, &restore, used)?;
     let index: Vec<i64> = live
         .iter()
         .flat_map(|kept| kept.iter().copied().chain(kept.len() as i64..n as i64))
@@ -157,13 +161,7 @@ pub fn check_compaction(
     let index = Tensor::from_slice(&index)
         .view([b as i64, n as i64])
         .to_device(device);
-    model.compact(&index).map_err(model_err)?;
-    if model.slots_used() != n {
-        return Err(fail(format!(
-            "compact to {n} slots left slots_used() = {}",
-            model.slots_used()
-        )));
-    }
+    compact(model, &index, n)?;
     let after = query(model, false).map_err(model_err)?;
     let diff = (&before - &after).abs().max().double_value(&[]);
     if diff.is_nan() || diff > tolerance {

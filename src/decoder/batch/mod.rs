@@ -515,10 +515,13 @@ impl<M: CausalLm> BatchBlockwise<M> {
             .map(|r| r.live.len())
             .max()
             .unwrap_or(0);
-        let moved = rows.iter().flatten().map(|r| out_of_place(&r.live)).max();
         let m = masked(&mut self.model)?;
         let used = m.slots_used();
-        let cheap = used > longest && moved.is_some_and(|n| n <= CHEAP_MOVE);
+        let cheap = used > longest
+            && rows
+                .iter()
+                .flatten()
+                .all(|r| out_of_place(&r.live) <= CHEAP_MOVE);
         if cheap || used + t > m.slot_capacity() || used > 2 * longest + 64 {
             self.compact(rows)?;
         }
