@@ -12,7 +12,7 @@
 //! cargo run --release --example draft_answers -- --prompts target/heads/smollm2-chat.txt \
 //!     --out target/draft-data/train-answers [--model models/smollm2] [--limit N] \
 //!     [--new-tokens 64] [--batch 64] [--shard 512] [--repeat 1] [--dtype f32] \
-//!     [--backend torchscript]
+//!     [--backend torchscript] [--taps 2,15,27]
 //! ```
 //!
 //! Writes `OUT-00000.safetensors`, `OUT-00001.safetensors`, ... of `--shard` prompts each and
@@ -20,7 +20,10 @@
 //! sequence R times (weighting the answers in training). `--dtype bf16` decodes in bfloat16
 //! (about twice the answer tokens per second on CPUs with AVX-512 BF16; the answers are then
 //! the bf16 model's greedy ones, which part from f32's after a near-tie, and the hidden states
-//! are stored in half precision either way).
+//! are stored in half precision either way). `--taps 2,15,27` also keeps the residual states
+//! after those layers of the base, after each final state (`CausalLm::set_feature_taps`; the
+//! native backend, `--backend native`), for a draft that reads them (`taps` in `train_draft`'s
+//! config).
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -77,6 +80,7 @@ struct Args {
     repeat: usize,
     dtype: DType,
     backend: Backend,
+    taps: Vec<usize>,
 }
 
 fn args() -> Result<Args> {
@@ -84,6 +88,7 @@ fn args() -> Result<Args> {
     let (mut limit, mut new_tokens, mut batch) = (usize::MAX, 64usize, 64usize);
     let (mut shard, mut repeat) = (512usize, 1usize);
     let (mut dtype, mut backend) = (DType::F32, Backend::default());
+    let mut taps = Vec::new();
     let bad = |m: &str| Error::config("arguments", m.to_string());
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -106,6 +111,18 @@ fn args() -> Result<Args> {
             "--repeat" => repeat = number(value()?)?,
             "--dtype" => dtype = value()?.parse()?,
             "--backend" => backend = Backend::parse(&value()?)?,
+            "--taps" => {
+                taps = value()?
+                    .split(',')
+                    .map(|l| {
+                        l.trim().parse::<usize>().map_err(|_| {
+                            bad(&format!(
+                                "--taps expects layer numbers such as 2,15,27, not {l:?}"
+                            ))
+                        })
+                    })
+                    .collect::<Result<_>>()?
+            }
             other => return Err(bad(&format!("unknown flag {other}; see the file's header"))),
         }
     }
@@ -120,6 +137,7 @@ fn args() -> Result<Args> {
         repeat,
         dtype,
         backend,
+        taps,
     })
 }
 
@@ -133,6 +151,7 @@ fn run() -> Result<()> {
         ..BundleOptions::default()
     };
     let mut bundle = ModelBundle::load(&a.model, &options)?;
+    bundle.model.set_feature_taps(&a.taps)?;
     let embeddings = bundle
         .model
         .token_embeddings()
@@ -233,7 +252,9 @@ fn row_data(
             ),
         });
     }
-    let projected: Vec<i64> = Vec::try_from(h.f_matmul(&embeddings.f_tr()?)?.f_argmax(-1, false)?)?;
+    let last = blockwise::model::final_states(&h, embeddings.size()[1])?;
+    let projected: Vec<i64> =
+        Vec::try_from(last.f_matmul(&embeddings.f_tr()?)?.f_argmax(-1, false)?)?;
     let mut argmax = projected.clone();
     let mut off = 0;
     for t in prompt.len() - 1..n.min(seq.len() - 1) {

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use blockwise::bundle::{BundleOptions, HeadsChoice, ModelBundle};
+use blockwise::bundle::{Backend, BundleOptions, HeadsChoice, ModelBundle};
 use blockwise::feature::{FeatureDraft, FeatureDraftConfig, FeatureDraftProposer};
 use blockwise::train::{
     evaluate_feature_draft, evaluate_feature_draft_on_answers, train_feature_draft, DraftData,
@@ -66,6 +66,16 @@ struct Config {
     /// only; a draft loaded by `init` keeps what it has).
     #[serde(default)]
     rope_theta: Option<f64>,
+    /// Inner layers of the base whose residual states the draft reads besides the final
+    /// states (`FeatureDraftConfig::taps`); the data must hold them (`draft_answers --taps`).
+    /// Beside `init`, adds them to a saved draft that reads the final states alone, their map
+    /// at zero.
+    #[serde(default)]
+    taps: Option<Vec<usize>>,
+    /// How the base runs for the decoding measurement: `torchscript` (the default) or
+    /// `native` (the crate's CPU kernels; the backend that hands over inner layers' states).
+    #[serde(default)]
+    backend: Option<String>,
     /// Start from the draft saved in this folder instead of a fresh one (fine-tuning on new
     /// data): its width, feed-forward size and shortlist are kept, so `shortlist` and `d_ff`
     /// are refused beside it.
@@ -192,7 +202,10 @@ fn run() -> Result<()> {
         dtype: DType::F32,
         heads: HeadsChoice::None,
         f32_matmul: Default::default(),
-        backend: Default::default(),
+        backend: match &config.backend {
+            Some(b) => Backend::parse(b)?,
+            None => Backend::default(),
+        },
         ..BundleOptions::default()
     };
     let mut bundle = ModelBundle::load(&config.model, &options)?;
@@ -246,13 +259,25 @@ fn run() -> Result<()> {
                 }
                 eprintln!("train_draft: starting from the draft in {}", dir.display());
                 let draft = FeatureDraft::load(dir, info.device)?;
-                match config.layers {
+                let draft = match config.layers {
                     Some(n) => draft.with_layers(n)?,
                     None => draft,
+                };
+                match (&config.taps, &draft.config().taps) {
+                    (Some(t), None) => draft.with_taps(t.clone())?,
+                    (Some(t), Some(own)) if t != own => {
+                        return Err(Error::config(
+                            "train_draft config",
+                            format!("`taps` {t:?}, but the draft in `init` reads layers {own:?}"),
+                        ))
+                    }
+                    _ => draft,
                 }
             }
             None => {
-                let mut draft_config = FeatureDraftConfig::for_base(data.width(), info.vocab_size);
+                let width = embeddings.size()[1];
+                let mut draft_config = FeatureDraftConfig::for_base(width, info.vocab_size);
+                draft_config.taps = config.taps.clone();
                 if let Some(f) = config.d_ff {
                     draft_config.d_ff = f;
                 }
@@ -361,6 +386,9 @@ fn run() -> Result<()> {
         greedy.push(GreedyDecoder::new(&mut bundle.model).decode(p, &decode)?);
     }
     let greedy_s = t.elapsed().as_secs_f64();
+    bundle
+        .model
+        .set_feature_taps(draft.config().taps.as_deref().unwrap_or(&[]))?;
     let proposer = FeatureDraftProposer::new(draft, &*bundle.model)?;
     let mut decoder = Blockwise::builder(&mut bundle.model)
         .block_size(ev.block_size)

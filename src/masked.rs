@@ -29,7 +29,8 @@ pub trait MaskedLm: CausalLm {
     /// each row. `positions` (`[B, T]` int64) are the tokens' positions in their sequences;
     /// `mask` (`[B, T, slots_used() + T]` bool) is true where a query may attend a slot. Every
     /// query must be allowed at least its own slot. Returns logits `[B, T, V]` and, when the
-    /// model exposes them, hidden states `[B, T, D]`.
+    /// model exposes them, hidden states `[B, T, D]` (with feature taps after them, as
+    /// [`CausalLm::forward`](crate::CausalLm::forward) returns them).
     fn forward_masked(
         &mut self,
         tokens: &Tensor,

@@ -48,7 +48,9 @@ pub struct ModelOutput {
     /// Next-token logits for every position of the block, `[B, T, V]`.
     pub logits: Tensor,
     /// Final hidden states (what the vocabulary projection reads), `[B, T, D]`, when the model
-    /// exposes them. Proposal heads run on these.
+    /// exposes them. Proposal heads run on these. After [`CausalLm::set_feature_taps`] with
+    /// `k` layers, `[B, T, (1 + k) D]`: the final states, then each tapped layer's residual
+    /// state in the order the layers were given.
     pub hidden: Option<Tensor>,
 }
 
@@ -131,6 +133,50 @@ pub trait CausalLm {
     fn as_masked(&mut self) -> Option<&mut dyn crate::masked::MaskedLm> {
         None
     }
+
+    /// Asks every later call (causal and masked) to return, after the final hidden states, the
+    /// residual state after each of `layers` (0-based, in the given order), so that
+    /// [`ModelOutput::hidden`] is `[B, T, (1 + k) D]`. A feature draft that reads inner layers
+    /// needs them ([`crate::feature::FeatureDraftConfig::taps`]). An empty list returns to the
+    /// final states alone. The default refuses any layer ([`Error::MissingCapability`]); a layer
+    /// past the model's is refused ([`Error::InvalidConfig`]).
+    fn set_feature_taps(&mut self, layers: &[usize]) -> Result<()> {
+        if layers.is_empty() {
+            return Ok(());
+        }
+        Err(Error::MissingCapability {
+            component: "a feature draft that reads inner layers",
+            capability: "the residual states of inner layers (CausalLm::set_feature_taps)",
+        })
+    }
+}
+
+/// The final states `[.., D]` of hidden states that may carry feature taps after them
+/// (`[.., (1 + k) D]`, [`CausalLm::set_feature_taps`]).
+pub fn final_states(hidden: &Tensor, d: i64) -> Result<Tensor> {
+    let width = hidden.size().last().copied().unwrap_or(0);
+    if width == d {
+        return Ok(hidden.shallow_clone());
+    }
+    if d < 1 || width % d != 0 {
+        return Err(Error::config(
+            "hidden states",
+            format!("{width} wide, neither the final states' {d} nor a multiple of it"),
+        ));
+    }
+    Ok(hidden.f_narrow(-1, 0, d)?)
+}
+
+/// Checks feature taps against a model of `n_layers` layers (for implementations of
+/// [`CausalLm::set_feature_taps`]).
+pub fn check_feature_taps(layers: &[usize], n_layers: usize) -> Result<()> {
+    if let Some(&l) = layers.iter().find(|&&l| l >= n_layers) {
+        return Err(Error::config(
+            "feature taps",
+            format!("layer {l} is past the model's {n_layers} layers (they count from 0)"),
+        ));
+    }
+    Ok(())
 }
 
 impl<M: CausalLm + ?Sized> CausalLm for &mut M {
@@ -158,6 +204,9 @@ impl<M: CausalLm + ?Sized> CausalLm for &mut M {
     fn as_masked(&mut self) -> Option<&mut dyn crate::masked::MaskedLm> {
         (**self).as_masked()
     }
+    fn set_feature_taps(&mut self, layers: &[usize]) -> Result<()> {
+        (**self).set_feature_taps(layers)
+    }
 }
 
 impl<M: CausalLm + ?Sized> CausalLm for Box<M> {
@@ -184,6 +233,9 @@ impl<M: CausalLm + ?Sized> CausalLm for Box<M> {
     }
     fn as_masked(&mut self) -> Option<&mut dyn crate::masked::MaskedLm> {
         (**self).as_masked()
+    }
+    fn set_feature_taps(&mut self, layers: &[usize]) -> Result<()> {
+        (**self).set_feature_taps(layers)
     }
 }
 

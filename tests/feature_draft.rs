@@ -34,9 +34,14 @@ fn config() -> ProptestConfig {
     }
 }
 
-fn draft_for(model: &Transformer, seed: u64, shortlist: Option<usize>) -> FeatureDraftProposer {
+fn draft_for(
+    model: &Transformer,
+    seed: u64,
+    shortlist: Option<usize>,
+    taps: Option<Vec<usize>>,
+) -> FeatureDraftProposer {
     let c = model.config();
-    let mut draft = new_draft(c.d_model, c.vocab_size, seed).unwrap();
+    let mut draft = new_draft(c.d_model, c.vocab_size, seed, taps).unwrap();
     if let Some(n) = shortlist {
         // Every other id, starting from a seeded offset: guesses outside it are never made.
         let ids: Vec<i64> = (0..c.vocab_size)
@@ -63,20 +68,39 @@ fn floor_for(seed: u64) -> f64 {
     [0.0, 0.0, 0.1, 0.5][(seed / 12 % 4) as usize]
 }
 
+/// The base's inner layers a draft reads, by seed: none for a third of the seeds, the first
+/// layer, or the last and the first (out of order) — the model must hand over the same
+/// ([`CausalLm::set_feature_taps`]).
+fn taps_for(seed: u64, n_layers: usize) -> Option<Vec<usize>> {
+    match seed / 96 % 3 {
+        0 => None,
+        1 => Some(vec![0]),
+        _ => Some(vec![n_layers - 1, 0]),
+    }
+}
+
 /// A fresh draft, by seed: one layer, or two with every weight drawn at random (so that the
 /// second layer's cache and attention decide what it guesses); with rotary positions in its
 /// attention for half the seeds (then its weights drawn at random too, so that positions
-/// change its guesses).
-fn new_draft(d_model: i64, vocab_size: i64, seed: u64) -> blockwise::Result<FeatureDraft> {
+/// change its guesses); reading the base's inner layers `taps` too when given (then its
+/// weights drawn at random too, so that the inner layers change its guesses).
+fn new_draft(
+    d_model: i64,
+    vocab_size: i64,
+    seed: u64,
+    taps: Option<Vec<usize>>,
+) -> blockwise::Result<FeatureDraft> {
     let n_layers = 1 + (seed / 6 % 2) as i64;
     let rope_theta = (seed / 48 % 2 == 1).then_some(100.0);
+    let noisy = n_layers > 1 || rope_theta.is_some() || taps.is_some();
     let config = FeatureDraftConfig {
         n_layers,
         rope_theta,
+        taps,
         ..FeatureDraftConfig::for_base(d_model, vocab_size)
     };
     let draft = FeatureDraft::new(config, seed, Device::Cpu)?;
-    if n_layers > 1 || rope_theta.is_some() {
+    if noisy {
         tch::no_grad(|| {
             for (_, mut v) in draft.var_store().variables() {
                 let noise = Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.1;
@@ -127,16 +151,21 @@ fn run(case: &ModelCase, setup: Setup) -> (DecodeOutput, DecodeOutput) {
         .decode(&case.prompt, &case.decode)
         .unwrap();
     let seed = case.proposer_seed;
+    let taps = taps_for(seed, case.config.n_layers);
+    model
+        .set_feature_taps(taps.as_deref().unwrap_or(&[]))
+        .unwrap();
+    let draft = |shortlist| draft_for(&model, seed, shortlist, taps.clone());
     let proposer: Box<dyn Proposer> = match setup {
-        Setup::Plain | Setup::Recompute => Box::new(draft_for(&model, seed, None)),
-        Setup::Shortlist => Box::new(draft_for(&model, seed, Some(3))),
+        Setup::Plain | Setup::Recompute => Box::new(draft(None)),
+        Setup::Shortlist => Box::new(draft(Some(3))),
         Setup::DraftThenNgram => Box::new(Chain::new(vec![
-            Box::new(draft_for(&model, seed, None)),
+            Box::new(draft(None)),
             Box::new(NGram::new(1, 3).unwrap()),
         ])),
         Setup::NgramThenDraft => Box::new(Chain::new(vec![
             Box::new(NGram::new(1, 3).unwrap()),
-            Box::new(draft_for(&model, seed, None)),
+            Box::new(draft(None)),
         ])),
     };
     let builder = Blockwise::builder(&mut model)
@@ -197,8 +226,11 @@ proptest! {
         let emb = model.token_embeddings().unwrap().copy();
         let (d, vocab, ctx) = (case.config.d_model, case.config.vocab_size, case.config.max_context);
         let mut seed = case.proposer_seed;
+        // One set of inner layers for the whole batch: the model hands over one.
+        let taps = taps_for(seed, case.config.n_layers);
+        model.set_feature_taps(taps.as_deref().unwrap_or(&[])).unwrap();
         let build = move |seed: u64| -> blockwise::Result<Box<dyn Proposer>> {
-            let draft = new_draft(d, vocab, seed)?;
+            let draft = new_draft(d, vocab, seed, taps.clone())?;
             let draft: Box<dyn Proposer> = Box::new(
                 FeatureDraftProposer::with_embeddings(draft, &emb, ctx)?
                     .with_tree_width(width)
@@ -533,7 +565,7 @@ fn feature_draft_passes_the_conformance_suite() {
         .max_new_tokens(0..=24)
         .run(&mut fixed_model(2), |seed| {
             let model = fixed_model(2);
-            Box::new(draft_for(&model, seed, None))
+            Box::new(draft_for(&model, seed, None, None))
         })
         .unwrap();
 }
@@ -728,7 +760,7 @@ fn a_configured_tree_width_shapes_the_drafts_trees() {
     use blockwise::config::ProposerConfig;
     let mut model = fixed_model(2);
     let dir = std::env::temp_dir().join(format!("blockwise-width-{}", std::process::id()));
-    new_draft(32, 24, 5).unwrap().save(&dir).unwrap();
+    new_draft(32, 24, 5, None).unwrap().save(&dir).unwrap();
     let prompts: Vec<Vec<i64>> = (0..3).map(|i| vec![i + 1, 2 * i + 3, 5]).collect();
     let decode = DecodeConfig::new(30);
     let want: Vec<Vec<i64>> = prompts

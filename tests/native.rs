@@ -123,6 +123,63 @@ fn logits_match_the_torchscript_module_in_float32() {
     assert_eq!(nat.cached_len(), prompt.len() + block.len());
 }
 
+/// Feature taps: the native model hands over the residual states of the layers asked for after
+/// its final states, causal and masked calls alike, its logits and final states unchanged bit
+/// for bit; the last layer's, RMS-normalised, is the final state up to the final norm's
+/// weights (the same per-dimension ratio at every position). The TorchScript module has none.
+#[test]
+fn feature_taps_follow_the_final_states() {
+    let _g = tch::no_grad_guard();
+    let mut nat = native(DType::F32, 128);
+    let ids: Vec<i64> = (0..19).map(|i| (i * 7919 + 11) % 49152).collect();
+    let t = Tensor::from_slice(&ids).unsqueeze(0);
+    let plain = nat.forward(&t, 0).unwrap();
+    nat.set_feature_taps(&[29, 1]).unwrap();
+    let tapped = nat.forward(&t, 0).unwrap();
+    let h = tapped.hidden.unwrap();
+    assert_eq!(h.size(), [1, 19, 3 * 576]);
+    assert!(tapped.logits.equal(&plain.logits));
+    let final_states = h.narrow(-1, 0, 576);
+    assert!(final_states.equal(&plain.hidden.unwrap()));
+    let last = h.narrow(-1, 576, 576);
+    let normed = &last * (last.square().mean_dim(-1, true, tch::Kind::Float) + 1e-5).rsqrt();
+    let ratio = &final_states / normed;
+    let spread = (&ratio - ratio.narrow(1, 0, 1))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(
+        spread < 1e-2,
+        "final state / normalised last layer varies by {spread}"
+    );
+    assert!(
+        (h.narrow(-1, 1152, 576) - &last)
+            .abs()
+            .max()
+            .double_value(&[])
+            > 1.0
+    );
+
+    // The masked form (batches, trees) hands over the same.
+    use blockwise::MaskedLm;
+    nat.begin_batch(1, 32).unwrap();
+    let causal = Tensor::ones([19, 19], (tch::Kind::Bool, Device::Cpu))
+        .tril(0)
+        .unsqueeze(0);
+    let positions = Tensor::arange(19, (tch::Kind::Int64, Device::Cpu)).unsqueeze(0);
+    let masked = nat.forward_masked(&t, &positions, &causal).unwrap();
+    let d = (masked.hidden.unwrap() - &h).abs().max().double_value(&[]);
+    assert!(d < 1e-4, "masked and causal taps differ by {d}");
+    assert!(matches!(
+        nat.set_feature_taps(&[30]).unwrap_err(),
+        Error::InvalidConfig { .. }
+    ));
+
+    let mut ts = TorchScriptLm::load(dir(), &LoadOptions::default()).unwrap();
+    let err = ts.set_feature_taps(&[1]).unwrap_err();
+    assert!(matches!(err, Error::MissingCapability { .. }), "{err}");
+}
+
 /// transformers' greedy continuations of the export's oracle prompts, token for token.
 #[test]
 fn greedy_equals_transformers_in_float32() {

@@ -125,6 +125,10 @@ fn run(args: Args) -> Result<()> {
         tie_guard: args.tie_guard,
         tree: args.tree.clone(),
     };
+    // A feature draft that reads inner layers needs the model to hand them over.
+    bundle
+        .model
+        .set_feature_taps(&config.proposer.feature_taps()?)?;
     let embeddings = bundle.model.token_embeddings();
     let mut decode = DecodeConfig::new(args.max_new_tokens).with_eos(bundle.eos.clone());
     decode.prefill_chunk = args.prefill_chunk;

@@ -177,9 +177,15 @@ fn main() {
         batch_wait: std::time::Duration::from_millis(cli.batch_wait_ms),
     };
     let model = cli.model.clone();
+    let proposer = config.decoder.proposer.clone();
     let worker = spawn_worker(
         move || {
-            let bundle = ModelBundle::load(&model, &options)?;
+            let mut bundle = ModelBundle::load(&model, &options)?;
+            // A feature draft that reads inner layers needs the model to hand them over.
+            let taps = proposer
+                .with_shipped_draft(bundle.draft.as_deref())
+                .feature_taps()?;
+            bundle.model.set_feature_taps(&taps)?;
             Ok(bundle)
         },
         config,

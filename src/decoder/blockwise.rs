@@ -186,7 +186,8 @@ impl<M: CausalLm> Blockwise<M> {
 
     /// Builds a decoder from configuration. `embeddings` (`[V, D]`) serve embedding-distance
     /// acceptance; pass `None` otherwise. A configuration with a tree is refused (trees are
-    /// verified by [`BatchBlockwise`](crate::decoder::BatchBlockwise)).
+    /// verified by [`BatchBlockwise`](crate::decoder::BatchBlockwise)). A feature draft that
+    /// reads inner layers sets the model's taps ([`CausalLm::set_feature_taps`]).
     pub fn from_config(
         model: M,
         config: &BlockwiseConfig,
@@ -209,6 +210,10 @@ impl<M: CausalLm> Blockwise<M> {
         if let Some(m) = config.tie_guard {
             builder = builder.tie_guard(m);
         }
+        // A feature draft that reads inner layers needs the model to hand them over.
+        builder
+            .model
+            .set_feature_taps(&config.proposer.feature_taps()?)?;
         let proposer = config.proposer.build_for(&builder.model)?;
         let builder = builder.proposer(proposer);
         let builder = match config.verifier {

@@ -40,6 +40,13 @@ pub struct FeatureDraftConfig {
     /// states (every draft saved before this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_theta: Option<f64>,
+    /// Inner layers of the base (0-based) whose residual states the draft reads besides the
+    /// final states, EAGLE-3's idea: where the draft reads a state the base computed, a linear
+    /// map of these (each RMS-normalised) is added to the final state. The base must hand them
+    /// over ([`crate::CausalLm::set_feature_taps`]). None: the final states alone (every draft
+    /// saved before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taps: Option<Vec<usize>>,
     /// What the draft was trained on top of (for example the export's source file), checked
     /// when it is attached to an exported model.
     #[serde(default)]
@@ -66,8 +73,15 @@ impl FeatureDraftConfig {
             vocab_size,
             n_layers: 1,
             rope_theta: None,
+            taps: None,
             base: None,
         }
+    }
+
+    /// Width of the states the draft reads from the base: the final states' `d_model`, times
+    /// one plus the number of tapped layers.
+    pub fn feature_width(&self) -> i64 {
+        self.d_model * (1 + self.taps.as_ref().map_or(0, Vec::len) as i64)
     }
 
     /// Checks the sizes.
@@ -104,6 +118,12 @@ impl FeatureDraftConfig {
                 ),
             ));
         }
+        if self.taps.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::config(
+                "feature draft",
+                "taps names no layer (leave it out for a draft that reads the final states alone)",
+            ));
+        }
         if self.d_model % self.n_heads != 0 {
             return Err(Error::config(
                 "feature draft",
@@ -125,6 +145,8 @@ impl FeatureDraftConfig {
 pub struct FeatureDraft {
     vs: nn::VarStore,
     fuse: Linear,
+    /// The map from the tapped layers' states to the final state's width (`config.taps`).
+    taps: Option<Linear>,
     layers: Vec<DraftLayer>,
     config: FeatureDraftConfig,
     shortlist: Option<Vec<i64>>,
@@ -188,8 +210,13 @@ impl FeatureDraft {
                 _ => DraftLayer::new(&(&root / format!("layer{i}")), d, config.d_ff),
             })
             .collect();
+        let taps = config
+            .taps
+            .as_ref()
+            .map(|t| Linear::new(&root / "taps", t.len() as i64 * d, d));
         let draft = FeatureDraft {
             fuse: Linear::new(&root / "fuse", 2 * d, d),
+            taps,
             layers,
             vs,
             config,
@@ -197,7 +224,13 @@ impl FeatureDraft {
         };
         tch::no_grad(|| -> Result<()> {
             let vars = draft.vs.variables();
-            let mut zeroed = vec!["fuse.bias".to_string()];
+            // The taps' map starts at zero: a draft reads the final states alone until training
+            // finds a use for the inner layers.
+            let mut zeroed = vec![
+                "fuse.bias".to_string(),
+                "taps.weight".to_string(),
+                "taps.bias".to_string(),
+            ];
             for i in 0..draft.layers.len() {
                 let p = DraftLayer::prefix(i);
                 for name in ["proj.weight", "proj.bias", "fc2.weight", "fc2.bias"] {
@@ -271,6 +304,67 @@ impl FeatureDraft {
         grown.copy_weights(&own, "the draft", true)?;
         grown.shortlist = self.shortlist;
         Ok(grown)
+    }
+
+    /// The same draft reading the base's inner layers `layers` too (`config.taps`), their map
+    /// at zero, so its guesses are unchanged until training moves it. For fine-tuning a draft
+    /// that reads the final states alone; a draft that already has taps is refused.
+    pub fn with_taps(self, layers: Vec<usize>) -> Result<Self> {
+        if let Some(own) = &self.config.taps {
+            return Err(Error::config(
+                "feature draft",
+                format!("already reads layers {own:?}; taps can only be added to a draft without"),
+            ));
+        }
+        let mut config = self.config.clone();
+        config.taps = Some(layers);
+        let mut tapped = FeatureDraft::new(config, 0, self.vs.device())?;
+        let own: std::collections::HashMap<String, Tensor> =
+            self.vs.variables().into_iter().collect();
+        tapped.copy_weights(&own, "the draft", true)?;
+        tapped.shortlist = self.shortlist;
+        Ok(tapped)
+    }
+
+    /// The state the draft reads where the base computed one, `[.., D]` (float32), from what
+    /// the base hands over (`[.., feature_width]`): the final state, plus the taps' map of the
+    /// inner layers' states when the draft has taps.
+    pub(crate) fn true_state(&self, hidden: &Tensor) -> Result<Tensor> {
+        let d = self.config.d_model;
+        let width = self.config.feature_width();
+        if hidden.size().last().copied() != Some(width) {
+            return Err(Error::BadOutputShape {
+                output: "hidden",
+                expected: match &self.config.taps {
+                    None => format!("[.., {d}] (the final states)"),
+                    Some(t) => format!(
+                        "[.., {width}] (the final states, then layers {t:?}: call \
+                         CausalLm::set_feature_taps on the base)"
+                    ),
+                },
+                actual: hidden.size(),
+            });
+        }
+        let hidden = hidden.f_to_kind(Kind::Float)?;
+        let Some(map) = &self.taps else {
+            return Ok(hidden);
+        };
+        let k = width / d - 1;
+        let mut shape = hidden.size();
+        let last = shape.len() - 1;
+        shape[last] = k;
+        shape.push(d);
+        let inner = hidden.f_narrow(-1, d, k * d)?.f_view(shape.as_slice())?;
+        let normed = inner.f_mul(
+            &inner
+                .f_square()?
+                .f_mean_dim(-1, true, Kind::Float)?
+                .f_add_scalar(1e-6)?
+                .f_rsqrt()?,
+        )?;
+        Ok(hidden
+            .f_narrow(-1, 0, d)?
+            .f_add(&map.forward(&normed.f_flatten(-2, -1)?)?)?)
     }
 
     /// Copies `saved` (named as the draft's variables, any float kind) into the draft's
@@ -404,6 +498,7 @@ impl FeatureDraft {
 
     fn linears(&mut self) -> Vec<&mut Linear> {
         let mut out = vec![&mut self.fuse];
+        out.extend(self.taps.as_mut());
         for l in &mut self.layers {
             out.extend([&mut l.qkv, &mut l.proj, &mut l.fc1, &mut l.fc2]);
         }

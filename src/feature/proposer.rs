@@ -497,14 +497,22 @@ impl Proposer for FeatureDraftProposer {
 
     fn observe_hidden(&mut self, hidden: &Tensor) -> Result<()> {
         let size = hidden.size();
-        if size.len() != 2 || size[1] != self.draft.config().d_model {
+        let width = self.draft.config().feature_width();
+        if size.len() != 2 || size[1] != width {
             return Err(Error::BadOutputShape {
                 output: "hidden",
-                expected: format!("[n, {}] (tokens, width)", self.draft.config().d_model),
+                expected: match &self.draft.config().taps {
+                    None => format!("[n, {width}] (tokens, width)"),
+                    Some(t) => format!(
+                        "[n, {width}] (tokens, the final state then layers {t:?}: call \
+                         CausalLm::set_feature_taps on the base)"
+                    ),
+                },
                 actual: size,
             });
         }
-        self.pending.push(hidden.shallow_clone());
+        let _guard = tch::no_grad_guard();
+        self.pending.push(self.draft.true_state(hidden)?);
         Ok(())
     }
 

@@ -289,7 +289,9 @@ impl<M: CausalLm> CausalLm for WithHeads<M> {
     fn head_logits_first(&self, hidden: &Tensor, n: usize) -> Result<Option<Tensor>> {
         let _guard = tch::no_grad_guard();
         let n = (n.min(self.config.num_heads) as i64).max(1);
-        let states = self.heads.forward(hidden, None)?.f_narrow(1, 0, n)?;
+        // The final states alone, when the base also returns feature taps.
+        let hidden = crate::model::final_states(hidden, self.projection.size()[1])?;
+        let states = self.heads.forward(&hidden, None)?.f_narrow(1, 0, n)?;
         let logits = self.project(&states)?;
         let Some(list) = &self.shortlist else {
             return Ok(Some(logits));
@@ -306,6 +308,10 @@ impl<M: CausalLm> CausalLm for WithHeads<M> {
 
     fn token_embeddings(&self) -> Option<Tensor> {
         self.base.token_embeddings()
+    }
+
+    fn set_feature_taps(&mut self, layers: &[usize]) -> Result<()> {
+        self.base.set_feature_taps(layers)
     }
 
     fn as_masked(&mut self) -> Option<&mut dyn crate::masked::MaskedLm> {

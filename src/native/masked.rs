@@ -68,6 +68,7 @@ impl MaskedLm for NativeLm {
             (b, t),
             start,
             Mask::Explicit(&allowed),
+            &self.taps,
         )?;
         self.batch_len = start + t;
         Ok(out)

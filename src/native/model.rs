@@ -150,6 +150,9 @@ pub struct NativeLm {
     pub(super) batch: Option<Cache>,
     pub(super) batch_len: usize,
     dtype: DType,
+    /// Layers whose residual states follow the final states in every output
+    /// ([`CausalLm::set_feature_taps`]).
+    pub(super) taps: Vec<usize>,
 }
 
 impl std::fmt::Debug for NativeLm {
@@ -378,6 +381,7 @@ impl NativeLm {
             w,
             info,
             dtype: options.dtype,
+            taps: Vec::new(),
         })
     }
 
@@ -397,9 +401,11 @@ impl NativeLm {
     }
 }
 
-/// Logits and hidden states of a pass as tensors `[B, T, V]`, `[B, T, D]`: `run` writes the
+/// Logits and hidden states of a pass as tensors `[B, T, V]`, `[B, T, (1 + k) D]` (the final
+/// states, then the residual states after each of the `k` layers `taps`): `run` writes the
 /// logits straight into the tensor's memory (a block's logits are 200 KB a row for SmolLM2, and
 /// a copy of them cost a 16-row verify call about a millisecond).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn output(
     w: &Weights,
     cache: &mut Cache,
@@ -408,6 +414,7 @@ pub(super) fn output(
     (b, t): (usize, usize),
     start: usize,
     mask: Mask<'_>,
+    taps: &[usize],
 ) -> Result<ModelOutput> {
     let d = &w.dims;
     let logits = Tensor::f_empty(
@@ -419,10 +426,11 @@ pub(super) fn output(
     // refers to yet; `run` writes every element (float32 has no invalid bit patterns).
     let data =
         unsafe { std::slice::from_raw_parts_mut(logits.data_ptr() as *mut f32, b * t * d.vocab) };
-    let hidden = run(w, cache, tokens, positions, b, t, start, mask, data);
+    let hidden = run(w, cache, tokens, positions, b, t, start, mask, taps, data);
+    let width = (d.hidden * (1 + taps.len())) as i64;
     Ok(ModelOutput::with_hidden(
         logits,
-        tensor(&hidden, [b as i64, t as i64, d.hidden as i64])?,
+        tensor(&hidden, [b as i64, t as i64, width])?,
     ))
 }
 
@@ -557,7 +565,8 @@ fn softmax_allowed(row: &mut [f32], scale: f32, allowed: impl Fn(usize) -> bool)
 
 /// One pass of `B` rows of `T` tokens (`tokens`, `positions`: `[B, T]`) written at slots
 /// `start..start + T` of `cache`: logits `[B T, V]` into `logits`, and the final hidden states
-/// `[B T, D]` returned.
+/// returned, each row followed by the residual states after the layers `taps` (`[B T, (1 + k)
+/// D]`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     w: &Weights,
@@ -568,6 +577,7 @@ pub(super) fn run(
     t: usize,
     start: usize,
     mask: Mask<'_>,
+    taps: &[usize],
     logits: &mut [f32],
 ) -> Vec<f32> {
     let d = w.dims;
@@ -588,6 +598,7 @@ pub(super) fn run(
     let mut proj = vec![0f32; n * dd];
     let mut gu = vec![0f32; n * 2 * d.inter];
     let mut act = vec![0f32; n * d.inter];
+    let mut tapped = vec![0f32; n * taps.len() * dd];
     for (l, layer) in w.layers.iter().enumerate() {
         rms_norm(&x, &layer.ln1, w.eps, &mut hbuf);
         layer.qkv.product(&hbuf, n, &mut qkv, &w.pool);
@@ -666,11 +677,26 @@ pub(super) fn run(
         for (xv, pv) in x.iter_mut().zip(&proj) {
             *xv += pv;
         }
+        for (j, _) in taps.iter().enumerate().filter(|&(_, &tap)| tap == l) {
+            for (i, row) in x.chunks_exact(dd).enumerate() {
+                tapped[(i * taps.len() + j) * dd..(i * taps.len() + j + 1) * dd]
+                    .copy_from_slice(row);
+            }
+        }
     }
     let mut hidden = vec![0f32; n * dd];
     rms_norm(&x, &w.norm, w.eps, &mut hidden);
     w.lm_head.product(&hidden, n, logits, &w.pool);
-    hidden
+    if taps.is_empty() {
+        return hidden;
+    }
+    let wide = dd * (1 + taps.len());
+    let mut out = vec![0f32; n * wide];
+    for (i, row) in out.chunks_exact_mut(wide).enumerate() {
+        row[..dd].copy_from_slice(&hidden[i * dd..(i + 1) * dd]);
+        row[dd..].copy_from_slice(&tapped[i * taps.len() * dd..(i + 1) * taps.len() * dd]);
+    }
+    out
 }
 
 impl CausalLm for NativeLm {
@@ -691,6 +717,7 @@ impl CausalLm for NativeLm {
             (1, t),
             start,
             Mask::Causal,
+            &self.taps,
         )?;
         self.len = start + t;
         Ok(out)
@@ -719,6 +746,12 @@ impl CausalLm for NativeLm {
 
     fn as_masked(&mut self) -> Option<&mut dyn crate::masked::MaskedLm> {
         Some(self)
+    }
+
+    fn set_feature_taps(&mut self, layers: &[usize]) -> Result<()> {
+        crate::model::check_feature_taps(layers, self.w.layers.len())?;
+        self.taps = layers.to_vec();
+        Ok(())
     }
 }
 

@@ -103,6 +103,46 @@ impl ProposerConfig {
         }
     }
 
+    /// The inner layers of the verified model that its feature drafts read
+    /// ([`crate::feature::FeatureDraftConfig::taps`], from each draft folder's `draft.json`):
+    /// what to pass to [`CausalLm::set_feature_taps`] before decoding. Empty when no draft
+    /// reads any; two drafts that read different layers are refused.
+    pub fn feature_taps(&self) -> Result<Vec<usize>> {
+        let mut found: Option<Vec<usize>> = None;
+        self.feature_taps_into(&mut found)?;
+        Ok(found.unwrap_or_default())
+    }
+
+    fn feature_taps_into(&self, found: &mut Option<Vec<usize>>) -> Result<()> {
+        match self {
+            ProposerConfig::Eagle {
+                draft: Some(dir), ..
+            } => {
+                let config: crate::feature::FeatureDraftConfig = Error::read_json(
+                    std::path::Path::new(dir).join(crate::feature::DRAFT_CONFIG_FILE),
+                )?;
+                let taps = config.taps.unwrap_or_default();
+                match found {
+                    Some(seen) if *seen != taps => Err(Error::config(
+                        "proposer",
+                        format!(
+                            "two eagle drafts read different layers of the model ({seen:?} and \
+                             {taps:?}); a model hands over one set"
+                        ),
+                    )),
+                    _ => {
+                        *found = Some(taps);
+                        Ok(())
+                    }
+                }
+            }
+            ProposerConfig::Chain(members) => {
+                members.iter().try_for_each(|m| m.feature_taps_into(found))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The same configuration with every `eagle` that names no draft folder given `shipped`
     /// (the draft shipped for the model, [`ModelBundle::draft`]).
     pub fn with_shipped_draft(self, shipped: Option<&std::path::Path>) -> Self {

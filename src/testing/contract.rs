@@ -92,4 +92,8 @@ impl<M: CausalLm + ?Sized> CausalLm for ContractChecked<'_, M> {
     fn as_masked(&mut self) -> Option<&mut dyn crate::masked::MaskedLm> {
         self.inner.as_masked()
     }
+
+    fn set_feature_taps(&mut self, layers: &[usize]) -> Result<()> {
+        self.inner.set_feature_taps(layers)
+    }
 }

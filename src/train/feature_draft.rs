@@ -174,7 +174,8 @@ pub struct DraftReport {
 
 /// A batch of windows, gathered from the data.
 struct Windows {
-    /// Hidden states at each window position `[B, T, D]` (float32).
+    /// The states the draft reads at each window position `[B, T, D]` (float32: the final
+    /// states, plus the taps' map of the inner layers' when the draft has taps).
     hidden: Tensor,
     /// Hidden states one position later (the regression target) `[B, T, D]`.
     target_hidden: Tensor,
@@ -188,6 +189,7 @@ struct Windows {
 }
 
 fn gather(
+    draft: &FeatureDraft,
     data: &DraftData,
     seg: &Tensor,
     embeddings: &Tensor,
@@ -199,13 +201,13 @@ fn gather(
     let base = Tensor::from_slice(starts).f_view([b, 1])?;
     let idx = base.f_add(&Tensor::f_arange(t, (Kind::Int64, Device::Cpu))?.f_view([1, t])?)?;
     let next = idx.f_add_scalar(1)?;
-    let d = data.width();
+    let (width, d) = (data.width(), draft.config().d_model);
     let rows = |index: &Tensor| -> Result<Tensor> {
         Ok(data
             .hidden
             .f_index_select(0, &index.f_flatten(0, -1)?)?
             .f_to_kind(Kind::Float)?
-            .f_view([b, t, d])?
+            .f_view([b, t, width])?
             .f_to_device(device)?)
     };
     let flat_next = next.f_flatten(0, -1)?;
@@ -214,8 +216,8 @@ fn gather(
         .f_index_select(0, &flat_next)?
         .f_to_device(device)?;
     Ok(Windows {
-        hidden: rows(&idx)?,
-        target_hidden: rows(&next)?,
+        hidden: draft.true_state(&rows(&idx)?)?,
+        target_hidden: rows(&next)?.f_narrow(-1, 0, d)?,
         next_embedded: embeddings
             .f_index_select(0, &next_tokens)?
             .f_to_kind(Kind::Float)?
@@ -417,13 +419,17 @@ fn segments(data: &DraftData) -> Tensor {
 
 fn check_data(data: &DraftData, draft: &FeatureDraft, embeddings: &Tensor, t: usize) -> Result<()> {
     let config = draft.config();
-    if data.width() != config.d_model {
+    if data.width() != config.feature_width() {
         return Err(Error::config(
             "draft data",
             format!(
-                "holds hidden states of width {}; the draft's is {}",
+                "holds hidden states of width {}; the draft reads {}{}",
                 data.width(),
-                config.d_model
+                config.feature_width(),
+                match &config.taps {
+                    None => String::new(),
+                    Some(t) => format!(" (the final states, then layers {t:?})"),
+                }
             ),
         ));
     }
@@ -501,7 +507,7 @@ fn train_steps(
         let starts: Vec<i64> = (0..config.batch_size)
             .map(|_| rng.below(last_start + 1) as i64)
             .collect();
-        let w = gather(data, &seg, &embeddings, &starts, t as i64, device)?;
+        let w = gather(draft, data, &seg, &embeddings, &starts, t as i64, device)?;
         let (loss, h) = batch_loss(draft, &projection, &w, config)?;
         opt.zero_grad()?;
         loss.f_backward()?;
@@ -656,7 +662,7 @@ fn agreement(
     let seg = segments(data);
     let mut hits = vec![(0i64, 0i64); unroll.max(1)];
     for start in window_starts(data.len(), t, max_windows) {
-        let w = gather(data, &seg, &embeddings, &[start], t as i64, device)?;
+        let w = gather(draft, data, &seg, &embeddings, &[start], t as i64, device)?;
         let passes = unrolled(draft, &w, unroll.max(1))?;
         let targets = projection.columns(&w.target_token)?;
         for (d, ((out, ok), acc)) in passes.iter().zip(hits.iter_mut()).enumerate() {

@@ -33,6 +33,9 @@ pub struct Transformer {
     cache: KvCache,
     /// The batched slot cache of [`MaskedLm`], made by [`MaskedLm::begin_batch`].
     batch_cache: Option<KvCache>,
+    /// Layers whose residual states follow the final states in every output
+    /// ([`CausalLm::set_feature_taps`]).
+    taps: Vec<usize>,
 }
 
 impl Transformer {
@@ -166,6 +169,7 @@ impl Transformer {
             heads,
             cache,
             batch_cache: None,
+            taps: Vec::new(),
         })
     }
 
@@ -252,7 +256,8 @@ impl Transformer {
         config.dtype = dtype;
         config.validate()?;
         self.config.dtype = dtype;
-        let rebuilt = Self::build(self.config.clone(), self.info.device)?;
+        let mut rebuilt = Self::build(self.config.clone(), self.info.device)?;
+        rebuilt.taps = std::mem::take(&mut self.taps);
         // Re-create the layers so that attention uses the right softmax precision, then copy
         // the weights across.
         let _guard = tch::no_grad_guard();
@@ -285,16 +290,36 @@ impl Transformer {
             &Tensor::f_embedding(&self.pos_emb, &positions, -1, false, false)?,
         )?;
         let mask = causal_mask(0, t, device)?;
+        let mut states = Vec::new();
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, i, 0, &mask, None)?;
+            self.keep_state(&mut states, &x);
         }
-        let hidden = self.ln_f.forward(&x)?;
-        let logits = self.logits(&hidden)?;
-        Ok(ModelOutput::with_hidden(logits, hidden))
+        self.output(&x, &states)
     }
 
     pub(crate) fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(hidden.f_matmul(&self.tok_emb.f_transpose(0, 1)?)?)
+    }
+
+    /// Keeps a layer's residual state `x` in `states` when the model has feature taps.
+    fn keep_state(&self, states: &mut Vec<Tensor>, x: &Tensor) {
+        if !self.taps.is_empty() {
+            states.push(x.shallow_clone());
+        }
+    }
+
+    /// Logits and hidden states from the last layer's residual state `x`: the final states,
+    /// then the tapped layers' (`states[l]`: after layer `l`).
+    fn output(&self, x: &Tensor, states: &[Tensor]) -> Result<ModelOutput> {
+        let hidden = self.ln_f.forward(x)?;
+        let logits = self.logits(&hidden)?;
+        if self.taps.is_empty() {
+            return Ok(ModelOutput::with_hidden(logits, hidden));
+        }
+        let mut parts = vec![hidden];
+        parts.extend(self.taps.iter().map(|&l| states[l].shallow_clone()));
+        Ok(ModelOutput::with_hidden(logits, Tensor::f_cat(&parts, -1)?))
     }
 }
 
@@ -326,13 +351,15 @@ impl CausalLm for Transformer {
             &Tensor::f_embedding(&self.pos_emb, &positions, -1, false, false)?,
         )?;
         let mask = causal_mask(start, t, device)?;
+        let mut states = Vec::new();
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, i, start, &mask, Some(&mut self.cache))?;
+            if !self.taps.is_empty() {
+                states.push(x.shallow_clone());
+            }
         }
         self.cache.set_len(start + t);
-        let hidden = self.ln_f.forward(&x)?;
-        let logits = self.logits(&hidden)?;
-        Ok(ModelOutput::with_hidden(logits, hidden))
+        self.output(&x, &states)
     }
 
     fn cached_len(&self) -> usize {
@@ -352,6 +379,12 @@ impl CausalLm for Transformer {
         Some(self)
     }
 
+    fn set_feature_taps(&mut self, layers: &[usize]) -> Result<()> {
+        crate::model::check_feature_taps(layers, self.blocks.len())?;
+        self.taps = layers.to_vec();
+        Ok(())
+    }
+
     fn head_logits(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
         self.head_logits_first(hidden, self.config.num_proposal_heads)
     }
@@ -361,7 +394,8 @@ impl CausalLm for Transformer {
             None => Ok(None),
             Some(heads) => {
                 let n = (n.min(heads.num_heads()) as i64).max(1);
-                let states = heads.forward(hidden, None)?.f_narrow(1, 0, n)?;
+                let hidden = crate::model::final_states(hidden, self.config.d_model)?;
+                let states = heads.forward(&hidden, None)?.f_narrow(1, 0, n)?;
                 Ok(Some(self.logits(&states)?))
             }
         }
@@ -427,13 +461,15 @@ impl MaskedLm for Transformer {
             false,
         )?)?;
         let mask = mask.f_unsqueeze(1)?; // [B, 1, T, S]: the same for every attention head
+        let mut states = Vec::new();
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, i, start, &mask, Some(&mut *cache))?;
+            if !self.taps.is_empty() {
+                states.push(x.shallow_clone());
+            }
         }
         cache.set_len(start + tokens.size()[1] as usize);
-        let hidden = self.ln_f.forward(&x)?;
-        let logits = self.logits(&hidden)?;
-        Ok(ModelOutput::with_hidden(logits, hidden))
+        self.output(&x, &states)
     }
 
     fn compact(&mut self, index: &Tensor) -> Result<()> {
