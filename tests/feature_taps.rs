@@ -123,7 +123,8 @@ fn taps_past_the_model_or_on_a_model_without_them_are_refused() {
     assert!(matches!(err, Error::MissingCapability { .. }), "{err}");
 }
 
-/// A draft for `m` with every weight drawn at random (so that a taps' map is not zero).
+/// A draft for `m` with every weight drawn at random (so that a taps' map is not zero), each
+/// a bfloat16 value (what `save` stores), so that a saved and loaded copy guesses the same.
 fn noisy_draft(m: &Transformer, taps: Option<Vec<usize>>, seed: u64) -> FeatureDraft {
     let c = m.config();
     let config = FeatureDraftConfig {
@@ -134,7 +135,7 @@ fn noisy_draft(m: &Transformer, taps: Option<Vec<usize>>, seed: u64) -> FeatureD
     tch::no_grad(|| {
         for (_, mut v) in draft.var_store().variables() {
             let noise = Tensor::randn(v.size(), (Kind::Float, Device::Cpu)) * 0.2;
-            v.copy_(&(&v + noise));
+            v.copy_(&(&v + noise).to_kind(Kind::BFloat16).to_kind(Kind::Float));
         }
     });
     draft

@@ -298,6 +298,12 @@ impl FeatureDraft {
         }
         let mut config = self.config.clone();
         config.n_layers = n_layers;
+        self.regrown(config)
+    }
+
+    /// A draft of `config` holding this one's weights and shortlist: what `config` adds keeps
+    /// a fresh draft's values (layers and maps that pass their input through).
+    fn regrown(self, config: FeatureDraftConfig) -> Result<Self> {
         let mut grown = FeatureDraft::new(config, 0, self.vs.device())?;
         let own: std::collections::HashMap<String, Tensor> =
             self.vs.variables().into_iter().collect();
@@ -318,12 +324,7 @@ impl FeatureDraft {
         }
         let mut config = self.config.clone();
         config.taps = Some(layers);
-        let mut tapped = FeatureDraft::new(config, 0, self.vs.device())?;
-        let own: std::collections::HashMap<String, Tensor> =
-            self.vs.variables().into_iter().collect();
-        tapped.copy_weights(&own, "the draft", true)?;
-        tapped.shortlist = self.shortlist;
-        Ok(tapped)
+        self.regrown(config)
     }
 
     /// The state the draft reads where the base computed one, `[.., D]` (float32), from what
