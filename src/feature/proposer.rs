@@ -497,20 +497,17 @@ impl Proposer for FeatureDraftProposer {
 
     fn observe_hidden(&mut self, hidden: &Tensor) -> Result<()> {
         let size = hidden.size();
-        let width = self.draft.config().feature_width();
-        if size.len() != 2 || size[1] != width {
+        if size.len() != 2 {
             return Err(Error::BadOutputShape {
                 output: "hidden",
-                expected: match &self.draft.config().taps {
-                    None => format!("[n, {width}] (tokens, width)"),
-                    Some(t) => format!(
-                        "[n, {width}] (tokens, the final state then layers {t:?}: call \
-                         CausalLm::set_feature_taps on the base)"
-                    ),
-                },
+                expected: format!(
+                    "[n, {}] (tokens, width)",
+                    self.draft.config().feature_width()
+                ),
                 actual: size,
             });
         }
+        // The width is checked there, naming the taps the draft reads.
         let _guard = tch::no_grad_guard();
         self.pending.push(self.draft.true_state(hidden)?);
         Ok(())

@@ -293,20 +293,15 @@ impl Transformer {
         let mut states = Vec::new();
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, i, 0, &mask, None)?;
-            self.keep_state(&mut states, &x);
+            if !self.taps.is_empty() {
+                states.push(x.shallow_clone());
+            }
         }
         self.output(&x, &states)
     }
 
     pub(crate) fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(hidden.f_matmul(&self.tok_emb.f_transpose(0, 1)?)?)
-    }
-
-    /// Keeps a layer's residual state `x` in `states` when the model has feature taps.
-    fn keep_state(&self, states: &mut Vec<Tensor>, x: &Tensor) {
-        if !self.taps.is_empty() {
-            states.push(x.shallow_clone());
-        }
     }
 
     /// Logits and hidden states from the last layer's residual state `x`: the final states,
