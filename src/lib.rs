@@ -76,7 +76,8 @@ pub use masked::MaskedLm;
 pub use matmul::F32Matmul;
 pub use model::{CausalLm, ModelInfo, ModelOutput};
 pub use proposer::{
-    HeadsProposer, Lookahead, NGram, NoProposer, Proposal, ProposalContext, Proposer,
+    CorpusIndex, CorpusLookup, HeadsProposer, Lookahead, NGram, NoProposer, Proposal,
+    ProposalContext, Proposer,
 };
 pub use sampling::SamplingConfig;
 pub use stats::{DecodeStats, StopReason};

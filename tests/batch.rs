@@ -6,6 +6,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use blockwise::decoder::{BatchBlockwise, RowId, TreeShape};
+use blockwise::proposer::{Chain, CorpusIndex, CorpusLookup};
 use blockwise::testing::strategies::{model_case, prompt, ModelCase};
 use blockwise::testing::{check_loop_invariants, OracleProposer};
 use blockwise::{
@@ -173,6 +174,37 @@ proptest! {
         let k = case.block_size;
         let outs = dynamic_tree_rows(&mut model, &prompts, &case.decode, k, nodes, Some(1), || {
             Ok(Box::new(NGram::new(1, 3)?) as Box<dyn Proposer>)
+        });
+        assert_rows_equal(&reference, &outs, &case.decode, k.max(nodes + 1))?;
+    }
+
+    /// Corpus lookup and prompt lookup merged into one dynamic tree per row (neither builds
+    /// trees: their chains share what prefix they share), over a corpus of every row's greedy
+    /// text beside another row's: every row equals greedy decoding of it alone.
+    #[test]
+    fn corpus_and_prompt_lookup_trees_equal_rows_alone(
+        (case, prompts) in batch_case(),
+        nodes in 1usize..12,
+        max_n in 1usize..5,
+    ) {
+        let mut model = case.model().expect("model");
+        let reference = greedy_alone(&mut model, &prompts, &case.decode);
+        let k = case.block_size;
+        // Each row's text, then the next row's continuation after this row's prompt: right
+        // and wrong continuations of the same n-grams.
+        let mut texts: Vec<Vec<i64>> = Vec::new();
+        for (i, (p, o)) in prompts.iter().zip(&reference).enumerate() {
+            texts.push([p.as_slice(), &o.tokens].concat());
+            let other = &reference[(i + 1) % reference.len()].tokens;
+            texts.push([p.as_slice(), other].concat());
+        }
+        let index = std::sync::Arc::new(CorpusIndex::new(&texts, 1, max_n).expect("index"));
+        let outs = dynamic_tree_rows(&mut model, &prompts, &case.decode, k, nodes, None, move || {
+            let members: Vec<Box<dyn Proposer>> = vec![
+                Box::new(NGram::new(2, 3)?),
+                Box::new(CorpusLookup::new(std::sync::Arc::clone(&index))),
+            ];
+            Ok(Box::new(Chain::new(members)) as Box<dyn Proposer>)
         });
         assert_rows_equal(&reference, &outs, &case.decode, k.max(nodes + 1))?;
     }

@@ -2,9 +2,12 @@
 //! models: n-gram lookup, a draft model, a fallback chain, on a built-in float64 model and on
 //! the trained pair in `assets/pair`.
 
-use blockwise::proposer::{Chain, DraftModel};
+use blockwise::proposer::{Chain, CorpusIndex, CorpusLookup, DraftModel};
 use blockwise::testing::{Conformance, RandomProposer};
-use blockwise::{DType, NGram, Proposer, Transformer, TransformerConfig};
+use blockwise::{
+    BlockwiseDecoder, DecodeConfig, DType, GreedyDecoder, NGram, Proposer, Transformer,
+    TransformerConfig,
+};
 use tch::Device;
 
 fn model(seed: u64) -> Transformer {
@@ -34,6 +37,26 @@ fn suite() -> Conformance {
 fn ngram_passes_the_conformance_suite() {
     suite()
         .run(&mut model(1), |_| Box::new(NGram::new(1, 3).unwrap()))
+        .unwrap();
+}
+
+#[test]
+fn corpus_lookup_passes_the_conformance_suite() {
+    // The corpus: the model's own greedy answers to other prompts, as a user would build it.
+    let mut m = model(4);
+    let mut answers = Vec::new();
+    for start in 0..12i64 {
+        let prompt = [start, (start * 7 + 3) % 24, (start * 5 + 1) % 24];
+        let decode = DecodeConfig {
+            max_new_tokens: 32,
+            ..DecodeConfig::default()
+        };
+        let out = GreedyDecoder::new(&mut m).decode(&prompt, &decode).unwrap();
+        answers.push([prompt.as_slice(), &out.tokens].concat());
+    }
+    let index = std::sync::Arc::new(CorpusIndex::new(&answers, 1, 4).unwrap());
+    suite()
+        .run(&mut m, |_| Box::new(CorpusLookup::new(index.clone())))
         .unwrap();
 }
 

@@ -3,7 +3,7 @@
 
 use blockwise::acceptance::{Distance, DistanceMetric, EmbeddingDistance, EmbeddingNorm};
 use blockwise::policy::{Adaptive, BlockOutcome, BlockPolicy, CostAware, CostModel, Fixed};
-use blockwise::proposer::{Chain, DraftModel};
+use blockwise::proposer::{Chain, CorpusIndex, CorpusLookup, DraftModel};
 use blockwise::testing::strategies::{model_case, ModelCase};
 use blockwise::testing::{
     check_cache_consistency, check_combined_calls, check_loop_invariants, check_same_output,
@@ -41,6 +41,7 @@ enum Kind {
     Draft,
     Chain,
     Lookahead,
+    Corpus,
     None,
 }
 
@@ -85,8 +86,44 @@ fn proposer(kind: Kind, case: &ModelCase, reference: &DecodeOutput) -> Box<dyn P
             let s = case.proposer_seed as usize;
             Box::new(Lookahead::new(1 + s % 5, 2 + (s / 5) % 3, 1 + (s / 15) % 4).unwrap())
         }
+        Kind::Corpus => Box::new(CorpusLookup::new(std::sync::Arc::new(
+            corpus_index(case, reference),
+        ))),
         Kind::None => Box::new(NoProposer),
     }
+}
+
+/// A corpus that is right part of the time: the case's own greedy text with random tokens
+/// spliced in (at the case's corruption rate), beside random sequences, over n-grams of 1 to
+/// 1-4 tokens (from the case's seed).
+fn corpus_index(case: &ModelCase, reference: &DecodeOutput) -> CorpusIndex {
+    let vocab = case.config.vocab_size as i64;
+    let mut rng = case.proposer_seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut truth = case.prompt.clone();
+    truth.extend_from_slice(&reference.tokens);
+    let spliced: Vec<i64> = truth
+        .iter()
+        .map(|&t| {
+            if (next() % 1000) as f64 / 1000.0 < case.corrupt {
+                (next() % vocab as u64) as i64
+            } else {
+                t
+            }
+        })
+        .collect();
+    let noise: Vec<Vec<i64>> = (0..3)
+        .map(|_| (0..20).map(|_| (next() % vocab as u64) as i64).collect())
+        .collect();
+    let mut sequences = vec![spliced];
+    sequences.extend(noise);
+    let max_n = 1 + (case.proposer_seed % 4) as usize;
+    CorpusIndex::new(&sequences, 1, max_n).unwrap()
 }
 
 fn blockwise(
@@ -157,6 +194,11 @@ proptest! {
     }
 
     /// Invariant 1 with a draft model (smaller, other weights, same vocabulary).
+    #[test]
+    fn exact_corpus_lookup_equals_greedy(case in model_case()) {
+        equals_greedy(Kind::Corpus, &case)?;
+    }
+
     #[test]
     fn exact_draft_model_equals_greedy(case in model_case()) {
         equals_greedy(Kind::Draft, &case)?;

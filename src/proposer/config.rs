@@ -5,7 +5,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Chain, DraftModel, HeadsProposer, Lookahead, NGram, NoProposer, Proposer};
+use super::{
+    Chain, CorpusIndex, CorpusLookup, DraftModel, HeadsProposer, Lookahead, NGram, NoProposer,
+    Proposer,
+};
 use crate::bundle::{BundleOptions, ModelBundle};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -13,7 +16,7 @@ use crate::feature::{DraftWeights, FeatureDraft, FeatureDraftProposer};
 use crate::model::{CausalLm, ModelInfo};
 
 /// Where the block's guesses come from, as configuration. In JSON: `"heads"`, `"none"`,
-/// `{"ngram": {"min": 1, "max": 3}}`,
+/// `{"ngram": {"min": 1, "max": 3}}`, `{"corpus": {"path": "answers/", "min": 1, "max": 4}}`,
 /// `{"lookahead": {"window": 4, "ngram": 3, "candidates": 4}}`,
 /// `{"draft": {"model": "models/smollm2-draft"}}` or
 /// `{"eagle": {"draft": "assets/drafts/smollm2", "weights": "int8", "min_confidence": 0.2}}` or
@@ -29,6 +32,21 @@ pub enum ProposerConfig {
         /// Shortest n-gram to match.
         min: usize,
         /// Longest n-gram to match (tried first).
+        max: usize,
+    },
+    /// Corpus lookup ([`CorpusLookup`]) over the token sequences of safetensors files
+    /// ([`CorpusIndex::load`]), matching n-grams of `min..=max` tokens.
+    Corpus {
+        /// A safetensors file, or a folder of them. `None`: the corpus shipped for the model
+        /// (`corpus.safetensors` in its shipped draft folder), which
+        /// [`ProposerConfig::with_shipped_draft`] fills in.
+        #[serde(default)]
+        path: Option<String>,
+        /// Shortest n-gram to match (default 1).
+        #[serde(default = "default_corpus_min")]
+        min: usize,
+        /// Longest n-gram to match, tried first (default 4).
+        #[serde(default = "default_corpus_max")]
         max: usize,
     },
     /// Lookahead decoding ([`Lookahead`]): Jacobi iteration over `window` future positions and
@@ -78,6 +96,18 @@ pub enum ProposerConfig {
     Chain(Vec<ProposerConfig>),
     /// No proposals: greedy decoding through the blockwise loop.
     None,
+}
+
+/// The corpus shipped beside a model's draft (in its draft folder), which `corpus` without a
+/// path reads: SmolLM2's own answers to everyday requests.
+pub const SHIPPED_CORPUS_FILE: &str = "corpus.safetensors";
+
+fn default_corpus_min() -> usize {
+    1
+}
+
+fn default_corpus_max() -> usize {
+    4
 }
 
 fn is_zero(p: &f64) -> bool {
@@ -144,14 +174,21 @@ impl ProposerConfig {
     }
 
     /// The same configuration with every `eagle` that names no draft folder given `shipped`
-    /// (the draft shipped for the model, [`ModelBundle::draft`]).
+    /// (the draft shipped for the model, [`ModelBundle::draft`]), and every `corpus` that names
+    /// no corpus given `shipped`'s [`SHIPPED_CORPUS_FILE`] where there is one.
     pub fn with_shipped_draft(self, shipped: Option<&std::path::Path>) -> Self {
-        self.map_eagles(&|mut e| {
-            if let ProposerConfig::Eagle {
-                draft: d @ None, ..
-            } = &mut e
-            {
-                *d = shipped.map(|p| p.display().to_string());
+        self.map_members(&|mut e| {
+            match &mut e {
+                ProposerConfig::Eagle {
+                    draft: d @ None, ..
+                } => *d = shipped.map(|p| p.display().to_string()),
+                ProposerConfig::Corpus { path: c @ None, .. } => {
+                    *c = shipped
+                        .map(|p| p.join(SHIPPED_CORPUS_FILE))
+                        .filter(|p| p.is_file())
+                        .map(|p| p.display().to_string())
+                }
+                _ => {}
             }
             e
         })
@@ -192,12 +229,20 @@ impl ProposerConfig {
 
     /// `f` applied to every `eagle` of the configuration, chain members included.
     fn map_eagles(self, f: &dyn Fn(ProposerConfig) -> ProposerConfig) -> Self {
-        match self {
-            ProposerConfig::Chain(members) => {
-                ProposerConfig::Chain(members.into_iter().map(|m| m.map_eagles(f)).collect())
-            }
+        self.map_members(&|m| match m {
             eagle @ ProposerConfig::Eagle { .. } => f(eagle),
             other => other,
+        })
+    }
+
+    /// `f` applied to every proposer of the configuration that is not a chain, chain members
+    /// included.
+    fn map_members(self, f: &dyn Fn(ProposerConfig) -> ProposerConfig) -> Self {
+        match self {
+            ProposerConfig::Chain(members) => {
+                ProposerConfig::Chain(members.into_iter().map(|m| m.map_members(f)).collect())
+            }
+            other => f(other),
         }
     }
 
@@ -290,6 +335,18 @@ impl ProposerConfig {
             }
             ProposerConfig::Heads => Box::new(HeadsProposer),
             ProposerConfig::Ngram { min, max } => Box::new(NGram::new(*min, *max)?),
+            ProposerConfig::Corpus { path, min, max } => {
+                let path = path.as_ref().ok_or_else(|| {
+                    Error::config(
+                        "proposer",
+                        "corpus needs a corpus file or folder (corpus:PATH), and none is \
+                         shipped for this model",
+                    )
+                })?;
+                Box::new(CorpusLookup::new(std::sync::Arc::new(CorpusIndex::load(
+                    path, *min, *max,
+                )?)))
+            }
             ProposerConfig::Lookahead {
                 window,
                 ngram,
@@ -340,6 +397,16 @@ impl std::fmt::Display for ProposerConfig {
             ProposerConfig::Heads => f.write_str("heads"),
             ProposerConfig::None => f.write_str("none"),
             ProposerConfig::Ngram { min, max } => write!(f, "ngram:{min}:{max}"),
+            ProposerConfig::Corpus {
+                path: None,
+                min: 1,
+                max: 4,
+            } => f.write_str("corpus"),
+            ProposerConfig::Corpus { path, min, max } => write!(
+                f,
+                "corpus:{}:{min}:{max}",
+                path.as_deref().unwrap_or("")
+            ),
             ProposerConfig::Lookahead {
                 window,
                 ngram,
@@ -381,7 +448,9 @@ impl std::fmt::Display for ProposerConfig {
 impl FromStr for ProposerConfig {
     type Err = Error;
 
-    /// `heads`, `none`, `ngram` (1 to 3 tokens), `ngram:MIN:MAX`, `lookahead` (W 4, N 3, G 4),
+    /// `heads`, `none`, `ngram` (1 to 3 tokens), `ngram:MIN:MAX`, `corpus` (the corpus shipped
+    /// for the model, 1 to 4 tokens), `corpus:PATH`, `corpus:PATH:MIN:MAX`, `corpus::MIN:MAX`,
+    /// `lookahead` (W 4, N 3, G 4),
     /// `lookahead:W:N:G`, `draft:DIR`, `eagle` (the draft shipped for the model), `eagle:DIR`
     /// (either with `@` and a [`DraftWeights`] form after it: `@f32`, `@int8`, `@native-int8`,
     /// ..., then optionally `~P`, the draft's minimum cumulative confidence:
@@ -391,7 +460,8 @@ impl FromStr for ProposerConfig {
             Error::config(
                 "proposer",
                 format!(
-                    "`{s}` is not one of heads, none, ngram, ngram:MIN:MAX, lookahead, \
+                    "`{s}` is not one of heads, none, ngram, ngram:MIN:MAX, corpus, corpus:PATH, \
+                     corpus:PATH:MIN:MAX, lookahead, \
                      lookahead:W:N:G, draft:DIR, eagle, eagle:DIR (either with @FORM: @f32, \
                      @int8, @native-int8, ..., and ~MIN_CONFIDENCE: ~0.2), chain:A,B"
                 ),
@@ -406,6 +476,26 @@ impl FromStr for ProposerConfig {
                 })
                 .collect::<Result<Vec<_>>>()?;
             return Ok(ProposerConfig::Chain(members));
+        }
+        if let Some(rest) = s.strip_prefix("corpus:") {
+            // Two trailing numbers are the n-gram lengths; anything else is the path's.
+            // `corpus::MIN:MAX`: the shipped corpus with those lengths.
+            let lengths = rest.rsplitn(3, ':').collect::<Vec<_>>();
+            let (path, min, max) = match lengths.as_slice() {
+                [max, min, path] => match (min.parse(), max.parse()) {
+                    (Ok(min), Ok(max)) => ((!path.is_empty()).then_some(*path), min, max),
+                    _ => (Some(rest), default_corpus_min(), default_corpus_max()),
+                },
+                _ => (Some(rest), default_corpus_min(), default_corpus_max()),
+            };
+            if path == Some("") {
+                return Err(bad());
+            }
+            return Ok(ProposerConfig::Corpus {
+                path: path.map(String::from),
+                min,
+                max,
+            });
         }
         if let Some(dir) = s.strip_prefix("draft:") {
             if dir.is_empty() {
@@ -449,6 +539,11 @@ impl FromStr for ProposerConfig {
             ["heads"] => Ok(ProposerConfig::Heads),
             ["none"] => Ok(ProposerConfig::None),
             ["ngram"] => Ok(ProposerConfig::Ngram { min: 1, max: 3 }),
+            ["corpus"] => Ok(ProposerConfig::Corpus {
+                path: None,
+                min: default_corpus_min(),
+                max: default_corpus_max(),
+            }),
             ["lookahead"] => {
                 let (window, ngram, candidates) = Lookahead::default().settings();
                 Ok(ProposerConfig::Lookahead {
@@ -586,6 +681,68 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn corpus_forms_round_trip_and_find_the_shipped_corpus() {
+        for text in ["corpus", "corpus:a/b.safetensors:2:3", "corpus::2:3", "corpus:dir:1:4"] {
+            let config: ProposerConfig = text.parse().unwrap();
+            let back: ProposerConfig = config.to_string().parse().unwrap();
+            assert_eq!(back, config, "{text}");
+            let json = serde_json::to_string(&config).unwrap();
+            assert_eq!(serde_json::from_str::<ProposerConfig>(&json).unwrap(), config);
+        }
+        // A path may hold colons; two trailing numbers are the lengths.
+        assert_eq!(
+            "corpus:c:/x".parse::<ProposerConfig>().unwrap(),
+            ProposerConfig::Corpus {
+                path: Some("c:/x".into()),
+                min: 1,
+                max: 4
+            }
+        );
+        assert!("corpus:".parse::<ProposerConfig>().is_err());
+        let json: ProposerConfig = serde_json::from_str(r#"{"corpus": {"max": 2}}"#).unwrap();
+        assert_eq!(
+            json,
+            ProposerConfig::Corpus {
+                path: None,
+                min: 1,
+                max: 2
+            }
+        );
+        // The shipped corpus is the draft folder's file, when it has one.
+        let dir = std::env::temp_dir().join(format!("shipped-corpus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config: ProposerConfig = "chain:ngram,corpus,corpus:own".parse().unwrap();
+        let none = config.clone().with_shipped_draft(Some(&dir));
+        assert_eq!(none.to_string(), "chain:ngram:1:3,corpus,corpus:own:1:4");
+        let e = none
+            .build_with(&ModelInfo::new(50, 64), None)
+            .err()
+            .expect("no corpus");
+        assert!(e.to_string().contains("corpus:PATH"), "{e}");
+        let tokens = tch::Tensor::from_slice(&[1i64, 2, 3]);
+        tch::Tensor::write_safetensors(&[("tokens", &tokens)], dir.join(SHIPPED_CORPUS_FILE))
+            .unwrap();
+        let found = config.with_shipped_draft(Some(&dir));
+        let ProposerConfig::Chain(members) = &found else {
+            panic!("a chain")
+        };
+        assert_eq!(
+            members[1],
+            ProposerConfig::Corpus {
+                path: Some(dir.join(SHIPPED_CORPUS_FILE).display().to_string()),
+                min: 1,
+                max: 4
+            }
+        );
+        assert!(members[1]
+            .build_with(&ModelInfo::new(50, 64), None)
+            .unwrap()
+            .fork()
+            .is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -6,13 +6,15 @@
 
 mod chain;
 mod config;
+mod corpus;
 mod draft;
 mod heads;
 mod lookahead;
 mod ngram;
 
 pub use chain::Chain;
-pub use config::{ProposerConfig, RowProposers};
+pub use config::{ProposerConfig, RowProposers, SHIPPED_CORPUS_FILE};
+pub use corpus::{CorpusIndex, CorpusLookup, MAX_CORPUS_NGRAM};
 pub use draft::DraftModel;
 pub use heads::HeadsProposer;
 pub use lookahead::Lookahead;
