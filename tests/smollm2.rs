@@ -500,6 +500,68 @@ fn shipped_feature_draft_stays_exact_and_beats_a_fresh_one() {
     }
 }
 
+/// The corpus shipped for SmolLM2 (assets/drafts/smollm2/corpus.safetensors, `make
+/// smollm2-corpus`: its own answers to everyday requests) is found by `corpus`, keeps
+/// transformers' greedy output exactly in float32, alone and merged into dynamic trees with
+/// prompt lookup, and its guesses are accepted (fewer iterations than tokens).
+#[test]
+fn shipped_corpus_stays_exact_and_is_accepted() {
+    use blockwise::proposer::ProposerConfig;
+    let mut b = bundle(DType::F32);
+    let corpus: ProposerConfig = "corpus".parse().unwrap();
+    let corpus = corpus.with_shipped_draft(b.draft.as_deref());
+    assert!(
+        matches!(&corpus, ProposerConfig::Corpus { path: Some(p), .. } if p.ends_with("corpus.safetensors")),
+        "{corpus:?}"
+    );
+    let os = oracles(&b, "f32");
+    let (mut tokens, mut iterations) = (0, 0);
+    for o in &os {
+        let proposer = corpus.build_for(&*b.model).unwrap();
+        let cfg = config(&b, o);
+        let out = Blockwise::builder(&mut b.model)
+            .block_size(5)
+            .proposer(proposer)
+            .build()
+            .unwrap()
+            .decode(&o.input_ids, &cfg)
+            .unwrap();
+        assert_eq!(out.tokens, o.greedy_ids, "prompt {:?}", o.prompt);
+        tokens += out.tokens.len();
+        iterations += out.stats.iterations;
+    }
+    eprintln!("corpus lookup at k = 5: {tokens} tokens in {iterations} iterations");
+    assert!(iterations < tokens, "{iterations} iterations for {tokens} tokens");
+
+    // Prompt lookup and corpus lookup merged into 6-node trees, two rows at a time.
+    let trees: ProposerConfig = "chain:ngram:3:3,corpus".parse().unwrap();
+    let rows = trees
+        .with_shipped_draft(b.draft.as_deref())
+        .row_proposers(b.model.info(), None)
+        .unwrap();
+    let max_new = os.iter().map(|o| o.greedy_ids.len()).max().unwrap();
+    let mut batch = BatchBlockwise::builder(&mut b.model)
+        .block_size(5)
+        .proposer_factory(false, rows.factory())
+        .dynamic_tree(6)
+        .build()
+        .unwrap();
+    for pair in os.chunks(2) {
+        let prompts: Vec<Vec<i64>> = pair.iter().map(|o| o.input_ids.clone()).collect();
+        let cfg = DecodeConfig::new(max_new).with_eos(vec![]);
+        let outs = batch.decode_batch(&prompts, &cfg).unwrap();
+        for (o, out) in pair.iter().zip(&outs) {
+            let n = o.greedy_ids.len();
+            assert_eq!(
+                &out.tokens[..n.min(out.tokens.len())],
+                &o.greedy_ids[..],
+                "tree, prompt {:?}",
+                o.prompt
+            );
+        }
+    }
+}
+
 /// SmolLM2's whole trained context: a cache for 8192 positions, a prompt that ends 12 tokens
 /// before it fed in chunks, greedy and blockwise decoding to the last position (identical, stopped
 /// by the full context), and a prompt one token too long refused with a typed error.

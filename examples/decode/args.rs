@@ -15,7 +15,7 @@ use tch::Device;
 
 pub const USAGE: &str = "\
 usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--chat]
-              [--proposer heads|none|ngram[:MIN:MAX]|lookahead[:W:N:G]|draft:DIR|eagle[:DIR]|chain:A,B]
+              [--proposer heads|none|ngram[:MIN:MAX]|corpus[:PATH[:MIN:MAX]]|lookahead[:W:N:G]|draft:DIR|eagle[:DIR]|chain:A,B]
               [--draft-weights auto|f32|int8|native-f32|native-bf16|native-int8]
               [--draft-confidence P] [--draft-tree-width W]
               [--heads DIR|none]
@@ -37,7 +37,10 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --prompt-file     one prompt per line; `\\n` inside a line is a newline
   --chat            wrap each prompt as one user message in the model's chat template
   --proposer        where proposals come from (default heads): ngram = prompt lookup of 1..3
-                    tokens; lookahead[:W:N:G] = lookahead decoding (Jacobi window W, n-grams
+                    tokens; corpus = what most often followed the last 1..4 tokens in the
+                    model's own answers shipped for it (assets/drafts, e.g. SmolLM2's),
+                    corpus:PATH[:MIN:MAX] = in a safetensors file or folder of token
+                    sequences; lookahead[:W:N:G] = lookahead decoding (Jacobi window W, n-grams
                     of N, G candidates; default 4:3:4; with --tree dynamic:NODES the window and
                     the candidates share one call); draft:DIR = a draft model of the same
                     tokenizer (e.g.

@@ -29,8 +29,8 @@ struct Cli {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
-    /// Where proposals come from: heads, ngram[:MIN:MAX], lookahead[:W:N:G], draft:DIR,
-    /// eagle[:DIR], none, chain:A,B (as `decode --proposer`).
+    /// Where proposals come from: heads, ngram[:MIN:MAX], corpus[:PATH[:MIN:MAX]],
+    /// lookahead[:W:N:G], draft:DIR, eagle[:DIR], none, chain:A,B (as `decode --proposer`).
     #[arg(long, default_value = "heads")]
     proposer: String,
     /// Block size: at most k - 1 proposals per block.
