@@ -100,6 +100,8 @@ def main():
     ap.add_argument("--decoded", help="decode --json output (answers to --prompts)")
     ap.add_argument("--prompts")
     ap.add_argument("--json", help="write the figures here too")
+    ap.add_argument("--shortlist", type=int, help="score only the first N ids of the draft's "
+                    "shortlist, or with 0 the whole vocabulary (default: the shortlist as shipped)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
     from draft_layers_probe import Draft
@@ -110,6 +112,10 @@ def main():
     cfg = json.load(open(os.path.join(args.draft, "draft.json")))
     draft = Draft(load_file(os.path.join(args.draft, "draft.safetensors")), cfg["n_heads"], 0).eval()
     shortlist = load_file(os.path.join(args.draft, "shortlist.safetensors"))["shortlist"].long()
+    if args.shortlist == 0:
+        shortlist = torch.arange(emb.shape[0])
+    elif args.shortlist:
+        shortlist = shortlist[:args.shortlist]
     short_emb = emb[shortlist]
     sets = [(p, shard_sequences(p)) for p in args.shards]
     if args.decoded:
