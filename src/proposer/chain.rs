@@ -10,11 +10,13 @@ use crate::sampling::Sampler;
 /// (and, when it reads them, the hidden states of every committed token).
 ///
 /// In a dynamic tree ([`Proposer::propose_tree`]) the members' guesses are verified together
-/// instead, merged where they share a prefix: in member order, a member that builds trees fills
-/// the node budget left, and one that builds none (n-gram lookup, heads, a draft model) adds
-/// its chain, at most half the budget left. So `chain:ngram,eagle` verifies lookup's
-/// continuation beside the feature draft's tree. With nothing proposed there is no tree, and
-/// the decoder verifies [`Proposer::propose`]'s (empty) chain.
+/// instead, merged where they share a prefix: in member order, a member that builds trees
+/// (a feature draft, lookahead, corpus lookup) fills the node budget left when it is the last
+/// member and at most half of it otherwise, and one that builds none (n-gram lookup, heads, a
+/// draft model) adds its chain, at most half the budget left. So `chain:ngram,eagle` verifies
+/// lookup's continuation beside the feature draft's tree, and `chain:ngram,corpus,eagle` gives
+/// corpus lookup's tree at most half of what lookup leaves and the draft the rest. With nothing
+/// proposed there is no tree, and the decoder verifies [`Proposer::propose`]'s (empty) chain.
 pub struct Chain {
     members: Vec<Box<dyn Proposer>>,
     /// The member whose proposal was used last.
@@ -101,15 +103,19 @@ impl Proposer for Chain {
         let mut tree = DraftTree::chain(&[]);
         self.in_tree.clear();
         let mut built = false;
+        let members = self.members.len();
         for (i, p) in self.members.iter_mut().enumerate() {
             let left = nodes - tree.len();
             if left == 0 {
                 break;
             }
-            let added = match p.propose_tree(ctx, left)? {
+            // A member that builds trees fills what is left when it is the last, else at most
+            // half of it, so that the members after it have room.
+            let share = if i + 1 == members { left } else { left.div_ceil(2) };
+            let added = match p.propose_tree(ctx, share)? {
                 Some(t) => {
                     built = true;
-                    merge(&mut tree, &t, left)
+                    merge(&mut tree, &t, share)
                 }
                 None => {
                     let mut guess = p.propose(ctx)?;
@@ -266,5 +272,25 @@ mod tests {
             Box::new(from_fn(|_: &ProposalContext<'_>| vec![])) as Box<dyn Proposer>
         ]);
         assert_eq!(none.propose_tree(&ctx, 8).unwrap(), None);
+    }
+
+    #[test]
+    fn a_tree_member_before_another_takes_at_most_half() {
+        let context = [1i64];
+        let ctx = ProposalContext::new(&context, 2, 4);
+        let members: Vec<Box<dyn Proposer>> = vec![
+            Box::new(Fixed(tree(&[3, 4, 5, 6], &[0, 1, 2, 3]))),
+            Box::new(Fixed(tree(&[7, 8, 9], &[0, 0, 0]))),
+        ];
+        let mut chain = Chain::new(members);
+        // 5 nodes: the first member 3 of them (half, rounded up), the last the 2 left.
+        let t = chain.propose_tree(&ctx, 5).unwrap().unwrap();
+        assert_eq!(t, tree(&[3, 4, 5, 7, 8], &[0, 1, 2, 0, 0]));
+        assert_eq!(chain.in_tree, vec![0, 1]);
+        // Alone, a tree member fills the budget.
+        let mut alone = Chain::new(vec![
+            Box::new(Fixed(tree(&[3, 4, 5, 6], &[0, 1, 2, 3]))) as Box<dyn Proposer>
+        ]);
+        assert_eq!(alone.propose_tree(&ctx, 4).unwrap().unwrap().len(), 4);
     }
 }

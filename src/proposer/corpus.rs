@@ -8,14 +8,20 @@ use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 use super::{ProposalContext, Proposer};
+use crate::decoder::DraftTree;
 use crate::error::{Error, Result};
 
 /// The longest n-gram a [`CorpusIndex`] keeps.
 pub const MAX_CORPUS_NGRAM: usize = 8;
 
-/// For every n-gram of `min_n..=max_n` tokens in a body of token sequences, the token that most
-/// often followed it there (ties to the smaller id), and how often. Built once and shared by
-/// every [`CorpusLookup`] that reads it (forks included). N-grams never cross the end of a
+/// How many of an n-gram's followers a [`CorpusIndex`] keeps (the most frequent): the widest
+/// a [`CorpusLookup`] tree branches.
+pub const CORPUS_FOLLOWERS: usize = 4;
+
+/// For every n-gram of `min_n..=max_n` tokens in a body of token sequences, the tokens that most
+/// often followed it there (up to [`CORPUS_FOLLOWERS`], most frequent first, ties to the smaller
+/// id), how often each did, and how often the n-gram was followed at all. Built once and shared
+/// by every [`CorpusLookup`] that reads it (forks included). N-grams never cross the end of a
 /// sequence.
 ///
 /// N-grams are keyed by a 64-bit hash, and two different n-grams of one length that share a
@@ -25,10 +31,20 @@ pub const MAX_CORPUS_NGRAM: usize = 8;
 pub struct CorpusIndex {
     min_n: usize,
     max_n: usize,
-    /// Per n (index `n - min_n`): hash of an n-gram -> (follower, how often it followed).
-    followers: Vec<HashMap<u64, (i64, u32)>>,
+    /// Per n (index `n - min_n`): hash of an n-gram -> its entry.
+    entries: Vec<HashMap<u64, Entry>>,
+    /// Every entry's followers, one run per entry: (token, how often it followed).
+    followers: Vec<(i64, u32)>,
     tokens: usize,
     sequences: usize,
+}
+
+/// Where an n-gram's followers are in [`CorpusIndex::followers`], and how often it was followed.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    first: u32,
+    len: u8,
+    total: u32,
 }
 
 fn hash(ngram: &[i64]) -> u64 {
@@ -60,7 +76,9 @@ impl CorpusIndex {
     /// [`MAX_CORPUS_NGRAM`]) of `sequences`.
     pub fn new<S: AsRef<[i64]>>(sequences: &[S], min_n: usize, max_n: usize) -> Result<Self> {
         check_lengths(min_n, max_n)?;
-        let mut followers = Vec::with_capacity(max_n - min_n + 1);
+        let mut entries = Vec::with_capacity(max_n - min_n + 1);
+        let mut followers = Vec::new();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         for n in min_n..=max_n {
             // Every (n-gram, follower) pair, sorted, so equal pairs are neighbours to count.
             let mut pairs: Vec<(u64, i64)> = sequences
@@ -71,25 +89,40 @@ impl CorpusIndex {
                 })
                 .collect();
             pairs.sort_unstable();
-            let mut best: HashMap<u64, (i64, u32)> = HashMap::new();
+            let mut level: HashMap<u64, Entry> = HashMap::new();
+            let mut seen: Vec<(i64, u32)> = Vec::new();
             let mut i = 0;
             while i < pairs.len() {
-                let j = i + pairs[i..].iter().take_while(|&&p| p == pairs[i]).count();
-                let (key, token) = pairs[i];
-                let count = u32::try_from(j - i).unwrap_or(u32::MAX);
-                // Sorted by token within a key: a later token replaces only on a higher count,
-                // so ties go to the smaller id.
-                let entry = best.entry(key).or_insert((token, count));
-                if count > entry.1 {
-                    *entry = (token, count);
+                // One n-gram's pairs: its followers, each counted.
+                let key = pairs[i].0;
+                let end = i + pairs[i..].iter().take_while(|p| p.0 == key).count();
+                seen.clear();
+                let mut j = i;
+                while j < end {
+                    let run = pairs[j..end].iter().take_while(|&&p| p == pairs[j]).count();
+                    seen.push((pairs[j].1, count(run)));
+                    j += run;
                 }
-                i = j;
+                // Most frequent first; the sort is stable, so ties keep the smaller id first.
+                seen.sort_by(|a, b| b.1.cmp(&a.1));
+                let kept = seen.len().min(CORPUS_FOLLOWERS);
+                level.insert(
+                    key,
+                    Entry {
+                        first: count(followers.len()),
+                        len: kept as u8,
+                        total: count(end - i),
+                    },
+                );
+                followers.extend_from_slice(&seen[..kept]);
+                i = end;
             }
-            followers.push(best);
+            entries.push(level);
         }
         Ok(CorpusIndex {
             min_n,
             max_n,
+            entries,
             followers,
             tokens: sequences.iter().map(|s| s.as_ref().len()).sum(),
             sequences: sequences.len(),
@@ -116,11 +149,20 @@ impl CorpusIndex {
     /// The token after `ngram` most often in the corpus, and how often, when it was seen
     /// (`ngram`'s length within `min_n..=max_n`).
     pub fn follower(&self, ngram: &[i64]) -> Option<(i64, u32)> {
+        self.followers(ngram).map(|(f, _)| f[0])
+    }
+
+    /// The tokens after `ngram` most often in the corpus (up to [`CORPUS_FOLLOWERS`], most
+    /// frequent first) with how often each followed, and how often `ngram` was followed at all,
+    /// when it was seen (`ngram`'s length within `min_n..=max_n`).
+    pub fn followers(&self, ngram: &[i64]) -> Option<(&[(i64, u32)], u32)> {
         let n = ngram.len();
         if n < self.min_n || n > self.max_n {
             return None;
         }
-        self.followers[n - self.min_n].get(&hash(ngram)).copied()
+        let e = self.entries[n - self.min_n].get(&hash(ngram))?;
+        let first = e.first as usize;
+        Some((&self.followers[first..first + e.len as usize], e.total))
     }
 
     /// The shortest and longest n-gram lengths indexed.
@@ -133,14 +175,14 @@ impl CorpusIndex {
         (self.tokens, self.sequences)
     }
 
-    /// The longest indexed suffix of `context` that was seen, and what followed it most often:
-    /// `(follower, suffix length)`.
-    fn longest_match(&self, context: &[i64]) -> Option<(i64, usize)> {
+    /// The longest indexed suffix of `context` that was seen: its followers, how often it was
+    /// followed, and its length.
+    fn longest_match(&self, context: &[i64]) -> Option<(&[(i64, u32)], u32, usize)> {
         (self.min_n..=self.max_n.min(context.len()))
             .rev()
             .find_map(|n| {
-                self.follower(&context[context.len() - n..])
-                    .map(|(t, _)| (t, n))
+                self.followers(&context[context.len() - n..])
+                    .map(|(f, total)| (f, total, n))
             })
     }
 }
@@ -264,9 +306,10 @@ impl Proposer for CorpusLookup {
         self.matched = 0;
         while guesses.len() < ctx.max_tokens {
             let from = window.len().saturating_sub(max_n);
-            let Some((token, n)) = self.index.longest_match(&window[from..]) else {
+            let Some((followers, _, n)) = self.index.longest_match(&window[from..]) else {
                 break;
             };
+            let token = followers[0].0;
             if guesses.is_empty() {
                 self.matched = n;
             }
@@ -274,6 +317,71 @@ impl Proposer for CorpusLookup {
             window.push(token);
         }
         Ok(guesses)
+    }
+
+    /// A tree of the corpus's likeliest continuations, grown best first: a guess's weight is
+    /// its share of its n-gram's followers (how often it followed over how often the n-gram was
+    /// followed at all) times its parent's, each node's children are among its n-gram's
+    /// [`CORPUS_FOLLOWERS`] most frequent followers, and the tree has at most `nodes` nodes and
+    /// `ctx.max_tokens` levels. `None` when nothing matches.
+    fn propose_tree(
+        &mut self,
+        ctx: &ProposalContext<'_>,
+        nodes: usize,
+    ) -> Result<Option<DraftTree>> {
+        let max_n = self.index.max_n;
+        let tail = ctx.tokens.len().saturating_sub(max_n.saturating_sub(1));
+        let mut base: Vec<i64> = ctx.tokens[tail..].to_vec();
+        base.push(ctx.next);
+        let mut tree = DraftTree::default();
+        let mut depths: Vec<usize> = Vec::new();
+        // Candidates not yet in the tree: (weight, parent as in `DraftTree::parents`, token,
+        // level); the heaviest is added next, the first found among equals.
+        let mut candidates: Vec<(f64, usize, i64, usize)> = Vec::new();
+        let mut window = base.clone();
+        self.matched = 0;
+        let mut parent = 0;
+        let mut weight = 1.0;
+        let mut level = 0;
+        while tree.len() < nodes {
+            if level < ctx.max_tokens {
+                let from = window.len().saturating_sub(max_n);
+                if let Some((followers, total, n)) = self.index.longest_match(&window[from..]) {
+                    if parent == 0 {
+                        self.matched = n;
+                    }
+                    for &(token, count) in followers {
+                        let w = weight * f64::from(count) / f64::from(total.max(1));
+                        candidates.push((w, parent, token, level + 1));
+                    }
+                }
+            }
+            let Some(best) = (0..candidates.len()).reduce(|a, b| {
+                if candidates[b].0 > candidates[a].0 {
+                    b
+                } else {
+                    a
+                }
+            }) else {
+                break;
+            };
+            let (w, p, token, l) = candidates.remove(best);
+            tree.tokens.push(token);
+            tree.parents.push(p);
+            depths.push(l);
+            // The new node's context: the base, then the path from the root down to it.
+            let node = tree.len();
+            let mut path = Vec::with_capacity(l);
+            let mut at = node;
+            while at != 0 {
+                path.push(tree.tokens[at - 1]);
+                at = tree.parents[at - 1];
+            }
+            window.truncate(base.len());
+            window.extend(path.iter().rev());
+            (parent, weight, level) = (node, w, l);
+        }
+        Ok((!tree.is_empty()).then_some(tree))
     }
 
     /// The length of the n-gram the first guess matched (0 when none matched).
@@ -317,6 +425,35 @@ mod tests {
             .unwrap()
             .is_empty());
         assert_eq!(p.kind(), 0);
+    }
+
+    #[test]
+    fn trees_grow_the_likeliest_continuations_first() {
+        // After "1": 2 three times, 3 once. After "1 2": 4 twice, 5 once. After "1 3": 6.
+        let seqs = [vec![1, 2, 4], vec![1, 2, 4], vec![1, 2, 5], vec![1, 3, 6]];
+        let index = Arc::new(CorpusIndex::new(&seqs, 1, 2).unwrap());
+        assert_eq!(index.followers(&[1]), Some((&[(2, 3), (3, 1)][..], 4)));
+        let mut p = CorpusLookup::new(index);
+        let ctx = ProposalContext::new(&[9], 1, 3);
+        // Weights: 2 0.75, 3 0.25; under 2: 4 0.5, 5 0.25. Nothing follows 4. Of 3 and 5
+        // (0.25 each), 3 was found first.
+        let t = p.propose_tree(&ctx, 4).unwrap().unwrap();
+        assert_eq!(t.tokens, vec![2, 4, 3, 5]);
+        assert_eq!(t.parents, vec![0, 1, 0, 1]);
+        assert_eq!(p.kind(), 1);
+        // Levels are bounded by the block; the budget by `nodes`.
+        let shallow = ProposalContext::new(&[9], 1, 1);
+        let t = p.propose_tree(&shallow, 8).unwrap().unwrap();
+        assert_eq!(t.tokens, vec![2, 3]);
+        assert_eq!(t.parents, vec![0, 0]);
+        assert_eq!(p.propose_tree(&ctx, 1).unwrap().unwrap().tokens, vec![2]);
+        // Nothing matches: no tree.
+        assert!(p
+            .propose_tree(&ProposalContext::new(&[9], 42, 3), 4)
+            .unwrap()
+            .is_none());
+        // The chain is the tree's heaviest branch.
+        assert_eq!(p.propose(&ctx).unwrap(), vec![2, 4]);
     }
 
     #[test]
