@@ -216,7 +216,12 @@ fn corpus_files(path: &Path) -> Result<Vec<PathBuf>> {
 fn read_sequences(file: &Path) -> Result<Vec<Vec<i64>>> {
     let bad = |problem: String| Error::config("corpus", format!("`{}`: {problem}", file.display()));
     let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(file)
-        .map_err(|e| bad(crate::error::torch_summary(&e)))?
+        .map_err(|e| {
+            bad(format!(
+                "not a readable safetensors file ({})",
+                crate::error::torch_summary(&e)
+            ))
+        })?
         .into_iter()
         .collect();
     let ints = |name: &str| -> Result<Option<Vec<i64>>> {
