@@ -517,6 +517,10 @@ mod tests {
         assert!(e.to_string().contains("`offsets` must rise"), "{e}");
         let e = CorpusIndex::load(dir.join("missing.safetensors"), 1, 2).unwrap_err();
         assert!(e.to_string().contains("missing.safetensors"), "{e}");
+        std::fs::write(dir.join("text.safetensors"), "not tensors").unwrap();
+        let e = CorpusIndex::load(dir.join("text.safetensors"), 1, 2).unwrap_err();
+        assert!(e.to_string().contains("not a readable safetensors file"), "{e}");
+        std::fs::remove_file(dir.join("text.safetensors")).unwrap();
         let floats = Tensor::from_slice(&[1.0f32]);
         Tensor::write_safetensors(&[("tokens", &floats)], dir.join("d.safetensors")).unwrap();
         let e = CorpusIndex::load(dir.join("d.safetensors"), 1, 2).unwrap_err();
