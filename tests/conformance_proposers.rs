@@ -5,7 +5,7 @@
 use blockwise::proposer::{Chain, CorpusIndex, CorpusLookup, DraftModel};
 use blockwise::testing::{Conformance, RandomProposer};
 use blockwise::{
-    BlockwiseDecoder, DecodeConfig, DType, GreedyDecoder, NGram, Proposer, Transformer,
+    BlockwiseDecoder, DType, DecodeConfig, GreedyDecoder, NGram, Proposer, Transformer,
     TransformerConfig,
 };
 use tch::Device;

@@ -86,9 +86,9 @@ fn proposer(kind: Kind, case: &ModelCase, reference: &DecodeOutput) -> Box<dyn P
             let s = case.proposer_seed as usize;
             Box::new(Lookahead::new(1 + s % 5, 2 + (s / 5) % 3, 1 + (s / 15) % 4).unwrap())
         }
-        Kind::Corpus => Box::new(CorpusLookup::new(std::sync::Arc::new(
-            corpus_index(case, reference),
-        ))),
+        Kind::Corpus => Box::new(CorpusLookup::new(std::sync::Arc::new(corpus_index(
+            case, reference,
+        )))),
         Kind::None => Box::new(NoProposer),
     }
 }

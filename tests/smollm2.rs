@@ -531,7 +531,10 @@ fn shipped_corpus_stays_exact_and_is_accepted() {
         iterations += out.stats.iterations;
     }
     eprintln!("corpus lookup at k = 5: {tokens} tokens in {iterations} iterations");
-    assert!(iterations < tokens, "{iterations} iterations for {tokens} tokens");
+    assert!(
+        iterations < tokens,
+        "{iterations} iterations for {tokens} tokens"
+    );
 
     // Prompt lookup and corpus lookup merged into 6-node trees, two rows at a time.
     let trees: ProposerConfig = "chain:ngram:3:3,corpus".parse().unwrap();

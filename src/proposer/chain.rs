@@ -111,7 +111,11 @@ impl Proposer for Chain {
             }
             // A member that builds trees fills what is left when it is the last, else at most
             // half of it, so that the members after it have room.
-            let share = if i + 1 == members { left } else { left.div_ceil(2) };
+            let share = if i + 1 == members {
+                left
+            } else {
+                left.div_ceil(2)
+            };
             let added = match p.propose_tree(ctx, share)? {
                 Some(t) => {
                     built = true;

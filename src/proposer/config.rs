@@ -402,11 +402,9 @@ impl std::fmt::Display for ProposerConfig {
                 min: 1,
                 max: 4,
             } => f.write_str("corpus"),
-            ProposerConfig::Corpus { path, min, max } => write!(
-                f,
-                "corpus:{}:{min}:{max}",
-                path.as_deref().unwrap_or("")
-            ),
+            ProposerConfig::Corpus { path, min, max } => {
+                write!(f, "corpus:{}:{min}:{max}", path.as_deref().unwrap_or(""))
+            }
             ProposerConfig::Lookahead {
                 window,
                 ngram,
@@ -685,12 +683,20 @@ mod tests {
 
     #[test]
     fn corpus_forms_round_trip_and_find_the_shipped_corpus() {
-        for text in ["corpus", "corpus:a/b.safetensors:2:3", "corpus::2:3", "corpus:dir:1:4"] {
+        for text in [
+            "corpus",
+            "corpus:a/b.safetensors:2:3",
+            "corpus::2:3",
+            "corpus:dir:1:4",
+        ] {
             let config: ProposerConfig = text.parse().unwrap();
             let back: ProposerConfig = config.to_string().parse().unwrap();
             assert_eq!(back, config, "{text}");
             let json = serde_json::to_string(&config).unwrap();
-            assert_eq!(serde_json::from_str::<ProposerConfig>(&json).unwrap(), config);
+            assert_eq!(
+                serde_json::from_str::<ProposerConfig>(&json).unwrap(),
+                config
+            );
         }
         // A path may hold colons; two trailing numbers are the lengths.
         assert_eq!(

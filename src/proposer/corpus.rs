@@ -39,6 +39,10 @@ pub struct CorpusIndex {
     sequences: usize,
 }
 
+/// An n-gram's followers (token, how often it followed), most frequent first, and how often the
+/// n-gram was followed at all.
+type Followers<'a> = (&'a [(i64, u32)], u32);
+
 /// Where an n-gram's followers are in [`CorpusIndex::followers`], and how often it was followed.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -63,9 +67,7 @@ fn check_lengths(min_n: usize, max_n: usize) -> Result<()> {
     if min_n == 0 || min_n > max_n || max_n > MAX_CORPUS_NGRAM {
         return Err(Error::config(
             "corpus",
-            format!(
-                "needs 1 <= min <= max <= {MAX_CORPUS_NGRAM}, got min {min_n}, max {max_n}"
-            ),
+            format!("needs 1 <= min <= max <= {MAX_CORPUS_NGRAM}, got min {min_n}, max {max_n}"),
         ));
     }
     Ok(())
@@ -104,7 +106,7 @@ impl CorpusIndex {
                     j += run;
                 }
                 // Most frequent first; the sort is stable, so ties keep the smaller id first.
-                seen.sort_by(|a, b| b.1.cmp(&a.1));
+                seen.sort_by_key(|f| std::cmp::Reverse(f.1));
                 let kept = seen.len().min(CORPUS_FOLLOWERS);
                 level.insert(
                     key,
@@ -175,14 +177,13 @@ impl CorpusIndex {
         (self.tokens, self.sequences)
     }
 
-    /// The longest indexed suffix of `context` that was seen: its followers, how often it was
-    /// followed, and its length.
-    fn longest_match(&self, context: &[i64]) -> Option<(&[(i64, u32)], u32, usize)> {
+    /// The longest indexed suffix of `context` that was seen: its followers and its length.
+    fn longest_match(&self, context: &[i64]) -> Option<(Followers<'_>, usize)> {
         (self.min_n..=self.max_n.min(context.len()))
             .rev()
             .find_map(|n| {
                 self.followers(&context[context.len() - n..])
-                    .map(|(f, total)| (f, total, n))
+                    .map(|f| (f, n))
             })
     }
 }
@@ -311,7 +312,7 @@ impl Proposer for CorpusLookup {
         self.matched = 0;
         while guesses.len() < ctx.max_tokens {
             let from = window.len().saturating_sub(max_n);
-            let Some((followers, _, n)) = self.index.longest_match(&window[from..]) else {
+            let Some(((followers, _), n)) = self.index.longest_match(&window[from..]) else {
                 break;
             };
             let token = followers[0].0;
@@ -351,7 +352,7 @@ impl Proposer for CorpusLookup {
         while tree.len() < nodes {
             if level < ctx.max_tokens {
                 let from = window.len().saturating_sub(max_n);
-                if let Some((followers, total, n)) = self.index.longest_match(&window[from..]) {
+                if let Some(((followers, total), n)) = self.index.longest_match(&window[from..]) {
                     if parent == 0 {
                         self.matched = n;
                     }
@@ -519,7 +520,10 @@ mod tests {
         assert!(e.to_string().contains("missing.safetensors"), "{e}");
         std::fs::write(dir.join("text.safetensors"), "not tensors").unwrap();
         let e = CorpusIndex::load(dir.join("text.safetensors"), 1, 2).unwrap_err();
-        assert!(e.to_string().contains("not a readable safetensors file"), "{e}");
+        assert!(
+            e.to_string().contains("not a readable safetensors file"),
+            "{e}"
+        );
         std::fs::remove_file(dir.join("text.safetensors")).unwrap();
         let floats = Tensor::from_slice(&[1.0f32]);
         Tensor::write_safetensors(&[("tokens", &floats)], dir.join("d.safetensors")).unwrap();
