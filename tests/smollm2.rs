@@ -421,6 +421,27 @@ fn batched_rows_and_trees_equal_transformers_in_float32() {
     assert!(t > 1.0 && c > 1.0, "chain {c}, tree {t}");
 }
 
+/// Decodes the oracles' prompts two at a time with `batch` (a dynamic-tree decoder), to the
+/// longest oracle's length with no EOS, and checks each row starts with its oracle's greedy
+/// continuation.
+fn trees_keep_the_oracles<M: CausalLm>(batch: &mut BatchBlockwise<M>, os: &[Oracle]) {
+    let max_new = os.iter().map(|o| o.greedy_ids.len()).max().unwrap();
+    for pair in os.chunks(2) {
+        let prompts: Vec<Vec<i64>> = pair.iter().map(|o| o.input_ids.clone()).collect();
+        let cfg = DecodeConfig::new(max_new).with_eos(vec![]);
+        let outs = batch.decode_batch(&prompts, &cfg).unwrap();
+        for (o, out) in pair.iter().zip(&outs) {
+            let n = o.greedy_ids.len();
+            assert_eq!(
+                &out.tokens[..n.min(out.tokens.len())],
+                &o.greedy_ids[..],
+                "tree, prompt {:?}",
+                o.prompt
+            );
+        }
+    }
+}
+
 /// The shipped feature-level draft (assets/drafts/smollm2, `make smollm2-eagle`) is found for
 /// the export, drafts chains and dynamic trees that keep transformers' greedy output exactly in
 /// float32, and accepts more per call than a fresh draft of the same shape.
@@ -470,7 +491,6 @@ fn shipped_feature_draft_stays_exact_and_beats_a_fresh_one() {
     // Dynamic trees of 12 nodes, two rows at a time.
     let os = oracles(&b, "f32");
     let emb = b.model.token_embeddings().unwrap();
-    let max_new = os.iter().map(|o| o.greedy_ids.len()).max().unwrap();
     let dir = shipped.clone();
     let mut batch = BatchBlockwise::builder(&mut b.model)
         .block_size(6)
@@ -484,20 +504,7 @@ fn shipped_feature_draft_stays_exact_and_beats_a_fresh_one() {
         .dynamic_tree(12)
         .build()
         .unwrap();
-    for pair in os.chunks(2) {
-        let prompts: Vec<Vec<i64>> = pair.iter().map(|o| o.input_ids.clone()).collect();
-        let cfg = DecodeConfig::new(max_new).with_eos(vec![]);
-        let outs = batch.decode_batch(&prompts, &cfg).unwrap();
-        for (o, out) in pair.iter().zip(&outs) {
-            let n = o.greedy_ids.len();
-            assert_eq!(
-                &out.tokens[..n.min(out.tokens.len())],
-                &o.greedy_ids[..],
-                "tree, prompt {:?}",
-                o.prompt
-            );
-        }
-    }
+    trees_keep_the_oracles(&mut batch, &os);
 }
 
 /// The corpus shipped for SmolLM2 (assets/drafts/smollm2/corpus.safetensors, `make
@@ -542,27 +549,13 @@ fn shipped_corpus_stays_exact_and_is_accepted() {
         .with_shipped_draft(b.draft.as_deref())
         .row_proposers(b.model.info(), None)
         .unwrap();
-    let max_new = os.iter().map(|o| o.greedy_ids.len()).max().unwrap();
     let mut batch = BatchBlockwise::builder(&mut b.model)
         .block_size(5)
         .proposer_factory(false, rows.factory())
         .dynamic_tree(6)
         .build()
         .unwrap();
-    for pair in os.chunks(2) {
-        let prompts: Vec<Vec<i64>> = pair.iter().map(|o| o.input_ids.clone()).collect();
-        let cfg = DecodeConfig::new(max_new).with_eos(vec![]);
-        let outs = batch.decode_batch(&prompts, &cfg).unwrap();
-        for (o, out) in pair.iter().zip(&outs) {
-            let n = o.greedy_ids.len();
-            assert_eq!(
-                &out.tokens[..n.min(out.tokens.len())],
-                &o.greedy_ids[..],
-                "tree, prompt {:?}",
-                o.prompt
-            );
-        }
-    }
+    trees_keep_the_oracles(&mut batch, &os);
 }
 
 /// SmolLM2's whole trained context: a cache for 8192 positions, a prompt that ends 12 tokens

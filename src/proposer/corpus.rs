@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tch::{Kind, Tensor};
 
+use super::ngram::hash;
 use super::{ProposalContext, Proposer};
 use crate::decoder::DraftTree;
 use crate::error::{Error, Result};
@@ -49,18 +50,6 @@ struct Entry {
     first: u32,
     len: u8,
     total: u32,
-}
-
-fn hash(ngram: &[i64]) -> u64 {
-    // FNV-1a over the ids.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &t in ngram {
-        for b in t.to_le_bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
 }
 
 fn check_lengths(min_n: usize, max_n: usize) -> Result<()> {

@@ -26,8 +26,9 @@ pub struct NGram {
     matched: usize,
 }
 
-fn hash(ngram: &[i64]) -> u64 {
-    // FNV-1a over the ids; collisions are caught by comparing the tokens on lookup.
+/// FNV-1a over an n-gram's ids (prompt lookup catches collisions by comparing the tokens on
+/// lookup; corpus lookup accepts them).
+pub(super) fn hash(ngram: &[i64]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &t in ngram {
         for b in t.to_le_bytes() {
