@@ -287,16 +287,22 @@ impl CorpusLookup {
     pub fn index(&self) -> &Arc<CorpusIndex> {
         &self.index
     }
+
+    /// The last `max_n` tokens of the context, the base model's next token included: what the
+    /// first guess is looked up after.
+    fn base_window(&self, ctx: &ProposalContext<'_>) -> Vec<i64> {
+        let tail = ctx.tokens.len().saturating_sub(self.index.max_n - 1);
+        let mut window = ctx.tokens[tail..].to_vec();
+        window.push(ctx.next);
+        window
+    }
 }
 
 impl Proposer for CorpusLookup {
     fn propose(&mut self, ctx: &ProposalContext<'_>) -> Result<Vec<i64>> {
         let max_n = self.index.max_n;
-        // The last `max_n` tokens of the context, the base model's next token included, then
-        // each guess as it is made.
-        let tail = ctx.tokens.len().saturating_sub(max_n.saturating_sub(1));
-        let mut window: Vec<i64> = ctx.tokens[tail..].to_vec();
-        window.push(ctx.next);
+        // Then each guess as it is made.
+        let mut window = self.base_window(ctx);
         let mut guesses = Vec::with_capacity(ctx.max_tokens);
         self.matched = 0;
         while guesses.len() < ctx.max_tokens {
@@ -325,11 +331,8 @@ impl Proposer for CorpusLookup {
         nodes: usize,
     ) -> Result<Option<DraftTree>> {
         let max_n = self.index.max_n;
-        let tail = ctx.tokens.len().saturating_sub(max_n.saturating_sub(1));
-        let mut base: Vec<i64> = ctx.tokens[tail..].to_vec();
-        base.push(ctx.next);
+        let base = self.base_window(ctx);
         let mut tree = DraftTree::default();
-        let mut depths: Vec<usize> = Vec::new();
         // Candidates not yet in the tree: (weight, parent as in `DraftTree::parents`, token,
         // level); the heaviest is added next, the first found among equals.
         let mut candidates: Vec<(f64, usize, i64, usize)> = Vec::new();
@@ -363,7 +366,6 @@ impl Proposer for CorpusLookup {
             let (w, p, token, l) = candidates.remove(best);
             tree.tokens.push(token);
             tree.parents.push(p);
-            depths.push(l);
             // The new node's context: the base, then the path from the root down to it.
             let node = tree.len();
             let mut path = Vec::with_capacity(l);
