@@ -292,7 +292,7 @@ $(DRAFT_SELF_DONE): scripts/make_self_requests.py examples/draft_answers.rs
 	$(CARGO) build $(PROFILE) $(FEATURES) --example decode
 	.venv/bin/python scripts/make_self_requests.py ask target/heads/smollm2-self-ask.txt 3000
 	test -s target/heads/smollm2-self-ask.jsonl || { target/release/examples/decode \
-	  --model models/smollm2 --chat --proposer none --batch 64 --max-new-tokens 48 --json \
+	  --model models/smollm2 --backend torchscript --chat --proposer none --batch 64 --max-new-tokens 48 --json \
 	  --prompt-file target/heads/smollm2-self-ask.txt > target/heads/smollm2-self-ask.part && \
 	  mv target/heads/smollm2-self-ask.part target/heads/smollm2-self-ask.jsonl; }
 	.venv/bin/python scripts/make_self_requests.py pick target/heads/smollm2-self-ask.jsonl \
@@ -312,7 +312,7 @@ $(CARGO) build $(PROFILE) $(FEATURES) --example decode
 .venv/bin/python scripts/make_self_requests.py $(or $(6),ask-lists) target/heads/smollm2-$(1)-ask.txt \
   $(or $(7),4000) $(2)
 test -s target/heads/smollm2-$(1)-ask.jsonl || { target/release/examples/decode \
-  --model models/smollm2 --chat --proposer none --batch $(3) --max-new-tokens 128 --dtype bf16 \
+  --model models/smollm2 --backend torchscript --chat --proposer none --batch $(3) --max-new-tokens 128 --dtype bf16 \
   --json --prompt-file target/heads/smollm2-$(1)-ask.txt > target/heads/smollm2-$(1)-ask.part && \
   mv target/heads/smollm2-$(1)-ask.part target/heads/smollm2-$(1)-ask.jsonl; }
 .venv/bin/python scripts/make_self_requests.py pick-lists target/heads/smollm2-$(1)-ask.jsonl \

@@ -20,7 +20,7 @@ py=.venv/bin/python
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 head -n "$n" examples/prompts/chat24.txt > "$work/prompts.txt"
-common=(--model "$model" --dtype "$dtype" --chat --prompt-file "$work/prompts.txt" --max-new-tokens 64 --json)
+common=(--model "$model" --backend torchscript --dtype "$dtype" --chat --prompt-file "$work/prompts.txt" --max-new-tokens 64 --json)
 "$bin" "${common[@]}" --proposer none --k 1 --compare-greedy > "$work/reference.jsonl"
 for b in $sizes; do
   "$bin" "${common[@]}" --proposer none --k 1 --batch "$b" > "$work/greedy-$b.jsonl"

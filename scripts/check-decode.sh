@@ -177,6 +177,10 @@ if [ -f models/smollm2/metadata.json ]; then
     --proposer chain:ngram:3:3,eagle --k 3 --backend native
   smollm2_identical "lookup merged into the draft's 5-node tree, k 4, native f32" --chat \
     --proposer chain:ngram:3:3,eagle --k 4 --tree dynamic:5 --backend native
+  # What a new user gets: no --proposer, no --backend (auto: lookup then the shipped draft, on
+  # the native decoder), and the draft flags reaching auto's draft.
+  smollm2_identical "the defaults (auto proposer, auto backend)" --chat
+  smollm2_identical "the defaults, 5-node tree 3 wide" --chat --tree dynamic:5 --draft-tree-width 3
 fi
 # Bad input must be a clear error (exit 2), not a crash.
 for args in "--batch 0" "--batch 2 --temperature 0.7" "--batch 2 --adaptive" "--tree 2,0" \
@@ -192,7 +196,8 @@ for args in "--batch 0" "--batch 2 --temperature 0.7" "--batch 2 --adaptive" "--
             "--top-p 0.9" "--temperature 0.7 --accept top-k:2" "--temperature 1 --top-p 1.5" \
             "--temperature -1" "--temperature 1 --accept typical:0:0.3" "--temperature 1 --seed x" \
             "--accept typical" "--adaptive --policy fixed" "--bogus" "--k x" \
-            "--verifier sometimes" "--device tpu" "--device cuda:x" "--device cuda:7"; do
+            "--verifier sometimes" "--device tpu" "--device cuda:x" "--device cuda:7" \
+            "--backend fast" "--tree dynamic:5 --draft-tree-width 3" "--proposer auto --draft-weights f32"; do
   set +e
   eval "$bin $args --max-new-tokens 4" >/dev/null 2>&1
   rc=$?

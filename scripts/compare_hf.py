@@ -60,7 +60,7 @@ def main():
             new = out[0, ids.size(1):].tolist()
             hf_tokens += len(new)
             hf_out.append(new)
-        cmd = ["target/release/examples/decode", "--model", args.model_dir, "--dtype", d] + ([] if args.plain else ["--chat"]) + [
+        cmd = ["target/release/examples/decode", "--model", args.model_dir, "--backend", "torchscript", "--dtype", d] + ([] if args.plain else ["--chat"]) + [
                "--proposer", "none", "--k", "1", "--max-new-tokens", str(args.max_new_tokens),
                "--compare-greedy", "--json", "--prompt-file"]
         with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:

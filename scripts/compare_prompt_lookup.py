@@ -59,7 +59,7 @@ def crate_runs(dtype, prompts, args, extra):
         # The first prompt once more, first, as a warm-up whose row is dropped.
         f.write("\n".join(x.replace("\n", "\\n") for x in [prompts[0]] + prompts * args.repeats) + "\n")
         f.flush()
-        cmd = [DECODE, "--model", args.model_dir, "--dtype", dtype] + ([] if args.plain else ["--chat"]) + ["--json",
+        cmd = [DECODE, "--model", args.model_dir, "--backend", "torchscript", "--dtype", dtype] + ([] if args.plain else ["--chat"]) + ["--json",
                "--compare-greedy", "--max-new-tokens", str(args.max_new_tokens), "--prompt-file", f.name] + extra
         lines = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()
     rows = [json.loads(l) for l in lines][1:]

@@ -21,7 +21,7 @@ for n in "${layers[@]}"; do
   fi
   row="| $n |"
   for policy in "" "--adaptive"; do
-    row+=$(target/release/examples/decode --model models/smollm2 --chat --prompt-file "$prompts" \
+    row+=$(target/release/examples/decode --model models/smollm2 --backend torchscript --chat --prompt-file "$prompts" \
       --proposer "draft:$dir" --k 3 $policy --max-new-tokens 64 --compare-greedy --json |
       .venv/bin/python -c '
 import json, sys

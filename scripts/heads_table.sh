@@ -13,7 +13,7 @@ echo "| dtype | k | policy | prompts | mean accepted | model calls / greedy | ms
 echo "|---|---|---|---|---|---|---|---|---|"
 run() {
   local dtype=$1 k=$2 policy=$3
-  target/release/examples/decode --model models/smollm2 --chat --proposer heads --k "$k" \
+  target/release/examples/decode --model models/smollm2 --backend torchscript --chat --proposer heads --k "$k" \
     --dtype "$dtype" $policy --prompt-file "$prompts" --max-new-tokens 64 --compare-greedy --json |
     .venv/bin/python -c '
 import json, sys

@@ -46,7 +46,7 @@ for e in "${entries[@]}"; do
   chat=--chat
   [ "$set" = chat ] || chat=
   # shellcheck disable=SC2086
-  "$bin" --model "$model" --dtype "$dtype" $chat --prompt-file "$work/$set.txt" \
+  "$bin" --model "$model" --backend torchscript --dtype "$dtype" $chat --prompt-file "$work/$set.txt" \
     --max-new-tokens 64 --k "$k" $args --compare-greedy --json > "$work/$i.jsonl"
   printf '%s|%s|%s\n' "$label" "$k" "$args" > "$work/$i.label"
   i=$((i + 1))

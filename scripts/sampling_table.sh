@@ -16,7 +16,7 @@ bin=${BIN:-target/release/examples/decode}
 prompts=$(mktemp)
 case "$which" in
   smollm2)
-    model=(--model models/smollm2 --chat); k=5; proposers=(heads ngram)
+    model=(--model models/smollm2 --backend torchscript --chat); k=5; proposers=(heads ngram)
     grep -v '^\s*$' examples/prompts/chat24.txt | head -n "$n" > "$prompts" ;;
   embedded)
     model=(--model embedded); k=8; proposers=(heads)

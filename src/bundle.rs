@@ -50,6 +50,13 @@ pub enum Backend {
     /// The exported TorchScript module, through libtorch (any device, every weight form).
     #[default]
     TorchScript,
+    /// The native decoder where it can compute the export with every option asked for (a
+    /// plain Llama-shaped export with its `native` description, on the CPU, vectorised here,
+    /// in f32, bf16 or int8, with the default `f32_matmul`), else the TorchScript module.
+    /// What `decode` and `blockwise-server` use by default: SmolLM2's native f32 step is about
+    /// twice as fast as its TorchScript one (docs/benchmarks.md). [`ModelBundle::backend`]
+    /// says which was taken.
+    Auto,
     /// The crate's own CPU kernels ([`NativeLm`]): plain Llama-shaped exports, f32, bf16 or
     /// int8 weights (f32 activations; or bf16 weights times bf16 inputs by the CPU's dot
     /// products, see [`Bf16Inputs`]), CPU only. Loading it sets libtorch's intra-op threads to one: libtorch's
@@ -60,16 +67,47 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Parses `torchscript` or `native`.
+    /// Parses `torchscript`, `native` or `auto`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "torchscript" => Ok(Backend::TorchScript),
             "native" => Ok(Backend::Native),
+            "auto" => Ok(Backend::Auto),
             other => Err(Error::config(
                 "backend",
-                format!("is `{other}`; expected torchscript or native"),
+                format!("is `{other}`; expected torchscript, native or auto"),
             )),
         }
+    }
+
+    /// What `self` computes an export with `meta` by under `options`: [`Backend::Auto`] made
+    /// native or TorchScript, the others as they are.
+    pub fn resolve(self, meta: &ExportMetadata, options: &BundleOptions) -> Backend {
+        if self != Backend::Auto {
+            return self;
+        }
+        let native = crate::native::vectorised()
+            && options.device == Device::Cpu
+            && options.f32_matmul == F32Matmul::Auto
+            && matches!(options.dtype, DType::F32 | DType::Bf16 | DType::Int8)
+            && meta.native.as_ref().is_some_and(|d| d.shape == "llama")
+            && meta.dtypes.get("f32").is_some_and(|f| f.cached.is_some());
+        if native {
+            Backend::Native
+        } else {
+            Backend::TorchScript
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    /// The form [`Backend::parse`] reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::TorchScript => "torchscript",
+            Backend::Native => "native",
+            Backend::Auto => "auto",
+        })
     }
 }
 
@@ -119,6 +157,41 @@ fn find_draft(dir: &Path, source: Option<&str>) -> Result<Option<PathBuf>> {
         }
     }
     Ok(None)
+}
+
+/// The source model an export was made from, for finding what was trained for it; `None` for
+/// a layer-truncated export (shipped heads and drafts match the exact model they were trained
+/// on, and a truncated export of the same file has other hidden states).
+fn export_source(meta: &ExportMetadata) -> Option<&str> {
+    match meta.source.contains_key("truncated") {
+        true => None,
+        false => meta.source.get("gguf").and_then(|v| v.as_str()),
+    }
+}
+
+/// The folder of the model `name` as [`ModelBundle::load`] reads it.
+fn model_dir(name: &str) -> PathBuf {
+    if name == "embedded" {
+        embedded_dir()
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+/// The feature-level draft [`ModelBundle::load`] attaches to the model `name`
+/// ([`ModelBundle::draft`]), found without loading the model: for settings that depend on it
+/// before a load, such as `decode`'s draft flags on the default proposer, `auto`. `None` where
+/// there is none, or where `name` is no model folder (the load says why).
+pub fn draft_for(name: &str) -> Result<Option<PathBuf>> {
+    let dir = model_dir(name);
+    if dir.join("metadata.json").is_file() {
+        let meta = ExportMetadata::read(&dir)?;
+        find_draft(&dir, export_source(&meta))
+    } else if dir.join(CONFIG_FILE).is_file() {
+        find_draft(&dir, None)
+    } else {
+        Ok(None)
+    }
 }
 
 /// The heads folder `choice` names for an export whose source is `source` (`None`: no heads).
@@ -214,6 +287,9 @@ pub struct ModelBundle {
     /// The feature-level draft trained for this model (`DIR/draft`, or one shipped in
     /// `assets/drafts` for the export's source), when there is one.
     pub draft: Option<PathBuf>,
+    /// What computes an exported model ([`Backend::TorchScript`] or [`Backend::Native`]: what
+    /// [`Backend::Auto`] chose); `None` for a built-in transformer.
+    pub backend: Option<Backend>,
 }
 
 impl std::fmt::Debug for ModelBundle {
@@ -232,11 +308,7 @@ impl ModelBundle {
     /// export folder written by `scripts/export_hf.py` (`metadata.json`, modules,
     /// `tokenizer.json`), with proposal heads as [`BundleOptions::heads`] says.
     pub fn load(name: &str, options: &BundleOptions) -> Result<Self> {
-        let dir = if name == "embedded" {
-            embedded_dir()
-        } else {
-            PathBuf::from(name)
-        };
+        let dir = model_dir(name);
         if dir.join("metadata.json").is_file() {
             Self::load_export(&dir, options)
         } else if dir.join(CONFIG_FILE).is_file() {
@@ -298,6 +370,7 @@ impl ModelBundle {
             chat: None,
             metadata: None,
             draft: find_draft(dir, None)?,
+            backend: None,
         })
     }
 
@@ -309,7 +382,8 @@ impl ModelBundle {
             .dtypes
             .get(&options.dtype.to_string())
             .is_some_and(|f| f.cached.is_none() && f.uncached.is_some());
-        if options.backend == Backend::TorchScript && options.bf16_inputs != Bf16Inputs::F32 {
+        let backend = options.backend.resolve(&meta, options);
+        if backend == Backend::TorchScript && options.bf16_inputs != Bf16Inputs::F32 {
             return Err(Error::config(
                 "bf16_inputs",
                 "chooses what the native decoder multiplies bf16 weights with; a TorchScript \
@@ -317,8 +391,8 @@ impl ModelBundle {
                  native)",
             ));
         }
-        let model: Box<dyn CausalLm> = match options.backend {
-            Backend::TorchScript => Box::new(TorchScriptLm::load(
+        let model: Box<dyn CausalLm> = match backend {
+            Backend::TorchScript | Backend::Auto => Box::new(TorchScriptLm::load(
                 dir,
                 &LoadOptions {
                     dtype: options.dtype,
@@ -335,12 +409,7 @@ impl ModelBundle {
             )?),
             Backend::Native => Box::new(load_native(dir, options)?),
         };
-        // Shipped heads match the exact model they were trained on; a layer-truncated export
-        // of the same file has other hidden states.
-        let source = match meta.source.contains_key("truncated") {
-            true => None,
-            false => meta.source.get("gguf").and_then(|v| v.as_str()),
-        };
+        let source = export_source(&meta);
         let draft = find_draft(dir, source)?;
         let model: Box<dyn CausalLm> = match find_heads(dir, source, &options.heads)? {
             Some(heads) => Box::new(WithHeads::load(model, heads)?),
@@ -374,6 +443,7 @@ impl ModelBundle {
             chat,
             metadata: Some(meta),
             draft,
+            backend: Some(backend),
         })
     }
 

@@ -464,6 +464,89 @@ fn compaction_keeps_what_attention_sees_bit_for_bit() {
 }
 
 /// What the native backend cannot do is refused with a typed error naming the option.
+/// `Backend::Auto` (what `decode` and the server use by default) is the native decoder where it
+/// can honour every option, else the TorchScript module, and says which it took; the default
+/// proposer finds the draft shipped for the model before the model loads.
+#[test]
+fn auto_backend_is_native_where_it_can_be_else_torchscript() {
+    let mut b = ModelBundle::load(
+        dir().to_str().unwrap(),
+        &BundleOptions {
+            max_context: Some(512),
+            backend: Backend::Auto,
+            ..BundleOptions::default()
+        },
+    )
+    .unwrap();
+    let vectorised = blockwise::native::vectorised();
+    let native = if vectorised {
+        Backend::Native
+    } else {
+        Backend::TorchScript
+    };
+    assert_eq!(b.backend, Some(native));
+    let o = &oracles(&b)[0];
+    let cfg = DecodeConfig::new(o.greedy_ids.len()).with_eos(b.eos.clone());
+    let out = GreedyDecoder::new(&mut b.model)
+        .decode(&o.input_ids, &cfg)
+        .unwrap();
+    assert_eq!(out.tokens, o.greedy_ids, "prompt {:?}", o.prompt);
+    let meta = b.metadata.clone().unwrap();
+    let resolve = |options: BundleOptions| Backend::Auto.resolve(&meta, &options);
+    for dtype in [DType::F32, DType::Bf16, DType::Int8] {
+        let options = BundleOptions {
+            dtype,
+            ..Default::default()
+        };
+        assert_eq!(resolve(options), native, "{dtype}");
+    }
+    for options in [
+        BundleOptions {
+            dtype: DType::F16,
+            ..Default::default()
+        },
+        BundleOptions {
+            f32_matmul: F32Matmul::OneDnn,
+            ..Default::default()
+        },
+        BundleOptions {
+            device: Device::Cuda(0),
+            ..Default::default()
+        },
+    ] {
+        assert_eq!(resolve(options.clone()), Backend::TorchScript, "{options:?}");
+    }
+    let mut other_shape = meta.clone();
+    other_shape.native = None;
+    assert_eq!(
+        Backend::Auto.resolve(&other_shape, &BundleOptions::default()),
+        Backend::TorchScript
+    );
+    // The named backends are what they say.
+    for named in [Backend::TorchScript, Backend::Native] {
+        assert_eq!(named.resolve(&other_shape, &BundleOptions::default()), named);
+        assert_eq!(Backend::parse(&named.to_string()).unwrap(), named);
+    }
+    assert_eq!(Backend::parse("auto").unwrap(), Backend::Auto);
+    assert!(Backend::parse("fast").is_err());
+    // A built-in transformer has no backend to choose.
+    let embedded = ModelBundle::load(
+        "embedded",
+        &BundleOptions {
+            backend: Backend::Auto,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(embedded.backend, None);
+    // The draft a load attaches, found before loading.
+    let shipped = blockwise::bundle::draft_for(dir().to_str().unwrap()).unwrap();
+    assert_eq!(shipped, b.draft);
+    assert!(shipped.unwrap().ends_with("assets/drafts/smollm2"));
+    assert_eq!(blockwise::bundle::draft_for("embedded").unwrap(), None);
+    assert_eq!(blockwise::bundle::draft_for("no/such/model").unwrap(), None);
+}
+
 #[test]
 fn options_it_cannot_honour_are_refused() {
     let field = |e: Error| match e {

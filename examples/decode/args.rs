@@ -15,7 +15,7 @@ use tch::Device;
 
 pub const USAGE: &str = "\
 usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--chat]
-              [--proposer heads|none|ngram[:MIN:MAX]|corpus[:PATH[:MIN:MAX]]|lookahead[:W:N:G]|draft:DIR|eagle[:DIR]|chain:A,B]
+              [--proposer auto|heads|none|ngram[:MIN:MAX]|corpus[:PATH[:MIN:MAX]]|lookahead[:W:N:G]|draft:DIR|eagle[:DIR]|chain:A,B]
               [--draft-weights auto|f32|int8|native-f32|native-bf16|native-int8]
               [--draft-confidence P] [--draft-tree-width W]
               [--heads DIR|none]
@@ -27,7 +27,7 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
               [--tie-guard M]
               [--batch N] [--tree SHAPE|dynamic:NODES]
               [--dtype f32|bf16|f16|int8] [--device cpu|cuda[:N]] [--f32-matmul auto|blas|onednn]
-              [--backend torchscript|native] [--bf16-inputs f32|bf16|tiles] [--compare-greedy] [--json]
+              [--backend auto|torchscript|native] [--bf16-inputs f32|bf16|tiles] [--compare-greedy] [--json]
 
   --model           `embedded` (default: the model shipped in assets/embedded, trained on
                     the King James Bible, with trained heads), a folder
@@ -36,8 +36,10 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --prompt          one prompt
   --prompt-file     one prompt per line; `\\n` inside a line is a newline
   --chat            wrap each prompt as one user message in the model's chat template
-  --proposer        where proposals come from (default heads): ngram = prompt lookup of 1..3
-                    tokens; corpus = what most often followed the last 1..4 tokens in the
+  --proposer        where proposals come from (default auto: chain:ngram:3:3,eagle where a
+                    draft is shipped for the model, else its heads, else ngram; heads with a
+                    --tree shape); heads = the model's proposal heads; ngram = prompt lookup
+                    of 1..3 tokens; corpus = what most often followed the last 1..4 tokens in the
                     model's own answers shipped for it (assets/drafts, e.g. SmolLM2's),
                     corpus:PATH[:MIN:MAX] = in a safetensors file or folder of token
                     sequences; lookahead[:W:N:G] = lookahead decoding (Jacobi window W, n-grams
@@ -81,9 +83,11 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
   --device          cpu (default), cuda or cuda:N (needs a CUDA build of libtorch and a GPU)
   --f32-matmul      auto (default: oneDNN on AMD CPUs, else libtorch's BLAS), blas or onednn:
                     the CPU library of an f32 export's matrix products
-  --backend         torchscript (default: the exported module) or native (the crate's own CPU
-                    kernels, blockwise::native: Llama-shaped exports, --dtype f32, bf16 or
-                    int8 weights with f32 activations; 2-3x as fast a step on 2 cores)
+  --backend         auto (default: native where it can compute the export with the other
+                    flags, else torchscript), torchscript (the exported module) or native
+                    (the crate's own CPU kernels, blockwise::native: Llama-shaped exports,
+                    --dtype f32, bf16 or int8 weights with f32 activations; about twice as
+                    fast a step on 2 cores)
   --bf16-inputs     f32 (default), bf16 or tiles: what the native backend multiplies --dtype
                     bf16 weights with; bf16 rounds a product's inputs to bf16 for the CPU's bf16
                     dot products (AVX-512 BF16 only): a faster one-token step, slower verify
@@ -159,7 +163,7 @@ struct Cli {
     device: String,
     #[arg(long, default_value = "auto")]
     f32_matmul: String,
-    #[arg(long, default_value = "torchscript")]
+    #[arg(long, default_value = "auto")]
     backend: String,
     #[arg(long, default_value = "f32")]
     bf16_inputs: String,
@@ -209,11 +213,23 @@ pub struct Args {
 /// the confidence).
 fn proposer(
     spec: Option<&str>,
+    model: &str,
+    tree: Option<&TreeConfig>,
     weights: Option<&str>,
     confidence: Option<f64>,
     tree_width: Option<usize>,
 ) -> Result<ProposerConfig> {
-    let mut config: ProposerConfig = spec.map(str::parse).transpose()?.unwrap_or_default();
+    let mut config: ProposerConfig = match spec {
+        Some(spec) => spec.parse()?,
+        // A tree shape branches on the heads' candidates.
+        None if matches!(tree, Some(TreeConfig::Shape(_))) => ProposerConfig::Heads,
+        None => ProposerConfig::Auto,
+    };
+    // `auto` is the model's draft with lookup where one is shipped for it: made concrete here,
+    // so that the draft flags apply to it.
+    if config == ProposerConfig::Auto {
+        config = config.with_shipped_draft(blockwise::bundle::draft_for(model)?.as_deref());
+    }
     let named = eagles(&config);
     for (flag, given) in [
         ("draft-weights", weights.is_some()),
@@ -223,7 +239,15 @@ fn proposer(
         if given && named.is_empty() {
             return Err(bad(
                 flag,
-                format!("sets an eagle draft's setting; --proposer {config} has no eagle draft"),
+                match config {
+                    ProposerConfig::Auto => format!(
+                        "sets an eagle draft's setting; no draft is shipped for {model}, so the \
+                         default proposer (auto) has none"
+                    ),
+                    _ => format!(
+                        "sets an eagle draft's setting; --proposer {config} has no eagle draft"
+                    ),
+                },
             ));
         }
     }
@@ -353,8 +377,8 @@ impl Args {
                  (greedy decoding is exact)",
             ));
         }
+        let tree: Option<TreeConfig> = cli.tree.as_deref().map(str::parse).transpose()?;
         let args = Args {
-            model: cli.model,
             heads: match cli.heads.as_deref() {
                 None => HeadsChoice::Auto,
                 Some("none") => HeadsChoice::None,
@@ -363,6 +387,8 @@ impl Args {
             prompts,
             proposer: proposer(
                 cli.proposer.as_deref(),
+                &cli.model,
+                tree.as_ref(),
                 cli.draft_weights.as_deref(),
                 cli.draft_confidence,
                 cli.draft_tree_width,
@@ -393,7 +419,8 @@ impl Args {
             json: cli.json,
             sampling,
             batch: cli.batch,
-            tree: cli.tree.as_deref().map(str::parse).transpose()?,
+            tree,
+            model: cli.model,
         };
         if cli.draft_tree_width.is_some() && !matches!(args.tree, Some(TreeConfig::Dynamic(_))) {
             return Err(bad(

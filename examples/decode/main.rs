@@ -138,6 +138,19 @@ fn run(args: Args) -> Result<()> {
         .iter()
         .map(|p| bundle.encode_prompt(p, args.chat))
         .collect::<Result<Vec<_>>>()?;
+    if !args.json {
+        // What the defaults chose (auto), before the first result.
+        let backend = bundle
+            .backend
+            .map_or("built-in transformer".into(), |b| format!("{b} backend"));
+        eprintln!(
+            "decode: {} ({backend}, {}), proposer {}, k {}",
+            args.model,
+            args.dtype,
+            config.proposer.clone().without_auto(bundle.model.info()),
+            config.block_size
+        );
+    }
     let mode = Mode {
         sampled: args.sampling.is_some(),
         json: args.json,

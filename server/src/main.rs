@@ -29,10 +29,12 @@ struct Cli {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
-    /// Where proposals come from: heads, ngram[:MIN:MAX], corpus[:PATH[:MIN:MAX]],
+    /// Where proposals come from: auto, heads, ngram[:MIN:MAX], corpus[:PATH[:MIN:MAX]],
     /// lookahead[:W:N:G], draft:DIR, eagle[:DIR], none, chain:A,B (as `decode --proposer`).
-    #[arg(long, default_value = "heads")]
-    proposer: String,
+    /// Default auto: chain:ngram:3:3,eagle where a draft is shipped for the model, else its
+    /// heads, else ngram (heads with a --tree shape).
+    #[arg(long)]
+    proposer: Option<String>,
     /// Block size: at most k - 1 proposals per block.
     #[arg(long, default_value_t = 4)]
     k: usize,
@@ -60,9 +62,10 @@ struct Cli {
     /// f32 export's matrix products.
     #[arg(long, default_value = "auto")]
     f32_matmul: String,
+    /// auto (native where it can compute the export with the other flags, else torchscript),
     /// torchscript (the exported module, any device) or native (the crate's own CPU kernels:
     /// Llama-shaped exports, f32, bf16 or int8 weights).
-    #[arg(long, default_value = "torchscript")]
+    #[arg(long, default_value = "auto")]
     backend: String,
     /// f32, bf16 or tiles: what the native backend multiplies bf16 weights with (bf16: the
     /// CPU's bf16 dot products, AVX-512 BF16 only; a faster one-token step, slower verify
@@ -118,7 +121,22 @@ fn main() {
     if cli.max_batch == 0 || cli.k == 0 || cli.prefill_chunk == 0 {
         fail("--max-batch, --k and --prefill-chunk must be at least 1");
     }
-    let proposer: ProposerConfig = cli.proposer.parse().unwrap_or_else(|e| fail(e));
+    let tree: Option<TreeConfig> = cli
+        .tree
+        .as_deref()
+        .map(|t| t.parse().unwrap_or_else(|e| fail(e)));
+    let proposer: ProposerConfig = match cli.proposer.as_deref() {
+        Some(p) => p.parse().unwrap_or_else(|e| fail(e)),
+        // A tree shape branches on the heads' candidates.
+        None if matches!(tree, Some(TreeConfig::Shape(_))) => ProposerConfig::Heads,
+        // The model's draft with lookup where one is shipped for it, made concrete here so
+        // that --draft-tree-width applies to it.
+        None => ProposerConfig::Auto.with_shipped_draft(
+            blockwise::bundle::draft_for(&cli.model)
+                .unwrap_or_else(|e| fail(e))
+                .as_deref(),
+        ),
+    };
     let dtype: DType = cli.dtype.parse().unwrap_or_else(|e| fail(e));
     let device = blockwise::cuda::parse_device(&cli.device).unwrap_or_else(|e| fail(e));
     let heads = match cli.heads.as_deref() {
@@ -148,11 +166,11 @@ fn main() {
     if cli.draft_tree_width.is_some() && cli.tree.is_none() {
         fail("--draft-tree-width shapes the trees an eagle draft grows; add --tree dynamic:NODES");
     }
-    if let Some(tree) = &cli.tree {
+    if let Some(tree) = tree {
         if cli.adaptive {
             fail("--tree verifies fixed-size trees; drop --adaptive");
         }
-        decoder.tree = Some(tree.parse().unwrap_or_else(|e| fail(e)));
+        decoder.tree = Some(tree);
         if let Some(w) = cli.draft_tree_width {
             if !matches!(decoder.tree, Some(TreeConfig::Dynamic(_)))
                 || !decoder.proposer.reads_embeddings()
@@ -178,6 +196,7 @@ fn main() {
     };
     let model = cli.model.clone();
     let proposer = config.decoder.proposer.clone();
+    let shown_proposer = proposer.to_string();
     let worker = spawn_worker(
         move || {
             let mut bundle = ModelBundle::load(&model, &options)?;
@@ -198,7 +217,7 @@ fn main() {
             .unwrap_or_else(|e| fail(format!("cannot listen on {}: {e}", cli.addr)));
         eprintln!(
             "blockwise-server: serving {model_name:?} on http://{} (proposer {}, k {}, batch {})",
-            cli.addr, cli.proposer, cli.k, cli.max_batch
+            cli.addr, shown_proposer, cli.k, cli.max_batch
         );
         let options = ServerOptions {
             model_name,

@@ -47,8 +47,9 @@ pub(crate) use model::{attend, rope};
 pub(crate) use pool::Pool;
 
 /// Whether the native kernels run vectorised here (x86-64 with AVX2 and FMA); elsewhere they
-/// fall back to plain loops.
-pub(crate) fn vectorised() -> bool {
+/// fall back to plain loops, and [`Backend::Auto`](crate::bundle::Backend::Auto) takes the
+/// TorchScript module instead.
+pub fn vectorised() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         kernels::simd::available()

@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::feature::{DraftWeights, FeatureDraft, FeatureDraftProposer};
 use crate::model::{CausalLm, ModelInfo};
 
-/// Where the block's guesses come from, as configuration. In JSON: `"heads"`, `"none"`,
+/// Where the block's guesses come from, as configuration. In JSON: `"auto"` (the default),
+/// `"heads"`, `"none"`,
 /// `{"ngram": {"min": 1, "max": 3}}`, `{"corpus": {"path": "answers/", "min": 1, "max": 4}}`,
 /// `{"lookahead": {"window": 4, "ngram": 3, "candidates": 4}}`,
 /// `{"draft": {"model": "models/smollm2-draft"}}` or
@@ -24,8 +25,15 @@ use crate::model::{CausalLm, ModelInfo};
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ProposerConfig {
-    /// The model's own proposal heads (combined scoring and proposal).
+    /// The fastest exact proposer the model ships with, as measured on open-ended chat
+    /// (docs/proposers.md, "What `auto` picks"): where a feature-level draft is shipped for
+    /// the model ([`ModelBundle::draft`]), [`ProposerConfig::recommended`] (prompt lookup of
+    /// 3-grams, then the draft), which [`ProposerConfig::with_shipped_draft`] fills in; else
+    /// the model's proposal heads where it has any; else prompt lookup (`ngram`). A static tree
+    /// shape branches on heads, so with one `auto` is the heads.
     #[default]
+    Auto,
+    /// The model's own proposal heads (combined scoring and proposal).
     Heads,
     /// Prompt lookup over n-grams of `min..=max` tokens.
     Ngram {
@@ -173,12 +181,35 @@ impl ProposerConfig {
         }
     }
 
+    /// What `auto` is for a model with the feature-level draft `draft`: prompt lookup of
+    /// 3-grams first (a repeat of the prompt or of the answer so far is proposed at no cost),
+    /// then the draft (`chain:ngram:3:3,eagle:DRAFT`). The fastest exact setting measured on
+    /// open-ended chat with SmolLM2's shipped draft, in f32 and bf16 alike.
+    pub fn recommended(draft: &std::path::Path) -> Self {
+        ProposerConfig::Chain(vec![
+            ProposerConfig::Ngram { min: 3, max: 3 },
+            ProposerConfig::Eagle {
+                draft: Some(draft.display().to_string()),
+                weights: DraftWeights::Auto,
+                min_confidence: 0.0,
+                tree_width: crate::feature::DEFAULT_TREE_WIDTH,
+            },
+        ])
+    }
+
     /// The same configuration with every `eagle` that names no draft folder given `shipped`
-    /// (the draft shipped for the model, [`ModelBundle::draft`]), and every `corpus` that names
-    /// no corpus given `shipped`'s [`SHIPPED_CORPUS_FILE`] where there is one.
+    /// (the draft shipped for the model, [`ModelBundle::draft`]), every `corpus` that names
+    /// no corpus given `shipped`'s [`SHIPPED_CORPUS_FILE`] where there is one, and `auto`
+    /// made [`ProposerConfig::recommended`] where there is a draft (without one `auto` stays,
+    /// and is built as the model's heads or prompt lookup).
     pub fn with_shipped_draft(self, shipped: Option<&std::path::Path>) -> Self {
         self.map_members(&|mut e| {
             match &mut e {
+                ProposerConfig::Auto => {
+                    if let Some(draft) = shipped {
+                        e = Self::recommended(draft);
+                    }
+                }
                 ProposerConfig::Eagle {
                     draft: d @ None, ..
                 } => *d = shipped.map(|p| p.display().to_string()),
@@ -280,6 +311,7 @@ impl ProposerConfig {
         embeddings: Option<&tch::Tensor>,
     ) -> Result<Box<dyn Proposer>> {
         Ok(match self {
+            ProposerConfig::Auto => return Self::auto_without_draft(target).build(target),
             ProposerConfig::Eagle {
                 draft,
                 weights,
@@ -323,6 +355,24 @@ impl ProposerConfig {
         })
     }
 
+    /// The same configuration with every `auto` that no draft filled in
+    /// ([`ProposerConfig::with_shipped_draft`]) made what it builds for the model `target`: its
+    /// heads where it has any, else prompt lookup of 1- to 3-grams.
+    pub fn without_auto(self, target: &ModelInfo) -> Self {
+        self.map_members(&|m| match m {
+            ProposerConfig::Auto => Self::auto_without_draft(target),
+            other => other,
+        })
+    }
+
+    fn auto_without_draft(target: &ModelInfo) -> Self {
+        if target.num_heads > 0 {
+            ProposerConfig::Heads
+        } else {
+            ProposerConfig::Ngram { min: 1, max: 3 }
+        }
+    }
+
     /// Builds the proposer for a verified model described by `target` (a draft model is loaded
     /// here, and refused when its vocabulary differs). A feature-level draft needs the model
     /// itself: [`ProposerConfig::build_for`].
@@ -333,6 +383,7 @@ impl ProposerConfig {
             ProposerConfig::Chain(_) if self.reads_embeddings() => {
                 return self.build_with(target, None)
             }
+            ProposerConfig::Auto => return Self::auto_without_draft(target).build(target),
             ProposerConfig::Heads => Box::new(HeadsProposer),
             ProposerConfig::Ngram { min, max } => Box::new(NGram::new(*min, *max)?),
             ProposerConfig::Corpus { path, min, max } => {
@@ -394,6 +445,7 @@ impl std::fmt::Display for ProposerConfig {
     /// The command-line form [`ProposerConfig::from_str`] reads.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            ProposerConfig::Auto => f.write_str("auto"),
             ProposerConfig::Heads => f.write_str("heads"),
             ProposerConfig::None => f.write_str("none"),
             ProposerConfig::Ngram { min, max } => write!(f, "ngram:{min}:{max}"),
@@ -446,7 +498,7 @@ impl std::fmt::Display for ProposerConfig {
 impl FromStr for ProposerConfig {
     type Err = Error;
 
-    /// `heads`, `none`, `ngram` (1 to 3 tokens), `ngram:MIN:MAX`, `corpus` (the corpus shipped
+    /// `auto` ([`ProposerConfig::Auto`]), `heads`, `none`, `ngram` (1 to 3 tokens), `ngram:MIN:MAX`, `corpus` (the corpus shipped
     /// for the model, 1 to 4 tokens), `corpus:PATH`, `corpus:PATH:MIN:MAX`, `corpus::MIN:MAX`,
     /// `lookahead` (W 4, N 3, G 4),
     /// `lookahead:W:N:G`, `draft:DIR`, `eagle` (the draft shipped for the model), `eagle:DIR`
@@ -458,7 +510,7 @@ impl FromStr for ProposerConfig {
             Error::config(
                 "proposer",
                 format!(
-                    "`{s}` is not one of heads, none, ngram, ngram:MIN:MAX, corpus, corpus:PATH, \
+                    "`{s}` is not one of auto, heads, none, ngram, ngram:MIN:MAX, corpus, corpus:PATH, \
                      corpus:PATH:MIN:MAX, lookahead, \
                      lookahead:W:N:G, draft:DIR, eagle, eagle:DIR (either with @FORM: @f32, \
                      @int8, @native-int8, ..., and ~MIN_CONFIDENCE: ~0.2), chain:A,B"
@@ -534,6 +586,7 @@ impl FromStr for ProposerConfig {
         }
         let parts: Vec<&str> = s.split(':').collect();
         match parts.as_slice() {
+            ["auto"] => Ok(ProposerConfig::Auto),
             ["heads"] => Ok(ProposerConfig::Heads),
             ["none"] => Ok(ProposerConfig::None),
             ["ngram"] => Ok(ProposerConfig::Ngram { min: 1, max: 3 }),
@@ -749,6 +802,53 @@ mod tests {
             .fork()
             .is_some());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn auto_is_the_draft_with_lookup_where_one_is_shipped_else_heads_else_lookup() {
+        // The default, in each form.
+        assert_eq!(ProposerConfig::default(), ProposerConfig::Auto);
+        let auto: ProposerConfig = "auto".parse().unwrap();
+        assert_eq!(auto, ProposerConfig::Auto);
+        assert_eq!(auto.to_string(), "auto");
+        assert_eq!(serde_json::to_string(&auto).unwrap(), r#""auto""#);
+        assert_eq!(
+            serde_json::from_str::<ProposerConfig>(r#""auto""#).unwrap(),
+            auto
+        );
+        let config = crate::config::BlockwiseConfig::from_json(r#"{"block_size": 4}"#).unwrap();
+        assert_eq!(config.proposer, ProposerConfig::Auto);
+        // With a shipped draft: lookup of 3-grams, then the draft, inside chains too.
+        let dir = std::path::Path::new("drafts/some-model");
+        let filled = auto.clone().with_shipped_draft(Some(dir));
+        assert_eq!(filled, ProposerConfig::recommended(dir));
+        assert_eq!(filled.to_string(), "chain:ngram:3:3,eagle:drafts/some-model");
+        assert!(filled.reads_embeddings());
+        let in_chain: ProposerConfig = "chain:ngram:2:2,auto".parse().unwrap();
+        assert_eq!(
+            in_chain.clone().with_shipped_draft(Some(dir)).to_string(),
+            "chain:ngram:2:2,chain:ngram:3:3,eagle:drafts/some-model"
+        );
+        // Without one it stays `auto`, and builds the heads where the model has them...
+        assert_eq!(auto.clone().with_shipped_draft(None), ProposerConfig::Auto);
+        let mut with_heads = ModelInfo::new(50, 64);
+        with_heads.num_heads = 3;
+        assert_eq!(auto.clone().without_auto(&with_heads), ProposerConfig::Heads);
+        assert_eq!(
+            in_chain.clone().without_auto(&ModelInfo::new(50, 64)).to_string(),
+            "chain:ngram:2:2,ngram:1:3"
+        );
+        assert!(!auto.reads_embeddings());
+        assert!(auto.build_with(&with_heads, None).unwrap().needs_heads());
+        assert!(auto.build(&with_heads).unwrap().needs_heads());
+        // ... else prompt lookup: it proposes what followed the last token before.
+        let plain = ModelInfo::new(50, 64);
+        let mut lookup = auto.build_with(&plain, None).unwrap();
+        assert!(!lookup.needs_heads());
+        let tokens = [7, 8, 9, 10, 11, 7, 8];
+        lookup.begin(&tokens).unwrap();
+        let ctx = crate::proposer::ProposalContext::new(&tokens, 9, 3);
+        assert_eq!(lookup.propose(&ctx).unwrap(), [10, 11, 7]);
     }
 
     #[test]

@@ -106,7 +106,8 @@ impl<M: CausalLm> BatchBuilder<M> {
         }
         Ok(match tree {
             TreeConfig::Shape(shape) => {
-                if config.proposer != ProposerConfig::Heads {
+                // `auto` without a draft filled in is the heads (`ProposerConfig::Auto`).
+                if !matches!(config.proposer, ProposerConfig::Heads | ProposerConfig::Auto) {
                     return Err(Error::config(
                         "tree",
                         format!(
