@@ -43,14 +43,16 @@ def reference(args, prompts):
     with open(path, "w") as f:
         f.write("\n".join(p.replace("\n", "\\n") for p in prompts) + "\n")
     cmd = [os.path.join(ROOT, "target/release/examples/decode"), "--model", args.model,
-           "--dtype", args.dtype, "--chat", "--prompt-file", path, "--proposer", "none",
+           "--backend", args.backend, "--dtype", args.dtype, "--chat", "--prompt-file", path, "--proposer", "none",
            "--k", "1", "--max-new-tokens", str(args.max_tokens), "--json"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return [json.loads(line)["text"] for line in out.splitlines() if line.strip()]
 
 
 def start_server(args, extra, port):
-    cmd = [args.server, "--model", args.model,
+    # --backend applies unless the configuration names its own.
+    backend = [] if "--backend" in extra.split() else ["--backend", args.backend]
+    cmd = [args.server, "--model", args.model, *backend,
            "--dtype", args.dtype, "--addr", f"127.0.0.1:{port}", "--queue", "256",
            "--served-model-name", "m"] + extra.split()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
@@ -148,6 +150,9 @@ def main():
     ap.add_argument("--server", default=os.path.join(ROOT, "target/release/blockwise-server"),
                     help="the server binary (another build to compare against)")
     ap.add_argument("--dtype", default="f32")
+    ap.add_argument("--backend", default="torchscript",
+                    help="torchscript (what docs/serving.md's load table ran), native or auto "
+                         "(the server's and decode's default), for the server and the reference")
     ap.add_argument("--prompts", default="examples/prompts/chat24.txt")
     ap.add_argument("--levels", default="1,4,16,64")
     ap.add_argument("--max-tokens", type=int, default=64)
