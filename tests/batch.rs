@@ -127,6 +127,7 @@ proptest! {
         which in prop_oneof![Just(Which::Heads), Just(Which::NGram), Just(Which::Oracle)],
         tight_slots in any::<bool>(),
         chunk in prop_oneof![Just(None), Just(Some(1usize)), Just(Some(3))],
+        speculate in prop_oneof![Just(None), Just(Some(0usize)), Just(Some(1)), Just(Some(2))],
     ) {
         let mut model = case.model().expect("model");
         let mut decode = case.decode.clone();
@@ -134,6 +135,9 @@ proptest! {
         let reference = greedy_alone(&mut model, &prompts, &decode);
         let k = case.block_size;
         let mut b = BatchBlockwise::builder(&mut model).block_size(k);
+        if let Some(rows) = speculate {
+            b = b.speculate_up_to(rows); // proposals only while few rows are busy
+        }
         b = match which {
             Which::Heads => b.proposer(HeadsProposer),
             Which::NGram => b.proposer(NGram::new(1, 3).expect("ngram")),
@@ -398,6 +402,43 @@ fn bad_settings_are_errors() {
         model.forward_masked(&three, &three_pos, &three_mask),
         Err(Error::Contract { .. })
     ));
+}
+
+/// `speculate_up_to(n)`: while more than `n` rows are busy every row takes plain greedy steps
+/// (nothing proposed, one token a call), and proposals resume once few enough rows are left;
+/// the output is greedy decoding's either way.
+#[test]
+fn proposals_stop_while_many_rows_are_busy() {
+    let mut model = tiny();
+    // Repetitive prompts, so that prompt lookup has something to propose; different budgets,
+    // so that rows leave the batch one after another.
+    let prompts: Vec<Vec<i64>> = (0..3).map(|i| [1, 2, 3, 1, 2, 3, 1, 2].repeat(i + 1)).collect();
+    let decode = DecodeConfig::new(12);
+    let reference = greedy_alone(&mut model, &prompts, &decode);
+    let run = |model: &mut Transformer, limit: Option<usize>| {
+        let mut b = BatchBlockwise::builder(model)
+            .block_size(4)
+            .proposer(NGram::new(1, 3).expect("ngram"));
+        if let Some(n) = limit {
+            b = b.speculate_up_to(n);
+        }
+        b.build().expect("build").decode_batch(&prompts, &decode).expect("batch")
+    };
+    let free = run(&mut model, None);
+    let never = run(&mut model, Some(0));
+    let all = run(&mut model, Some(3));
+    for (i, r) in reference.iter().enumerate() {
+        for outs in [&free, &never, &all] {
+            assert_eq!(outs[i].tokens, r.tokens, "row {i}");
+        }
+        assert_eq!(never[i].stats.proposed, 0, "row {i} proposed above the limit");
+        assert_eq!(all[i].stats.proposed, free[i].stats.proposed, "row {i}");
+    }
+    assert!(free.iter().map(|o| o.stats.proposed).sum::<usize>() > 0);
+    // Each row gets exactly one token a call while the limit holds.
+    for o in &never {
+        assert_eq!(o.stats.iterations, o.tokens.len(), "{:?}", o.stats);
+    }
 }
 
 #[test]

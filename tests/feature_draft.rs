@@ -213,6 +213,7 @@ proptest! {
         tight_slots in any::<bool>(),
         chunk in prop_oneof![Just(None), Just(Some(1usize)), Just(Some(3))],
         lookup_first in any::<bool>(),
+        speculate in prop_oneof![Just(None), Just(Some(0usize)), Just(Some(1))],
     ) {
         let mut model = case.model().unwrap();
         let mut prompts = vec![case.prompt.clone()];
@@ -260,6 +261,10 @@ proptest! {
         }
         if tight_slots {
             b = b.slots(1);
+        }
+        if let Some(rows) = speculate {
+            // The draft skips proposing while more rows are busy, its cache still kept.
+            b = b.speculate_up_to(rows);
         }
         let outs = b.build().unwrap().decode_batch(&prompts, &decode).unwrap();
         for (i, (o, r)) in outs.iter().zip(&reference).enumerate() {

@@ -547,6 +547,40 @@ fn auto_backend_is_native_where_it_can_be_else_torchscript() {
     assert_eq!(blockwise::bundle::draft_for("no/such/model").unwrap(), None);
 }
 
+/// What a library user gets from the defaults: a config that names no proposer is `auto`, which
+/// the shipped draft fills in as prompt lookup then the draft; decoded natively it proposes,
+/// and its output is transformers' greedy output.
+#[test]
+fn the_default_config_decodes_with_the_shipped_draft_equal_to_greedy() {
+    let mut b = ModelBundle::load(
+        dir().to_str().unwrap(),
+        &BundleOptions {
+            max_context: Some(512),
+            backend: Backend::Auto,
+            ..BundleOptions::default()
+        },
+    )
+    .unwrap();
+    let mut config = blockwise::BlockwiseConfig::from_json(r#"{"block_size": 4}"#).unwrap();
+    config.proposer = config.proposer.with_shipped_draft(b.draft.as_deref());
+    let draft = b.draft.clone().expect("SmolLM2's shipped draft");
+    assert_eq!(
+        config.proposer,
+        blockwise::config::ProposerConfig::recommended(&draft)
+    );
+    let oracles = oracles(&b);
+    let embeddings = b.model.token_embeddings();
+    let mut decoder = Blockwise::from_config(&mut b.model, &config, embeddings.as_ref()).unwrap();
+    let mut proposed = 0;
+    for o in &oracles {
+        let cfg = DecodeConfig::new(o.greedy_ids.len()).with_eos(b.eos.clone());
+        let out = decoder.decode(&o.input_ids, &cfg).unwrap();
+        assert_eq!(out.tokens, o.greedy_ids, "prompt {:?}", o.prompt);
+        proposed += out.stats.proposed;
+    }
+    assert!(proposed > 0, "the draft proposed nothing");
+}
+
 #[test]
 fn options_it_cannot_honour_are_refused() {
     let field = |e: Error| match e {

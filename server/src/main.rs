@@ -100,6 +100,11 @@ struct Cli {
     /// to arrive before it opens a batch with all of them (0: opens at once).
     #[arg(long, default_value_t = 20)]
     batch_wait_ms: u64,
+    /// Proposals only while at most this many requests are decoding in the batch; with more,
+    /// every row takes plain greedy steps (a call over many rows already costs what their
+    /// tokens do). 0: never propose in a batch. Default: always.
+    #[arg(long)]
+    speculate_up_to: Option<usize>,
     /// The model name clients send (default: the model folder's name).
     #[arg(long)]
     served_model_name: Option<String>,
@@ -193,6 +198,7 @@ fn main() {
         prefill_chunk: cli.prefill_chunk,
         join_running: !cli.no_join,
         batch_wait: std::time::Duration::from_millis(cli.batch_wait_ms),
+        speculate_up_to: cli.speculate_up_to,
     };
     let model = cli.model.clone();
     let proposer = config.decoder.proposer.clone();

@@ -116,6 +116,10 @@ pub struct WorkerConfig {
     /// waiting, and a batch opened smaller than the demand drains before the next opens).
     /// Zero opens at once.
     pub batch_wait: Duration,
+    /// Proposals only while at most this many rows are busy; with more, plain greedy steps
+    /// ([`BatchBuilder::speculate_up_to`](blockwise::decoder::BatchBuilder::speculate_up_to)).
+    /// `None`: always.
+    pub speculate_up_to: Option<usize>,
 }
 
 /// The shared flags the server and the worker read.
@@ -388,10 +392,13 @@ impl Worker {
         let built = rows.and_then(|rows| {
             let (needs_heads, proposers) = (rows.needs_heads(), rows.factory());
             let model: &mut dyn CausalLm = &mut *self.model;
-            let mut decoder = BatchBlockwise::builder(model)
+            let mut builder = BatchBlockwise::builder(model)
                 .proposer_factory(needs_heads, proposers)
-                .config(&config.decoder, embeddings.as_ref())?
-                .build()?;
+                .config(&config.decoder, embeddings.as_ref())?;
+            if let Some(rows) = config.speculate_up_to {
+                builder = builder.speculate_up_to(rows);
+            }
+            let mut decoder = builder.build()?;
             // As many rows as greedy requests are waiting (every call computes every row,
             // busy or not); later requests take rows as they free up, or the next batch.
             let waiting = pending

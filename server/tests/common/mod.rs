@@ -44,6 +44,7 @@ impl Server {
             prefill_chunk: 16,
             join_running: true,
             batch_wait: std::time::Duration::from_millis(20),
+            speculate_up_to: None,
         };
         let name = model.to_string();
         let worker = spawn_worker(

@@ -71,6 +71,10 @@ pub struct BatchBlockwise<M> {
     tree: Option<TreeShape>,
     dynamic: Option<usize>,
     slots: Option<usize>,
+    /// Proposals only while at most this many rows are busy ([`BatchBuilder::speculate_up_to`]).
+    speculate_up_to: Option<usize>,
+    /// Whether this step's blocks hold proposals (set per step from the busy rows).
+    speculating: bool,
     /// The open batch ([`BatchBlockwise::open`]), if any.
     live: Option<Live>,
     /// The id the next admitted row gets (never reused).
@@ -96,9 +100,20 @@ pub struct BatchBuilder<M> {
     tree: Option<TreeShape>,
     dynamic: Option<usize>,
     slots: Option<usize>,
+    speculate_up_to: Option<usize>,
 }
 
 impl<M: CausalLm> BatchBuilder<M> {
+    /// Proposals only while at most `rows` rows of the batch are busy (default: always). With
+    /// more, every row takes plain greedy steps, one token a call, its proposer still told what
+    /// was accepted: a call over many rows costs about what their tokens do, so under load the
+    /// rows' proposals cost more than they save (docs/serving.md, "Proposals under load").
+    /// Output is the same either way.
+    pub fn speculate_up_to(mut self, rows: usize) -> Self {
+        self.speculate_up_to = Some(rows);
+        self
+    }
+
     /// Cache slots per row (default: twice the longest sequence plus one block). Fewer slots
     /// use less memory and compact more often; never fewer than the longest sequence plus one
     /// block are allocated.
@@ -239,6 +254,8 @@ impl<M: CausalLm> BatchBuilder<M> {
             tree: self.tree,
             dynamic: self.dynamic,
             slots: self.slots,
+            speculate_up_to: self.speculate_up_to,
+            speculating: true,
             live: None,
             next_row: 0,
         })
@@ -297,6 +314,7 @@ impl<M: CausalLm> BatchBlockwise<M> {
             tree: None,
             dynamic: None,
             slots: None,
+            speculate_up_to: None,
         }
     }
 
@@ -402,7 +420,10 @@ impl<M: CausalLm> BatchBlockwise<M> {
         let config = row.config.clone();
         let emitted = row.seq.len() - row.prompt_len;
         let room = row.budget.remaining(emitted, row.seq.len());
-        let max_tokens = (self.block_size - 1).min(room - 1);
+        let max_tokens = match self.speculating {
+            true => (self.block_size - 1).min(room - 1),
+            false => 0,
+        };
         let argmax: Vec<i64> = row
             .heads
             .iter()

@@ -210,6 +210,8 @@ impl<M: CausalLm> BatchBlockwise<M> {
         let longest_live = rows.iter().flatten().map(|r| r.live.len()).max();
         let room = capacity.saturating_sub(longest_live.unwrap_or(0)).max(1);
         let mut failed: Vec<Option<Error>> = (0..rows.len()).map(|_| None).collect();
+        let busy = rows.iter().flatten().filter(|r| r.stop.is_none()).count();
+        self.speculating = self.speculate_up_to.is_none_or(|limit| busy <= limit);
         let mut parts = Vec::with_capacity(rows.len());
         for (b, slot) in rows.iter_mut().enumerate() {
             let part = match slot {
