@@ -44,7 +44,8 @@ impl Server {
             prefill_chunk: 16,
             join_running: true,
             batch_wait: std::time::Duration::from_millis(20),
-            speculate_up_to: None,
+            // As the server does on the CPU by default: proposals while at most 2 rows are busy.
+            speculate_up_to: Some(2),
         };
         let name = model.to_string();
         let worker = spawn_worker(
