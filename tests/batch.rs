@@ -412,7 +412,9 @@ fn proposals_stop_while_many_rows_are_busy() {
     let mut model = tiny();
     // Repetitive prompts, so that prompt lookup has something to propose; different budgets,
     // so that rows leave the batch one after another.
-    let prompts: Vec<Vec<i64>> = (0..3).map(|i| [1, 2, 3, 1, 2, 3, 1, 2].repeat(i + 1)).collect();
+    let prompts: Vec<Vec<i64>> = (0..3)
+        .map(|i| [1, 2, 3, 1, 2, 3, 1, 2].repeat(i + 1))
+        .collect();
     let decode = DecodeConfig::new(12);
     let reference = greedy_alone(&mut model, &prompts, &decode);
     let run = |model: &mut Transformer, limit: Option<usize>| {
@@ -422,7 +424,10 @@ fn proposals_stop_while_many_rows_are_busy() {
         if let Some(n) = limit {
             b = b.speculate_up_to(n);
         }
-        b.build().expect("build").decode_batch(&prompts, &decode).expect("batch")
+        b.build()
+            .expect("build")
+            .decode_batch(&prompts, &decode)
+            .expect("batch")
     };
     let free = run(&mut model, None);
     let never = run(&mut model, Some(0));
@@ -431,7 +436,10 @@ fn proposals_stop_while_many_rows_are_busy() {
         for outs in [&free, &never, &all] {
             assert_eq!(outs[i].tokens, r.tokens, "row {i}");
         }
-        assert_eq!(never[i].stats.proposed, 0, "row {i} proposed above the limit");
+        assert_eq!(
+            never[i].stats.proposed, 0,
+            "row {i} proposed above the limit"
+        );
         assert_eq!(all[i].stats.proposed, free[i].stats.proposed, "row {i}");
     }
     assert!(free.iter().map(|o| o.stats.proposed).sum::<usize>() > 0);

@@ -514,7 +514,11 @@ fn auto_backend_is_native_where_it_can_be_else_torchscript() {
             ..Default::default()
         },
     ] {
-        assert_eq!(resolve(options.clone()), Backend::TorchScript, "{options:?}");
+        assert_eq!(
+            resolve(options.clone()),
+            Backend::TorchScript,
+            "{options:?}"
+        );
     }
     let mut other_shape = meta.clone();
     other_shape.native = None;
@@ -524,7 +528,10 @@ fn auto_backend_is_native_where_it_can_be_else_torchscript() {
     );
     // The named backends are what they say.
     for named in [Backend::TorchScript, Backend::Native] {
-        assert_eq!(named.resolve(&other_shape, &BundleOptions::default()), named);
+        assert_eq!(
+            named.resolve(&other_shape, &BundleOptions::default()),
+            named
+        );
         assert_eq!(Backend::parse(&named.to_string()).unwrap(), named);
     }
     assert_eq!(Backend::parse("auto").unwrap(), Backend::Auto);

@@ -822,7 +822,10 @@ mod tests {
         let dir = std::path::Path::new("drafts/some-model");
         let filled = auto.clone().with_shipped_draft(Some(dir));
         assert_eq!(filled, ProposerConfig::recommended(dir));
-        assert_eq!(filled.to_string(), "chain:ngram:3:3,eagle:drafts/some-model");
+        assert_eq!(
+            filled.to_string(),
+            "chain:ngram:3:3,eagle:drafts/some-model"
+        );
         assert!(filled.reads_embeddings());
         let in_chain: ProposerConfig = "chain:ngram:2:2,auto".parse().unwrap();
         assert_eq!(
@@ -833,9 +836,15 @@ mod tests {
         assert_eq!(auto.clone().with_shipped_draft(None), ProposerConfig::Auto);
         let mut with_heads = ModelInfo::new(50, 64);
         with_heads.num_heads = 3;
-        assert_eq!(auto.clone().without_auto(&with_heads), ProposerConfig::Heads);
         assert_eq!(
-            in_chain.clone().without_auto(&ModelInfo::new(50, 64)).to_string(),
+            auto.clone().without_auto(&with_heads),
+            ProposerConfig::Heads
+        );
+        assert_eq!(
+            in_chain
+                .clone()
+                .without_auto(&ModelInfo::new(50, 64))
+                .to_string(),
             "chain:ngram:2:2,ngram:1:3"
         );
         assert!(!auto.reads_embeddings());

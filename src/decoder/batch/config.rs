@@ -107,7 +107,10 @@ impl<M: CausalLm> BatchBuilder<M> {
         Ok(match tree {
             TreeConfig::Shape(shape) => {
                 // `auto` without a draft filled in is the heads (`ProposerConfig::Auto`).
-                if !matches!(config.proposer, ProposerConfig::Heads | ProposerConfig::Auto) {
+                if !matches!(
+                    config.proposer,
+                    ProposerConfig::Heads | ProposerConfig::Auto
+                ) {
                     return Err(Error::config(
                         "tree",
                         format!(
