@@ -211,6 +211,10 @@ fn main() {
     let model = cli.model.clone();
     let proposer = config.decoder.proposer.clone();
     let shown_proposer = proposer.to_string();
+    let shown_limit = match config.speculate_up_to {
+        Some(rows) => format!("proposals while at most {rows} requests share it"),
+        None => "proposals at every batch size".into(),
+    };
     let worker = spawn_worker(
         move || {
             let mut bundle = ModelBundle::load(&model, &options)?;
@@ -230,7 +234,8 @@ fn main() {
             .await
             .unwrap_or_else(|e| fail(format!("cannot listen on {}: {e}", cli.addr)));
         eprintln!(
-            "blockwise-server: serving {model_name:?} on http://{} (proposer {}, k {}, batch {})",
+            "blockwise-server: serving {model_name:?} on http://{} (proposer {}, k {}, batch {}, \
+             {shown_limit})",
             cli.addr, shown_proposer, cli.k, cli.max_batch
         );
         let options = ServerOptions {
