@@ -181,6 +181,8 @@ if [ -f models/smollm2/metadata.json ]; then
   # the native decoder), and the draft flags reaching auto's draft.
   smollm2_identical "the defaults (auto proposer, auto backend)" --chat
   smollm2_identical "the defaults, 5-node tree 3 wide" --chat --tree dynamic:5 --draft-tree-width 3
+  smollm2_identical "the defaults, --batch 2 --speculate-up-to 1 (greedy steps while both rows run)" \
+    --chat --batch 2 --speculate-up-to 1
 fi
 # Bad input must be a clear error (exit 2), not a crash.
 for args in "--batch 0" "--batch 2 --temperature 0.7" "--batch 2 --adaptive" "--tree 2,0" \
@@ -197,7 +199,8 @@ for args in "--batch 0" "--batch 2 --temperature 0.7" "--batch 2 --adaptive" "--
             "--temperature -1" "--temperature 1 --accept typical:0:0.3" "--temperature 1 --seed x" \
             "--accept typical" "--adaptive --policy fixed" "--bogus" "--k x" \
             "--verifier sometimes" "--device tpu" "--device cuda:x" "--device cuda:7" \
-            "--backend fast" "--tree dynamic:5 --draft-tree-width 3" "--proposer auto --draft-weights f32"; do
+            "--backend fast" "--tree dynamic:5 --draft-tree-width 3" "--proposer auto --draft-weights f32" \
+            "--speculate-up-to 2" "--batch 2 --speculate-up-to x"; do
   set +e
   eval "$bin $args --max-new-tokens 4" >/dev/null 2>&1
   rc=$?

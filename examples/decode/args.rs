@@ -25,7 +25,7 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
               [--min-block L] [--temperature T [--top-k N] [--top-p P] [--seed S]]
               [--max-new-tokens N] [--max-context N] [--verifier cached|recompute] [--prefill-chunk N]
               [--tie-guard M]
-              [--batch N] [--tree SHAPE|dynamic:NODES]
+              [--batch N [--speculate-up-to ROWS]] [--tree SHAPE|dynamic:NODES]
               [--dtype f32|bf16|f16|int8] [--device cpu|cuda[:N]] [--f32-matmul auto|blas|onednn]
               [--backend auto|torchscript|native] [--bf16-inputs f32|bf16|tiles] [--compare-greedy] [--json]
 
@@ -74,6 +74,8 @@ usage: decode [--model embedded|DIR] [--prompt TEXT | --prompt-file FILE] [--cha
                     call, as greedy does (for bf16/f16, where blocks round differently)
   --batch           decode the prompts N at a time in one batch (each row accepts its own
                     tokens and stops on its own; greedy acceptance, fixed block sizes)
+  --speculate-up-to  with --batch or --tree: proposals only while at most ROWS rows are
+                    busy, plain greedy steps above (as blockwise-server does, 2 on the CPU)
   --tree            verify a tree of the heads' candidates instead of a chain: SHAPE = widths
                     per depth, e.g. 3,2,1 (top 3 of head 1, under each the top 2 of head 2, ...);
                     dynamic:NODES = a tree the proposer grows by its own confidence (eagle),
@@ -157,6 +159,8 @@ struct Cli {
     batch: Option<usize>,
     #[arg(long)]
     tree: Option<String>,
+    #[arg(long)]
+    speculate_up_to: Option<usize>,
     #[arg(long, default_value = "f32")]
     dtype: String,
     #[arg(long, default_value = "cpu")]
@@ -206,6 +210,7 @@ pub struct Args {
     pub sampling: Option<SamplingConfig>,
     pub batch: Option<usize>,
     pub tree: Option<TreeConfig>,
+    pub speculate_up_to: Option<usize>,
 }
 
 /// `--proposer` with `--draft-weights`, `--draft-confidence` and `--draft-tree-width` applied
@@ -420,8 +425,15 @@ impl Args {
             sampling,
             batch: cli.batch,
             tree,
+            speculate_up_to: cli.speculate_up_to,
             model: cli.model,
         };
+        if args.speculate_up_to.is_some() && args.batch.is_none() && args.tree.is_none() {
+            return Err(bad(
+                "speculate-up-to",
+                "limits proposals by the rows busy in a batch; add --batch N (or --tree)",
+            ));
+        }
         if cli.draft_tree_width.is_some() && !matches!(args.tree, Some(TreeConfig::Dynamic(_))) {
             return Err(bad(
                 "draft-tree-width",

@@ -36,9 +36,12 @@ pub fn run_batched(
         } else {
             None
         };
-        let builder = BatchBlockwise::builder(&mut *model)
+        let mut builder = BatchBlockwise::builder(&mut *model)
             .proposer_factory(rows.needs_heads(), rows.factory())
             .config(config, embeddings.as_ref())?;
+        if let Some(rows) = args.speculate_up_to {
+            builder = builder.speculate_up_to(rows);
+        }
         let outs = builder.build()?.decode_batch(group, decode)?;
         let first = g * per_batch;
         match greedy {
