@@ -57,6 +57,19 @@ fn bundle_with(dtype: DType, bf16_inputs: Bf16Inputs) -> ModelBundle {
     .expect("load SmolLM2 with the native backend")
 }
 
+/// SmolLM2 as `decode` and the server load it by default (`Backend::Auto`).
+fn auto_bundle() -> ModelBundle {
+    ModelBundle::load(
+        dir().to_str().unwrap(),
+        &BundleOptions {
+            max_context: Some(512),
+            backend: Backend::Auto,
+            ..BundleOptions::default()
+        },
+    )
+    .expect("load SmolLM2 with the auto backend")
+}
+
 /// The weight forms: f32, bf16 times f32 inputs, int8, and bf16 by the CPU's bf16 dot products
 /// and by its AMX tiles where it has them.
 fn forms() -> Vec<(DType, Bf16Inputs)> {
@@ -463,21 +476,12 @@ fn compaction_keeps_what_attention_sees_bit_for_bit() {
     }
 }
 
-/// What the native backend cannot do is refused with a typed error naming the option.
 /// `Backend::Auto` (what `decode` and the server use by default) is the native decoder where it
 /// can honour every option, else the TorchScript module, and says which it took; the default
 /// proposer finds the draft shipped for the model before the model loads.
 #[test]
 fn auto_backend_is_native_where_it_can_be_else_torchscript() {
-    let mut b = ModelBundle::load(
-        dir().to_str().unwrap(),
-        &BundleOptions {
-            max_context: Some(512),
-            backend: Backend::Auto,
-            ..BundleOptions::default()
-        },
-    )
-    .unwrap();
+    let mut b = auto_bundle();
     let vectorised = blockwise::native::vectorised();
     let native = if vectorised {
         Backend::Native
@@ -559,15 +563,7 @@ fn auto_backend_is_native_where_it_can_be_else_torchscript() {
 /// and its output is transformers' greedy output.
 #[test]
 fn the_default_config_decodes_with_the_shipped_draft_equal_to_greedy() {
-    let mut b = ModelBundle::load(
-        dir().to_str().unwrap(),
-        &BundleOptions {
-            max_context: Some(512),
-            backend: Backend::Auto,
-            ..BundleOptions::default()
-        },
-    )
-    .unwrap();
+    let mut b = auto_bundle();
     let mut config = blockwise::BlockwiseConfig::from_json(r#"{"block_size": 4}"#).unwrap();
     config.proposer = config.proposer.with_shipped_draft(b.draft.as_deref());
     let draft = b.draft.clone().expect("SmolLM2's shipped draft");
@@ -588,6 +584,7 @@ fn the_default_config_decodes_with_the_shipped_draft_equal_to_greedy() {
     assert!(proposed > 0, "the draft proposed nothing");
 }
 
+/// What the native backend cannot do is refused with a typed error naming the option.
 #[test]
 fn options_it_cannot_honour_are_refused() {
     let field = |e: Error| match e {
