@@ -232,9 +232,7 @@ fn proposer(
     };
     // `auto` is the model's draft with lookup where one is shipped for it: made concrete here,
     // so that the draft flags apply to it.
-    if config == ProposerConfig::Auto {
-        config = config.with_shipped_draft(blockwise::bundle::draft_for(model)?.as_deref());
-    }
+    config = config.with_draft_for(model)?;
     let named = eagles(&config);
     for (flag, given) in [
         ("draft-weights", weights.is_some()),

@@ -140,14 +140,13 @@ fn main() {
         Some(p) => p.parse().unwrap_or_else(|e| fail(e)),
         // A tree shape branches on the heads' candidates.
         None if matches!(tree, Some(TreeConfig::Shape(_))) => ProposerConfig::Heads,
-        // The model's draft with lookup where one is shipped for it, made concrete here so
-        // that --draft-tree-width applies to it.
-        None => ProposerConfig::Auto.with_shipped_draft(
-            blockwise::bundle::draft_for(&cli.model)
-                .unwrap_or_else(|e| fail(e))
-                .as_deref(),
-        ),
+        None => ProposerConfig::Auto,
     };
+    // `auto` is the model's draft with lookup where one is shipped for it: made concrete here,
+    // so that --draft-tree-width applies to it.
+    let proposer = proposer
+        .with_draft_for(&cli.model)
+        .unwrap_or_else(|e| fail(e));
     let dtype: DType = cli.dtype.parse().unwrap_or_else(|e| fail(e));
     let device = blockwise::cuda::parse_device(&cli.device).unwrap_or_else(|e| fail(e));
     let heads = match cli.heads.as_deref() {

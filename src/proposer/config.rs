@@ -225,6 +225,13 @@ impl ProposerConfig {
         })
     }
 
+    /// [`ProposerConfig::with_shipped_draft`] with the draft shipped for the model `name`
+    /// ([`crate::bundle::draft_for`]), found before the model loads: so that settings of the
+    /// draft (`decode`'s and the server's draft flags) reach the one `auto` names.
+    pub fn with_draft_for(self, name: &str) -> Result<Self> {
+        Ok(self.with_shipped_draft(crate::bundle::draft_for(name)?.as_deref()))
+    }
+
     /// The same configuration with every `eagle`'s draft computing in `weights`.
     pub fn with_draft_weights(self, weights: DraftWeights) -> Self {
         self.map_eagles(&|mut e| {
