@@ -12,7 +12,9 @@ setting's (greedy, usually) and whether every output equals the first setting's.
 Each run is one `decode --json` process (its model load is not timed: the time is the sum of
 the rows' `wall_s`). Prints a markdown table; `--json FILE` also writes every run's figures.
 `--reference NAME=OTHER` checks setting NAME's outputs against setting OTHER's instead of the
-first's (settings of another model form, whose greedy output is their own).
+first's (settings of another model form, whose greedy output is their own). `--binary
+NAME=PATH` runs setting NAME with another build of `decode` (a copy of an earlier commit's, say),
+so that two builds are timed side by side.
 """
 
 import argparse
@@ -25,8 +27,8 @@ import sys
 DECODE = "target/release/examples/decode"
 
 
-def run(common, setting):
-    cmd = [DECODE, *shlex.split(common), *shlex.split(setting), "--json"]
+def run(common, setting, binary=DECODE):
+    cmd = [binary, *shlex.split(common), *shlex.split(setting), "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
@@ -52,6 +54,10 @@ def main():
         "--reference", action="append", default=[],
         help="NAME=OTHER: check NAME's outputs against OTHER's (default: the first setting's)",
     )
+    ap.add_argument(
+        "--binary", action="append", default=[],
+        help="NAME=PATH: run setting NAME with the decode binary PATH (default " + DECODE + ")",
+    )
     ap.add_argument("--json", help="write every run's figures here")
     args = ap.parse_args()
     settings = [s.split("=", 1) for s in args.setting]
@@ -61,9 +67,12 @@ def main():
     refs = dict(r.split("=", 1) for r in args.reference)
     if any(r not in runs or n not in runs for n, r in refs.items()):
         sys.exit("--reference takes NAME=OTHER, both names of settings")
+    binaries = dict(b.split("=", 1) for b in args.binary)
+    if any(n not in runs for n in binaries):
+        sys.exit("--binary takes NAME=PATH, NAME a setting's name")
     for r in range(args.rounds):
         for name, setting in settings:
-            runs[name].append(run(args.common, setting))
+            runs[name].append(run(args.common, setting, binaries.get(name, DECODE)))
             print(f"round {r + 1}: {name} {runs[name][-1]['ms_per_token']:.2f} ms/token",
                   file=sys.stderr)
     base_name = settings[0][0]
@@ -95,7 +104,7 @@ def main():
         }
         with open(args.json, "w") as f:
             json.dump({"common": args.common, "settings": dict(settings), "references": refs,
-                       "runs": figures}, f, indent=1)
+                       "binaries": binaries, "runs": figures}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use blockwise::acceptance::{lossless, Draw, SampledView, Verdict};
+use blockwise::feature::{DraftWeights, FeatureDraft, FeatureDraftConfig, FeatureDraftProposer};
 use blockwise::proposer::DraftModel;
 use blockwise::proposer::{Proposal, ProposalContext};
 use blockwise::sampling::Sampler;
@@ -35,6 +36,35 @@ fn draft() -> DraftModel<Transformer> {
     let d =
         Transformer::new_seeded(TransformerConfig::tiny(VOCAB, 0), 29, tch::Device::Cpu).unwrap();
     DraftModel::new(d, VOCAB).unwrap()
+}
+
+/// A feature-level draft for [`base`] with its weights nudged at random, scored on a shortlist
+/// of 5 of the 6 ids (id 3 is never proposed), in `weights`, with a confidence floor of
+/// `floor` (0: none).
+fn feature_draft(weights: DraftWeights, floor: f64) -> FeatureDraftProposer {
+    let model = base();
+    let c = model.config();
+    let draft = FeatureDraft::new(
+        FeatureDraftConfig::for_base(c.d_model, VOCAB),
+        3,
+        tch::Device::Cpu,
+    )
+    .unwrap()
+    .with_shortlist(vec![0, 1, 2, 4, 5])
+    .unwrap();
+    tch::manual_seed(3);
+    tch::no_grad(|| {
+        for (_, mut v) in draft.var_store().variables() {
+            let noise = tch::Tensor::randn(v.size(), (tch::Kind::Float, tch::Device::Cpu)) * 0.1;
+            v.copy_(&(&v + noise));
+        }
+    });
+    FeatureDraftProposer::new(draft, &model)
+        .unwrap()
+        .with_weights(weights)
+        .unwrap()
+        .with_min_confidence(floor)
+        .unwrap()
 }
 
 /// The random model is confident (one continuation has probability 0.98 at temperature 1);
@@ -98,6 +128,24 @@ fn lossless_with_a_sampling_draft_matches_the_model() {
         mean > 1.2,
         "the draft should get proposals accepted: {mean}"
     );
+}
+
+#[test]
+fn lossless_with_a_sampling_feature_draft_matches_the_model() {
+    // Its guesses drawn from its own distribution over the shortlist (libtorch's products and
+    // the native kernels'), and cut by a confidence floor.
+    for (weights, floor, seed) in [
+        (DraftWeights::NativeF32, 0.0, 5),
+        (DraftWeights::F32, 0.04, 6),
+    ] {
+        let (fit, mean) = blockwise_fit(&sampling(HOT), feature_draft(weights, floor), Exact, seed);
+        eprintln!("feature draft {weights}, floor {floor}: {fit:?}, mean accepted {mean:.2}");
+        assert!(fit.p_value > ALPHA, "{weights}, floor {floor}: {fit:?}");
+        assert!(
+            mean > 1.2,
+            "{weights}, floor {floor}: the draft should get proposals accepted: {mean}"
+        );
+    }
 }
 
 #[test]
@@ -170,6 +218,15 @@ fn a_broken_rejection_rule_fails_the_test() {
     );
     let (fit, _) = blockwise_fit(&sampling(HOT), draft(), IgnoresDraftProbabilities, 1);
     eprintln!("ignores q: {fit:?}");
+    assert!(
+        fit.p_value < ALPHA,
+        "the broken rule went unnoticed: {fit:?}"
+    );
+    // The feature draft's guesses are draws too, not its most likely tokens: taking them for
+    // point masses is caught.
+    let draft = feature_draft(DraftWeights::F32, 0.0);
+    let (fit, _) = blockwise_fit(&sampling(HOT), draft, IgnoresDraftProbabilities, 4);
+    eprintln!("feature draft, ignores q: {fit:?}");
     assert!(
         fit.p_value < ALPHA,
         "the broken rule went unnoticed: {fit:?}"

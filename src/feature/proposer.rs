@@ -13,7 +13,8 @@ use crate::decoder::DraftTree;
 use crate::error::{Error, Result};
 use crate::matmul::{F32Matmul, Packing};
 use crate::model::CausalLm;
-use crate::proposer::{ProposalContext, Proposer};
+use crate::proposer::{Proposal, ProposalContext, Proposer};
+use crate::sampling::Sampler;
 
 /// Children per node of the dynamic trees a [`FeatureDraftProposer`] grows unless told
 /// otherwise ([`FeatureDraftProposer::with_tree_width`]). On a 2-core CPU (SmolLM2, chat24) 4
@@ -436,6 +437,16 @@ impl FeatureDraftProposer {
         Ok(self.embeddings.f_index_select(0, &ids)?.f_unsqueeze(0)?)
     }
 
+    /// The draft's logits over its columns (the shortlist, or the whole vocabulary) from a
+    /// predicted state `[1, 1, D]`, on the host.
+    fn column_logits(&self, state: &Tensor) -> Result<Vec<f32>> {
+        if let Some((_, native)) = &self.native {
+            return native.logits(&host(state)?, 1);
+        }
+        let logits = self.projection.logits(state)?.f_flatten(0, -1)?;
+        Ok(Vec::try_from(&logits.f_to_device(Device::Cpu)?)?)
+    }
+
     /// The draft's guess from a predicted state `[1, 1, D]`.
     fn guess(&self, state: &Tensor) -> Result<i64> {
         if let Some((_, native)) = &self.native {
@@ -544,6 +555,53 @@ impl Proposer for FeatureDraftProposer {
             let pos = self.fed + proposal.len() - 1;
             state = self.run(&x, pos)?;
         }
+    }
+
+    /// Under lossless sampling, each guess is drawn from the draft's own distribution, warped
+    /// as the base's is (temperature, top-k, top-p), and handed over with it, so that a guess
+    /// is kept with probability `min(1, p/q)` rather than `p` alone. Outside the shortlist the
+    /// distribution is 0. With a confidence floor the chain stops before a draw whose most
+    /// likely outcome would take the cumulative confidence (the product of the most likely
+    /// outcomes' probabilities so far) below it: a stop that depends on the drawn token would
+    /// bias what is proposed away from the distribution handed over.
+    fn propose_sampled(
+        &mut self,
+        ctx: &ProposalContext<'_>,
+        sampler: &mut Sampler<'_>,
+    ) -> Result<Proposal> {
+        if !sampler.samples_proposals() {
+            return Ok(Proposal::points(self.propose(ctx)?));
+        }
+        let _guard = tch::no_grad_guard();
+        let (mut tokens, mut probs) = (Vec::new(), Vec::new());
+        let Some((mut state, n)) = self.feed(ctx)? else {
+            return Ok(Proposal::default());
+        };
+        let vocab = self.embeddings.size()[0] as usize;
+        let floor = self.min_confidence.ln(); // -inf when unset
+        let mut confidence = 0.0;
+        loop {
+            let q_columns =
+                sampler.probabilities(&self.column_logits(&state)?, tokens.len() + 1)?;
+            confidence += q_columns.iter().fold(0.0f64, |m, &p| m.max(p)).ln();
+            if confidence < floor {
+                break;
+            }
+            let token = self.projection.token(sampler.draw(&q_columns));
+            let mut q = vec![0.0; vocab];
+            for (c, &p) in q_columns.iter().enumerate().filter(|(_, &p)| p > 0.0) {
+                q[self.projection.token(c as i64) as usize] = p;
+            }
+            tokens.push(token);
+            probs.push(q);
+            if tokens.len() == n {
+                break;
+            }
+            let x = self.fuse(&state, &self.embed(&[token])?)?;
+            let pos = self.fed + tokens.len() - 1;
+            state = self.run(&x, pos)?;
+        }
+        Ok(Proposal::sampled(tokens, probs))
     }
 
     /// EAGLE-2's dynamic tree: from the root, the draft's top `width` guesses become children;
@@ -736,12 +794,24 @@ mod tests {
 
     /// [`random_proposer`] with rotary positions of base `rope_theta` (or none).
     fn random_proposer_with(n_layers: i64, rope_theta: Option<f64>) -> FeatureDraftProposer {
+        random_proposer_on(n_layers, rope_theta, None)
+    }
+
+    /// [`random_proposer_with`] scored on the shortlist `ids` (or the whole vocabulary).
+    fn random_proposer_on(
+        n_layers: i64,
+        rope_theta: Option<f64>,
+        ids: Option<Vec<i64>>,
+    ) -> FeatureDraftProposer {
         let config = FeatureDraftConfig {
             n_layers,
             rope_theta,
             ..FeatureDraftConfig::for_base(32, 40)
         };
-        let draft = FeatureDraft::new(config, 0, Device::Cpu).unwrap();
+        let mut draft = FeatureDraft::new(config, 0, Device::Cpu).unwrap();
+        if let Some(ids) = ids {
+            draft = draft.with_shortlist(ids).unwrap();
+        }
         tch::manual_seed(21);
         let mut vars: Vec<(String, Tensor)> = draft.var_store().variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -870,6 +940,70 @@ mod tests {
             );
         }
         std::hint::black_box(&flush);
+    }
+
+    #[test]
+    fn sampled_guesses_come_with_the_warped_distribution_they_were_drawn_from() {
+        use crate::rng::SeededRng;
+        use crate::sampling::{probabilities, SamplingConfig};
+        let _guard = tch::no_grad_guard();
+        let tokens = vec![3, 9, 1, 4];
+        tch::manual_seed(5);
+        let hidden = Tensor::randn([4, 32], (Kind::Float, Device::Cpu));
+        // Every third id: the other 26 are never proposed.
+        let shortlist: Vec<i64> = (0..40).filter(|i| i % 3 == 1).collect();
+        let warp = SamplingConfig::new(1.5).with_top_k(6);
+        for form in [DraftWeights::F32, DraftWeights::NativeF32] {
+            let mut p = random_proposer_on(1, None, Some(shortlist.clone()))
+                .with_weights(form)
+                .unwrap();
+            let ctx = ProposalContext::new(&tokens, 6, 4);
+            let mut firsts = std::collections::BTreeSet::new();
+            for seed in 0..16 {
+                let mut rng = SeededRng::new(seed);
+                let mut sampler = Sampler::new(&warp, &mut rng, true);
+                p.begin(&tokens).unwrap();
+                p.observe_hidden(&hidden).unwrap();
+                let proposal = p.propose_sampled(&ctx, &mut sampler).unwrap();
+                let probs = proposal.probs.clone().expect("drawn guesses carry their q");
+                assert_eq!((proposal.len(), probs.len()), (4, 4), "{form}");
+                firsts.insert(proposal.tokens[0]);
+                // Step by step: each q is the draft's logits over the shortlist warped as the
+                // base's are, 0 elsewhere, and the guess was drawn from it.
+                p.begin(&tokens).unwrap();
+                p.observe_hidden(&hidden).unwrap();
+                let (mut state, _) = p.feed(&ctx).unwrap().unwrap();
+                for (i, (&token, q)) in proposal.tokens.iter().zip(&probs).enumerate() {
+                    let logits = p.column_logits(&state).unwrap();
+                    let mut expected = vec![0.0; 40];
+                    for (c, w) in probabilities(&logits, &warp, i + 1)
+                        .unwrap()
+                        .iter()
+                        .enumerate()
+                    {
+                        expected[shortlist[c] as usize] = *w;
+                    }
+                    assert_eq!(q.len(), 40);
+                    let off = q.iter().zip(&expected).map(|(a, b)| (a - b).abs());
+                    assert!(off.fold(0.0, f64::max) < 1e-12, "{form} step {i}: {q:?}");
+                    assert!(q[token as usize] > 0.0, "{form}: {token} drawn from q = 0");
+                    assert!((q.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+                    assert!(q.iter().filter(|&&w| w > 0.0).count() <= 6, "top-k 6");
+                    let x = p.fuse(&state, &p.embed(&[token]).unwrap()).unwrap();
+                    state = p.run(&x, p.fed + i).unwrap();
+                }
+            }
+            assert!(firsts.len() > 1, "{form}: every seed drew {firsts:?}");
+            // Asked for point masses (typical acceptance), it proposes its greedy chain.
+            let mut rng = SeededRng::new(0);
+            let mut sampler = Sampler::new(&warp, &mut rng, false);
+            p.begin(&tokens).unwrap();
+            p.observe_hidden(&hidden).unwrap();
+            let points = p.propose_sampled(&ctx, &mut sampler).unwrap();
+            p.begin(&tokens).unwrap();
+            p.observe_hidden(&hidden).unwrap();
+            assert_eq!(points, Proposal::points(p.propose(&ctx).unwrap()), "{form}");
+        }
     }
 
     #[test]
