@@ -23,6 +23,13 @@ use crate::sampling::Sampler;
 /// narrow one does.
 pub const DEFAULT_TREE_WIDTH: usize = 4;
 
+/// Under lossless sampling a guess is drawn from the draft's distribution over its this many
+/// most likely tokens (warped as the base's is): beyond them it holds little mass, and warping
+/// a whole shortlist (8,192 tokens on SmolLM2) in float64 at every draft step cost more time
+/// than the mass it adds. Any distribution keeps sampling exact; this one only decides how
+/// often a guess is kept.
+const SAMPLED_GUESSES: usize = 64;
+
 /// Proposes a block with a [`FeatureDraft`] (EAGLE's idea): at every committed position `t`
 /// the draft's layer reads the base model's hidden state `f_t` and the embedding of the token
 /// after it, and predicts `f_{t+1}`; scored with the base's own vocabulary projection, that is
@@ -447,6 +454,36 @@ impl FeatureDraftProposer {
         Ok(Vec::try_from(&logits.f_to_device(Device::Cpu)?)?)
     }
 
+    /// A guess drawn from a predicted state `[1, 1, D]` (the draft's `position`-th): the draft's
+    /// distribution over its `candidates` most likely columns, warped by `sampler`'s settings,
+    /// is drawn from. Returns the token, that distribution over the whole vocabulary (0
+    /// elsewhere) and its largest probability; `None`, drawing nothing, when the log of that
+    /// largest probability is below `floor`.
+    fn draw_guess(
+        &self,
+        state: &Tensor,
+        sampler: &mut Sampler<'_>,
+        position: usize,
+        candidates: usize,
+        floor: f64,
+    ) -> Result<Option<(i64, Vec<f64>, f64)>> {
+        let all = self.column_logits(state)?;
+        let top = top_log_probs(&all, candidates);
+        let logits: Vec<f32> = top.iter().map(|&(c, _)| all[c]).collect();
+        let q_top = sampler.probabilities(&logits, position)?;
+        let most = q_top.iter().fold(0.0f64, |m, &p| m.max(p));
+        if most.ln() < floor {
+            return Ok(None);
+        }
+        let column = |j: usize| self.projection.token(top[j].0 as i64);
+        let token = column(sampler.draw(&q_top) as usize);
+        let mut q = vec![0.0; self.embeddings.size()[0] as usize];
+        for (j, &p) in q_top.iter().enumerate() {
+            q[column(j) as usize] = p;
+        }
+        Ok(Some((token, q, most)))
+    }
+
     /// The draft's guess from a predicted state `[1, 1, D]`.
     fn guess(&self, state: &Tensor) -> Result<i64> {
         if let Some((_, native)) = &self.native {
@@ -557,10 +594,10 @@ impl Proposer for FeatureDraftProposer {
         }
     }
 
-    /// Under lossless sampling, each guess is drawn from the draft's own distribution, warped
-    /// as the base's is (temperature, top-k, top-p), and handed over with it, so that a guess
-    /// is kept with probability `min(1, p/q)` rather than `p` alone. Outside the shortlist the
-    /// distribution is 0. With a confidence floor the chain stops before a draw whose most
+    /// Under lossless sampling, each guess is drawn from the draft's own distribution over its
+    /// 64 most likely tokens, warped as the base's is (temperature, top-k, top-p), and handed
+    /// over with it, so that a guess is kept with probability `min(1, p/q)` rather than `p`
+    /// alone. Elsewhere the distribution is 0. With a confidence floor the chain stops before a draw whose most
     /// likely outcome would take the cumulative confidence (the product of the most likely
     /// outcomes' probabilities so far) below it: a stop that depends on the drawn token would
     /// bias what is proposed away from the distribution handed over.
@@ -577,21 +614,20 @@ impl Proposer for FeatureDraftProposer {
         let Some((mut state, n)) = self.feed(ctx)? else {
             return Ok(Proposal::default());
         };
-        let vocab = self.embeddings.size()[0] as usize;
         let floor = self.min_confidence.ln(); // -inf when unset
         let mut confidence = 0.0;
         loop {
-            let q_columns =
-                sampler.probabilities(&self.column_logits(&state)?, tokens.len() + 1)?;
-            confidence += q_columns.iter().fold(0.0f64, |m, &p| m.max(p)).ln();
-            if confidence < floor {
+            let Some((token, q, most)) = self.draw_guess(
+                &state,
+                sampler,
+                tokens.len() + 1,
+                SAMPLED_GUESSES,
+                floor - confidence,
+            )?
+            else {
                 break;
-            }
-            let token = self.projection.token(sampler.draw(&q_columns));
-            let mut q = vec![0.0; vocab];
-            for (c, &p) in q_columns.iter().enumerate().filter(|(_, &p)| p > 0.0) {
-                q[self.projection.token(c as i64) as usize] = p;
-            }
+            };
+            confidence += most.ln();
             tokens.push(token);
             probs.push(q);
             if tokens.len() == n {
@@ -994,6 +1030,34 @@ mod tests {
                 }
             }
             assert!(firsts.len() > 1, "{form}: every seed drew {firsts:?}");
+            // Drawn from the most likely candidates only: here 3 of the 14 columns.
+            p.begin(&tokens).unwrap();
+            p.observe_hidden(&hidden).unwrap();
+            let (state, _) = p.feed(&ctx).unwrap().unwrap();
+            let logits = p.column_logits(&state).unwrap();
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+            let best: Vec<f32> = order[..3].iter().map(|&c| logits[c]).collect();
+            let mut expected = vec![0.0; 40];
+            for (j, w) in probabilities(&best, &warp, 1).unwrap().iter().enumerate() {
+                expected[shortlist[order[j]] as usize] = *w;
+            }
+            let mut rng = SeededRng::new(7);
+            let mut sampler = Sampler::new(&warp, &mut rng, true);
+            let (token, q, most) = p
+                .draw_guess(&state, &mut sampler, 1, 3, f64::NEG_INFINITY)
+                .unwrap()
+                .unwrap();
+            let off = q.iter().zip(&expected).map(|(a, b)| (a - b).abs());
+            assert!(off.fold(0.0, f64::max) < 1e-12, "{form}: {q:?}");
+            assert!(q[token as usize] > 0.0);
+            assert_eq!(most, expected.iter().fold(0.0, |m: f64, &w| m.max(w)));
+            // A floor above the largest probability draws nothing.
+            let above = most.ln() + 1e-9;
+            assert!(p
+                .draw_guess(&state, &mut sampler, 1, 3, above)
+                .unwrap()
+                .is_none());
             // Asked for point masses (typical acceptance), it proposes its greedy chain.
             let mut rng = SeededRng::new(0);
             let mut sampler = Sampler::new(&warp, &mut rng, false);
