@@ -616,17 +616,13 @@ impl Proposer for FeatureDraftProposer {
         };
         let floor = self.min_confidence.ln(); // -inf when unset
         let mut confidence = 0.0;
-        loop {
-            let Some((token, q, most)) = self.draw_guess(
-                &state,
-                sampler,
-                tokens.len() + 1,
-                SAMPLED_GUESSES,
-                floor - confidence,
-            )?
-            else {
-                break;
-            };
+        while let Some((token, q, most)) = self.draw_guess(
+            &state,
+            sampler,
+            tokens.len() + 1,
+            SAMPLED_GUESSES,
+            floor - confidence,
+        )? {
             confidence += most.ln();
             tokens.push(token);
             probs.push(q);
