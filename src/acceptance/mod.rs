@@ -8,6 +8,7 @@ mod distance;
 mod sampled;
 
 pub use criteria::{Exact, MinBlock, TopK};
+pub(crate) use sampled::LazyTargets;
 pub use sampled::{lossless, Draw, Lossless, SampledView, Typical, Verdict};
 
 pub use distance::{Distance, DistanceMetric, EmbeddingDistance, EmbeddingNorm};

@@ -1,8 +1,65 @@
 //! Acceptance under sampling: lossless speculative sampling and Medusa's typical acceptance.
 
+use std::cell::OnceCell;
+
 use super::{longest_prefix, AcceptanceCriterion, BlockView};
 use crate::error::{Error, Result};
-use crate::sampling::entropy;
+use crate::sampling::warp::finite_max;
+use crate::sampling::{entropy, probabilities, SamplingConfig};
+use crate::verifier::LogitRows;
+
+/// The base model's warped distributions at a block's positions, each computed the first time
+/// a criterion reads it: a criterion that stops at a rejection leaves the rows after it
+/// unread, and each row is a float64 pass over the vocabulary (about 0.7 ms for SmolLM2's
+/// 49,152 tokens on a 2-core CPU). The same values, and so the same draws, as warping every
+/// row first.
+#[derive(Debug)]
+pub(crate) struct LazyTargets<'a> {
+    logits: &'a LogitRows,
+    sampling: &'a SamplingConfig,
+    rows: Vec<OnceCell<Vec<f64>>>,
+}
+
+impl<'a> LazyTargets<'a> {
+    /// The first `n` rows of `logits` (which holds at least `n`), warped with `sampling` when
+    /// read. Logits the warp refuses are [`Error::NonFiniteLogits`] here, for every row, so
+    /// that reading one cannot fail.
+    pub(crate) fn new(
+        logits: &'a LogitRows,
+        sampling: &'a SamplingConfig,
+        n: usize,
+    ) -> Result<Self> {
+        for i in 0..n {
+            finite_max(logits.row(i).unwrap_or_default(), i)?;
+        }
+        Ok(LazyTargets {
+            logits,
+            sampling,
+            rows: (0..n).map(|_| OnceCell::new()).collect(),
+        })
+    }
+
+    fn row(&self, i: usize) -> &[f64] {
+        self.rows[i].get_or_init(|| {
+            let logits = self.logits.row(i).unwrap_or_default();
+            // Every row was checked in `new`, so this is never the fallback.
+            probabilities(logits, self.sampling, i).unwrap_or_else(|_| vec![0.0; logits.len()])
+        })
+    }
+
+    /// How many rows were warped.
+    #[cfg(test)]
+    fn warped(&self) -> usize {
+        self.rows.iter().filter(|r| r.get().is_some()).count()
+    }
+}
+
+/// Where a view's target rows come from.
+#[derive(Debug, Clone, Copy)]
+enum Targets<'a> {
+    Rows(&'a [Vec<f64>]),
+    Lazy(&'a LazyTargets<'a>),
+}
 
 /// The base model's verdict on one block under sampling, as plain host data.
 ///
@@ -13,7 +70,7 @@ use crate::sampling::entropy;
 #[derive(Debug, Clone, Copy)]
 pub struct SampledView<'a> {
     proposed: &'a [i64],
-    target: &'a [Vec<f64>],
+    target: Targets<'a>,
     draft: Option<&'a [Vec<f64>]>,
     uniforms: &'a [f64],
 }
@@ -28,20 +85,48 @@ impl<'a> SampledView<'a> {
         draft: Option<&'a [Vec<f64>]>,
         uniforms: &'a [f64],
     ) -> Result<Self> {
+        let vocab = target.first().map_or(0, Vec::len);
+        Self::checked(
+            proposed,
+            (Targets::Rows(target), target.len(), vocab),
+            draft,
+            uniforms,
+        )
+    }
+
+    /// [`SampledView::new`] over rows warped when read.
+    pub(crate) fn lazy(
+        proposed: &'a [i64],
+        target: &'a LazyTargets<'a>,
+        draft: Option<&'a [Vec<f64>]>,
+        uniforms: &'a [f64],
+    ) -> Result<Self> {
+        let rows = (
+            Targets::Lazy(target),
+            target.rows.len(),
+            target.logits.vocab(),
+        );
+        Self::checked(proposed, rows, draft, uniforms)
+    }
+
+    fn checked(
+        proposed: &'a [i64],
+        (target, rows, vocab): (Targets<'a>, usize, usize),
+        draft: Option<&'a [Vec<f64>]>,
+        uniforms: &'a [f64],
+    ) -> Result<Self> {
         let m = proposed.len();
         let contract = |problem: String| Error::Contract {
             component: "proposer",
             problem,
         };
-        if target.len() != m + 1 || uniforms.len() != m {
+        if rows != m + 1 || uniforms.len() != m {
             return Err(contract(format!(
-                "{m} proposals need {} target rows and {m} uniforms, got {} and {}",
+                "{m} proposals need {} target rows and {m} uniforms, got {rows} and {}",
                 m + 1,
-                target.len(),
                 uniforms.len()
             )));
         }
-        let vocab = target[0].len();
         for (i, &x) in proposed.iter().enumerate() {
             if x < 0 || x as usize >= vocab {
                 return Err(contract(format!(
@@ -99,7 +184,10 @@ impl<'a> SampledView<'a> {
     /// The base model's warped distribution at the position of proposal `i` (`i == len()`: after
     /// the whole block).
     pub fn target(&self, i: usize) -> &'a [f64] {
-        &self.target[i]
+        match self.target {
+            Targets::Rows(rows) => &rows[i],
+            Targets::Lazy(rows) => rows.row(i),
+        }
     }
 
     /// The distribution proposal `i` was drawn from, or `None` for a point mass.
@@ -109,7 +197,7 @@ impl<'a> SampledView<'a> {
 
     /// `p(x_i)`: the base model's probability of proposal `i`.
     pub fn target_prob(&self, i: usize) -> f64 {
-        self.target[i][self.proposed[i] as usize]
+        self.target(i)[self.proposed[i] as usize]
     }
 
     /// `q(x_i)`: the proposer's probability of proposal `i` (1 for a point mass).
@@ -262,6 +350,49 @@ mod tests {
         let u = [0.8, 0.0];
         let v = SampledView::new(&[1, 0], &target, None, &u).unwrap();
         assert_eq!(Exact.accept_sampled(&v).accepted, 0);
+    }
+
+    #[test]
+    fn lazy_rows_are_warped_when_read_and_equal_the_eager_ones() {
+        // Four rows over five tokens; token 4 is unlikely in the first row and certain after.
+        let logits: Vec<f32> = [
+            [2.0, 1.0, 0.5, 0.0, -3.0],
+            [0.0, 0.0, 0.0, 0.0, 9.0],
+            [1.0, 2.0, 3.0, 4.0, 5.0],
+            [0.3, -0.2, 0.1, 0.0, 0.0],
+        ]
+        .concat();
+        let rows = LogitRows::new(logits, 5).unwrap();
+        let sampling = SamplingConfig::new(0.8);
+        let eager: Vec<Vec<f64>> = (0..4)
+            .map(|i| probabilities(rows.row(i).unwrap(), &sampling, i).unwrap())
+            .collect();
+        let proposed = [4, 4, 1];
+        // Accepting all three reads their rows; the row after them is the decoder's to read.
+        for (u, accepted, warped) in [(0.5, 0, 1), (0.0, 3, 3)] {
+            let lazy = LazyTargets::new(&rows, &sampling, 4).unwrap();
+            let uniforms = [u, u, u];
+            let view = SampledView::lazy(&proposed, &lazy, None, &uniforms).unwrap();
+            let verdict = lossless(&view);
+            assert_eq!(verdict.accepted, accepted);
+            // A rejection at the first proposal reads its row only.
+            assert_eq!(lazy.warped(), warped);
+            let same = SampledView::new(&proposed, &eager, None, &uniforms).unwrap();
+            assert_eq!(lossless(&same), verdict);
+            for i in 0..4 {
+                assert_eq!(view.target(i), eager[i].as_slice(), "row {i}");
+            }
+        }
+        // Logits the warp refuses are an error up front, at their block position.
+        let mut bad = rows.row(0).unwrap().repeat(4);
+        bad[3 * 5 + 2] = f32::NAN;
+        let bad = LogitRows::new(bad, 5).unwrap();
+        let e = LazyTargets::new(&bad, &sampling, 4).unwrap_err();
+        assert!(
+            matches!(e, Error::NonFiniteLogits { position: 3, .. }),
+            "{e}"
+        );
+        assert!(LazyTargets::new(&bad, &sampling, 3).is_ok());
     }
 
     #[test]

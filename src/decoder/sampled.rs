@@ -1,6 +1,6 @@
 //! The blockwise loop's sampling steps: drawing the first token, and judging a verified block.
 
-use crate::acceptance::{AcceptanceCriterion, Draw, SampledView};
+use crate::acceptance::{AcceptanceCriterion, Draw, LazyTargets, SampledView};
 use crate::error::{Error, Result};
 use crate::proposer::Proposal;
 use crate::rng::SeededRng;
@@ -34,11 +34,11 @@ pub(crate) fn judge_sampled(
 ) -> Result<(usize, i64)> {
     let rows = scores.logits().ok_or_else(missing_logits)?;
     let m = proposal.len();
-    let target = (0..=m)
-        .map(|i| probabilities(row(rows, i)?, sampling, i))
-        .collect::<Result<Vec<_>>>()?;
+    row(rows, m)?; // every block position has its row
+                   // Warped as the criterion reads them: after a rejection the later rows are not needed.
+    let target = LazyTargets::new(rows, sampling, m + 1)?;
     let uniforms: Vec<f64> = (0..m).map(|_| rng.uniform()).collect();
-    let view = SampledView::new(
+    let view = SampledView::lazy(
         &proposal.tokens,
         &target,
         proposal.probs.as_deref(),
@@ -54,10 +54,10 @@ pub(crate) fn judge_sampled(
     }
     let token = match verdict.next {
         Draw::Residual if a < m => {
-            let r = residual(&target[a], view.draft(a), proposal.tokens[a]);
+            let r = residual(view.target(a), view.draft(a), proposal.tokens[a]);
             draw(&r, rng.uniform())
         }
-        _ => draw(&target[a], rng.uniform()),
+        _ => draw(view.target(a), rng.uniform()),
     };
     Ok((a, token))
 }

@@ -30,7 +30,7 @@
 
 mod config;
 mod sampler;
-mod warp;
+pub(crate) mod warp;
 
 pub use config::SamplingConfig;
 pub use sampler::Sampler;

@@ -9,20 +9,7 @@ use crate::error::{Error, Result};
 /// `-inf` logits get probability 0; NaN, `+inf` or a row without a finite logit is
 /// [`Error::NonFiniteLogits`] at `position`.
 pub fn probabilities(logits: &[f32], config: &SamplingConfig, position: usize) -> Result<Vec<f64>> {
-    let bad = Error::NonFiniteLogits {
-        position,
-        sequence_position: None,
-    };
-    let mut max = f64::NEG_INFINITY;
-    for &l in logits {
-        if l.is_nan() || l == f32::INFINITY {
-            return Err(bad);
-        }
-        max = max.max(l as f64);
-    }
-    if !max.is_finite() {
-        return Err(bad);
-    }
+    let max = finite_max(logits, position)?;
     let t = config.temperature;
     let mut probs: Vec<f64> = logits
         .iter()
@@ -48,6 +35,26 @@ pub fn probabilities(logits: &[f32], config: &SamplingConfig, position: usize) -
         }
     }
     Ok(probs)
+}
+
+/// The largest of `logits`: what [`probabilities`] refuses (NaN, `+inf`, no finite logit) is
+/// [`Error::NonFiniteLogits`] at `position`.
+pub(crate) fn finite_max(logits: &[f32], position: usize) -> Result<f64> {
+    let bad = Error::NonFiniteLogits {
+        position,
+        sequence_position: None,
+    };
+    let mut max = f64::NEG_INFINITY;
+    for &l in logits {
+        if l.is_nan() || l == f32::INFINITY {
+            return Err(bad);
+        }
+        max = max.max(l as f64);
+    }
+    if !max.is_finite() {
+        return Err(bad);
+    }
+    Ok(max)
 }
 
 fn normalise(probs: &mut [f64]) {
