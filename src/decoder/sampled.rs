@@ -34,8 +34,9 @@ pub(crate) fn judge_sampled(
 ) -> Result<(usize, i64)> {
     let rows = scores.logits().ok_or_else(missing_logits)?;
     let m = proposal.len();
-    row(rows, m)?; // every block position has its row
-                   // Warped as the criterion reads them: after a rejection the later rows are not needed.
+    // Every block position has its row, warped as the criterion reads it: after a rejection
+    // the later rows are not needed.
+    row(rows, m)?;
     let target = LazyTargets::new(rows, sampling, m + 1)?;
     let uniforms: Vec<f64> = (0..m).map(|_| rng.uniform()).collect();
     let view = SampledView::lazy(

@@ -597,10 +597,10 @@ impl Proposer for FeatureDraftProposer {
     /// Under lossless sampling, each guess is drawn from the draft's own distribution over its
     /// 64 most likely tokens, warped as the base's is (temperature, top-k, top-p), and handed
     /// over with it, so that a guess is kept with probability `min(1, p/q)` rather than `p`
-    /// alone. Elsewhere the distribution is 0. With a confidence floor the chain stops before a draw whose most
-    /// likely outcome would take the cumulative confidence (the product of the most likely
-    /// outcomes' probabilities so far) below it: a stop that depends on the drawn token would
-    /// bias what is proposed away from the distribution handed over.
+    /// alone. Elsewhere the distribution is 0. With a confidence floor the chain stops before a
+    /// draw whose most likely outcome would take the cumulative confidence (the product of the
+    /// most likely outcomes' probabilities so far) below it: a stop that depends on the drawn
+    /// token would bias what is proposed away from the distribution handed over.
     fn propose_sampled(
         &mut self,
         ctx: &ProposalContext<'_>,
