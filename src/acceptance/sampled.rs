@@ -379,8 +379,8 @@ mod tests {
             assert_eq!(lazy.warped(), warped);
             let same = SampledView::new(&proposed, &eager, None, &uniforms).unwrap();
             assert_eq!(lossless(&same), verdict);
-            for i in 0..4 {
-                assert_eq!(view.target(i), eager[i].as_slice(), "row {i}");
+            for (i, row) in eager.iter().enumerate() {
+                assert_eq!(view.target(i), row.as_slice(), "row {i}");
             }
         }
         // Logits the warp refuses are an error up front, at their block position.
