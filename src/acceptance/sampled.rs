@@ -10,9 +10,8 @@ use crate::verifier::LogitRows;
 
 /// The base model's warped distributions at a block's positions, each computed the first time
 /// a criterion reads it: a criterion that stops at a rejection leaves the rows after it
-/// unread, and each row is a float64 pass over the vocabulary (about 0.7 ms for SmolLM2's
-/// 49,152 tokens on a 2-core CPU). The same values, and so the same draws, as warping every
-/// row first.
+/// unread, and each row is a float64 pass over the vocabulary (49,152 tokens for SmolLM2).
+/// The same values, and so the same draws, as warping every row first.
 #[derive(Debug)]
 pub(crate) struct LazyTargets<'a> {
     logits: &'a LogitRows,

@@ -467,9 +467,8 @@ impl FeatureDraftProposer {
         candidates: usize,
         floor: f64,
     ) -> Result<Option<(i64, Vec<f64>, f64)>> {
-        let all = self.column_logits(state)?;
-        let top = top_log_probs(&all, candidates);
-        let logits: Vec<f32> = top.iter().map(|&(c, _)| all[c]).collect();
+        let top = top_columns(&self.column_logits(state)?, candidates);
+        let logits: Vec<f32> = top.iter().map(|&(_, v)| v).collect();
         let q_top = sampler.probabilities(&logits, position)?;
         let most = q_top.iter().fold(0.0f64, |m, &p| m.max(p));
         if most.ln() < floor {
@@ -738,9 +737,9 @@ fn on_device(values: &[f32], t: usize, device: Device) -> Result<Tensor> {
         .f_to_device(device)?)
 }
 
-/// The `width` largest entries of `logits` as (column, log-probability), most likely first
-/// (equal values: the lower column first).
-fn top_log_probs(logits: &[f32], width: usize) -> Vec<(usize, f64)> {
+/// The `width` largest entries of `logits` as (column, value), largest first (equal values:
+/// the lower column first).
+fn top_columns(logits: &[f32], width: usize) -> Vec<(usize, f32)> {
     let mut best: Vec<(usize, f32)> = Vec::with_capacity(width + 1);
     for (c, &v) in logits.iter().enumerate() {
         if best.len() == width && best.last().is_some_and(|&(_, b)| v <= b) {
@@ -750,6 +749,13 @@ fn top_log_probs(logits: &[f32], width: usize) -> Vec<(usize, f64)> {
         best.insert(at, (c, v));
         best.truncate(width);
     }
+    best
+}
+
+/// The `width` largest entries of `logits` as (column, log-probability), most likely first
+/// (equal values: the lower column first).
+fn top_log_probs(logits: &[f32], width: usize) -> Vec<(usize, f64)> {
+    let best = top_columns(logits, width);
     let Some(&(_, max)) = best.first() else {
         return Vec::new();
     };
